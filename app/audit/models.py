@@ -1,0 +1,23 @@
+"""Append-only, hash-chained audit events. The application only ever INSERTs here; the
+migration adds triggers that refuse UPDATE and DELETE on both SQLite and Postgres."""
+from __future__ import annotations
+
+from sqlalchemy import Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ..db import Base
+
+GENESIS = "0" * 64
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    ts: Mapped[str] = mapped_column(String(40))  # ISO-8601 UTC, hashed exactly as stored
+    actor: Mapped[str] = mapped_column(String(256))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    subject_ref: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    payload: Mapped[str] = mapped_column(Text)  # canonical JSON text, hashed exactly as stored
+    prev_hash: Mapped[str] = mapped_column(String(64), unique=True)  # one successor per event: no forks
+    hash: Mapped[str] = mapped_column(String(64), unique=True)

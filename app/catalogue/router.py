@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import datetime as dt
+
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel
+
+from ..deps import SessionDep, SettingsDep
+from . import service
+
+router = APIRouter(prefix="/v1", tags=["subjects"])
+
+
+class InstanceRead(BaseModel):
+    instance_id: str
+    model: str
+    label: int
+    content_hash: str
+    erased: bool
+    erased_at: dt.datetime | None = None
+    raw_data_deleted: bool
+
+
+class SubjectInstances(BaseModel):
+    subject_ref: str
+    instances: list[InstanceRead]
+
+
+@router.get("/subjects/{subject_id}/instances", response_model=SubjectInstances,
+            summary="What the catalogue holds for a subject (also answers an access request)")
+def subject_instances(subject_id: str, session: SessionDep, settings: SettingsDep,
+                      model: str | None = Query(default=None, max_length=128)):
+    ref = service.subject_ref(settings.subject_secret, subject_id)
+    rows = service.by_subject(session, ref, model)
+    if not rows:
+        raise HTTPException(404, f"the catalogue holds no instances for subject {subject_id!r}"
+                                 + (f" in model {model!r}" if model else ""))
+    return SubjectInstances(subject_ref=ref, instances=[
+        InstanceRead(instance_id=r.instance_id, model=r.model_name, label=r.label, content_hash=r.content_hash,
+                     erased=r.erased_at is not None, erased_at=r.erased_at,
+                     raw_data_deleted=r.raw_deleted_at is not None) for r in rows])

@@ -1,0 +1,36 @@
+"""Forget (deletion) requests."""
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import JSON, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ..db import Base, UTCDateTime, utcnow
+
+QUEUED, RUNNING, COMPLETED, FAILED, REJECTED = "queued", "running", "completed", "failed", "rejected"
+DUE_DAYS = 30  # GDPR Art. 12(3): one month
+
+
+class ForgetRequest(Base):
+    __tablename__ = "forget_requests"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    external_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(256), unique=True, nullable=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    subject_ref: Mapped[str | None] = mapped_column(String(64), index=True, nullable=True)
+    instance_ids: Mapped[list] = mapped_column(JSON)
+    model_name: Mapped[str] = mapped_column(ForeignKey("models.name"), index=True)
+    objective: Mapped[str] = mapped_column(String(32))
+    method: Mapped[str] = mapped_column(String(32))
+    target_label: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED, index=True)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    due_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    version_before: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    version_after: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), index=True, nullable=True)

@@ -1,0 +1,146 @@
+"""Forget-request services: validate a selection, record the request and its audit event
+in one transaction (nothing is half-recorded), attach it to a job."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..audit import service as audit
+from ..catalogue import service as catalogue
+from ..db import utcnow
+from ..jobs import service as jobs
+from ..registry import service as registry
+from ..settings import Settings
+from . import models as fm
+from .models import ForgetRequest
+from .schemas import ForgetCreate
+
+
+class ForgetError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _preview(ids, n: int = 10) -> str:
+    ids = list(ids)
+    return ", ".join(ids[:n]) + (f" (and {len(ids) - n} more)" if len(ids) > n else "")
+
+
+def fingerprint(body: ForgetCreate) -> str:
+    return hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True).encode()).hexdigest()
+
+
+def get(session: Session, request_id: str) -> ForgetRequest | None:
+    return session.get(ForgetRequest, request_id)
+
+
+def by_idempotency_key(session: Session, key: str) -> ForgetRequest | None:
+    return session.execute(select(ForgetRequest).where(ForgetRequest.idempotency_key == key)).scalar_one_or_none()
+
+
+def _replay(session: Session, key: str, fp: str) -> ForgetRequest:
+    existing = by_idempotency_key(session, key)
+    if existing.fingerprint != fp:
+        raise ForgetError(409, "idempotency_key_reused",
+                          f"Idempotency-Key {key!r} was already used for request {existing.id} with a different body")
+    return existing
+
+
+def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempotency_key: str | None,
+           actor: str) -> tuple[ForgetRequest, str | None, bool]:
+    """Validate and record a forget request. Returns (request, job_id to dispatch or None,
+    replayed). Raises ForgetError for every invalid input before anything is written."""
+    fp = fingerprint(body)
+    if idempotency_key is not None:
+        if not (1 <= len(idempotency_key) <= 200):
+            raise ForgetError(422, "bad_idempotency_key", "Idempotency-Key must be 1 to 200 characters")
+        if by_idempotency_key(session, idempotency_key) is not None:
+            return _replay(session, idempotency_key, fp), None, True
+
+    model = registry.get_model(session, body.model, lock=True)
+    if model is not None and idempotency_key is not None and by_idempotency_key(session, idempotency_key):
+        return _replay(session, idempotency_key, fp), None, True  # a retry committed while we waited
+    if model is None:
+        known = [m.name for m in registry.list_models(session)]
+        raise ForgetError(404, "unknown_model", f"model {body.model!r} is not registered; known models: {known}")
+    if body.subject_id is None and body.instance_ids is None:
+        raise ForgetError(422, "empty_selection", "give subject_id or instance_ids (or both)")
+    if body.instance_ids is not None:
+        if len(body.instance_ids) == 0:
+            raise ForgetError(422, "empty_selection", "instance_ids is an empty list")
+        if len(body.instance_ids) > settings.max_instances_per_request:
+            raise ForgetError(422, "too_many_instances",
+                              f"instance_ids has {len(body.instance_ids)} ids; at most "
+                              f"{settings.max_instances_per_request} per request")
+        dups = sorted({i for i in body.instance_ids if body.instance_ids.count(i) > 1})
+        if dups:
+            raise ForgetError(422, "duplicate_instance_ids", f"instance_ids repeats: {_preview(dups)}")
+    if body.objective == "relabel":
+        if body.target_label is not None and body.target_label >= len(model.classes):
+            raise ForgetError(422, "bad_target_label",
+                              f"target_label {body.target_label} out of range; model has {len(model.classes)} classes")
+    elif body.target_label is not None:
+        raise ForgetError(422, "bad_target_label", "target_label is only meaningful with objective 'relabel'")
+
+    ref = catalogue.subject_ref(settings.subject_secret, body.subject_id) if body.subject_id is not None else None
+    if body.instance_ids is not None:
+        rows = catalogue.by_ids(session, body.model, body.instance_ids)
+        unknown = [i for i in body.instance_ids if i not in rows]
+        if unknown:
+            raise ForgetError(422, "unknown_instances",
+                              f"not in the catalogue of model {body.model!r}: {_preview(unknown)}")
+        if ref is not None:
+            foreign = [i for i in body.instance_ids if rows[i].subject_ref != ref]
+            if foreign:
+                raise ForgetError(422, "instances_not_of_subject",
+                                  f"these instances do not belong to subject {body.subject_id!r}: {_preview(foreign)}")
+        selected = [rows[i] for i in body.instance_ids]
+    else:
+        selected = catalogue.by_subject(session, ref, body.model)
+        if not selected:
+            raise ForgetError(404, "unknown_subject",
+                              f"subject {body.subject_id!r} has no instances in the catalogue of model {body.model!r}")
+    erased = [r.instance_id for r in selected if r.erased_at is not None]
+    if erased:
+        raise ForgetError(409, "already_erased", f"already erased from model {body.model!r}: {_preview(erased)}")
+    ids = [r.instance_id for r in selected]
+    if body.objective == "relabel" and body.target_label is not None:
+        same = [r.instance_id for r in selected if r.label == body.target_label]
+        if same:
+            raise ForgetError(422, "bad_target_label",
+                              f"target_label {body.target_label} is already the true label of: {_preview(same)}")
+    pending = session.execute(select(ForgetRequest).where(
+        ForgetRequest.model_name == body.model,
+        ForgetRequest.status.in_([fm.QUEUED, fm.RUNNING]))).scalars().all()
+    for p in pending:
+        overlap = set(p.instance_ids) & set(ids)
+        if overlap:
+            raise ForgetError(409, "already_pending",
+                              f"request {p.id} (status {p.status}) already covers: {_preview(sorted(overlap))}")
+
+    now = utcnow()
+    req = ForgetRequest(id=str(uuid.uuid4()), external_id=body.external_id, idempotency_key=idempotency_key,
+                        fingerprint=fp, subject_ref=ref, instance_ids=ids, model_name=body.model,
+                        objective=body.objective, method=body.method, target_label=body.target_label,
+                        status=fm.QUEUED, received_at=now, due_at=now + dt.timedelta(days=fm.DUE_DAYS))
+    session.add(req)
+    try:
+        session.flush()
+    except IntegrityError:  # a concurrent retry with the same Idempotency-Key won the race
+        session.rollback()
+        if idempotency_key is not None and by_idempotency_key(session, idempotency_key) is not None:
+            return _replay(session, idempotency_key, fp), None, True
+        raise
+    job, created = jobs.attach(session, req, settings.max_attempts)
+    audit.append(session, actor=actor, action="forget.received", subject_ref=ref,
+                 payload={"request_id": req.id, "model": body.model, "objective": body.objective,
+                          "method": body.method, "instances": len(ids), "job_id": job.id,
+                          "due_at": req.due_at.isoformat()})
+    return req, (job.id if created else None), False

@@ -1,0 +1,212 @@
+"""Job services: coalescing requests into jobs, claiming (one running job per model),
+progress heartbeats, and the single transaction that publishes a job's result."""
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from ..audit import service as audit
+from ..catalogue import service as catalogue
+from ..db import utcnow
+from ..forget import models as fm
+from ..forget.models import ForgetRequest
+from ..registry import service as registry
+from ..registry.models import PRODUCTION
+from .models import COMPLETED, FAILED, QUEUED, RUNNING, Job
+
+
+class JobConflict(Exception):
+    """The job's claim was lost or the lineage moved under it: publish nothing."""
+
+
+def get(session: Session, job_id: str) -> Job | None:
+    return session.get(Job, job_id)
+
+
+def requests_of(session: Session, job_id: str) -> list[ForgetRequest]:
+    return list(session.execute(select(ForgetRequest).where(ForgetRequest.job_id == job_id)
+                                .order_by(ForgetRequest.received_at, ForgetRequest.id)).scalars())
+
+
+def attach(session: Session, req: ForgetRequest, max_attempts: int) -> tuple[Job, bool]:
+    """Coalesce: a request joins the model's job that has not started yet (same objective,
+    method and target), else a new job is created. Returns (job, created). The caller
+    holds the model lock, so this cannot race with a worker claiming that job."""
+    job = None
+    if req.target_label is None:
+        job = session.execute(select(Job).where(
+            Job.model_name == req.model_name, Job.status == QUEUED, Job.objective == req.objective,
+            Job.method == req.method).order_by(Job.created_at).limit(1)).scalar_one_or_none()
+        # a queued job serving a relabel request with a fixed target must not absorb others
+        if job is not None and any(r.target_label is not None for r in requests_of(session, job.id)):
+            job = None
+    created = job is None
+    if created:
+        job = Job(id=str(uuid.uuid4()), model_name=req.model_name, objective=req.objective, method=req.method,
+                  status=QUEUED, progress=0.0, stage="queued", attempts=0, max_attempts=max_attempts,
+                  created_at=utcnow())
+        session.add(job)
+        session.flush()
+    req.job_id = job.id
+    session.flush()
+    return job, created
+
+
+@dataclass
+class Claim:
+    outcome: str  # "run" | "done" | "defer" | "failed" | "missing"
+    job: Job | None = None
+    token: str | None = None
+    requests: list[ForgetRequest] = field(default_factory=list)
+    instance_ids: list[str] = field(default_factory=list)
+    reason: str = ""
+
+
+def _fresh(heartbeat: dt.datetime | None, lease_s: int) -> bool:
+    return heartbeat is not None and (utcnow() - heartbeat).total_seconds() < lease_s
+
+
+def claim(session: Session, job_id: str, *, worker: str, lease_s: int) -> Claim:
+    """Take a job for running. One running job per model (the lineage never forks); a
+    finished job is a no-op (a redelivered message publishes nothing twice); attempts are
+    counted here and capped."""
+    job = session.get(Job, job_id)
+    if job is None:
+        return Claim("missing", reason=f"job {job_id} not found")
+    registry.get_model(session, job.model_name, lock=True)
+    session.refresh(job)
+    if job.status in (COMPLETED, FAILED):
+        return Claim("done", job, reason=f"job already {job.status}")
+    if job.status == RUNNING and _fresh(job.heartbeat_at, lease_s):
+        return Claim("defer", job, reason="job is running elsewhere")
+    other = session.execute(select(Job).where(Job.model_name == job.model_name, Job.status == RUNNING,
+                                              Job.id != job.id)).scalars().all()
+    if any(_fresh(o.heartbeat_at, lease_s) for o in other):
+        return Claim("defer", job, reason="another job of this model is running")
+    reqs = requests_of(session, job.id)
+    if job.attempts >= job.max_attempts:
+        _finish_failed(session, job, reqs, f"gave up after {job.attempts} attempts; last error: {job.error}")
+        return Claim("failed", job, reason="attempts exhausted")
+    job.attempts += 1
+    job.status, job.worker, job.claim_token = RUNNING, worker, str(uuid.uuid4())
+    job.started_at = job.started_at or utcnow()
+    job.heartbeat_at, job.stage, job.progress = utcnow(), "starting", 0.0
+    prod = registry.resolve_alias(session, job.model_name, PRODUCTION)
+    job.base_version = prod.version if prod else None
+    wanted: list[str] = []
+    for r in reqs:
+        r.status = fm.RUNNING
+        for iid in r.instance_ids:
+            if iid not in wanted:
+                wanted.append(iid)
+    rows = catalogue.by_ids(session, job.model_name, wanted)
+    live = [i for i in wanted if i in rows and rows[i].erased_at is None]
+    audit.append(session, actor=f"worker:{worker}", action="job.started",
+                 payload={"job_id": job.id, "model": job.model_name, "attempt": job.attempts,
+                          "requests": [r.id for r in reqs], "instances": len(live),
+                          "base_version": job.base_version})
+    session.flush()
+    return Claim("run", job, job.claim_token, reqs, live)
+
+
+def heartbeat(session: Session, job_id: str, token: str, *, stage: str, fraction: float) -> bool:
+    res = session.execute(update(Job).where(Job.id == job_id, Job.claim_token == token, Job.status == RUNNING)
+                          .values(stage=stage[:128], progress=max(0.0, min(1.0, float(fraction))),
+                                  heartbeat_at=utcnow()))
+    return bool(res.rowcount)
+
+
+def complete(session: Session, *, job_id: str, token: str, worker: str, instance_ids: list[str],
+             sha256: str | None, storage_path: str | None, metrics: dict | None, stats: dict | None) -> Job:
+    """THE publishing transaction: version row, alias move, instances erased, requests
+    completed, audit events — all or nothing. ``sha256=None`` completes without a new
+    version (every instance was already erased)."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobConflict(f"job {job_id} vanished")
+    registry.get_model(session, job.model_name, lock=True)
+    session.refresh(job)
+    if job.status != RUNNING or job.claim_token != token:
+        raise JobConflict(f"job {job_id} is no longer ours (status {job.status})")
+    if registry.version_by_job(session, job.id) is not None:
+        raise JobConflict(f"job {job_id} already published a version")
+    prod = registry.resolve_alias(session, job.model_name, PRODUCTION)
+    current = prod.version if prod else None
+    if current != job.base_version:
+        raise JobConflict(f"production moved from v{job.base_version} to v{current} while job {job_id} ran")
+    actor = f"worker:{worker}"
+    reqs = requests_of(session, job.id)
+    now = utcnow()
+    new_version = current
+    if sha256 is not None:
+        v = registry.add_version(session, model_name=job.model_name, sha256=sha256, storage_path=storage_path,
+                                 parent_version=current, job_id=job.id, metrics=metrics)
+        new_version = v.version
+        audit.append(session, actor=actor, action="model.version_created",
+                     payload={"model": job.model_name, "version": v.version, "sha256": sha256,
+                              "parent_version": current, "job_id": job.id, "metrics": metrics})
+        registry.move_alias(session, model_name=job.model_name, alias=PRODUCTION, to_version=v.version,
+                            actor=actor, job_id=job.id)
+        audit.append(session, actor=actor, action="alias.moved",
+                     payload={"model": job.model_name, "alias": PRODUCTION, "from_version": current,
+                              "to_version": v.version, "job_id": job.id})
+        erased = catalogue.mark_erased(session, job.model_name, instance_ids, job.id)
+        audit.append(session, actor=actor, action="instances.erased",
+                     payload={"model": job.model_name, "job_id": job.id, "count": erased,
+                              "instance_ids": sorted(instance_ids)})
+    for r in reqs:
+        r.status, r.completed_at = fm.COMPLETED, now
+        r.version_before, r.version_after, r.metrics = current, new_version, metrics
+        if sha256 is None:
+            r.error = None
+        audit.append(session, actor=actor, action="forget.completed", subject_ref=r.subject_ref,
+                     payload={"request_id": r.id, "model": job.model_name, "job_id": job.id,
+                              "version_before": current, "version_after": new_version,
+                              "instances": len(r.instance_ids)})
+    job.status, job.finished_at, job.progress, job.stage = COMPLETED, now, 1.0, "completed"
+    job.result_version, job.metrics, job.stats, job.error = new_version, metrics, stats, None
+    audit.append(session, actor=actor, action="job.completed",
+                 payload={"job_id": job.id, "model": job.model_name, "version": new_version})
+    session.flush()
+    return job
+
+
+def _finish_failed(session: Session, job: Job, reqs: list[ForgetRequest], error: str, actor: str = "system") -> None:
+    now = utcnow()
+    job.status, job.finished_at, job.error, job.stage = FAILED, now, error, "failed"
+    for r in reqs:
+        r.status, r.error, r.completed_at = fm.FAILED, error, now
+        audit.append(session, actor=actor, action="forget.failed", subject_ref=r.subject_ref,
+                     payload={"request_id": r.id, "job_id": job.id, "error": error})
+    audit.append(session, actor=actor, action="job.failed",
+                 payload={"job_id": job.id, "model": job.model_name, "attempts": job.attempts, "error": error})
+    session.flush()
+
+
+def fail(session: Session, *, job_id: str, token: str, worker: str, error: str, retryable: bool) -> str:
+    """Record a failed attempt. Returns "retry" (job queued again) or "failed" (final)."""
+    job = session.get(Job, job_id)
+    if job is None or job.claim_token != token or job.status != RUNNING:
+        return "done"
+    reqs = requests_of(session, job.id)
+    if retryable and job.attempts < job.max_attempts:
+        job.status, job.error, job.stage, job.claim_token, job.heartbeat_at = QUEUED, error, "retrying", None, None
+        for r in reqs:
+            r.status = fm.QUEUED
+        audit.append(session, actor=f"worker:{worker}", action="job.attempt_failed",
+                     payload={"job_id": job.id, "attempt": job.attempts, "error": error})
+        session.flush()
+        return "retry"
+    _finish_failed(session, job, reqs, error, actor=f"worker:{worker}")
+    return "failed"
+
+
+def recoverable(session: Session) -> list[str]:
+    """Jobs to (re)dispatch at start-up: queued ones and running ones (claim decides
+    whether their lease has expired)."""
+    return list(session.execute(select(Job.id).where(Job.status.in_([QUEUED, RUNNING]))
+                                .order_by(Job.created_at)).scalars())

@@ -1,0 +1,135 @@
+"""create_app(): routers, error handlers, body-size limit, and the worker wiring."""
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from .audit.router import router as audit_router
+from .catalogue.router import router as subjects_router
+from .db import get_engine
+from .forget.router import router as forget_router
+from .forget.service import ForgetError
+from .jobs.dispatch import Dispatcher
+from .registry.router import router as models_router
+from .registry.service import RegistryError, ServingCache
+from .settings import Settings, get_settings
+
+log = logging.getLogger("lethe")
+
+
+class BodyLimit:
+    """Refuse request bodies above ``limit`` bytes with 413 (checks Content-Length and
+    counts streamed chunks, so a chunked upload cannot slip past)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for k, v in scope.get("headers", []):
+            if k == b"content-length" and v.isdigit() and int(v) > self.limit:
+                return await self._too_large(send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:  # FastAPI re-raises HTTPException from body reading
+                    raise HTTPException(413, f"request body exceeds {self.limit} bytes")
+            return msg
+
+        await self.app(scope, limited, send)
+
+    async def _too_large(self, send):
+        resp = JSONResponse({"code": "body_too_large", "detail": f"request body exceeds {self.limit} bytes"}, 413)
+        await send({"type": "http.response.start", "status": 413, "headers": resp.raw_headers})
+        await send({"type": "http.response.body", "body": resp.body})
+
+
+def _default_dispatcher(settings: Settings) -> Dispatcher:
+    if settings.broker_url:
+        from worker.celery_app import CeleryDispatcher
+
+        return CeleryDispatcher(settings)
+    from worker.embedded import EmbeddedWorker
+
+    return EmbeddedWorker(settings)
+
+
+def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    settings.ensure_dirs()
+    dispatcher = dispatcher or _default_dispatcher(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        start = getattr(dispatcher, "start", None)
+        if start:
+            start()
+        try:
+            yield
+        finally:
+            stop = getattr(dispatcher, "stop", None)
+            if stop:
+                stop()
+
+    app = FastAPI(title="Lethe", version="0.1.0", lifespan=lifespan,
+                  description="Machine-unlearning service: takes deletion requests and makes the served model "
+                              "forget, with a versioned registry and a hash-chained audit trail.")
+    app.state.settings, app.state.dispatcher, app.state.serving = settings, dispatcher, ServingCache()
+    for r in (forget_router, models_router, subjects_router, audit_router):
+        app.include_router(r)
+
+    @app.exception_handler(ForgetError)
+    async def _forget_error(_: Request, exc: ForgetError):
+        return JSONResponse({"code": exc.code, "detail": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        parts = []
+        for e in errors:
+            where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+            parts.append(f"{where}: {e.get('msg')}")
+        return JSONResponse({"code": "invalid_request", "detail": "; ".join(parts),
+                             "errors": [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+                                        for e in errors]}, status_code=422)
+
+    @app.exception_handler(RegistryError)
+    async def _registry_error(_: Request, exc: RegistryError):
+        return JSONResponse({"code": "registry_error", "detail": str(exc)}, status_code=500)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz():
+        checks: dict[str, str] = {}
+        ok = True
+        try:
+            with get_engine(settings.database_url).connect() as c:
+                c.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as e:  # noqa: BLE001
+            ok, checks["database"] = False, f"error: {e.__class__.__name__}: {e}"[:300]
+        if os.path.isdir(settings.registry_dir) and os.access(settings.registry_dir, os.W_OK):
+            checks["registry"] = "ok"
+        else:
+            ok, checks["registry"] = False, f"error: {settings.registry_dir} missing or not writable"
+        b_ok, b_msg = dispatcher.ready()
+        checks["broker" if settings.broker_url else "worker"] = "ok" if b_ok else f"error: {b_msg}"
+        ok = ok and b_ok
+        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app

@@ -1,0 +1,142 @@
+"""Registry services: versions are immutable and content-addressed (the weights file is
+named by its sha256); aliases are mutable pointers and every move is recorded."""
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ..db import utcnow
+from .models import PRODUCTION, AliasMove, ModelAlias, ModelVersion, RegisteredModel
+
+
+class RegistryError(Exception):
+    pass
+
+
+def get_model(session: Session, name: str, *, lock: bool = False) -> RegisteredModel | None:
+    q = select(RegisteredModel).where(RegisteredModel.name == name)
+    if lock and session.get_bind().dialect.name == "postgresql":
+        q = q.with_for_update()  # serialises per-model writers (submission vs. job claim/commit)
+    return session.execute(q).scalar_one_or_none()
+
+
+def list_models(session: Session) -> list[RegisteredModel]:
+    return list(session.execute(select(RegisteredModel).order_by(RegisteredModel.name)).scalars())
+
+
+def aliases(session: Session, model_name: str) -> dict[str, int]:
+    rows = session.execute(select(ModelAlias).where(ModelAlias.model_name == model_name)).scalars()
+    return {r.alias: r.version for r in rows}
+
+
+def get_version(session: Session, model_name: str, version: int) -> ModelVersion | None:
+    return session.execute(select(ModelVersion).where(
+        ModelVersion.model_name == model_name, ModelVersion.version == version)).scalar_one_or_none()
+
+
+def resolve_alias(session: Session, model_name: str, alias: str = PRODUCTION) -> ModelVersion | None:
+    a = session.get(ModelAlias, (model_name, alias))
+    return get_version(session, model_name, a.version) if a else None
+
+
+def versions(session: Session, model_name: str) -> list[ModelVersion]:
+    return list(session.execute(select(ModelVersion).where(ModelVersion.model_name == model_name)
+                                .order_by(ModelVersion.version)).scalars())
+
+
+def alias_moves(session: Session, model_name: str) -> list[AliasMove]:
+    return list(session.execute(select(AliasMove).where(AliasMove.model_name == model_name)
+                                .order_by(AliasMove.id)).scalars())
+
+
+def version_by_job(session: Session, job_id: str) -> ModelVersion | None:
+    return session.execute(select(ModelVersion).where(ModelVersion.job_id == job_id)).scalar_one_or_none()
+
+
+# --- weights on disk ---------------------------------------------------------------------
+
+def weights_tmp_path(registry_dir: str, model_name: str) -> str:
+    return os.path.join(registry_dir, model_name, f".incoming-{uuid.uuid4().hex}.safetensors")
+
+
+def publish_weights(registry_dir: str, model_name: str, tmp_path: str, sha256: str) -> str:
+    """Move a freshly written checkpoint to its content address; returns the path relative
+    to the registry dir (what the database stores)."""
+    rel = os.path.join(model_name, f"{sha256}.safetensors")
+    os.replace(tmp_path, os.path.join(registry_dir, rel))
+    return rel
+
+
+def absolute_path(registry_dir: str, storage_path: str) -> str:
+    return storage_path if os.path.isabs(storage_path) else os.path.join(registry_dir, storage_path)
+
+
+# --- writes (inside the caller's transaction) ------------------------------------------------
+
+def register_model(session: Session, *, name: str, dataset: str, arch: str, input_shape, classes) -> RegisteredModel:
+    m = RegisteredModel(name=name, dataset=dataset, arch=arch, input_shape=list(input_shape), classes=list(classes))
+    session.add(m)
+    session.flush()
+    return m
+
+
+def next_version_number(session: Session, model_name: str) -> int:
+    return (session.execute(select(func.max(ModelVersion.version)).where(
+        ModelVersion.model_name == model_name)).scalar() or 0) + 1
+
+
+def add_version(session: Session, *, model_name: str, sha256: str, storage_path: str,
+                parent_version: int | None, job_id: str | None, metrics: dict | None) -> ModelVersion:
+    v = ModelVersion(model_name=model_name, version=next_version_number(session, model_name), sha256=sha256,
+                     storage_path=storage_path, parent_version=parent_version, job_id=job_id,
+                     status="READY", metrics=metrics)
+    session.add(v)
+    session.flush()
+    return v
+
+
+def move_alias(session: Session, *, model_name: str, alias: str, to_version: int, actor: str,
+               job_id: str | None = None) -> AliasMove:
+    current = session.get(ModelAlias, (model_name, alias))
+    from_version = current.version if current else None
+    if current is None:
+        session.add(ModelAlias(model_name=model_name, alias=alias, version=to_version, updated_at=utcnow()))
+    else:
+        current.version, current.updated_at = to_version, utcnow()
+    move = AliasMove(model_name=model_name, alias=alias, from_version=from_version, to_version=to_version,
+                     job_id=job_id, actor=actor, moved_at=utcnow())
+    session.add(move)
+    session.flush()
+    return move
+
+
+# --- serving: reload when the alias moves, no restart -------------------------------------
+
+class ServingCache:
+    """Holds the loaded network per model, keyed by the version id and sha256 the
+    ``production`` alias points to *now*; a moved alias loads the new weights on the next call."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loaded: dict[str, tuple[int, str, object, dict]] = {}
+
+    def get(self, registry_dir: str, version: ModelVersion):
+        key = (version.id, version.sha256)
+        with self._lock:
+            hit = self._loaded.get(version.model_name)
+            if hit and (hit[0], hit[1]) == key:
+                return hit[2], hit[3]
+            from models.checkpoint import file_sha256, load_checkpoint
+
+            path = absolute_path(registry_dir, version.storage_path)
+            if not os.path.exists(path):
+                raise RegistryError(f"weights of {version.model_name} v{version.version} missing at {path}")
+            if file_sha256(path) != version.sha256:
+                raise RegistryError(f"weights of {version.model_name} v{version.version} fail their sha256 check")
+            model, meta = load_checkpoint(path, device="cpu")
+            self._loaded[version.model_name] = (version.id, version.sha256, model, meta)
+            return model, meta

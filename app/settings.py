@@ -1,0 +1,59 @@
+"""All configuration in one place: environment variables with the ``LETHE_`` prefix."""
+from __future__ import annotations
+
+import functools
+import os
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LETHE_", env_file=None, extra="ignore")
+
+    # storage
+    database_url: str = Field(
+        default="sqlite:///./var/lethe.db",
+        description="SQLAlchemy URL: sqlite:///path (embedded) or postgresql+psycopg://user@host/db",
+    )
+    registry_dir: str = Field(default="./var/registry", description="where model weights (safetensors) live")
+    data_dir: str = Field(default="./var/data", description="catalogue raw-data store, one file per instance")
+    # queue: empty => embedded in-process worker thread
+    broker_url: str = Field(default="", description="redis://host:port/db for Celery; empty = embedded worker")
+    queue_name: str = "lethe"
+    visibility_timeout_s: int = Field(default=6 * 3600, description="Redis visibility timeout; > longest job")
+    job_lease_s: int = Field(default=900, description="a running job whose heartbeat is older than this may be reclaimed")
+    max_attempts: int = 3
+    # privacy
+    subject_secret: str = Field(default="lethe-dev-secret-change-me", description="HMAC key for subject references")
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 1_000_000
+    max_instances_per_request: int = 256
+    max_predict_inputs: int = 512
+    # demo bootstrap
+    bootstrap_demo: bool = True
+    demo_dataset: str = "mnist5k"
+    demo_seed: int = 0
+    demo_epochs: int | None = None
+    # verification gate: a new version that loses more test accuracy than this is not published
+    max_test_accuracy_drop: float = 5.0
+    embedded_worker: bool = Field(default=True, description="start the in-process worker when broker_url is empty")
+
+    @property
+    def embedded(self) -> bool:
+        return not self.broker_url
+
+    def ensure_dirs(self) -> None:
+        os.makedirs(self.registry_dir, exist_ok=True)
+        os.makedirs(self.data_dir, exist_ok=True)
+        if self.database_url.startswith("sqlite:///"):
+            path = self.database_url[len("sqlite:///"):]
+            if path and path != ":memory:":
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

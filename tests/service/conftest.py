@@ -1,0 +1,107 @@
+"""Fast service tests: a fresh SQLite database migrated with Alembic, a small catalogued
+model (an untrained network, no training needed) and a dispatcher that only records."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from app.audit import service as audit
+from app.catalogue import service as catalogue
+from app.catalogue import store
+from app.catalogue.models import TrainingInstance
+from app.cli import migrate
+from app.db import session_scope
+from app.main import create_app
+from app.registry import service as registry
+from app.settings import Settings
+
+MODEL = "toy-cnn"
+SHAPE = (1, 8, 8)
+CLASSES = [str(c) for c in range(10)]
+SECRET = "test-secret"
+
+
+class RecordingDispatcher:
+    def __init__(self):
+        self.sent: list[str] = []
+
+    def dispatch(self, job_id: str) -> None:
+        self.sent.append(job_id)
+
+    def ready(self):
+        return True, "ok"
+
+
+def make_settings(tmp_path, **kw) -> Settings:
+    return Settings(database_url=f"sqlite:///{tmp_path}/lethe.db", registry_dir=str(tmp_path / "registry"),
+                    data_dir=str(tmp_path / "data"), subject_secret=SECRET, broker_url="",
+                    bootstrap_demo=False, embedded_worker=False, **kw)
+
+
+def save_net(settings: Settings, seed: int) -> tuple[str, str]:
+    from models.checkpoint import save_checkpoint
+    from models.nets import build_model
+
+    torch.manual_seed(seed)
+    net = build_model("cnn", SHAPE, len(CLASSES))
+    tmp = registry.weights_tmp_path(settings.registry_dir, MODEL)
+    sha = save_checkpoint(net, tmp, arch="cnn", dataset="digits", input_shape=SHAPE, classes=CLASSES)
+    return sha, registry.publish_weights(settings.registry_dir, MODEL, tmp, sha)
+
+
+def subject_of(i: int) -> str:
+    return ["alice", "alice", "alice", "bob", "bob"][i] if i < 5 else f"user-{i}"
+
+
+@pytest.fixture
+def settings(tmp_path):
+    s = make_settings(tmp_path)
+    migrate(s)
+    return s
+
+
+@pytest.fixture
+def seeded(settings):
+    """Model toy-cnn v1 (production) and 12 catalogued instances with raw data."""
+    sha, rel = save_net(settings, seed=1)
+    rng = np.random.default_rng(0)
+    with session_scope(settings.database_url) as db:
+        registry.register_model(db, name=MODEL, dataset="digits", arch="cnn", input_shape=SHAPE, classes=CLASSES)
+        registry.add_version(db, model_name=MODEL, sha256=sha, storage_path=rel, parent_version=None,
+                             job_id=None, metrics=None)
+        registry.move_alias(db, model_name=MODEL, alias="production", to_version=1, actor="test")
+        audit.append(db, actor="test", action="model.version_created", payload={"version": 1})
+        for i in range(12):
+            x = rng.random(SHAPE, dtype=np.float32)
+            iid = f"toy-{i:05d}"
+            path = store.path_for(settings.data_dir, MODEL, iid)
+            store.write(path, x)
+            db.add(TrainingInstance(model_name=MODEL, instance_id=iid, dataset="digits",
+                                    subject_ref=catalogue.subject_ref(SECRET, subject_of(i)), label=i % 10,
+                                    content_hash=store.content_hash(x), storage_uri=path))
+    return settings
+
+
+@pytest.fixture
+def dispatcher():
+    return RecordingDispatcher()
+
+
+@pytest.fixture
+def client(seeded, dispatcher):
+    with TestClient(create_app(seeded, dispatcher=dispatcher)) as c:
+        yield c
+
+
+def counts(settings: Settings) -> dict:
+    from sqlalchemy import func, select
+
+    from app.audit.models import AuditEvent
+    from app.forget.models import ForgetRequest
+    from app.jobs.models import Job
+
+    with session_scope(settings.database_url) as db:
+        return {t.__name__: db.execute(select(func.count()).select_from(t)).scalar()
+                for t in (ForgetRequest, Job, AuditEvent)}
