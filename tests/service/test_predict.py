@@ -1,0 +1,67 @@
+"""Predict serves whatever `production` points to now, reloading when the alias moves."""
+import numpy as np
+import torch
+
+from app.db import session_scope
+from app.registry import service as registry
+
+from .conftest import MODEL, save_net
+
+
+def test_predict_by_ids_and_inputs_agree(client, seeded):
+    a = client.post(f"/v1/models/{MODEL}/predict", json={"instance_ids": ["toy-00000", "toy-00001"]})
+    assert a.status_code == 200, a.text
+    body = a.json()
+    assert body["version"] == 1 and len(body["predictions"]) == 2
+    x = np.load(f"{seeded.data_dir}/{MODEL}/toy-00000.npy")
+    b = client.post(f"/v1/models/{MODEL}/predict", json={"inputs": [x.tolist()]}).json()
+    flat = client.post(f"/v1/models/{MODEL}/predict", json={"inputs": [x.reshape(-1).tolist()]}).json()
+    assert b["predictions"][0]["label"] == flat["predictions"][0]["label"] == body["predictions"][0]["label"]
+    assert abs(b["predictions"][0]["confidence"] - body["predictions"][0]["confidence"]) < 1e-6
+
+
+def test_predict_bad_input(client):
+    url = f"/v1/models/{MODEL}/predict"
+    cases = [
+        ({}, 422, "exactly one"),
+        ({"instance_ids": ["toy-00000"], "inputs": [[0.0] * 64]}, 422, "exactly one"),
+        ({"inputs": []}, 422, "empty"),
+        ({"inputs": [[0.0] * 63]}, 422, "shape [1, 8, 8]"),
+        ({"inputs": [[0.0] * 64, [0.0] * 3]}, 422, "ragged"),
+        ({"inputs": [["a"] * 64]}, 422, "finite number"),
+        ({"inputs": [[True] * 64]}, 422, "finite number"),
+        ({"instance_ids": ["ghost"]}, 422, "ghost"),
+        ({"inputs": "zeros"}, 422, "inputs"),
+    ]
+    for body, status, msg in cases:
+        r = client.post(url, json=body)
+        assert r.status_code == status and msg in r.json()["detail"], (body, r.text)
+    assert client.post("/v1/models/nope/predict", json={"inputs": [[0.0] * 64]}).status_code == 404
+
+
+def test_alias_move_is_served_without_restart(client, seeded):
+    x = torch.rand(5, 1, 8, 8).tolist()
+    before = client.post(f"/v1/models/{MODEL}/predict", json={"inputs": x}).json()
+    sha, rel = save_net(seeded, seed=7)
+    with session_scope(seeded.database_url) as db:
+        registry.add_version(db, model_name=MODEL, sha256=sha, storage_path=rel, parent_version=1, job_id=None,
+                             metrics=None)
+        registry.move_alias(db, model_name=MODEL, alias="production", to_version=2, actor="test")
+    after = client.post(f"/v1/models/{MODEL}/predict", json={"inputs": x}).json()
+    assert (before["version"], after["version"]) == (1, 2) and after["sha256"] == sha
+    assert [p["confidence"] for p in before["predictions"]] != [p["confidence"] for p in after["predictions"]]
+    versions = client.get(f"/v1/models/{MODEL}/versions").json()
+    assert versions["aliases"] == {"production": 2}
+    assert [(m["from_version"], m["to_version"]) for m in versions["alias_moves"]] == [(None, 1), (1, 2)]
+    assert client.get("/v1/models").json()[0]["latest_version"] == 2
+
+
+def test_corrupted_weights_are_refused(client, seeded):
+    with session_scope(seeded.database_url) as db:
+        v1 = registry.get_version(db, MODEL, 1)
+    path = registry.absolute_path(seeded.registry_dir, v1.storage_path)
+    with open(path, "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\x00\x01\x02\x03")
+    r = client.post(f"/v1/models/{MODEL}/predict", json={"inputs": [[0.0] * 64]})
+    assert r.status_code == 500 and "sha256" in r.json()["detail"]
