@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: venv test test-fast bench-instance clean
+.PHONY: venv test test-fast bench-instance run migrate worker clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,18 @@ test-fast: venv
 
 bench-instance: venv
 	$(BIN)/python -m bench.instance
+
+# The service. Embedded by default (SQLite under ./var, in-process worker); first start
+# migrates, trains the demo model and catalogues it. LETHE_PORT (default 8000), see docs/service.md.
+run: venv
+	$(BIN)/python -m app.cli serve
+
+migrate: venv
+	$(BIN)/python -m app.cli migrate
+
+# Postgres/Redis mode: one Celery worker per GPU (LETHE_DATABASE_URL, LETHE_BROKER_URL set).
+worker: venv
+	$(BIN)/celery -A worker.celery_app worker --pool=solo --loglevel=INFO
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -25,7 +25,6 @@ def make_celery(settings: Settings) -> Celery:
         task_default_queue=settings.queue_name,
         task_ignore_result=True,
         broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
     )
     return app
 

@@ -169,3 +169,16 @@ def test_health(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     r = client.get("/readyz")
     assert r.status_code == 200 and r.json()["checks"] == {"database": "ok", "registry": "ok", "worker": "ok"}
+
+
+def test_readyz_reports_an_unreachable_broker(seeded):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from worker.celery_app import CeleryDispatcher
+
+    s = seeded.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
+    with TestClient(create_app(s, dispatcher=CeleryDispatcher(s))) as c:
+        r = c.get("/readyz")
+    assert r.status_code == 503 and r.json()["checks"]["broker"].startswith("error")
+    assert r.json()["checks"]["database"] == "ok"

@@ -1,0 +1,131 @@
+"""The user's journey, shared by the embedded and the Postgres/Redis/Celery tests."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import time
+
+import httpx
+
+MODEL = "digits-cnn"
+
+
+def wait_done(c: httpx.Client, request_id: str, timeout: float = 600) -> dict:
+    deadline = time.time() + timeout
+    seen_progress = set()
+    while time.time() < deadline:
+        r = c.get(f"/v1/forget/{request_id}")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        if body["job"]:
+            seen_progress.add((body["job"]["status"], body["job"]["stage"]))
+        if body["status"] in ("completed", "failed", "rejected"):
+            body["_seen"] = seen_progress
+            return body
+        time.sleep(0.3)
+    raise AssertionError(f"request {request_id} not finished after {timeout}s: {body}")
+
+
+def served_test_accuracy(c: httpx.Client, ds) -> float:
+    correct = 0
+    for i in range(0, len(ds.y_test), 500):
+        xs = ds.x_test[i:i + 500]
+        r = c.post(f"/v1/models/{MODEL}/predict", json={"inputs": xs.tolist()})
+        assert r.status_code == 200, r.text
+        labels = [p["label"] for p in r.json()["predictions"]]
+        correct += sum(int(a == b) for a, b in zip(labels, ds.y_test[i:i + 500].tolist()))
+    return 100.0 * correct / len(ds.y_test)
+
+
+def subject_inputs(c: httpx.Client, ds, subject: str):
+    r = c.get(f"/v1/subjects/{subject}/instances", params={"model": MODEL})
+    assert r.status_code == 200, r.text
+    ids = [i["instance_id"] for i in r.json()["instances"]]
+    idx = ds.index_of(ids)
+    return ids, ds.x_train[idx], ds.y_train[idx]
+
+
+def forget_subject_and_check(c: httpx.Client, data_dir: str) -> dict:
+    """Submit a deletion for 'alice', poll it to completed, and check the model forgot."""
+    from models.data import load_dataset
+
+    ds = load_dataset("digits")
+    models = c.get("/v1/models").json()
+    assert [(m["name"], m["aliases"]) for m in models] == [(MODEL, {"production": 1})]
+    ta_before = served_test_accuracy(c, ds)
+    ids, x, y = subject_inputs(c, ds, "alice")
+    assert len(ids) == 3
+    before = c.post(f"/v1/models/{MODEL}/predict", json={"inputs": x.tolist()}).json()
+    assert before["version"] == 1
+
+    r = c.post("/v1/forget", json={"model": MODEL, "subject_id": "alice", "objective": "misclassify"},
+               headers={"Idempotency-Key": "alice-1"})
+    assert r.status_code == 202, r.text
+    again = c.post("/v1/forget", json={"model": MODEL, "subject_id": "alice", "objective": "misclassify"},
+                   headers={"Idempotency-Key": "alice-1"})
+    assert again.status_code == 202 and again.json()["id"] == r.json()["id"]
+    done = wait_done(c, r.json()["id"])
+    assert done["status"] == "completed", done
+    assert (done["version_before"], done["version_after"]) == (1, 2)
+    assert done["job"]["progress"] == 1.0 and done["metrics"]["ua"] == 100.0
+    job = c.get(f"/v1/jobs/{done['job']['id']}").json()
+    assert job["status"] == "completed" and job["attempts"] == 1 and job["result_version"] == 2
+
+    versions = c.get(f"/v1/models/{MODEL}/versions").json()
+    assert versions["aliases"] == {"production": 2}
+    assert [(v["version"], v["parent_version"]) for v in versions["versions"]] == [(1, None), (2, 1)]
+    assert len(versions["versions"][1]["sha256"]) == 64
+
+    # the served model now misclassifies every one of alice's instances
+    after = c.post(f"/v1/models/{MODEL}/predict", json={"inputs": x.tolist()}).json()
+    assert after["version"] == 2
+    assert all(p["label"] != t for p, t in zip(after["predictions"], y.tolist())), (after, y)
+    ta_after = served_test_accuracy(c, ds)
+    assert ta_after >= ta_before - 2.0, (ta_before, ta_after)
+
+    # the catalogue marks them erased and their raw data is gone
+    inst = c.get("/v1/subjects/alice/instances").json()["instances"]
+    assert all(i["erased"] and i["raw_data_deleted"] for i in inst)
+    assert not any(os.path.exists(os.path.join(data_dir, MODEL, f"{i}.npy")) for i in ids)
+    gone = c.post(f"/v1/models/{MODEL}/predict", json={"instance_ids": ids})
+    assert gone.status_code == 410
+    again = c.post("/v1/forget", json={"model": MODEL, "subject_id": "alice"})
+    assert again.status_code == 409 and "already erased" in again.json()["detail"]
+    return {"ta_before": ta_before, "ta_after": ta_after, "job_id": done["job"]["id"]}
+
+
+def concurrent_requests_stay_linear(c: httpx.Client) -> None:
+    """Two requests at the same moment, a third while they run: all complete, and the
+    versions form one chain (every version's parent is the one before it)."""
+    def post(subject):
+        return c.post("/v1/forget", json={"model": MODEL, "subject_id": subject, "objective": "misclassify"})
+
+    with cf.ThreadPoolExecutor(2) as pool:
+        rs = list(pool.map(post, ["bob", "carol"]))
+    assert [r.status_code for r in rs] == [202, 202], [r.text for r in rs]
+    ids = [r.json()["id"] for r in rs]
+    deadline = time.time() + 120  # a third request arriving while a job runs goes to the next job
+    while c.get(f"/v1/forget/{ids[0]}").json()["status"] == "queued" and time.time() < deadline:
+        time.sleep(0.1)
+    third = c.post("/v1/forget", json={"model": MODEL, "subject_id": "dave", "objective": "misclassify"})
+    assert third.status_code == 202
+    ids.append(third.json()["id"])
+    results = [wait_done(c, i) for i in ids]
+    assert [r["status"] for r in results] == ["completed"] * 3, results
+    versions = c.get(f"/v1/models/{MODEL}/versions").json()
+    chain = [(v["version"], v["parent_version"]) for v in versions["versions"]]
+    assert chain == [(1, None)] + [(n, n - 1) for n in range(2, len(chain) + 1)], chain
+    assert versions["aliases"]["production"] == chain[-1][0] >= 3
+    assert all(r["version_after"] == r["version_before"] + 1 for r in results)
+    moves = [(m["from_version"], m["to_version"]) for m in versions["alias_moves"]]
+    assert moves == [(None, 1)] + [(n - 1, n) for n in range(2, len(chain) + 1)]
+
+
+def audit_verifies(c: httpx.Client) -> dict:
+    v = c.get("/v1/audit/verify").json()
+    assert v["ok"] is True, v
+    actions = [e["action"] for e in c.get("/v1/audit", params={"limit": 1000}).json()["entries"]]
+    for a in ("forget.received", "job.started", "model.version_created", "alias.moved", "instances.erased",
+              "forget.completed", "job.completed"):
+        assert a in actions
+    return v
