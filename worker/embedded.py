@@ -40,6 +40,7 @@ class EmbeddedWorker:
 
         with session_scope(self.settings.database_url) as db:
             catalogue.purge_erased_raw(db)  # a crash after an erasure commit leaves no raw data behind
+            jobs.release_orphans(db, "embedded:")  # one gateway per embedded database: earlier ones are gone
             for job_id in jobs.recoverable(db):
                 self.queue.put(job_id)
         self.thread = threading.Thread(target=self._loop, name="lethe-embedded-worker", daemon=True)

@@ -205,6 +205,14 @@ def fail(session: Session, *, job_id: str, token: str, worker: str, error: str, 
     return "failed"
 
 
+def release_orphans(session: Session, worker_prefix: str) -> int:
+    """Embedded mode starts: jobs left `running` by an earlier embedded worker (a process
+    that is gone) lose their lease at once instead of waiting for it to expire."""
+    res = session.execute(update(Job).where(Job.status == RUNNING, Job.worker.startswith(worker_prefix))
+                          .values(heartbeat_at=None))
+    return res.rowcount or 0
+
+
 def recoverable(session: Session) -> list[str]:
     """Jobs to (re)dispatch at start-up: queued ones and running ones (claim decides
     whether their lease has expired)."""
