@@ -26,7 +26,9 @@ log = logging.getLogger("lethe.worker")
 
 
 class VerificationFailed(Exception):
-    pass
+    def __init__(self, message: str, metrics: dict | None = None):
+        super().__init__(message)
+        self.metrics = metrics
 
 
 class ClaimLost(Exception):
@@ -67,7 +69,8 @@ def execute_job(job_id: str, *, settings: Settings | None = None, worker_name: s
             rx, ry = catalogue.load_arrays(retained_rows)
             sha, rel, metrics, stats = _unlearn(s, job_id, token, spec, fx, fy, rx, ry)
     except (VerificationFailed, ClaimLost) as e:
-        return _record_failure(s, job_id, token, worker, f"{e.__class__.__name__}: {e}", retryable=False)
+        return _record_failure(s, job_id, token, worker, f"{e.__class__.__name__}: {e}", retryable=False,
+                               metrics=getattr(e, "metrics", None))
     except Exception as e:  # noqa: BLE001 - recorded in the job, retried up to max_attempts
         log.exception("job %s failed", job_id)
         tb = traceback.format_exc(limit=3)
@@ -84,9 +87,11 @@ def execute_job(job_id: str, *, settings: Settings | None = None, worker_name: s
     return "completed"
 
 
-def _record_failure(s: Settings, job_id: str, token: str, worker: str, error: str, retryable: bool) -> str:
+def _record_failure(s: Settings, job_id: str, token: str, worker: str, error: str, retryable: bool,
+                    metrics: dict | None = None) -> str:
     with session_scope(s.database_url) as db:
-        return jobs.fail(db, job_id=job_id, token=token, worker=worker, error=error, retryable=retryable)
+        return jobs.fail(db, job_id=job_id, token=token, worker=worker, error=error, retryable=retryable,
+                         metrics=metrics)
 
 
 def _unlearn(s: Settings, job_id: str, token: str, spec: dict, fx, fy, rx, ry):
@@ -158,7 +163,7 @@ def _verify(s: Settings, spec: dict, m: dict) -> None:
     if any(v != v for v in m.values() if isinstance(v, float)):
         problems.append("a metric is NaN")
     if problems:
-        raise VerificationFailed("; ".join(problems))
+        raise VerificationFailed("; ".join(problems), metrics=m)
 
 
 @celery_app.task(name="lethe.run_job", bind=True, acks_late=True, max_retries=None)

@@ -187,11 +187,15 @@ def _finish_failed(session: Session, job: Job, reqs: list[ForgetRequest], error:
     session.flush()
 
 
-def fail(session: Session, *, job_id: str, token: str, worker: str, error: str, retryable: bool) -> str:
-    """Record a failed attempt. Returns "retry" (job queued again) or "failed" (final)."""
+def fail(session: Session, *, job_id: str, token: str, worker: str, error: str, retryable: bool,
+         metrics: dict | None = None) -> str:
+    """Record a failed attempt (with the metrics of a model that failed verification, so
+    the refusal can be inspected). Returns "retry" (job queued again) or "failed" (final)."""
     job = session.get(Job, job_id)
     if job is None or job.claim_token != token or job.status != RUNNING:
         return "done"
+    if metrics is not None:
+        job.metrics = metrics
     reqs = requests_of(session, job.id)
     if retryable and job.attempts < job.max_attempts:
         job.status, job.error, job.stage, job.claim_token, job.heartbeat_at = QUEUED, error, "retrying", None, None
