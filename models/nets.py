@@ -1,0 +1,104 @@
+"""Architectures by name: a small CNN (1-channel images), CIFAR-style ResNet-18
+(3-channel 32x32 images) and an MLP (tabular rows).
+
+Every network exposes ``features(x)`` (the penultimate representation) and ``head``
+(the final linear layer), so methods that work on the representation or on the last
+layer alone can do so without knowing the architecture.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class SmallCNN(nn.Module):
+    """Two conv blocks + one hidden layer; sized for 8x8 digits and 28x28 MNIST."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 32):
+        super().__init__()
+        c, h, w = input_shape
+        self.conv1 = nn.Conv2d(c, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
+        # two 2x2 poolings on 28x28 (-> 7x7), one on 8x8 (-> 4x4): keep small inputs informative
+        self.pools = 2 if min(h, w) >= 16 else 1
+        hh, ww = h // (2**self.pools), w // (2**self.pools)
+        self.fc = nn.Linear(2 * width * hh * ww, 128)
+        self.head = nn.Linear(128, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        if self.pools == 2:
+            x = F.max_pool2d(x, 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return F.relu(self.fc(x.flatten(1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class MLP(nn.Module):
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] = (128, 64)):
+        super().__init__()
+        dims = [math.prod(input_shape), *hidden]
+        self.body = nn.Sequential(*[m for a, b in zip(dims, dims[1:]) for m in (nn.Linear(a, b), nn.ReLU())])
+        self.head = nn.Linear(dims[-1], num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x.flatten(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """CIFAR-style ResNet-18 (3x3 stem, no max-pool), as used by the L2UL public code."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int):
+        super().__init__()
+        c = input_shape[0]
+        self.conv1 = nn.Conv2d(c, 64, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        layers, cin = [], 64
+        for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+            layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.head = nn.Linear(512, num_classes)
+
+    def features(self, x):
+        out = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+ARCHITECTURES = {"cnn": SmallCNN, "mlp": MLP, "resnet18": ResNet18}
+
+
+def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    if arch not in ARCHITECTURES:
+        raise KeyError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[arch](tuple(input_shape), int(num_classes))

@@ -1,0 +1,366 @@
+"""Instance-wise unlearning (Cha et al., "Learning to Unlearn: Instance-wise Unlearning for
+Pre-trained Classifiers", AAAI 2024, arXiv 2301.11578).
+
+Two families live here, behind the one method interface:
+
+``paper_ga``, ``paper_ga_adv``, ``paper_full``: the published recipe and its ablations, for
+models whose training data Lethe does not hold. Per SGD step (NOTES §1, public code L2UL):
+
+    L = -CE(f(x_f), y_f) * |B_f| / (|B_f| + |B_adv|)          (gradient ascent on D_f)
+        + CE(f(x_adv), y_adv) * |B_adv| / (|B_f| + |B_adv|)    (adversarial examples, target labels)
+        + lambda * sum_i W_i (theta_i - theta0_i)^2 / 2          (inverted MAS importance anchor)
+
+stopping as soon as every forget instance is misclassified (checked after every step).
+For ``relabel`` the first term becomes +CE(f(x_f), y_target) (the paper's second objective).
+
+``lethe`` (the service default): the catalogue holds the remaining data, so the method
+can replay it. Choices, each justified by the ablation in docs/benchmarks.md:
+  * bounded objective: each forget instance is trained *towards* a label (its runner-up
+    class for ``misclassify``: the nearest wrong class, the smallest boundary move) with
+    cross-entropy, never unbounded ascent, so the loss cannot blow up (no NaN);
+  * per-instance stopping: an instance leaves the forget loss once it is misclassified
+    with a margin, so flipped instances are not pushed further than needed;
+  * retained-data replay: every step also fits a batch of remaining data;
+  * the paper's adversarial examples (cheap PGD: few steps) and importance anchor as
+    options (off by default where the ablation shows replay makes them redundant);
+  * a guard: accuracy on a slice of retained data is checked every few steps; a step
+    that loses more than ``guard_drop`` points is rolled back and the learning rate halved;
+  * consolidation: after every instance is flipped, a few more steps run while the flip
+    holds, so the boundary settles (repair phase with replay).
+``retrain_like`` replaces "flip every instance" by a privacy-calibrated target: each forget
+instance's loss is pushed up only to a matching quantile of the losses on held-out data,
+and the method stops when a loss-threshold attack can no longer tell D_f from held-out
+data (AUC <= 0.5 + tol) — what a model retrained without D_f looks like.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from ..attacks import random_targets, scaled_eps, targeted_l2_pgd
+from ..importance import anchor_penalty, inverted_normalised, mas_importance
+from ..metrics import auc
+from . import ProgressFn, UnlearnRequest, UnlearnResult, register
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _freeze_batchnorm(model: nn.Module) -> None:
+    """Tiny forget batches would corrupt BatchNorm running statistics: keep them fixed."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def _input_clip(x: torch.Tensor) -> tuple[float, float] | None:
+    """Images live in [0, 1]; standardised tabular data has no box."""
+    return (0.0, 1.0) if x.dim() == 4 and float(x.min()) >= 0.0 and float(x.max()) <= 1.0 else None
+
+
+@torch.no_grad()
+def _logits(model, x):
+    was = model.training
+    model.eval()
+    out = model(x)
+    model.train(was)
+    return out
+
+
+def _runner_up(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    masked = logits.clone()
+    masked[torch.arange(len(y)), y] = float("-inf")
+    return masked.argmax(1)
+
+
+def _num_classes(model: nn.Module) -> int:
+    return model.head.out_features
+
+
+# --------------------------------------------------------------------------- paper recipe
+
+
+@dataclass
+class PaperConfig:
+    """Defaults of the paper's public CIFAR-10 scripts (NOTES §1)."""
+
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    forget_batch: int = 32
+    adv_batch: int = 256
+    adv_per_instance: int = 20
+    pgd_steps: int = 100
+    eps_at_cifar: float = 4.0  # scaled to the input size by attacks.scaled_eps
+    lam: float = 1.0
+    max_steps: int = 500
+    use_adv: bool = True
+    use_importance: bool = True
+
+
+def make_adversarial(model, x, y, *, per_instance, pgd_steps, eps, step_size=None, seed=0):
+    """Adversarial examples from the *original* model, each labelled with its target class."""
+    gen = torch.Generator().manual_seed(seed)
+    targets = random_targets(y, _num_classes(model), per_instance, gen).to(x.device)
+    x_rep = x.repeat_interleave(per_instance, dim=0)
+    x_adv = targeted_l2_pgd(model, x_rep, targets, eps=eps, steps=pgd_steps, step_size=step_size,
+                            clip=_input_clip(x), generator=gen)
+    return x_adv, targets
+
+
+def paper_unlearn(model: nn.Module, req: UnlearnRequest, cfg: PaperConfig,
+                  progress: ProgressFn | None = None) -> UnlearnResult:
+    t0 = time.perf_counter()
+    model = copy.deepcopy(model)
+    dev = _device_of(model)
+    xf, yf = req.forget_x.to(dev), req.forget_y.to(dev)
+    relabel = req.objective == "relabel"
+    gen = torch.Generator().manual_seed(req.seed)
+    if relabel:
+        targets = (req.target_labels.to(dev) if req.target_labels is not None
+                   else _runner_up(_logits(model, xf), yf))
+
+    stats = {"method_family": "paper", "adv_examples": 0}
+    x_adv = y_adv = None
+    if cfg.use_adv:
+        if progress:
+            progress("adversarial examples", 0.0)
+        x_adv, y_adv = make_adversarial(model, xf, yf, per_instance=cfg.adv_per_instance,
+                                        pgd_steps=cfg.pgd_steps, eps=scaled_eps(xf.shape[1:], cfg.eps_at_cifar),
+                                        seed=req.seed)
+        stats["adv_examples"] = len(x_adv)
+    weights = anchor = None
+    if cfg.use_importance:
+        if progress:
+            progress("weight importance", 0.0)
+        weights = inverted_normalised(mas_importance(model, xf))
+        anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    model.train()
+    _freeze_batchnorm(model)
+
+    def done() -> bool:
+        pred = _logits(model, xf).argmax(1)
+        return bool((pred == targets).all()) if relabel else bool((pred != yf).all())
+
+    steps = 0
+    while not done() and steps < cfg.max_steps:
+        order = torch.randperm(len(xf), generator=gen)
+        for start in range(0, len(xf), cfg.forget_batch):
+            idx = order[start:start + cfg.forget_batch].to(dev)
+            bf = len(idx)
+            out_f = model(xf[idx])
+            loss_f = F.cross_entropy(out_f, targets[idx]) if relabel else -F.cross_entropy(out_f, yf[idx])
+            loss = loss_f
+            if x_adv is not None:
+                a_idx = torch.randint(0, len(x_adv), (min(cfg.adv_batch, len(x_adv)),), generator=gen).to(dev)
+                ba = len(a_idx)
+                loss = loss_f * bf / (bf + ba) + F.cross_entropy(model(x_adv[a_idx]), y_adv[a_idx]) * ba / (bf + ba)
+            if weights is not None:
+                loss = loss + cfg.lam * anchor_penalty(model, anchor, weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps += 1
+            if progress:
+                progress("unlearning", min(steps / cfg.max_steps, 1.0))
+            if done() or steps >= cfg.max_steps:
+                break
+    model.eval()
+    finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    stats.update({"steps": steps, "converged": done() if finite else False, "finite": finite,
+                  "seconds": time.perf_counter() - t0})
+    return UnlearnResult(model, stats)
+
+
+@register("paper_ga")
+def paper_ga(model, req, progress=None):
+    """Ablation: gradient ascent on D_f only."""
+    return paper_unlearn(model, req, PaperConfig(use_adv=False, use_importance=False, **req.options), progress)
+
+
+@register("paper_ga_adv")
+def paper_ga_adv(model, req, progress=None):
+    """Ablation: gradient ascent + adversarial examples."""
+    return paper_unlearn(model, req, PaperConfig(use_importance=False, **req.options), progress)
+
+
+@register("paper_full")
+def paper_full(model, req, progress=None):
+    """The full published method: gradient ascent + adversarial examples + MAS importance."""
+    return paper_unlearn(model, req, PaperConfig(**req.options), progress)
+
+
+# --------------------------------------------------------------------------- Lethe's default
+
+
+@dataclass
+class LetheConfig:
+    lr: float = 1e-2                 # SGD + momentum (Adam's sign-like first steps jolt every
+    momentum: float = 0.9            # weight of a converged model by ~lr: measured -9 pt at k=1)
+    forget_batch: int = 32
+    replay_batch: int = 128
+    forget_weight: float = 1.0
+    margin: float = 1.0              # logit margin an instance must reach to leave the loss
+    consolidate_steps: int = 10      # at least this many steps after the goal first holds
+    max_steps: int = 600
+    use_adv: bool = False            # paper's adversarial examples (see ablation)
+    adv_per_instance: int = 4
+    pgd_steps: int = 10
+    eps_at_cifar: float = 4.0
+    adv_weight: float = 0.5
+    use_importance: bool = False     # paper's MAS anchor (see ablation)
+    lam: float = 1.0
+    clip_norm: float = 1.0           # a confident instance's first gradient is ~70x a replay batch's
+    guard_every: int = 5
+    guard_size: int = 512
+    repair_tol: float = 0.5          # stop only once retained accuracy is back within this (points)
+    guard_drop: float = 25.0         # a step that loses this much is rolled back, lr halved
+    auc_tol: float = 0.02            # retrain_like: stop when AUC(D_f vs holdout) <= 0.5 + tol
+    holdout_size: int = 512
+
+
+def _per_instance_loss(model, x, y):
+    return F.cross_entropy(_logits(model, x), y, reduction="none")
+
+
+def lethe_unlearn(model: nn.Module, req: UnlearnRequest, cfg: LetheConfig,
+                  progress: ProgressFn | None = None) -> UnlearnResult:
+    if req.retain_x is None or len(req.retain_x) == 0:
+        raise ValueError("the 'lethe' method replays retained data; none was given "
+                         "(use 'paper_full' for models whose training data is not held)")
+    retrain_like = req.objective == "retrain_like"
+    if retrain_like and (req.holdout_x is None or len(req.holdout_x) == 0):
+        raise ValueError("objective 'retrain_like' needs held-out data (holdout_x/holdout_y) to calibrate against")
+    t0 = time.perf_counter()
+    model = copy.deepcopy(model)
+    dev = _device_of(model)
+    gen = torch.Generator().manual_seed(req.seed)
+    xf, yf = req.forget_x.to(dev), req.forget_y.to(dev)
+    xr, yr = req.retain_x, req.retain_y
+    orig_logits = _logits(model, xf)
+    if req.objective == "relabel" and req.target_labels is not None:
+        targets = req.target_labels.to(dev)
+    else:
+        targets = _runner_up(orig_logits, yf)
+
+    # guard set: a fixed slice of retained data, scored before and during unlearning
+    g_idx = torch.randperm(len(xr), generator=gen)[:cfg.guard_size]
+    xg, yg = xr[g_idx].to(dev), yr[g_idx].to(dev)
+
+    def guard_acc() -> float:
+        return float((_logits(model, xg).argmax(1) == yg).float().mean() * 100)
+
+    base_guard = guard_acc()
+
+    x_adv = y_adv = None
+    if cfg.use_adv:
+        if progress:
+            progress("adversarial examples", 0.0)
+        x_adv, y_adv = make_adversarial(model, xf, yf, per_instance=cfg.adv_per_instance, pgd_steps=cfg.pgd_steps,
+                                        eps=scaled_eps(xf.shape[1:], cfg.eps_at_cifar),
+                                        step_size=scaled_eps(xf.shape[1:], cfg.eps_at_cifar) / 4, seed=req.seed)
+    weights = anchor = None
+    if cfg.use_importance:
+        weights = inverted_normalised(mas_importance(model, xf))
+        anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    if retrain_like:
+        h_idx = torch.randperm(len(req.holdout_x), generator=gen)[:cfg.holdout_size]
+        xh, yh = req.holdout_x[h_idx].to(dev), req.holdout_y[h_idx].to(dev)
+
+    def forget_state():
+        """(mask of instances still in the forget loss, per-instance loss targets, done?)"""
+        logits = _logits(model, xf)
+        if retrain_like:
+            lf = F.cross_entropy(logits, yf, reduction="none")
+            lh = _per_instance_loss(model, xh, yh)
+            # rank-matched targets: the i-th smallest forget loss should reach the
+            # ((i + 0.5) / k)-quantile of held-out losses
+            q = torch.quantile(lh, (torch.arange(len(lf), device=dev, dtype=torch.float32) + 0.5) / len(lf))
+            tgt = torch.empty_like(lf)
+            tgt[lf.argsort()] = q
+            member_auc = auc(-lf.cpu().numpy(), -lh.cpu().numpy())
+            return lf < tgt, tgt, member_auc <= 0.5 + cfg.auc_tol, member_auc
+        if req.objective == "relabel":
+            other = logits.clone()
+            other[torch.arange(len(targets)), targets] = float("-inf")
+            margin = logits[torch.arange(len(targets)), targets] - other.max(1).values
+            return margin < cfg.margin, None, bool((logits.argmax(1) == targets).all()), None
+        true = logits[torch.arange(len(yf)), yf]
+        other = logits.clone()
+        other[torch.arange(len(yf)), yf] = float("-inf")
+        margin = other.max(1).values - true
+        return margin < cfg.margin, None, bool((logits.argmax(1) != yf).all()), None
+
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    model.train()
+    _freeze_batchnorm(model)
+    snapshot = copy.deepcopy(model.state_dict())
+    steps = rollbacks = 0
+    flipped_at = None
+    active, tgt_loss, done, member_auc = forget_state()
+    while steps < cfg.max_steps:
+        if done and flipped_at is None:
+            flipped_at = steps
+        # repair phase: once the forget goal holds, keep replaying until retained accuracy
+        # is back (within repair_tol) and at least consolidate_steps have passed
+        if done and steps - flipped_at >= cfg.consolidate_steps and steps % cfg.guard_every == 0 \
+                and guard_acc() >= base_guard - cfg.repair_tol:
+            break
+        a_idx = active.nonzero().flatten()
+        if len(a_idx) == 0:  # all past the margin: keep replaying so the boundary settles
+            a_idx = torch.arange(len(xf), device=dev)
+        pick = a_idx[torch.randperm(len(a_idx), generator=gen)[:cfg.forget_batch].to(dev)]
+        out_f = model(xf[pick])
+        if retrain_like:
+            lf = F.cross_entropy(out_f, yf[pick], reduction="none")
+            loss_f = F.relu(tgt_loss[pick] - lf).mean()  # bounded ascent, only up to the target
+        else:
+            loss_f = F.cross_entropy(out_f, targets[pick])
+        r_idx = torch.randint(0, len(xr), (cfg.replay_batch,), generator=gen)
+        loss = cfg.forget_weight * loss_f + F.cross_entropy(model(xr[r_idx].to(dev)), yr[r_idx].to(dev))
+        if x_adv is not None:
+            adv_idx = torch.randint(0, len(x_adv), (min(cfg.replay_batch, len(x_adv)),), generator=gen).to(dev)
+            loss = loss + cfg.adv_weight * F.cross_entropy(model(x_adv[adv_idx]), y_adv[adv_idx])
+        if weights is not None:
+            loss = loss + cfg.lam * anchor_penalty(model, anchor, weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+        opt.step()
+        steps += 1
+        if steps % cfg.guard_every == 0:
+            finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+            if not finite or guard_acc() < base_guard - cfg.guard_drop:
+                model.load_state_dict(snapshot)  # roll back the damaging steps, go gentler
+                for group in opt.param_groups:
+                    group["lr"] *= 0.5
+                opt.state.clear()
+                rollbacks += 1
+            else:
+                snapshot = copy.deepcopy(model.state_dict())
+        active, tgt_loss, done, member_auc = forget_state()
+        if progress:
+            progress("unlearning", min(steps / cfg.max_steps, 1.0))
+    model.eval()
+    stats = {"method_family": "lethe", "steps": steps, "converged": bool(done), "rollbacks": rollbacks,
+             "guard_acc_before": base_guard, "guard_acc_after": guard_acc(),
+             "seconds": time.perf_counter() - t0}
+    if retrain_like:
+        stats["member_auc_holdout"] = member_auc
+    return UnlearnResult(model, stats)
+
+
+@register("lethe", needs_retained_data=True)
+def lethe(model, req, progress=None):
+    """Lethe's default: bounded, replayed, guarded instance-wise unlearning."""
+    return lethe_unlearn(model, req, LetheConfig(**req.options), progress)
