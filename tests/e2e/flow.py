@@ -101,13 +101,13 @@ def concurrent_requests_stay_linear(c: httpx.Client) -> None:
         return c.post("/v1/forget", json={"model": MODEL, "subject_id": subject, "objective": "misclassify"})
 
     with cf.ThreadPoolExecutor(2) as pool:
-        rs = list(pool.map(post, ["bob", "carol"]))
+        rs = list(pool.map(post, ["dave", "frank"]))
     assert [r.status_code for r in rs] == [202, 202], [r.text for r in rs]
     ids = [r.json()["id"] for r in rs]
     deadline = time.time() + 120  # a third request arriving while a job runs goes to the next job
     while c.get(f"/v1/forget/{ids[0]}").json()["status"] == "queued" and time.time() < deadline:
         time.sleep(0.1)
-    third = c.post("/v1/forget", json={"model": MODEL, "subject_id": "dave", "objective": "misclassify"})
+    third = c.post("/v1/forget", json={"model": MODEL, "subject_id": "grace", "objective": "misclassify"})
     assert third.status_code == 202
     ids.append(third.json()["id"])
     results = [wait_done(c, i) for i in ids]
