@@ -207,11 +207,11 @@ class LetheConfig:
     lr: float = 1e-2                 # SGD + momentum (Adam's sign-like first steps jolt every
     momentum: float = 0.9            # weight of a converged model by ~lr: measured -9 pt at k=1)
     forget_batch: int = 32
-    replay_batch: int = 128
-    forget_weight: float = 1.0
+    replay_batch: int = 64
+    forget_weight: float = 1.0       # on top of the size share (see the loss below)
     margin: float = 1.0              # logit margin an instance must reach to leave the loss
-    consolidate_steps: int = 10      # at least this many steps after the goal first holds
-    max_steps: int = 600
+    consolidate_steps: int = 50      # at least this many repair steps after the goal first holds
+    max_steps: int = 800
     use_adv: bool = False            # paper's adversarial examples (see ablation)
     adv_per_instance: int = 4
     pgd_steps: int = 10
@@ -222,7 +222,8 @@ class LetheConfig:
     clip_norm: float = 1.0           # a confident instance's first gradient is ~70x a replay batch's
     guard_every: int = 5
     guard_size: int = 512
-    repair_tol: float = 0.5          # stop only once retained accuracy is back within this (points)
+    repair_lr_factor: float = 0.3
+    repair_tol: float = 0.0          # stop only once retained accuracy is back within this (points)
     guard_drop: float = 25.0         # a step that loses this much is rolled back, lr halved
     auc_tol: float = 0.02            # retrain_like: stop when AUC(D_f vs holdout) <= 0.5 + tol
     holdout_size: int = 512
@@ -277,12 +278,16 @@ def lethe_unlearn(model: nn.Module, req: UnlearnRequest, cfg: LetheConfig,
         h_idx = torch.randperm(len(req.holdout_x), generator=gen)[:cfg.holdout_size]
         xh, yh = req.holdout_x[h_idx].to(dev), req.holdout_y[h_idx].to(dev)
 
-    def forget_state():
+    holdout_cache: dict = {}
+
+    def forget_state(refresh_holdout: bool = True):
         """(mask of instances still in the forget loss, per-instance loss targets, done?)"""
         logits = _logits(model, xf)
         if retrain_like:
             lf = F.cross_entropy(logits, yf, reduction="none")
-            lh = _per_instance_loss(model, xh, yh)
+            if refresh_holdout or "lh" not in holdout_cache:  # held-out losses drift slowly
+                holdout_cache["lh"] = _per_instance_loss(model, xh, yh)
+            lh = holdout_cache["lh"]
             # rank-matched targets: the i-th smallest forget loss should reach the
             # ((i + 0.5) / k)-quantile of held-out losses
             q = torch.quantile(lh, (torch.arange(len(lf), device=dev, dtype=torch.float32) + 0.5) / len(lf))
@@ -311,6 +316,8 @@ def lethe_unlearn(model: nn.Module, req: UnlearnRequest, cfg: LetheConfig,
     while steps < cfg.max_steps:
         if done and flipped_at is None:
             flipped_at = steps
+            for group in opt.param_groups:  # repair gently: the flip is made, now settle
+                group["lr"] *= cfg.repair_lr_factor
         # repair phase: once the forget goal holds, keep replaying until retained accuracy
         # is back (within repair_tol) and at least consolidate_steps have passed
         if done and steps - flipped_at >= cfg.consolidate_steps and steps % cfg.guard_every == 0 \
@@ -327,7 +334,11 @@ def lethe_unlearn(model: nn.Module, req: UnlearnRequest, cfg: LetheConfig,
         else:
             loss_f = F.cross_entropy(out_f, targets[pick])
         r_idx = torch.randint(0, len(xr), (cfg.replay_batch,), generator=gen)
-        loss = cfg.forget_weight * loss_f + F.cross_entropy(model(xr[r_idx].to(dev)), yr[r_idx].to(dev))
+        # the paper's size weighting: the forget batch counts by its share of the instances in
+        # the step, so a few forget instances cannot outweigh the whole replay batch
+        share = len(pick) / (len(pick) + cfg.replay_batch)
+        loss = cfg.forget_weight * share * loss_f \
+            + (1 - share) * F.cross_entropy(model(xr[r_idx].to(dev)), yr[r_idx].to(dev))
         if x_adv is not None:
             adv_idx = torch.randint(0, len(x_adv), (min(cfg.replay_batch, len(x_adv)),), generator=gen).to(dev)
             loss = loss + cfg.adv_weight * F.cross_entropy(model(x_adv[adv_idx]), y_adv[adv_idx])
@@ -348,7 +359,7 @@ def lethe_unlearn(model: nn.Module, req: UnlearnRequest, cfg: LetheConfig,
                 rollbacks += 1
             else:
                 snapshot = copy.deepcopy(model.state_dict())
-        active, tgt_loss, done, member_auc = forget_state()
+        active, tgt_loss, done, member_auc = forget_state(refresh_holdout=steps % cfg.guard_every == 0)
         if progress:
             progress("unlearning", min(steps / cfg.max_steps, 1.0))
     model.eval()
