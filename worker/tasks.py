@@ -83,7 +83,8 @@ def execute_job(job_id: str, *, settings: Settings | None = None, worker_name: s
         return _record_failure(s, job_id, token, worker, f"JobConflict: {e}", retryable=True)
     with session_scope(s.database_url) as db:
         catalogue.purge_erased_raw(db, spec["model_name"])
-    log.info("job %s completed: %s v%s", job_id, spec["model_name"], metrics and metrics.get("version"))
+    log.info("job %s completed: %s, %d instances erased, new weights sha256=%s", job_id, spec["model_name"],
+             len(forget_rows), (sha or "none (nothing left to erase)")[:16])
     return "completed"
 
 
