@@ -6,7 +6,7 @@ from typing import Annotated, Iterator
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from .db import get_sessionmaker
+from .db import session_scope
 from .jobs.dispatch import Dispatcher
 from .registry.service import ServingCache
 from .settings import Settings
@@ -17,15 +17,8 @@ def _settings(request: Request) -> Settings:
 
 
 def _session(request: Request) -> Iterator[Session]:
-    session = get_sessionmaker(request.app.state.settings.database_url)()
-    try:
+    with session_scope(request.app.state.settings.database_url) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 def _dispatcher(request: Request) -> Dispatcher:
