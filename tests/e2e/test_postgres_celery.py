@@ -73,7 +73,7 @@ def test_forget_flow_with_celery_worker(stack):
         assert [v["version"] for v in c.get(f"/v1/models/{flow.MODEL}/versions").json()["versions"]] == [1, 2]
 
         flow.concurrent_requests_stay_linear(c)
-        v = flow.audit_verifies(c)
+        flow.audit_verifies(c)
 
         import psycopg
 

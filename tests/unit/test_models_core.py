@@ -1,6 +1,5 @@
 """Fast unit tests of the ML core's pieces (no service code)."""
 import json
-import os
 
 import pytest
 import torch
@@ -9,9 +8,9 @@ from models.attacks import random_targets, scaled_eps, targeted_l2_pgd
 from models.checkpoint import load_checkpoint, save_checkpoint, file_sha256
 from models.data import load_dataset
 from models.importance import anchor_penalty, inverted_normalised, mas_importance
-from models.metrics import auc, evaluate
+from models.metrics import auc
 from models.nets import build_model
-from models.train import train_model, accuracy
+from models.train import train_model
 from models.unlearn import METHODS, UnlearnRequest, get_method
 
 
