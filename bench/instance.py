@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 
 import torch
@@ -30,6 +31,15 @@ from models.unlearn import UnlearnRequest, get_method
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHOD_ROWS = ["retrain", "paper_ga", "paper_ga_adv", "paper_full", "lethe", "lethe_relabel", "lethe_retrain_like"]
+# Ablations of Lethe's default (models/unlearn/instance.py, LetheConfig): each row switches one
+# choice off (or the paper's components on) and keeps everything else.
+ABLATIONS = {
+    "lethe_ce_replay": {"replay_loss": "ce", "replay_focus": 0.0},   # labels instead of the teacher's logits, no focus
+    "lethe_no_focus": {"replay_focus": 0.0},                          # teacher logits, random replay only
+    "lethe_no_guard": {"guard_drop": 100.0, "repair_tol": 100.0},     # no rollback, no repair
+    "lethe_plus_adv": {"use_adv": True},                              # + the paper's adversarial examples
+    "lethe_plus_importance": {"use_importance": True},                # + the paper's MAS anchor
+}
 
 
 def _train(d, x, y, seed, device):
@@ -48,7 +58,7 @@ def _row(dataset, k, seed, method, metrics, seconds, retrain_seconds, stats=None
     return row
 
 
-def run(datasets, ks, seeds, methods, paper_max_k, continual, device):
+def run(datasets, ks, seeds, methods, paper_max_k, continual, device, ablation_ks=()):
     rows = []
     for name in datasets:
         d = load_dataset(name)
@@ -74,12 +84,15 @@ def run(datasets, ks, seeds, methods, paper_max_k, continual, device):
                 m = evaluate(retrained, forget=forget, retain=retain, test=test, original_pred=orig_pred)
                 rows.append(_row(name, k, seed, "retrain", m, retrain_s, retrain_s))
                 _print(rows[-1])
-                for method in methods:
+                extra = list(ABLATIONS) if k in ablation_ks else []
+                for method in methods + extra:
                     if method == "retrain":
                         continue
                     if method.startswith("paper") and k > paper_max_k:
                         continue
-                    objective, targets, fn = "misclassify", None, method
+                    objective, targets, fn, options = "misclassify", None, method, {}
+                    if method in ABLATIONS:
+                        fn, options = "lethe", ABLATIONS[method]
                     if method == "lethe_relabel":
                         objective, fn = "relabel", "lethe"
                         tg = torch.Generator().manual_seed(seed)
@@ -88,7 +101,7 @@ def run(datasets, ks, seeds, methods, paper_max_k, continual, device):
                         objective, fn = "retrain_like", "lethe"
                     req = UnlearnRequest(forget[0], forget[1], objective=objective, target_labels=targets,
                                          retain_x=retain[0], retain_y=retain[1],
-                                         holdout_x=holdout[0], holdout_y=holdout[1], seed=seed)
+                                         holdout_x=holdout[0], holdout_y=holdout[1], seed=seed, options=options)
                     t = time.perf_counter()
                     res = get_method(fn)(served, req)
                     secs = time.perf_counter() - t
@@ -152,6 +165,45 @@ def markdown(rows) -> str:
     return head + body
 
 
+def summary(rows) -> str:
+    """Mean (min..max) over seeds of TA minus the retrained model's TA, UA and speed-up."""
+    import statistics as st
+    retrain = {(r["dataset"], r["k"], r["seed"]): r for r in rows if r["method"] in ("retrain", "retrain_continual")}
+    groups: dict = {}
+    for r in rows:
+        if r["method"] in ("retrain", "retrain_continual"):
+            continue
+        base = retrain.get((r["dataset"], r["k"], r["seed"]))
+        if base is None:
+            continue
+        g = groups.setdefault((r["dataset"], r["k"], r["method"]), [])
+        g.append((r["ta"] - base["ta"], r["ua"], r["speedup"], r["loss_auc"] - base["loss_auc"], r["ta"]))
+    head = "| dataset | k | method | seeds | TA − retrain TA, mean (worst) | UA mean (min) | AUC − retrain AUC | speed-up mean (min) |\n" \
+           "|---|---|---|---|---|---|---|---|\n"
+    body = ""
+    for (ds, k, m), g in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+        d_ta, ua, sp, d_auc = [x[0] for x in g], [x[1] for x in g], [x[2] for x in g], [x[3] for x in g]
+        body += (f"| {ds} | {k} | {m} | {len(g)} | {st.mean(d_ta):+.2f} ({min(d_ta):+.2f}) | {st.mean(ua):.1f} ({min(ua):.1f}) | "
+                 f"{st.mean(d_auc):+.3f} | {st.mean(sp):.1f}x ({min(sp):.1f}x) |\n")
+    return head + body
+
+
+def write(rows, out, doc, argv, started):
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"machine": machine(), "argv": argv or [], "rows": rows}, f, indent=1)
+    if doc:
+        with open(doc, "a") as f:
+            f.write(f"\n## Instance-wise unlearning — run of {started}\n\n"
+                    f"Machine: {machine()}. Command: `python -m bench.instance {' '.join(argv or [])}`.\n\n"
+                    "Summary over seeds (each row against the model retrained without the same D_f in the same run):\n\n")
+            f.write(summary(rows))
+            f.write("\n<details><summary>All rows</summary>\n\n")
+            f.write(markdown(rows))
+            f.write("\n</details>\n")
+    print(f"wrote {out}" + (f" and appended to {doc}" if doc else ""))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", default="digits,mnist5k")
@@ -161,20 +213,23 @@ def main(argv=None):
     p.add_argument("--paper-max-k", type=int, default=32,
                    help="skip the paper rows above this k (PGD-100 x 20 examples per instance costs minutes)")
     p.add_argument("--no-continual", action="store_true")
+    p.add_argument("--ablation-ks", default="",
+                   help="comma-separated k at which the ablation rows of Lethe's default also run")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="only merge result files of parallel runs into --out and --doc")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "instance.json"))
     p.add_argument("--doc", default=os.path.join(ROOT, "docs", "benchmarks.md"))
     a = p.parse_args(argv)
+    argv = argv if argv is not None else sys.argv[1:]
+    started = time.strftime('%Y-%m-%d %H:%M')
+    if a.merge:
+        rows = [r for path in a.merge for r in json.load(open(path))["rows"]]
+        return write(rows, a.out, a.doc, argv, started)
     device = get_device()
     rows = run(a.datasets.split(","), [int(k) for k in a.ks.split(",")], [int(s) for s in a.seeds.split(",")],
-               a.methods.split(","), a.paper_max_k, not a.no_continual, device)
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump({"machine": machine(), "argv": argv or [], "rows": rows}, f, indent=1)
-    with open(a.doc, "a") as f:
-        f.write(f"\n## Instance-wise unlearning — run of {time.strftime('%Y-%m-%d %H:%M')}\n\n"
-                f"Machine: {machine()}. Command: `python -m bench.instance {' '.join(argv or [])}`.\n\n")
-        f.write(markdown(rows))
-    print(f"wrote {a.out} and appended to {a.doc}")
+               a.methods.split(","), a.paper_max_k, not a.no_continual, device,
+               ablation_ks={int(k) for k in a.ablation_ks.split(",") if k})
+    write(rows, a.out, a.doc if a.doc != "-" else None, argv, started)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,10 @@ from torch import nn
 import torch.nn.functional as F
 
 
+# Every architecture splits as forward(x) = tail(trunk(x)): Lethe's first unlearning phase
+# edits only the tail on cached trunk outputs (models/unlearn/instance.py).
+
+
 class SmallCNN(nn.Module):
     """Two conv blocks + one hidden layer; sized for 8x8 digits and 28x28 MNIST."""
 
@@ -28,15 +32,23 @@ class SmallCNN(nn.Module):
         self.fc = nn.Linear(2 * width * hh * ww, 128)
         self.head = nn.Linear(128, num_classes)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.conv1(x))
         if self.pools == 2:
             x = F.max_pool2d(x, 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        return F.relu(self.fc(x.flatten(1)))
+        return F.max_pool2d(F.relu(self.conv2(x)), 2).flatten(1)
+
+    def tail(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(self.fc(z)))
+
+    def tail_modules(self) -> list[nn.Module]:
+        return [self.fc, self.head]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.fc(self.trunk(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.tail(self.trunk(x))
 
 
 class MLP(nn.Module):
@@ -46,11 +58,20 @@ class MLP(nn.Module):
         self.body = nn.Sequential(*[m for a, b in zip(dims, dims[1:]) for m in (nn.Linear(a, b), nn.ReLU())])
         self.head = nn.Linear(dims[-1], num_classes)
 
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body[:-2](x.flatten(1))
+
+    def tail(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body[-2:](z))
+
+    def tail_modules(self) -> list[nn.Module]:
+        return [self.body[-2], self.head]
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x.flatten(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.tail(self.trunk(x))
 
 
 class BasicBlock(nn.Module):
@@ -87,12 +108,20 @@ class ResNet18(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.head = nn.Linear(512, num_classes)
 
+    def trunk(self, x):
+        return self.layers[:-1](F.relu(self.bn1(self.conv1(x))))
+
+    def tail(self, z):
+        return self.head(F.adaptive_avg_pool2d(self.layers[-1](z), 1).flatten(1))
+
+    def tail_modules(self) -> list[nn.Module]:
+        return [self.layers[-1], self.head]
+
     def features(self, x):
-        out = self.layers(F.relu(self.bn1(self.conv1(x))))
-        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return F.adaptive_avg_pool2d(self.layers(F.relu(self.bn1(self.conv1(x)))), 1).flatten(1)
 
     def forward(self, x):
-        return self.head(self.features(x))
+        return self.tail(self.trunk(x))
 
 
 ARCHITECTURES = {"cnn": SmallCNN, "mlp": MLP, "resnet18": ResNet18}
