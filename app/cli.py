@@ -1,9 +1,14 @@
-"""``python -m app.cli {migrate,bootstrap,serve}``; ``make run`` calls ``serve``."""
+"""``lethe`` — the operators' command line (console script; also ``python -m app.cli``).
+
+Server-side commands act on the configured database directly (``LETHE_*`` settings):
+``migrate``, ``bootstrap``, ``serve``. ``make run`` calls ``serve``.
+"""
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import sys
 
 from .settings import Settings, get_settings
 
@@ -21,26 +26,70 @@ def migrate(settings: Settings) -> None:
     command.upgrade(cfg, "head")
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="lethe")
-    p.add_argument("command", choices=["migrate", "bootstrap", "serve"])
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+# --- server-side commands ----------------------------------------------------------------
+
+def _setup_logging(settings: Settings) -> None:
+    from .observability import configure_logging
+
+    configure_logging(settings.log_format)
+
+
+def cmd_migrate(args) -> int:
     settings = get_settings()
+    _setup_logging(settings)
     migrate(settings)
-    if args.command == "migrate":
-        return
-    if settings.bootstrap_demo or args.command == "bootstrap":
+    return 0
+
+
+def cmd_bootstrap(args) -> int:
+    from .bootstrap import bootstrap_demo
+
+    settings = get_settings()
+    _setup_logging(settings)
+    migrate(settings)
+    bootstrap_demo(settings)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from .main import create_app
+
+    settings = get_settings()
+    _setup_logging(settings)
+    if not args.no_migrate:
+        migrate(settings)
+    if settings.bootstrap_demo:
         from .bootstrap import bootstrap_demo
 
         bootstrap_demo(settings)
-    if args.command == "serve":
-        import uvicorn
+    # access_log off: the gateway logs each request itself, as JSON with the route
+    # template (never the raw path, which can carry a subject id)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
+                access_log=False, log_config=None)
+    return 0
 
-        from .main import create_app
 
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lethe", description="Operate a Lethe machine-unlearning service.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("migrate", help="run the database migrations (server side)")
+    s.set_defaults(func=cmd_migrate)
+    s = sub.add_parser("bootstrap", help="migrate, then train/register/catalogue the demo model if none is "
+                                         "registered (server side)")
+    s.set_defaults(func=cmd_bootstrap)
+    s = sub.add_parser("serve", help="run the gateway (migrates first; bootstraps when LETHE_BOOTSTRAP_DEMO)")
+    s.add_argument("--no-migrate", action="store_true", help="skip the migrations (a separate step ran them)")
+    s.set_defaults(func=cmd_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     # verification gate: a new version that loses more test accuracy than this is not published
     max_test_accuracy_drop: float = 5.0
     embedded_worker: bool = Field(default=True, description="start the in-process worker when broker_url is empty")
+    # observability
+    log_format: str = Field(default="json", description="json (one object per line) or text")
 
     @property
     def embedded(self) -> bool:
