@@ -21,7 +21,8 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("let
 job_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("lethe_job_id", default=None)
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-_STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
+_STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName",
+                                                                             "color_message"}
 
 access_log = logging.getLogger("lethe.access")
 
@@ -66,6 +67,8 @@ def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
         lg.handlers[:] = []
         lg.propagate = True
     logging.getLogger("uvicorn.access").disabled = True  # raw paths; RequestContext logs instead
+    for name in ("httpx", "httpcore"):  # full URLs at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager

@@ -105,3 +105,26 @@ def counts(settings: Settings) -> dict:
     with session_scope(settings.database_url) as db:
         return {t.__name__: db.execute(select(func.count()).select_from(t)).scalar()
                 for t in (ForgetRequest, Job, AuditEvent)}
+
+
+def complete_request(settings: Settings, subject: str, *, metrics: dict | None = None, seed: int = 2) -> tuple[str, str]:
+    """Submit a forget request for ``subject`` and run its job through the real claim and
+    publishing transaction (no training: the new weights are another untrained net).
+    Returns (request id, job id)."""
+    from app.forget.schemas import ForgetCreate
+    from app.forget.service import submit
+    from app.jobs import service as jobs
+
+    with session_scope(settings.database_url) as db:
+        req, _, _ = submit(db, settings, ForgetCreate(model=MODEL, subject_id=subject), idempotency_key=None,
+                           actor="test")
+        rid, job_id = req.id, req.job_id
+    with session_scope(settings.database_url) as db:
+        c = jobs.claim(db, job_id, worker="test-worker", lease_s=settings.job_lease_s)
+        assert c.outcome == "run", c.reason
+        token, ids = c.token, list(c.instance_ids)
+    sha, rel = save_net(settings, seed=seed)
+    with session_scope(settings.database_url) as db:
+        jobs.complete(db, job_id=job_id, token=token, worker="test-worker", instance_ids=ids, sha256=sha,
+                      storage_path=rel, metrics=metrics or {"ua": 100.0}, stats={})
+    return rid, job_id
