@@ -12,6 +12,8 @@ from sqlalchemy import text
 
 from .audit.router import router as audit_router
 from .catalogue.router import router as subjects_router
+from .dashboard.router import CookieBearer
+from .dashboard.router import router as dashboard_router
 from .db import get_engine
 from .forget.router import router as forget_router
 from .forget.service import ForgetError
@@ -88,7 +90,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
                   description="Machine-unlearning service: takes deletion requests and makes the served model "
                               "forget, with a versioned registry and a hash-chained audit trail.")
     app.state.settings, app.state.dispatcher, app.state.serving = settings, dispatcher, ServingCache()
-    for r in (forget_router, models_router, subjects_router, audit_router):
+    for r in (forget_router, models_router, subjects_router, audit_router, dashboard_router):
         app.include_router(r)
 
     @app.exception_handler(ForgetError)
@@ -142,5 +144,6 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(CookieBearer)  # /dashboard: the key cookie becomes a bearer token
     app.add_middleware(RequestContext, metrics=metrics)  # outermost: every response gets a request id
     return app

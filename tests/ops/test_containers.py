@@ -14,32 +14,37 @@ import yaml
 
 from app.cli import build_parser
 
-from .conftest import ROOT, require_tool
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 COMPOSE = os.path.join(ROOT, "docker-compose.yml")
 ENV = {k: v for k, v in os.environ.items() if not k.startswith(("LETHE_", "POSTGRES_", "COMPOSE_"))}
 
 
-def compose(*args, secret: str | None = "s3cret"):
+@pytest.fixture(scope="module")
+def compose(require_tool):
     exe = require_tool("docker-compose")
-    env = dict(ENV, **({"LETHE_SUBJECT_SECRET": secret} if secret else {}))
-    return subprocess.run([exe, "-f", COMPOSE, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+    def run(*args, secret: str | None = "s3cret"):
+        env = dict(ENV, **({"LETHE_SUBJECT_SECRET": secret} if secret else {}))
+        return subprocess.run([exe, "-f", COMPOSE, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=120)
+    return run
 
 
 @pytest.fixture(scope="module")
-def resolved() -> dict:
+def resolved(compose) -> dict:
     r = compose("config")
     assert r.returncode == 0, r.stderr
     return yaml.safe_load(r.stdout)
 
 
-def test_compose_file_is_valid():
+def test_compose_file_is_valid(compose):
     r = compose("config", "-q")
     assert r.returncode == 0, r.stderr
     assert r.stdout == ""
 
 
-def test_compose_refuses_to_start_without_a_subject_secret():
+def test_compose_refuses_to_start_without_a_subject_secret(compose):
     r = compose("config", "-q", secret=None)
     assert r.returncode != 0
     assert "LETHE_SUBJECT_SECRET" in r.stderr
