@@ -8,7 +8,6 @@ Every other command talks to the HTTP API (``app/client.py``): base URL from ``-
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -30,24 +29,23 @@ def migrate(settings: Settings) -> None:
 
 # --- server-side commands ----------------------------------------------------------------
 
-def _setup_logging(settings: Settings) -> None:
+def _server_settings() -> Settings:
     from .observability import configure_logging
 
+    settings = get_settings()
     configure_logging(settings.log_format)
+    return settings
 
 
 def cmd_migrate(args) -> int:
-    settings = get_settings()
-    _setup_logging(settings)
-    migrate(settings)
+    migrate(_server_settings())
     return 0
 
 
 def cmd_bootstrap(args) -> int:
     from .bootstrap import bootstrap_demo
 
-    settings = get_settings()
-    _setup_logging(settings)
+    settings = _server_settings()
     migrate(settings)
     bootstrap_demo(settings)
     return 0
@@ -58,8 +56,7 @@ def cmd_serve(args) -> int:
 
     from .main import create_app
 
-    settings = get_settings()
-    _setup_logging(settings)
+    settings = _server_settings()
     if not args.no_migrate:
         migrate(settings)
     if settings.bootstrap_demo:
