@@ -135,6 +135,7 @@ def ops_surface_reflects_the_work(c: httpx.Client, url: str, log_path) -> None:
     """After real erasures: /metrics, the dashboard and the CLI report them, and the
     gateway's JSON log names no subject."""
     import json
+    import re
     import subprocess
     import sys
 
@@ -163,7 +164,5 @@ def ops_surface_reflects_the_work(c: httpx.Client, url: str, log_path) -> None:
     assert access and all(rec.get("request_id") for rec in access)
     assert any(rec["route"] == "/v1/subjects/{subject_id}/instances" for rec in access)
     assert any(rec.get("job_id") and rec["logger"] == "lethe.worker" for rec in records)
-    import re
-
     for subject in ("alice", "dave", "frank", "grace"):
         assert not re.search(rf"\b{subject}\b", log), subject
