@@ -33,7 +33,7 @@ sysdeps:
 test: venv sysdeps
 	$(BIN)/python -m pytest -q
 
-test-fast: venv
+test-fast: venv sysdeps
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench-instance: venv

@@ -25,6 +25,8 @@ _STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"m
                                                                              "color_message"}
 
 access_log = logging.getLogger("lethe.access")
+# polled every few seconds: their successful calls are logged at DEBUG, not INFO
+QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics", "/dashboard/live.json"})
 
 
 class JsonFormatter(logging.Formatter):
@@ -117,7 +119,8 @@ class RequestContext:
             route = _route_template(scope)
             if self.metrics is not None:
                 self.metrics.observe_http(scope["method"], route, status[0], elapsed)
-            access_log.info("%s %s %d", scope["method"], route, status[0],
-                            extra={"method": scope["method"], "route": route, "status": status[0],
-                                   "duration_ms": round(elapsed * 1000, 2)})
+            level = logging.DEBUG if route in QUIET_ROUTES and status[0] < 400 else logging.INFO
+            access_log.log(level, "%s %s %d", scope["method"], route, status[0],
+                           extra={"method": scope["method"], "route": route, "status": status[0],
+                                  "duration_ms": round(elapsed * 1000, 2)})
             request_id_var.reset(token)

@@ -51,15 +51,18 @@ def test_request_logs_are_json_with_request_ids_and_no_subject_ids(client, seede
     r = client.get("/v1/subjects/mallory-xyz/instances", headers={"X-Request-ID": "bad id\nwith newline"})
     assert r.status_code == 404 and r.headers["x-request-id"] != "bad id\nwith newline"
     client.get("/v1/nothing-here/bob")
+    client.get("/healthz")  # polled routes: DEBUG, not INFO
 
     records = [json.loads(line) for line in logs.lines]  # every line is one JSON object
     server = [line for line, rec in zip(logs.lines, records) if rec["logger"] != "httpx"]  # httpx: the test's client
-    access = [rec for rec in records if rec["logger"] == "lethe.access"]
+    access = [rec for rec in records if rec["logger"] == "lethe.access" and rec["route"] != "/healthz"]
     assert [(a["method"], a["route"], a["status"]) for a in access] == [
         ("GET", "/v1/subjects/{subject_id}/instances", 200), ("POST", "/v1/forget", 202),
         ("GET", "/v1/subjects/{subject_id}/instances", 404), ("GET", "<unmatched>", 404)]
     assert access[0]["request_id"] == "req-abc-123" and access[1]["request_id"] == generated
     assert all(isinstance(a["duration_ms"], float) for a in access)
+    assert [a["level"] for a in access] == ["INFO"] * 4
+    assert [r["level"] for r in records if r["logger"] == "lethe.access" and r["route"] == "/healthz"] == ["DEBUG"]
     text = "\n".join(server)
     for personal in ("alice", "mallory", "bob", subject_ref(SECRET, "alice")):
         assert personal not in text
