@@ -46,7 +46,9 @@ class Api:
         except httpx.HTTPError as e:
             raise CliError(f"cannot reach Lethe at {self.url}: {e.__class__.__name__}: {e}") from e
         if r.status_code < 400:
-            return r.json() if r.content else None
+            if not r.content:
+                return None
+            return r.json() if "json" in r.headers.get("content-type", "") else r.text  # e.g. a PEM key
         try:
             body = r.json()
         except ValueError:

@@ -208,3 +208,11 @@ def test_key_from_api_answers_and_bearer_header(signer):
     api = Api("http://example.invalid/", "lk_abc")
     assert api.url == "http://example.invalid" and api.http.headers["authorization"] == "Bearer lk_abc"
     assert "authorization" not in Api("http://example.invalid").http.headers
+
+
+def test_non_json_answers_come_back_as_text(live_server):
+    from app.client import Api
+
+    api = Api(live_server)
+    assert isinstance(api.request("GET", "/healthz"), dict)
+    assert api.request("GET", "/metrics").startswith("# HELP")  # as a PEM key from /v1/keys/audit would
