@@ -24,8 +24,8 @@ ENV = {k: v for k, v in os.environ.items() if not k.startswith(("LETHE_", "POSTG
 def compose(require_tool):
     exe = require_tool("docker-compose")
 
-    def run(*args, secret: str | None = "s3cret"):
-        env = dict(ENV, **({"LETHE_SUBJECT_SECRET": secret} if secret else {}))
+    def run(*args, secret: str | None = "s3cret", **extra_env):
+        env = dict(ENV, **({"LETHE_SUBJECT_SECRET": secret} if secret else {}), **extra_env)
         return subprocess.run([exe, "-f", COMPOSE, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=120)
     return run
@@ -103,3 +103,13 @@ def test_dockerfile_base_is_a_build_argument_and_sources_exist():
     assert any(ln.startswith("HEALTHCHECK ") and "/readyz" in ln for ln in lines)
     assert lines[-1] == 'CMD ["lethe", "serve"]'
     assert any(ln.startswith("USER ") and "root" not in ln for ln in lines)
+
+
+def test_the_cuda_base_is_chosen_at_build_time(compose, resolved):
+    assert resolved["services"]["migrate"]["build"]["args"]["BASE_IMAGE"] == "python:3.11-slim-bookworm"
+    cuda = "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04"
+    r = compose("config", LETHE_BASE_IMAGE=cuda, LETHE_TAG="cuda")
+    assert r.returncode == 0, r.stderr
+    svc = yaml.safe_load(r.stdout)["services"]
+    assert svc["migrate"]["build"]["args"]["BASE_IMAGE"] == cuda
+    assert {svc[n]["image"] for n in ("migrate", "api", "worker")} == {"lethe:cuda"}
