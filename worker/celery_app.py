@@ -11,6 +11,7 @@ initialised in the task, never before a fork.
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import setup_logging
 
 from app.settings import Settings, get_settings
 
@@ -30,6 +31,14 @@ def make_celery(settings: Settings) -> Celery:
 
 
 celery_app = make_celery(get_settings())
+
+
+@setup_logging.connect
+def _json_logs(**_):
+    """Celery leaves logging to us: the same JSON lines (with job ids) as the gateway."""
+    from app.observability import configure_logging
+
+    configure_logging(get_settings().log_format)
 
 
 class CeleryDispatcher:

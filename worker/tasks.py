@@ -17,6 +17,7 @@ import traceback
 from app.catalogue import service as catalogue
 from app.db import session_scope
 from app.jobs import service as jobs
+from app.observability import job_context
 from app.registry import service as registry
 from app.settings import Settings, get_settings
 
@@ -42,7 +43,12 @@ def _worker_name() -> str:
 def execute_job(job_id: str, *, settings: Settings | None = None, worker_name: str | None = None) -> str:
     """Run one job end to end. Returns "completed", "done" (already finished: no-op),
     "defer" (another job of the model runs; try later), "retry" (attempt failed, job queued
-    again), "failed" (final) or "missing"."""
+    again), "failed" (final) or "missing". Every log line written meanwhile carries the job id."""
+    with job_context(job_id):
+        return _execute_job(job_id, settings=settings, worker_name=worker_name)
+
+
+def _execute_job(job_id: str, *, settings: Settings | None, worker_name: str | None) -> str:
     s = settings or get_settings()
     worker = worker_name or _worker_name()
     with session_scope(s.database_url) as db:

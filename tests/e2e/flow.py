@@ -129,3 +129,40 @@ def audit_verifies(c: httpx.Client) -> dict:
               "forget.completed", "job.completed"):
         assert a in actions
     return v
+
+
+def ops_surface_reflects_the_work(c: httpx.Client, url: str, log_path) -> None:
+    """After real erasures: /metrics, the dashboard and the CLI report them, and the
+    gateway's JSON log names no subject."""
+    import json
+    import re
+    import subprocess
+    import sys
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(c.get("/metrics").text) for s in fam.samples}
+    done = samples[("lethe_forget_requests", (("status", "completed"),))]
+    assert done >= 4 and samples[("lethe_queue_depth", ())] == 0
+    assert samples[("lethe_model_quality", (("metric", "ua"), ("model", MODEL)))] == 100.0
+    assert samples[("lethe_job_duration_seconds_count", (("method", "instance"), ("status", "completed")))] >= 2
+
+    first = c.get("/v1/audit", params={"action": "forget.completed", "limit": 1}).json()["entries"][0]
+    html = c.get("/dashboard").text
+    assert f'data-request="{first["payload"]["request_id"]}"' in html and 'class="card ok"' in html
+
+    lethe = os.path.join(os.path.dirname(sys.executable), "lethe")
+    r = subprocess.run([lethe, "versions", MODEL, "--json", "--url", url], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["aliases"]["production"] == len(json.loads(r.stdout)["versions"])
+
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        log = f.read()
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    access = [rec for rec in records if rec["logger"] == "lethe.access"]
+    assert access and all(rec.get("request_id") for rec in access)
+    assert any(rec["route"] == "/v1/subjects/{subject_id}/instances" for rec in access)
+    assert any(rec.get("job_id") and rec["logger"] == "lethe.worker" for rec in records)
+    for subject in ("alice", "dave", "frank", "grace"):
+        assert not re.search(rf"\b{subject}\b", log), subject

@@ -29,6 +29,7 @@ def test_forget_flow_concurrency_and_audit(gateway):
         flow.forget_subject_and_check(c, env["LETHE_DATA_DIR"])
         flow.concurrent_requests_stay_linear(c)
         v = flow.audit_verifies(c)
+        flow.ops_surface_reflects_the_work(c, url, tmp / "gateway.log")
         # tamper with one audit row by raw SQL (dropping the append-only guard first)
         con = sqlite3.connect(env["LETHE_DATABASE_URL"][len("sqlite:///"):])
         con.execute("DROP TRIGGER audit_events_no_update")

@@ -105,3 +105,67 @@ def counts(settings: Settings) -> dict:
     with session_scope(settings.database_url) as db:
         return {t.__name__: db.execute(select(func.count()).select_from(t)).scalar()
                 for t in (ForgetRequest, Job, AuditEvent)}
+
+
+
+def submit_and_claim(settings: Settings, subject: str) -> tuple[str, str, str, list[str]]:
+    """Submit a forget request for ``subject`` and claim its job as a worker would.
+    Returns (request id, job id, claim token, instance ids)."""
+    from app.forget.schemas import ForgetCreate
+    from app.forget.service import submit
+    from app.jobs import service as jobs
+
+    with session_scope(settings.database_url) as db:
+        req, _, _ = submit(db, settings, ForgetCreate(model=MODEL, subject_id=subject), idempotency_key=None,
+                           actor="test")
+        rid, job_id = req.id, req.job_id
+    with session_scope(settings.database_url) as db:
+        c = jobs.claim(db, job_id, worker="test-worker", lease_s=settings.job_lease_s)
+        assert c.outcome == "run", c.reason
+        return rid, job_id, c.token, list(c.instance_ids)
+
+
+def publish(settings: Settings, job_id: str, token: str, ids: list[str], *, metrics: dict | None = None,
+            seed: int = 2) -> None:
+    """The job's real publishing transaction, with another untrained net as the new weights."""
+    from app.jobs import service as jobs
+
+    sha, rel = save_net(settings, seed=seed)
+    with session_scope(settings.database_url) as db:
+        jobs.complete(db, job_id=job_id, token=token, worker="test-worker", instance_ids=ids, sha256=sha,
+                      storage_path=rel, metrics=metrics or {"ua": 100.0}, stats={})
+
+
+def complete_request(settings: Settings, subject: str, *, metrics: dict | None = None, seed: int = 2) -> tuple[str, str]:
+    """Submit, claim and publish (no training). Returns (request id, job id)."""
+    rid, job_id, token, ids = submit_and_claim(settings, subject)
+    publish(settings, job_id, token, ids, metrics=metrics, seed=seed)
+    return rid, job_id
+
+
+@pytest.fixture
+def live_server(seeded, dispatcher):
+    """The gateway on a real port (uvicorn in a thread of this process): for a browser or
+    the CLI. Yields its base URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(seeded, dispatcher=dispatcher), host="127.0.0.1", port=port,
+                                           log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, name="live-server", daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert thread.is_alive() and time.time() < deadline, "live server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)

@@ -1,0 +1,81 @@
+"""The operators' dashboard: server-rendered HTML (Jinja2) plus one small script that polls
+``/dashboard/live.json`` for job progress. No front-end build, no JS library, no external
+asset: the page works on a closed network and is one request to render.
+
+Auth (the scope check comes with the access-control work): browsers cannot attach a bearer
+token to a page load, so ``/dashboard?key=<api key>`` stores the key once in an HttpOnly,
+SameSite=Strict cookie scoped to ``/dashboard`` and redirects to the URL without it (the key
+does not stay in the address bar or history). ``CookieBearer`` turns that cookie into an
+``Authorization: Bearer`` header for ``/dashboard`` paths only, so the same
+``require_scope("audit:read")`` that guards the API guards the page and its JSON.
+"""
+from __future__ import annotations
+
+import os
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+
+from ..deps import SessionDep
+from . import view
+
+COOKIE = "lethe_dashboard_key"
+PREFIX = "/dashboard"
+
+templates = Jinja2Templates(directory=os.path.join(os.path.dirname(__file__), "templates"))
+
+# AUTH: at merge: APIRouter(prefix=PREFIX, ..., dependencies=[Depends(require_scope("audit:read"))])
+router = APIRouter(prefix=PREFIX, tags=["dashboard"], include_in_schema=False)
+
+
+def _filters(status: str | None, model: str | None) -> tuple[str | None, str | None]:
+    status = status if status in view.STATUSES else None
+    return status, (model or None)
+
+
+@router.get("", response_class=HTMLResponse)
+def dashboard(request: Request, session: SessionDep, status: str | None = Query(default=None, max_length=16),
+              model: str | None = Query(default=None, max_length=128),
+              key: str | None = Query(default=None, max_length=512)):
+    if key is not None:  # store the key in a cookie, then drop it from the URL
+        rest = {k: v for k, v in (("status", status), ("model", model)) if v}
+        resp = RedirectResponse(PREFIX + (f"?{urlencode(rest)}" if rest else ""), status_code=303)
+        resp.set_cookie(COOKIE, key, httponly=True, samesite="strict", path=PREFIX,
+                        secure=request.url.scheme == "https")
+        return resp
+    status, model = _filters(status, model)
+    data = view.overview(session, status=status, model=model)
+    return templates.TemplateResponse(request, "dashboard.html", {"d": data}, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/live.json")
+def live(session: SessionDep):
+    return JSONResponse(view.live(session), headers={"Cache-Control": "no-store"})
+
+
+class CookieBearer:
+    """ASGI middleware: on ``/dashboard`` paths, a request that has the dashboard cookie and
+    no Authorization header gets ``Authorization: Bearer <cookie value>``."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and (scope["path"] == PREFIX or scope["path"].startswith(PREFIX + "/")):
+            headers = list(scope.get("headers") or [])
+            if not any(k == b"authorization" for k, _ in headers):
+                from http.cookies import SimpleCookie
+
+                jar = SimpleCookie()
+                for k, v in headers:
+                    if k == b"cookie":
+                        try:
+                            jar.load(v.decode("latin-1"))
+                        except Exception:  # noqa: BLE001 - a malformed cookie header is ignored
+                            pass
+                if COOKIE in jar and jar[COOKIE].value:
+                    headers.append((b"authorization", b"Bearer " + jar[COOKIE].value.encode("latin-1")))
+                    scope = {**scope, "headers": headers}
+        await self.app(scope, receive, send)

@@ -1,0 +1,114 @@
+"""The dashboard, rendered by the gateway (the browser test is test_dashboard_browser.py)."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import sqlite3
+
+from app.catalogue.service import subject_ref
+from app.dashboard.router import COOKIE, CookieBearer
+from app.dashboard.view import chart
+from app.db import session_scope
+from app.forget.models import ForgetRequest
+
+from .conftest import MODEL, SECRET, complete_request
+
+METRICS = {"ua": 100.0, "ra": 96.0, "ta": 90.5, "mia_efficacy": 40.0}
+
+
+def _row(html: str, attr: str, value: str) -> str:
+    m = re.search(rf'<tr {attr}="{re.escape(value)}"[^>]*>.*?</tr>', html, re.S)
+    assert m, f"no row {attr}={value}"
+    return m.group(0)
+
+
+def test_dashboard_shows_requests_jobs_lineage_and_audit(client, seeded):
+    done, job_id = complete_request(seeded, "alice", metrics=METRICS)
+    queued = client.post("/v1/forget", json={"model": MODEL, "subject_id": "bob"}).json()["id"]
+    late = client.post("/v1/forget", json={"model": MODEL, "instance_ids": ["toy-00007"]}).json()["id"]
+    with session_scope(seeded.database_url) as db:
+        db.get(ForgetRequest, late).due_at = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=2)
+
+    r = client.get("/dashboard")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    html = r.text
+    row = _row(html, "data-request", done)
+    assert "completed" in row and "v1 → v2" in row
+    row = _row(html, "data-request", queued)
+    assert "queued" in row and "overdue" not in row and re.search(r'class="days">(30\.0|29\.9)<', row), row
+    row = _row(html, "data-request", late)
+    assert 'class="overdue"' in row and "(overdue)" in row and "-2.0" in row
+    assert re.search(r'data-count="overdue"><b>1</b>', html)
+    job = _row(html, "data-job", job_id)
+    assert "completed" in job and "width: 100.0%" in job
+    # lineage, alias history and a chart with the four series
+    assert '<tr data-version="2">' in html and "production" in html
+    assert "v1 → v2" in html.split('class="alias-history"')[1]
+    for key in ("ua", "ra", "ta", "mia_efficacy"):
+        assert f'data-series="{key}"' in html
+    assert 'id="audit" class="card ok"' in html and "verified" in html
+    # no subject ids, not even their references
+    assert "alice" not in html and "bob" not in html and subject_ref(SECRET, "alice") not in html
+
+    # filters
+    only_done = client.get("/dashboard", params={"status": "completed"}).text
+    assert done in only_done and queued not in only_done and late not in only_done
+    none = client.get("/dashboard", params={"model": "other-model"}).text
+    assert done not in none and "no requests match these filters" in none
+
+    live = client.get("/dashboard/live.json").json()
+    assert {j["id"]: j["status"] for j in live["jobs"]}[job_id] == "completed"
+    assert live["open_requests"] == {queued: "queued", late: "queued"}
+
+
+def test_broken_audit_chain_is_shown(client, seeded):
+    complete_request(seeded, "alice", metrics=METRICS)
+    con = sqlite3.connect(seeded.database_url[len("sqlite:///"):])
+    con.execute("DROP TRIGGER audit_events_no_update")
+    con.execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = 3")
+    con.commit()
+    con.close()
+    html = client.get("/dashboard").text
+    assert 'id="audit" class="card bad"' in html and "BROKEN" in html and "first bad event #3" in html
+
+
+def test_key_goes_into_an_httponly_cookie_and_out_of_the_url(client):
+    r = client.get("/dashboard", params={"key": "lk_secret", "status": "queued"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/dashboard?status=queued"
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith(f"{COOKIE}=lk_secret;")
+    low = cookie.lower()
+    assert "httponly" in low and "samesite=strict" in low and "path=/dashboard" in low
+
+
+def test_cookie_becomes_a_bearer_token_on_dashboard_paths_only():
+    seen = {}
+
+    async def app(scope, receive, send):
+        seen[scope["path"]] = dict(scope["headers"]).get(b"authorization")
+
+    mw = CookieBearer(app)
+    cookie = (b"cookie", f"a=1; {COOKIE}=lk_123".encode())
+    for path, headers in (("/dashboard", [cookie]), ("/dashboard/live.json", [cookie]), ("/v1/forget", [cookie]),
+                          ("/dashboardx", [cookie]), ("/dashboard/live.json", [cookie, (b"authorization", b"Bearer x")])):
+        seen.clear()
+        asyncio.run(mw({"type": "http", "path": path, "headers": headers}, None, None))
+        expected = {"/dashboard": b"Bearer lk_123", "/v1/forget": None, "/dashboardx": None}.get(path, b"Bearer lk_123")
+        if len(headers) == 2:
+            expected = b"Bearer x"  # an explicit Authorization header wins
+        assert seen[path] == expected, (path, seen)
+
+
+def test_chart_geometry():
+    versions = [{"version": 1, "metrics": {"ta": 90.0}}, {"version": 2, "metrics": {"ua": 100.0, "ta": 80.0}},
+                {"version": 3, "metrics": None}, {"version": 4, "metrics": {"ua": 50.0, "ta": 70.0}}]
+    c = chart(versions, width=300, height=140)
+    s = {x["key"]: x for x in c["series"]}
+    # forget accuracy = 100 - UA; plotted where recorded, a gap breaks the line
+    assert [p["value"] for p in s["ua"]["points"]] == [0.0, 50.0]
+    assert s["ua"]["polylines"] == []  # two isolated points, no segment
+    assert len(s["ta"]["polylines"]) == 1 and len(s["ta"]["points"]) == 3
+    ys = [p["y"] for p in s["ta"]["points"]]
+    assert ys == sorted(ys)  # falling accuracy goes down the chart (SVG y grows downwards)
+    assert s["ra"]["points"] == [] and c["has_points"]

@@ -1,0 +1,102 @@
+"""The dashboard in a real headless Chromium (Debian's package, driven by Playwright with
+``executable_path``; Playwright's own browser download is never used). The page loads,
+shows a request that was just completed (live, without a manual reload), the job's progress
+bar moves, the chart is drawn, and a screenshot is left in build/artifacts/."""
+from __future__ import annotations
+
+import os
+
+import httpx
+import pytest
+
+from app.dashboard.router import COOKIE
+from app.db import session_scope
+from app.jobs import service as jobs
+
+from .conftest import MODEL, complete_request, publish, submit_and_claim
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ARTIFACTS = os.path.join(ROOT, "build", "artifacts")  # git-ignored
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+METRICS = [{"ua": 100.0, "ra": 97.0, "ta": 91.0, "mia_efficacy": 35.0},
+           {"ua": 100.0, "ra": 95.5, "ta": 89.5, "mia_efficacy": 48.0}]
+
+
+@pytest.fixture
+def browser_page(require_tool, tmp_path):
+    chromium = require_tool("/usr/bin/chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=chromium,
+                                                   headless=True, args=CHROMIUM_ARGS,
+                                                   viewport={"width": 1400, "height": 1000})
+        try:
+            yield ctx, ctx.new_page()
+        finally:
+            ctx.close()
+
+
+def _heartbeat(settings, job_id, token, fraction):
+    with session_scope(settings.database_url) as db:
+        assert jobs.heartbeat(db, job_id, token, stage="unlearning", fraction=fraction)
+
+
+def test_dashboard_in_headless_chromium(live_server, seeded, browser_page):
+    from playwright.sync_api import expect
+
+    ctx, page = browser_page
+    complete_request(seeded, "alice", metrics=METRICS[0])
+    rid, job_id, token, ids = submit_and_claim(seeded, "bob")  # a job now running
+    _heartbeat(seeded, job_id, token, 0.25)
+    console_errors = []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+
+    page.goto(f"{live_server}/dashboard?key=lk_browser_test")
+    assert page.url == f"{live_server}/dashboard"  # the key left the address bar ...
+    cookie = next(c for c in ctx.cookies() if c["name"] == COOKIE)  # ... for an HttpOnly cookie
+    assert cookie["value"] == "lk_browser_test" and cookie["httpOnly"] and cookie["path"] == "/dashboard"
+    assert page.evaluate("document.cookie") == ""  # not readable by scripts
+
+    row = page.locator(f'tr[data-request="{rid}"]')
+    expect(row).to_contain_text("running")
+    bar = page.locator(f'tr[data-job="{job_id}"] .bar span')
+    assert bar.evaluate("e => e.style.width") == "25%"
+
+    # live progress: the page polls live.json and moves the bar without a reload
+    _heartbeat(seeded, job_id, token, 0.75)
+    expect(page.locator(f'tr[data-job="{job_id}"] .pct')).to_have_text("75%", timeout=15_000)
+    assert bar.evaluate("e => e.style.width") == "75%"
+
+    # the job completes: the page notices, reloads, and shows the request completed, v2 -> v3
+    publish(seeded, job_id, token, ids, metrics=METRICS[1], seed=3)
+    expect(row.locator(".status")).to_have_text("completed", timeout=20_000)
+    expect(row).to_contain_text("v2 → v3")
+    expect(page.locator(f'tr[data-job="{job_id}"] .jstatus')).to_have_text("completed")
+    expect(page.locator("#audit")).to_contain_text("verified")
+
+    # the chart is rendered: the four series, drawn with a real size, one point per version
+    svg = page.locator(f'section[data-model="{MODEL}"] svg.chart')
+    box = svg.bounding_box()
+    assert box and box["width"] >= 400 and box["height"] >= 150
+    for key in ("ua", "ra", "ta", "mia_efficacy"):
+        line = svg.locator(f'polyline[data-series="{key}"]')
+        expect(line).to_have_count(1)
+        lb = line.bounding_box()
+        assert lb and lb["width"] > 100, (key, lb)
+        expect(svg.locator(f'circle[data-series="{key}"]')).to_have_count(2)  # v2 and v3 (v1 has no metrics)
+    assert not console_errors, console_errors
+
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    shot = os.path.join(ARTIFACTS, "dashboard.png")
+    page.screenshot(path=shot, full_page=True)
+    with open(shot, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.getsize(shot) > 20_000
+
+    # filters work in the browser too
+    page.select_option('select[name="status"]', "queued")
+    page.wait_for_url(f"{live_server}/dashboard?status=queued&model=")
+    expect(page.locator("#requests")).to_contain_text("no requests match these filters")
+    assert httpx.get(f"{live_server}/dashboard/live.json").json()["open_requests"] == {}
