@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Request
@@ -10,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from . import security
 from .audit.router import router as audit_router
 from .catalogue.router import router as subjects_router
 from .db import get_engine
@@ -55,6 +57,25 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": resp.body})
 
 
+class _RedactSubjects(logging.Filter):
+    """Subject ids appear in a URL path (/v1/subjects/<id>/...); keep them out of access logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args and isinstance(record.args, tuple):
+            record.args = tuple(_SUBJECT_PATH.sub(r"\1<redacted>", a) if isinstance(a, str) else a
+                                for a in record.args)
+        return True
+
+
+_SUBJECT_PATH = re.compile(r"(/v1/subjects/)[^/?\s]+")
+
+
+def _redact_access_log() -> None:
+    logger = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _RedactSubjects) for f in logger.filters):
+        logger.addFilter(_RedactSubjects())
+
+
 def _default_dispatcher(settings: Settings) -> Dispatcher:
     if settings.broker_url:
         from worker.celery_app import CeleryDispatcher
@@ -72,6 +93,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        security.bootstrap_keys(settings)  # a fresh install gets its first (admin) API key
         start = getattr(dispatcher, "start", None)
         if start:
             start()
@@ -88,6 +110,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.state.settings, app.state.dispatcher, app.state.serving = settings, dispatcher, ServingCache()
     for r in (forget_router, models_router, subjects_router, audit_router):
         app.include_router(r)
+    security.install(app)  # 401/403 as {code, detail}; scopes published in OpenAPI (x-required-scopes)
+    _redact_access_log()
 
     @app.exception_handler(ForgetError)
     async def _forget_error(_: Request, exc: ForgetError):

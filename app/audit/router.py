@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
 from ..deps import SessionDep
+from ..security import AUDIT_READ, require_scope
 from . import service
 
-router = APIRouter(prefix="/v1/audit", tags=["audit"])
+router = APIRouter(prefix="/v1/audit", tags=["audit"], dependencies=[Depends(require_scope(AUDIT_READ))])
 
 
 class AuditRead(BaseModel):

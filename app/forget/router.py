@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Response
 
 from ..deps import DispatcherDep, SessionDep, SettingsDep
 from ..jobs import service as jobs
 from ..jobs.schemas import JobRead
+from ..security import FORGET_READ, FORGET_WRITE, Principal, require_scope
 from . import service
 from .models import ForgetRequest
 from .schemas import ForgetAccepted, ForgetCreate, ForgetRead, JobProgress
@@ -36,10 +37,10 @@ def _read(session, req: ForgetRequest) -> ForgetRead:
 @router.post("/forget", status_code=202, response_model=ForgetAccepted, responses=ERRORS,
              summary="Ask the model to forget a subject's or a list of training instances")
 def create_forget(body: ForgetCreate, session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep,
-                  response: Response,
+                  response: Response, principal: Annotated[Principal, Depends(require_scope(FORGET_WRITE))],
                   idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None):
     req, job_to_dispatch, replayed = service.submit(session, settings, body, idempotency_key=idempotency_key,
-                                                    actor="api")
+                                                    actor=principal.actor)
     session.commit()  # the worker must see the request before it is dispatched
     if job_to_dispatch:
         dispatcher.dispatch(job_to_dispatch)
@@ -49,7 +50,8 @@ def create_forget(body: ForgetCreate, session: SessionDep, settings: SettingsDep
     return ForgetAccepted(id=req.id, status=req.status, due_at=req.due_at, job_id=req.job_id)
 
 
-@router.get("/forget/{request_id}", response_model=ForgetRead, responses={404: ERRORS[404]})
+@router.get("/forget/{request_id}", response_model=ForgetRead, responses={404: ERRORS[404]},
+            dependencies=[Depends(require_scope(FORGET_READ))])
 def read_forget(request_id: str, session: SessionDep):
     req = service.get(session, request_id)
     if req is None:
@@ -57,7 +59,7 @@ def read_forget(request_id: str, session: SessionDep):
     return _read(session, req)
 
 
-@router.get("/jobs/{job_id}", response_model=JobRead, tags=["jobs"])
+@router.get("/jobs/{job_id}", response_model=JobRead, tags=["jobs"], dependencies=[Depends(require_scope(FORGET_READ))])
 def read_job(job_id: str, session: SessionDep):
     job = jobs.get(session, job_id)
     if job is None:

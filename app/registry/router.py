@@ -5,16 +5,19 @@ import math
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..catalogue import service as catalogue
 from ..catalogue import store
 from ..deps import ServingDep, SessionDep, SettingsDep
+from ..security import AUDIT_READ, FORGET_READ, MODELS_ADMIN, require_scope
 from . import service
 from .models import PRODUCTION
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+# reading the registry: any key that has a reason to look
+READ = Depends(require_scope(FORGET_READ, AUDIT_READ, MODELS_ADMIN))
 
 
 class ModelRead(BaseModel):
@@ -84,7 +87,7 @@ def _model_or_404(session, name):
     return m
 
 
-@router.get("", response_model=list[ModelRead])
+@router.get("", response_model=list[ModelRead], dependencies=[READ])
 def list_models(session: SessionDep):
     out = []
     for m in service.list_models(session):
@@ -95,7 +98,7 @@ def list_models(session: SessionDep):
     return out
 
 
-@router.get("/{name}/versions", response_model=VersionsRead)
+@router.get("/{name}/versions", response_model=VersionsRead, dependencies=[READ])
 def list_versions(name: str, session: SessionDep):
     _model_or_404(session, name)
     return VersionsRead(
@@ -117,7 +120,8 @@ def _numeric(x, path="inputs") -> None:
 
 
 @router.post("/{name}/predict", response_model=PredictRead,
-             summary="Predict with the version the 'production' alias points to now")
+             summary="Predict with the version the 'production' alias points to now",
+             dependencies=[Depends(require_scope(FORGET_READ, MODELS_ADMIN))])
 def predict(name: str, body: PredictBody, session: SessionDep, settings: SettingsDep, serving: ServingDep):
     m = _model_or_404(session, name)
     if (body.instance_ids is None) == (body.inputs is None):

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from . import flow
-from .conftest import BIN, Proc, require_service, service_env, start_gateway
+from .conftest import BIN, Proc, auth, require_service, service_env, start_gateway
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,7 @@ def stack(tmp_path_factory, pg_database):
 
 def test_forget_flow_with_celery_worker(stack):
     url, env, tmp, worker, queue = stack
-    with httpx.Client(base_url=url, timeout=60) as c:
+    with httpx.Client(base_url=url, timeout=60, headers=auth(env)) as c:
         ready = c.get("/readyz").json()
         assert ready["checks"] == {"database": "ok", "registry": "ok", "broker": "ok"}, ready
         assert worker.alive(), worker.tail()
