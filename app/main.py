@@ -18,9 +18,11 @@ from .db import get_engine
 from .forget.router import router as forget_router
 from .forget.service import ForgetError
 from .jobs.dispatch import Dispatcher
+from .jobs.sweeper import Sweeper
 from .registry.router import router as models_router
 from .registry.service import RegistryError, ServingCache
 from .settings import Settings, get_settings
+from .webhooks.service import WebhookPump
 
 log = logging.getLogger("lethe")
 
@@ -97,9 +99,14 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         start = getattr(dispatcher, "start", None)
         if start:
             start()
+        background = [Sweeper(settings, dispatcher), WebhookPump(settings)]  # both off when their period is 0
+        for b in background:
+            b.start()
         try:
             yield
         finally:
+            for b in background:
+                b.stop()
             stop = getattr(dispatcher, "stop", None)
             if stop:
                 stop()

@@ -164,6 +164,7 @@ def _verify(s: Settings, spec: dict, m: dict) -> None:
     if any(v != v for v in m.values() if isinstance(v, float)):
         problems.append("a metric is NaN")
     if problems:
+        m.setdefault("max_test_accuracy_drop", s.max_test_accuracy_drop)  # recorded with the refusal
         raise VerificationFailed("; ".join(problems), metrics=m)
 
 
