@@ -5,7 +5,9 @@ in the same transaction as the change (an outbox: a change is never announced un
 committed, and never lost if the process dies). ``deliver_due`` POSTs due rows; a 2xx
 answer marks the row delivered, anything else is retried with exponential backoff
 (``webhook_backoff_s`` * 2^(attempt-1)) up to ``webhook_max_attempts``; every attempt is
-logged on the row. Delivery is at-least-once: receivers dedupe on ``Lethe-Delivery``.
+logged on the row. Changes of one request are delivered in order (a change waits while an
+earlier one is still being retried). Delivery is at-least-once: receivers dedupe on
+``Lethe-Delivery``.
 
 Headers of each POST (body: the JSON payload, exactly as stored):
     Lethe-Event: forget.status_changed
@@ -27,7 +29,8 @@ import threading
 import time
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
+from sqlalchemy.orm import aliased
 from sqlalchemy.orm import Session
 
 from ..db import session_scope, utcnow
@@ -107,10 +110,15 @@ def deliver_due(settings, *, limit: int = 50, client=None) -> int:
     import httpx
 
     now = utcnow()
+    earlier = aliased(WebhookDelivery)
+    blocked = exists().where(earlier.request_id == WebhookDelivery.request_id, earlier.status == PENDING,
+                             earlier.created_at < WebhookDelivery.created_at)
     with session_scope(settings.database_url) as db:
+        # in order per request: a change waits while an earlier one of the same request is pending
         due = [(d.id, d.url) for d in db.execute(
-            select(WebhookDelivery).where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now)
-            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.created_at).limit(limit)).scalars()]
+            select(WebhookDelivery).where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now,
+                                          ~blocked)
+            .order_by(WebhookDelivery.created_at).limit(limit)).scalars()]
     if not due:
         return 0
     own = client is None
