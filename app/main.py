@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from . import security
+from .audit.router import keys_router
 from .audit.router import router as audit_router
 from .catalogue.router import router as subjects_router
 from .db import get_engine
@@ -115,7 +116,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
                   description="Machine-unlearning service: takes deletion requests and makes the served model "
                               "forget, with a versioned registry and a hash-chained audit trail.")
     app.state.settings, app.state.dispatcher, app.state.serving = settings, dispatcher, ServingCache()
-    for r in (forget_router, models_router, subjects_router, audit_router):
+    for r in (forget_router, models_router, subjects_router, audit_router, keys_router):
         app.include_router(r)
     security.install(app)  # 401/403 as {code, detail}; scopes published in OpenAPI (x-required-scopes)
     _redact_access_log()

@@ -7,7 +7,8 @@ from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Resp
 from ..deps import DispatcherDep, SessionDep, SettingsDep
 from ..jobs import service as jobs
 from ..jobs.schemas import JobRead
-from ..security import FORGET_READ, FORGET_WRITE, MODELS_ADMIN, Principal, require_scope
+from ..audit import certificates
+from ..security import AUDIT_READ, FORGET_READ, FORGET_WRITE, MODELS_ADMIN, Principal, require_scope
 from ..webhooks import service as webhooks
 from . import service
 from . import models as fm
@@ -102,6 +103,22 @@ def retry_forget(request_id: str, session: SessionDep, settings: SettingsDep, di
     if job_to_dispatch:
         dispatcher.dispatch(job_to_dispatch)
     return _read(session, req)
+
+
+@router.get("/forget/{request_id}/certificate", dependencies=[Depends(require_scope(FORGET_READ, AUDIT_READ))],
+            responses={404: {"description": "unknown request"}, 409: {"description": "not completed"}},
+            summary="Deletion certificate of a completed request, signed with the service's Ed25519 key")
+def forget_certificate(request_id: str, session: SessionDep, settings: SettingsDep):
+    """`{certificate, canonical, signature: {alg, key_id, value}}`: `canonical` is the exact
+    text signed (sorted keys, no spaces, ASCII); verify it with the public key from
+    `GET /v1/keys/audit` (recipe in docs/service.md)."""
+    req = service.get(session, request_id)
+    if req is None:
+        raise HTTPException(404, f"forget request {request_id!r} not found")
+    try:
+        return certificates.issue(session, settings, req)
+    except certificates.CertificateError as e:
+        raise HTTPException(e.status, e.message)
 
 
 @router.get("/forget/{request_id}/webhooks", response_model=list[WebhookDeliveryRead],
