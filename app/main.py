@@ -30,17 +30,19 @@ log = logging.getLogger("lethe")
 
 class BodyLimit:
     """Refuse request bodies above ``limit`` bytes with 413 (checks Content-Length and
-    counts streamed chunks, so a chunked upload cannot slip past)."""
+    counts streamed chunks, so a chunked upload cannot slip past). ``overrides`` maps
+    (method, path) to another limit (the weights upload)."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, overrides: dict | None = None):
+        self.app, self.limit, self.overrides = app, limit, overrides or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.overrides.get((scope.get("method"), scope.get("path")), self.limit)
         for k, v in scope.get("headers", []):
-            if k == b"content-length" and v.isdigit() and int(v) > self.limit:
-                return await self._too_large(send)
+            if k == b"content-length" and v.isdigit() and int(v) > limit:
+                return await self._too_large(send, limit)
         seen = 0
 
         async def limited():
@@ -48,14 +50,14 @@ class BodyLimit:
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
-                if seen > self.limit:  # FastAPI re-raises HTTPException from body reading
-                    raise HTTPException(413, f"request body exceeds {self.limit} bytes")
+                if seen > limit:  # FastAPI re-raises HTTPException from body reading
+                    raise HTTPException(413, f"request body exceeds {limit} bytes")
             return msg
 
         await self.app(scope, limited, send)
 
-    async def _too_large(self, send):
-        resp = JSONResponse({"code": "body_too_large", "detail": f"request body exceeds {self.limit} bytes"}, 413)
+    async def _too_large(self, send, limit: int):
+        resp = JSONResponse({"code": "body_too_large", "detail": f"request body exceeds {limit} bytes"}, 413)
         await send({"type": "http.response.start", "status": 413, "headers": resp.raw_headers})
         await send({"type": "http.response.body", "body": resp.body})
 
@@ -163,5 +165,6 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         ok = ok and b_ok
         return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
 
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes,
+                       overrides={("POST", "/v1/models"): settings.max_upload_bytes})  # weights upload
     return app

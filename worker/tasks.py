@@ -17,6 +17,7 @@ import traceback
 from app.catalogue import service as catalogue
 from app.db import session_scope
 from app.jobs import service as jobs
+from app.registry import governance
 from app.registry import service as registry
 from app.settings import Settings, get_settings
 
@@ -83,6 +84,8 @@ def execute_job(job_id: str, *, settings: Settings | None = None, worker_name: s
         return _record_failure(s, job_id, token, worker, f"JobConflict: {e}", retryable=True)
     with session_scope(s.database_url) as db:
         catalogue.purge_erased_raw(db, spec["model_name"])
+    with session_scope(s.database_url) as db:  # superseded versions that still hold erased data
+        governance.purge_superseded(db, s.registry_dir, spec["model_name"], actor=f"worker:{worker}")
     log.info("job %s completed: %s, %d instances erased, new weights sha256=%s", job_id, spec["model_name"],
              len(forget_rows), (sha or "none (nothing left to erase)")[:16])
     return "completed"

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from ..audit import service as audit
 from ..db import session_scope, utcnow
 from ..forget import models as fm
+from ..registry import governance
 from ..registry import service as registry
 from ..webhooks.service import set_status
 from . import service as jobs
@@ -81,6 +82,8 @@ def sweep(session: Session, *, lease_s: int, stuck_queued_s: int, now: dt.dateti
 def sweep_and_dispatch(settings, dispatcher) -> list[str]:
     with session_scope(settings.database_url) as db:
         ids = sweep(db, lease_s=settings.job_lease_s, stuck_queued_s=settings.stuck_queued_s)
+    with session_scope(settings.database_url) as db:  # a crash after a publish may have left weights to purge
+        governance.purge_all(db, settings.registry_dir, actor="sweeper")
     for job_id in ids:
         dispatcher.dispatch(job_id)
     if ids:
