@@ -16,6 +16,21 @@ import sys
 from . import SCOPES, create_key, list_keys, revoke_key
 
 
+def _migrate(settings) -> None:
+    """Bring the database to the latest schema (same as ``python -m app.cli migrate``)."""
+    import os
+
+    from alembic import command
+    from alembic.config import Config
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    settings.ensure_dirs()
+    cfg = Config(os.path.join(root, "alembic.ini"))
+    cfg.set_main_option("script_location", os.path.join(root, "migrations"))
+    cfg.attributes["url"] = settings.database_url
+    command.upgrade(cfg, "head")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m app.security")
     sub = p.add_subparsers(dest="group", required=True)
@@ -29,12 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     keys.add_parser("list", help="list keys (never the keys themselves)")
     args = p.parse_args(argv)
 
-    from ..cli import migrate
     from ..db import session_scope
     from ..settings import get_settings
 
     settings = get_settings()
-    migrate(settings)
+    _migrate(settings)
     try:
         with session_scope(settings.database_url) as db:
             if args.command == "create":

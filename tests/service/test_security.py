@@ -159,3 +159,19 @@ def test_command_line(settings):
     assert "revoked" in run("list").stdout
     bad = run("create", "--name", "x", "--scopes", "root")
     assert bad.returncode == 2 and "unknown scope" in bad.stderr
+
+
+def test_subject_ids_in_paths_are_redacted_from_the_access_log():
+    import logging
+
+    from app.main import _redact_access_log
+
+    _redact_access_log()
+    logger = logging.getLogger("uvicorn.access")
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5000", "GET", "/v1/subjects/alice%40example.org/instances?model=m", "1.1",
+                                200), None)
+    for f in logger.filters:
+        f.filter(record)
+    line = record.getMessage()
+    assert "alice" not in line and "/v1/subjects/<redacted>/instances?model=m" in line
