@@ -63,7 +63,7 @@ def test_scope_walk_over_every_route_in_the_openapi_schema(seeded, dispatcher):
                         assert r.status_code == 403, (method, path, s, r.text)
                         assert " or ".join(scopes) in r.json()["detail"] and r.json()["code"] == "missing_scope"
                 walked += 1
-        assert walked >= 9
+        assert walked >= 19  # every scoped operation of this slice
 
 
 def test_bad_tokens_get_401_with_a_clear_message(client, seeded):
