@@ -30,7 +30,8 @@ def service_env(tmp_path, **extra) -> dict:
                LETHE_SUBJECT_SECRET="e2e-secret-" + uuid.uuid4().hex, LETHE_BROKER_URL="",
                LETHE_DEVICE="cpu", PYTHONPATH=ROOT, PYTHONUNBUFFERED="1",
                # the first admin key, registered at start the way an operator would (README)
-               LETHE_BOOTSTRAP_ADMIN_KEY="e2e-admin-" + uuid.uuid4().hex)
+               LETHE_BOOTSTRAP_ADMIN_KEY="e2e-admin-" + uuid.uuid4().hex,
+               LETHE_WEBHOOK_SECRET="e2e-whsec-" + uuid.uuid4().hex)
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

@@ -26,7 +26,7 @@ def test_forget_flow_concurrency_and_audit(gateway):
     with httpx.Client(base_url=url, timeout=60, headers=auth(env)) as c:
         ready = c.get("/readyz").json()
         assert ready["checks"] == {"database": "ok", "registry": "ok", "worker": "ok"}
-        flow.forget_subject_and_check(c, env["LETHE_DATA_DIR"])
+        flow.forget_subject_and_check(c, env["LETHE_DATA_DIR"], webhook_secret=env["LETHE_WEBHOOK_SECRET"])
         flow.concurrent_requests_stay_linear(c)
         v = flow.audit_verifies(c)
         # tamper with one audit row by raw SQL (dropping the append-only guard first)

@@ -57,7 +57,7 @@ def test_forget_flow_with_celery_worker(stack):
         ready = c.get("/readyz").json()
         assert ready["checks"] == {"database": "ok", "registry": "ok", "broker": "ok"}, ready
         assert worker.alive(), worker.tail()
-        result = flow.forget_subject_and_check(c, env["LETHE_DATA_DIR"])
+        result = flow.forget_subject_and_check(c, env["LETHE_DATA_DIR"], webhook_secret=env["LETHE_WEBHOOK_SECRET"])
         job = c.get(f"/v1/jobs/{result['job_id']}").json()
         assert job["worker"].startswith("celery:"), job  # run by the Celery process, not the gateway
 

@@ -142,7 +142,8 @@ def test_bootstrap_admin_key_setting(settings, dispatcher):
 
 def test_command_line(settings):
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("LETHE_")},
-           "LETHE_DATABASE_URL": settings.database_url, "PYTHONPATH": ROOT_DIR}
+           "LETHE_DATABASE_URL": settings.database_url, "LETHE_REGISTRY_DIR": settings.registry_dir,
+           "LETHE_DATA_DIR": settings.data_dir, "PYTHONPATH": ROOT_DIR}
 
     def run(*args):
         return subprocess.run([sys.executable, "-m", "app.security", "keys", *args], cwd=ROOT_DIR, env=env,
