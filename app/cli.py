@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--public-key", metavar="FILE", help="the audit public key (PEM, or raw 32 bytes in base64/hex); "
                                                         "default: fetched from GET /v1/keys/audit")
 
+    sub.add_parser("keys", help="API keys, server side: keys create --name N --scopes a,b | keys revoke ID | "
+                                "keys list (see python -m app.security --help)", add_help=False)
     s = sub.add_parser("migrate", help="run the database migrations (server side)")
     s.set_defaults(func=cmd_migrate)
     s = sub.add_parser("bootstrap", help="migrate, then train/register/catalogue the demo model if none is "
@@ -173,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["keys"]:  # server side, straight on the database: app/security/__main__.py
+        from .security.__main__ import main as keys_main
+
+        return keys_main(argv)
     args = build_parser().parse_args(argv)
     return args.func(args)
 

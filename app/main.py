@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Request
@@ -10,6 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
+from . import security
+from .audit.router import keys_router
 from .audit.router import router as audit_router
 from .catalogue.router import router as subjects_router
 from .dashboard.router import CookieBearer
@@ -20,26 +23,30 @@ from .forget.service import ForgetError
 from .jobs.dispatch import Dispatcher
 from .metrics import Metrics
 from .observability import RequestContext
+from .jobs.sweeper import Sweeper
 from .registry.router import router as models_router
 from .registry.service import RegistryError, ServingCache
 from .settings import Settings, get_settings
+from .webhooks.service import WebhookPump
 
 log = logging.getLogger("lethe")
 
 
 class BodyLimit:
     """Refuse request bodies above ``limit`` bytes with 413 (checks Content-Length and
-    counts streamed chunks, so a chunked upload cannot slip past)."""
+    counts streamed chunks, so a chunked upload cannot slip past). ``overrides`` maps
+    (method, path) to another limit (the weights upload)."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, overrides: dict | None = None):
+        self.app, self.limit, self.overrides = app, limit, overrides or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.overrides.get((scope.get("method"), scope.get("path")), self.limit)
         for k, v in scope.get("headers", []):
-            if k == b"content-length" and v.isdigit() and int(v) > self.limit:
-                return await self._too_large(send)
+            if k == b"content-length" and v.isdigit() and int(v) > limit:
+                return await self._too_large(send, limit)
         seen = 0
 
         async def limited():
@@ -47,16 +54,35 @@ class BodyLimit:
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
-                if seen > self.limit:  # FastAPI re-raises HTTPException from body reading
-                    raise HTTPException(413, f"request body exceeds {self.limit} bytes")
+                if seen > limit:  # FastAPI re-raises HTTPException from body reading
+                    raise HTTPException(413, f"request body exceeds {limit} bytes")
             return msg
 
         await self.app(scope, limited, send)
 
-    async def _too_large(self, send):
-        resp = JSONResponse({"code": "body_too_large", "detail": f"request body exceeds {self.limit} bytes"}, 413)
+    async def _too_large(self, send, limit: int):
+        resp = JSONResponse({"code": "body_too_large", "detail": f"request body exceeds {limit} bytes"}, 413)
         await send({"type": "http.response.start", "status": 413, "headers": resp.raw_headers})
         await send({"type": "http.response.body", "body": resp.body})
+
+
+class _RedactSubjects(logging.Filter):
+    """Subject ids appear in a URL path (/v1/subjects/<id>/...); keep them out of access logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args and isinstance(record.args, tuple):
+            record.args = tuple(_SUBJECT_PATH.sub(r"\1<redacted>", a) if isinstance(a, str) else a
+                                for a in record.args)
+        return True
+
+
+_SUBJECT_PATH = re.compile(r"(/v1/subjects/)[^/?\s]+")
+
+
+def _redact_access_log() -> None:
+    logger = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _RedactSubjects) for f in logger.filters):
+        logger.addFilter(_RedactSubjects())
 
 
 def _default_dispatcher(settings: Settings) -> Dispatcher:
@@ -76,12 +102,18 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        security.bootstrap_keys(settings)  # a fresh install gets its first (admin) API key
         start = getattr(dispatcher, "start", None)
         if start:
             start()
+        background = [Sweeper(settings, dispatcher), WebhookPump(settings)]  # both off when their period is 0
+        for b in background:
+            b.start()
         try:
             yield
         finally:
+            for b in background:
+                b.stop()
             stop = getattr(dispatcher, "stop", None)
             if stop:
                 stop()
@@ -90,8 +122,10 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
                   description="Machine-unlearning service: takes deletion requests and makes the served model "
                               "forget, with a versioned registry and a hash-chained audit trail.")
     app.state.settings, app.state.dispatcher, app.state.serving = settings, dispatcher, ServingCache()
-    for r in (forget_router, models_router, subjects_router, audit_router, dashboard_router):
+    for r in (forget_router, models_router, subjects_router, audit_router, keys_router, dashboard_router):
         app.include_router(r)
+    security.install(app)  # 401/403 as {code, detail}; scopes published in OpenAPI (x-required-scopes)
+    _redact_access_log()
 
     @app.exception_handler(ForgetError)
     async def _forget_error(_: Request, exc: ForgetError):
@@ -143,7 +177,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes,
+                       overrides={("POST", "/v1/models"): settings.max_upload_bytes})  # weights upload
     app.add_middleware(CookieBearer)  # /dashboard: the key cookie becomes a bearer token
     app.add_middleware(RequestContext, metrics=metrics)  # outermost: every response gets a request id
     return app

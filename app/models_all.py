@@ -5,3 +5,5 @@ from .db import Base  # noqa: F401
 from .forget.models import ForgetRequest  # noqa: F401
 from .jobs.models import Job  # noqa: F401
 from .registry.models import AliasMove, ModelAlias, ModelVersion, RegisteredModel  # noqa: F401
+from .security.models import ApiKey  # noqa: F401
+from .webhooks.models import WebhookDelivery  # noqa: F401

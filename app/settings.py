@@ -43,6 +43,25 @@ class Settings(BaseSettings):
     embedded_worker: bool = Field(default=True, description="start the in-process worker when broker_url is empty")
     # observability
     log_format: Literal["json", "text"] = Field(default="json", description="json (one object per line) or text")
+    # access control (app/security): the first key of a fresh install
+    bootstrap_admin_key: str = Field(default="", description="register this value as an all-scopes key at start "
+                                                             "(>= 24 chars); empty = write a random one to "
+                                                             "admin_key_file when the database holds no key")
+    admin_key_file: str = Field(default="", description="empty = admin.key next to registry_dir (./var/admin.key)")
+    # audit evidence: Ed25519 key that signs deletion certificates (created on first use, 0600)
+    signing_key_file: str = Field(default="", description="empty = audit-ed25519.pem next to registry_dir")
+    # signed webhooks (callback_url on a request)
+    webhook_secret: str = Field(default="lethe-dev-webhook-secret-change-me",
+                                description="HMAC-SHA256 key for the Lethe-Signature header")
+    webhook_max_attempts: int = 6
+    webhook_backoff_s: float = Field(default=5.0, description="first retry delay; doubles each attempt")
+    webhook_timeout_s: float = 5.0
+    webhook_poll_s: float = Field(default=1.0, description="delivery loop period in the gateway; 0 = off")
+    # sweeper: re-queue requests stuck in queued/running (workers died, messages lost)
+    sweeper_interval_s: float = Field(default=60.0, description="0 = no sweeper thread")
+    stuck_queued_s: int = Field(default=900, description="a queued job untouched this long is dispatched again")
+    # registry governance
+    max_upload_bytes: int = Field(default=200_000_000, description="body limit of POST /v1/models (weights upload)")
 
     @property
     def embedded(self) -> bool:

@@ -18,6 +18,7 @@ from app.catalogue import service as catalogue
 from app.db import session_scope
 from app.jobs import service as jobs
 from app.observability import job_context
+from app.registry import governance
 from app.registry import service as registry
 from app.settings import Settings, get_settings
 
@@ -89,6 +90,8 @@ def _execute_job(job_id: str, *, settings: Settings | None, worker_name: str | N
         return _record_failure(s, job_id, token, worker, f"JobConflict: {e}", retryable=True)
     with session_scope(s.database_url) as db:
         catalogue.purge_erased_raw(db, spec["model_name"])
+    with session_scope(s.database_url) as db:  # superseded versions that still hold erased data
+        governance.purge_superseded(db, s.registry_dir, spec["model_name"], actor=f"worker:{worker}")
     log.info("job %s completed: %s, %d instances erased, new weights sha256=%s", job_id, spec["model_name"],
              len(forget_rows), (sha or "none (nothing left to erase)")[:16])
     return "completed"
@@ -170,6 +173,7 @@ def _verify(s: Settings, spec: dict, m: dict) -> None:
     if any(v != v for v in m.values() if isinstance(v, float)):
         problems.append("a metric is NaN")
     if problems:
+        m.setdefault("max_test_accuracy_drop", s.max_test_accuracy_drop)  # recorded with the refusal
         raise VerificationFailed("; ".join(problems), metrics=m)
 
 

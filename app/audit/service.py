@@ -86,3 +86,30 @@ def page(session: Session, *, after_seq: int = 0, limit: int = 100, action: str 
     if action:
         q = q.where(AuditEvent.action == action)
     return list(session.execute(q.order_by(AuditEvent.seq).limit(limit)).scalars())
+
+
+def verify_lines(lines) -> dict:
+    """Recompute a chain exported by ``GET /v1/audit/export`` (an iterable of JSON lines),
+    without the database. Same result shape as ``verify``."""
+    prev, expected_seq, count = GENESIS, None, 0
+    for raw in lines:
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8")
+        if not raw.strip():
+            continue
+        ev = json.loads(raw)
+        seq = ev["seq"]
+        problem = None
+        if expected_seq is not None and seq != expected_seq:
+            problem = f"sequence gap: expected {expected_seq}, found {seq}"
+        elif expected_seq is not None and ev["prev_hash"] != prev:
+            problem = f"event {seq} does not link to its predecessor's hash"
+        elif compute_hash(ev["prev_hash"], seq, ev["ts"], ev["actor"], ev["action"], ev["subject_ref"],
+                          ev["payload"]) != ev["hash"]:
+            problem = f"event {seq} content does not match its hash"
+        if problem:
+            return {"ok": False, "entries": count, "head": prev, "first_bad_seq": seq, "reason": problem}
+        if expected_seq is None and seq == 1 and ev["prev_hash"] != GENESIS:
+            return {"ok": False, "entries": 0, "head": prev, "first_bad_seq": 1, "reason": "event 1 is not the genesis"}
+        prev, expected_seq, count = ev["hash"], seq + 1, count + 1
+    return {"ok": True, "entries": count, "head": prev, "first_bad_seq": None, "reason": None}

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import datetime as dt
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel
 
 from ..deps import SessionDep, SettingsDep
+from ..security import FORGET_READ, require_scope
 from . import service
 
-router = APIRouter(prefix="/v1", tags=["subjects"])
+router = APIRouter(prefix="/v1", tags=["subjects"], dependencies=[Depends(require_scope(FORGET_READ))])
 
 
 class InstanceRead(BaseModel):

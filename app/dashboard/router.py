@@ -14,11 +14,12 @@ from __future__ import annotations
 import os
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 from ..deps import SessionDep
+from ..security import require_scope
 from . import view
 
 COOKIE = "lethe_dashboard_key"
@@ -26,8 +27,9 @@ PREFIX = "/dashboard"
 
 templates = Jinja2Templates(directory=os.path.join(os.path.dirname(__file__), "templates"))
 
-# AUTH: at merge: APIRouter(prefix=PREFIX, ..., dependencies=[Depends(require_scope("audit:read"))])
-router = APIRouter(prefix=PREFIX, tags=["dashboard"], include_in_schema=False)
+# behind audit:read; the key arrives as a bearer token or via the cookie CookieBearer turns into one
+router = APIRouter(prefix=PREFIX, tags=["dashboard"], include_in_schema=False,
+                   dependencies=[Depends(require_scope("audit:read"))])
 
 
 def _filters(status: str | None, model: str | None) -> tuple[str | None, str | None]:

@@ -9,6 +9,16 @@ from sqlalchemy.orm import Mapped, mapped_column
 from ..db import Base, UTCDateTime, utcnow
 
 QUEUED, RUNNING, COMPLETED, FAILED, REJECTED = "queued", "running", "completed", "failed", "rejected"
+DENIED, CANCELED = "denied", "canceled"
+OPEN = (QUEUED, RUNNING)  # still to be worked on; everything else is closed
+STATUSES = (QUEUED, RUNNING, COMPLETED, FAILED, DENIED, CANCELED)
+# why a request is denied (Fides / Data Rights Protocol style); the free-text reason says more
+DENY_REASONS = ("legal_exemption",       # GDPR Art. 17(3): legal obligation, public interest, legal claims...
+                "no_match",              # nothing of this subject in the model's training data
+                "identity_unverified",   # the requester could not be verified as the subject
+                "manifestly_unfounded",  # Art. 12(5): unfounded or excessive
+                "duplicate",             # the same erasure was already requested
+                "other")
 DUE_DAYS = 30  # GDPR Art. 12(3): one month
 
 
@@ -34,3 +44,10 @@ class ForgetRequest(Base):
     version_after: Mapped[int | None] = mapped_column(Integer, nullable=True)
     metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), index=True, nullable=True)
+    # governance (migration 0002)
+    reason_code: Mapped[str | None] = mapped_column(String(32), nullable=True)  # denied: one of DENY_REASONS
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # denied / canceled: free text
+    closed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)  # denied or canceled
+    closed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)  # actor who denied / canceled
+    retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # operator retries
+    callback_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)  # signed webhooks go here

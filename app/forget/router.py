@@ -2,14 +2,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Response
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Response
 
 from ..deps import DispatcherDep, SessionDep, SettingsDep
 from ..jobs import service as jobs
 from ..jobs.schemas import JobRead
+from ..audit import certificates
+from ..security import AUDIT_READ, FORGET_READ, FORGET_WRITE, MODELS_ADMIN, Principal, require_scope
+from ..webhooks import service as webhooks
 from . import service
+from . import models as fm
 from .models import ForgetRequest
-from .schemas import ForgetAccepted, ForgetCreate, ForgetRead, JobProgress
+from .schemas import (CancelBody, DenyBody, ForgetAccepted, ForgetCreate, ForgetPage, ForgetRead, JobProgress,
+                      WebhookDeliveryRead)
 
 router = APIRouter(prefix="/v1", tags=["forget"])
 
@@ -30,26 +35,107 @@ def _read(session, req: ForgetRequest) -> ForgetRead:
                       error=req.error, version_before=req.version_before, version_after=req.version_after,
                       metrics=req.metrics,
                       job=JobProgress(id=job.id, status=job.status, stage=job.stage, progress=job.progress,
-                                      attempts=job.attempts) if job else None)
+                                      attempts=job.attempts) if job else None,
+                      days_left=service.days_left(req), overdue=service.overdue(req), reason_code=req.reason_code,
+                      reason=req.reason, closed_at=req.closed_at, retries=req.retries or 0,
+                      callback_url=req.callback_url,
+                      certificate_url=f"/v1/forget/{req.id}/certificate" if req.status == fm.COMPLETED else None)
 
 
 @router.post("/forget", status_code=202, response_model=ForgetAccepted, responses=ERRORS,
              summary="Ask the model to forget a subject's or a list of training instances")
 def create_forget(body: ForgetCreate, session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep,
-                  response: Response,
+                  response: Response, principal: Annotated[Principal, Depends(require_scope(FORGET_WRITE))],
                   idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None):
     req, job_to_dispatch, replayed = service.submit(session, settings, body, idempotency_key=idempotency_key,
-                                                    actor="api")
+                                                    actor=principal.actor)
     session.commit()  # the worker must see the request before it is dispatched
     if job_to_dispatch:
         dispatcher.dispatch(job_to_dispatch)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/forget/{req.id}"
-    return ForgetAccepted(id=req.id, status=req.status, due_at=req.due_at, job_id=req.job_id)
+    return ForgetAccepted(id=req.id, status=req.status, due_at=req.due_at, job_id=req.job_id,
+                          days_left=service.days_left(req))
 
 
-@router.get("/forget/{request_id}", response_model=ForgetRead, responses={404: ERRORS[404]})
+@router.get("/forget", response_model=ForgetPage, dependencies=[Depends(require_scope(FORGET_READ))],
+            summary="List requests, newest first; filter by status, model, overdue")
+def list_forget(session: SessionDep, status: Annotated[str | None, Query(description=", ".join(fm.STATUSES))] = None,
+                model: Annotated[str | None, Query(max_length=128)] = None,
+                overdue: Annotated[bool, Query(description="only open requests past their due date")] = False,
+                limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0)] = 0):
+    if status is not None and status not in fm.STATUSES:
+        raise HTTPException(422, f"status must be one of {', '.join(fm.STATUSES)}")
+    rows, total = service.list_requests(session, status=status, model=model, overdue_only=overdue, limit=limit,
+                                        offset=offset)
+    return ForgetPage(items=[_read(session, r) for r in rows], total=total, limit=limit, offset=offset,
+                      next_offset=offset + len(rows) if offset + len(rows) < total else None)
+
+
+LIFECYCLE_ERRORS = {404: {"description": "unknown request"},
+                    409: {"description": "the request is not in a state that allows this"}}
+
+
+@router.post("/forget/{request_id}/cancel", response_model=ForgetRead, responses=LIFECYCLE_ERRORS,
+             summary="Cancel a request that has not started (queued -> canceled)")
+def cancel_forget(request_id: str, session: SessionDep,
+                  principal: Annotated[Principal, Depends(require_scope(FORGET_WRITE))],
+                  body: Annotated[CancelBody | None, Body()] = None):
+    req = service.cancel(session, request_id, actor=principal.actor, reason=body.reason if body else None)
+    return _read(session, req)
+
+
+@router.post("/forget/{request_id}/deny", response_model=ForgetRead, responses=LIFECYCLE_ERRORS,
+             summary="Operator: deny a queued or failed request with a reason code (-> denied)")
+def deny_forget(request_id: str, body: DenyBody, session: SessionDep,
+                principal: Annotated[Principal, Depends(require_scope(MODELS_ADMIN))]):
+    req = service.deny(session, request_id, actor=principal.actor, reason_code=body.reason_code, reason=body.reason)
+    return _read(session, req)
+
+
+@router.post("/forget/{request_id}/retry", response_model=ForgetRead, responses=LIFECYCLE_ERRORS,
+             summary="Operator: run a failed request again (failed -> queued)")
+def retry_forget(request_id: str, session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep,
+                 principal: Annotated[Principal, Depends(require_scope(MODELS_ADMIN))]):
+    req, job_to_dispatch = service.retry(session, settings, request_id, actor=principal.actor)
+    session.commit()  # the worker must see the request before it is dispatched
+    if job_to_dispatch:
+        dispatcher.dispatch(job_to_dispatch)
+    return _read(session, req)
+
+
+@router.get("/forget/{request_id}/certificate", dependencies=[Depends(require_scope(FORGET_READ, AUDIT_READ))],
+            responses={404: {"description": "unknown request"}, 409: {"description": "not completed"}},
+            summary="Deletion certificate of a completed request, signed with the service's Ed25519 key")
+def forget_certificate(request_id: str, session: SessionDep, settings: SettingsDep):
+    """`{certificate, canonical, signature: {alg, key_id, value}}`: `canonical` is the exact
+    text signed (sorted keys, no spaces, ASCII); verify it with the public key from
+    `GET /v1/keys/audit` (recipe in docs/service.md)."""
+    req = service.get(session, request_id)
+    if req is None:
+        raise HTTPException(404, f"forget request {request_id!r} not found")
+    try:
+        return certificates.issue(session, settings, req)
+    except certificates.CertificateError as e:
+        raise HTTPException(e.status, e.message)
+
+
+@router.get("/forget/{request_id}/webhooks", response_model=list[WebhookDeliveryRead],
+            dependencies=[Depends(require_scope(FORGET_READ))],
+            summary="Webhook deliveries of a request (one per status change) and their attempts")
+def forget_webhooks(request_id: str, session: SessionDep):
+    if service.get(session, request_id) is None:
+        raise HTTPException(404, f"forget request {request_id!r} not found")
+    return [WebhookDeliveryRead(id=d.id, event=d.event, url=d.url, payload=d.payload, status=d.status,
+                                attempts=d.attempts, next_attempt_at=d.next_attempt_at,
+                                last_status_code=d.last_status_code, last_error=d.last_error, log=d.log or [],
+                                created_at=d.created_at, delivered_at=d.delivered_at)
+            for d in webhooks.deliveries_of(session, request_id)]
+
+
+@router.get("/forget/{request_id}", response_model=ForgetRead, responses={404: ERRORS[404]},
+            dependencies=[Depends(require_scope(FORGET_READ))])
 def read_forget(request_id: str, session: SessionDep):
     req = service.get(session, request_id)
     if req is None:
@@ -57,7 +143,7 @@ def read_forget(request_id: str, session: SessionDep):
     return _read(session, req)
 
 
-@router.get("/jobs/{job_id}", response_model=JobRead, tags=["jobs"])
+@router.get("/jobs/{job_id}", response_model=JobRead, tags=["jobs"], dependencies=[Depends(require_scope(FORGET_READ))])
 def read_job(job_id: str, session: SessionDep):
     job = jobs.get(session, job_id)
     if job is None:

@@ -4,7 +4,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .models import DENY_REASONS
 
 Objective = Literal["misclassify", "relabel", "retrain_like"]
 Method = Literal["instance", "lethe", "paper_full", "paper_ga", "paper_ga_adv"]
@@ -24,6 +28,19 @@ class ForgetCreate(BaseModel):
     method: Method = Field(default="instance", description="'instance' = Lethe's default instance-wise unlearning")
     target_label: int | None = Field(default=None, ge=0, description="objective 'relabel' only: the label to teach")
     external_id: str | None = Field(default=None, max_length=256, description="your own reference (ticket id)")
+    callback_url: str | None = Field(default=None, max_length=2048,
+                                     description="http(s) URL: every status change is POSTed here, signed "
+                                                 "(Lethe-Signature, see docs/service.md)")
+
+    @field_validator("callback_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("callback_url must be an absolute http:// or https:// URL")
+        return v
 
 
 class JobProgress(BaseModel):
@@ -50,6 +67,51 @@ class ForgetRead(BaseModel):
     version_after: int | None = None
     metrics: dict | None = None
     job: JobProgress | None = None
+    days_left: int | None = Field(default=None, description="whole days to due_at while open (negative: past due)")
+    overdue: bool = Field(default=False, description="open past due_at, or closed after it")
+    reason_code: str | None = None
+    reason: str | None = None
+    closed_at: dt.datetime | None = None
+    retries: int = 0
+    callback_url: str | None = None
+    certificate_url: str | None = None
+
+
+class ForgetPage(BaseModel):
+    items: list[ForgetRead]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None = None
+
+
+class DenyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"reason_code": "legal_exemption", "reason": "Art. 17(3)(b): records kept under a legal obligation"}]})
+
+    reason_code: Literal[DENY_REASONS] = Field(description="why: " + ", ".join(DENY_REASONS))  # type: ignore[valid-type]
+    reason: str = Field(min_length=1, max_length=2000, description="free text, shown to the requester")
+
+
+class WebhookDeliveryRead(BaseModel):
+    id: str
+    event: str
+    url: str
+    payload: str = Field(description="the exact signed JSON body")
+    status: str = Field(description="pending | delivered | failed (gave up)")
+    attempts: int
+    next_attempt_at: dt.datetime | None = None
+    last_status_code: int | None = None
+    last_error: str | None = None
+    log: list[dict]
+    created_at: dt.datetime
+    delivered_at: dt.datetime | None = None
+
+
+class CancelBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, max_length=2000)
 
 
 class ForgetAccepted(BaseModel):
@@ -57,3 +119,4 @@ class ForgetAccepted(BaseModel):
     status: str
     due_at: dt.datetime
     job_id: str | None = None
+    days_left: int | None = None

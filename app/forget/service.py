@@ -5,18 +5,21 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..audit import service as audit
 from ..catalogue import service as catalogue
 from ..db import utcnow
+from ..jobs import models as jm
 from ..jobs import service as jobs
 from ..registry import service as registry
 from ..settings import Settings
+from ..webhooks import service as webhooks
 from . import models as fm
 from .models import ForgetRequest
 from .schemas import ForgetCreate
@@ -34,7 +37,9 @@ def _preview(ids, n: int = 10) -> str:
 
 
 def fingerprint(body: ForgetCreate) -> str:
-    return hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True).encode()).hexdigest()
+    # callback_url joined the body later: left out when absent, so older fingerprints still match
+    data = body.model_dump(exclude={"callback_url"} if body.callback_url is None else None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def get(session: Session, request_id: str) -> ForgetRequest | None:
@@ -129,7 +134,8 @@ def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempote
     req = ForgetRequest(id=str(uuid.uuid4()), external_id=body.external_id, idempotency_key=idempotency_key,
                         fingerprint=fp, subject_ref=ref, instance_ids=ids, model_name=body.model,
                         objective=body.objective, method=body.method, target_label=body.target_label,
-                        status=fm.QUEUED, received_at=now, due_at=now + dt.timedelta(days=fm.DUE_DAYS))
+                        status=fm.QUEUED, received_at=now, due_at=now + dt.timedelta(days=fm.DUE_DAYS),
+                        callback_url=body.callback_url, retries=0)
     session.add(req)
     try:
         session.flush()
@@ -143,4 +149,121 @@ def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempote
                  payload={"request_id": req.id, "model": body.model, "objective": body.objective,
                           "method": body.method, "instances": len(ids), "job_id": job.id,
                           "due_at": req.due_at.isoformat()})
+    webhooks.status_changed(session, req, None)
     return req, (job.id if created else None), False
+
+
+# --- lifecycle: list, cancel, deny, retry ----------------------------------------------------
+
+def days_left(req: ForgetRequest, now: dt.datetime | None = None) -> int | None:
+    """Whole days until the due date (negative once past it) while the request is open;
+    None once it is closed."""
+    if req.status not in fm.OPEN:
+        return None
+    return math.ceil((req.due_at - (now or utcnow())).total_seconds() / 86400)
+
+
+def overdue(req: ForgetRequest, now: dt.datetime | None = None) -> bool:
+    """Open past its due date, or closed (completed/failed/denied/canceled) after it."""
+    now = now or utcnow()
+    if req.status in fm.OPEN:
+        return now > req.due_at
+    closed = req.completed_at or req.closed_at
+    return closed is not None and closed > req.due_at
+
+
+def list_requests(session: Session, *, status: str | None = None, model: str | None = None,
+                  overdue_only: bool = False, limit: int = 50, offset: int = 0) -> tuple[list[ForgetRequest], int]:
+    """Newest first. ``overdue_only``: open requests past their due date."""
+    q = select(ForgetRequest)
+    if status:
+        q = q.where(ForgetRequest.status == status)
+    if model:
+        q = q.where(ForgetRequest.model_name == model)
+    if overdue_only:
+        q = q.where(ForgetRequest.status.in_(fm.OPEN), ForgetRequest.due_at < utcnow())
+    total = session.execute(select(func.count()).select_from(q.subquery())).scalar() or 0
+    rows = session.execute(q.order_by(ForgetRequest.received_at.desc(), ForgetRequest.id.desc())
+                           .limit(limit).offset(offset)).scalars().all()
+    return list(rows), int(total)
+
+
+def _locked(session: Session, request_id: str) -> ForgetRequest:
+    """The request, with its model locked (serialises with submissions and job claims)."""
+    req = get(session, request_id)
+    if req is None:
+        raise ForgetError(404, "unknown_request", f"forget request {request_id!r} not found")
+    registry.get_model(session, req.model_name, lock=True)
+    session.refresh(req)
+    return req
+
+
+def _close(session: Session, req: ForgetRequest, status: str, actor: str, *, reason_code: str | None,
+           reason: str | None) -> None:
+    job = jobs.get(session, req.job_id) if req.job_id else None
+    if req.status == fm.QUEUED and job is not None and job.status == jm.RUNNING:
+        raise ForgetError(409, "request_running", f"request {req.id} is being processed by job {job.id}")
+    req.reason_code, req.reason, req.closed_at, req.closed_by = reason_code, reason, utcnow(), actor[:128]
+    webhooks.set_status(session, req, status)
+    session.flush()
+    if job is not None:
+        jobs.cancel_if_empty(session, job, actor)
+
+
+def cancel(session: Session, request_id: str, *, actor: str, reason: str | None = None) -> ForgetRequest:
+    """queued -> canceled. Only before it runs: a running or closed request answers 409."""
+    req = _locked(session, request_id)
+    if req.status != fm.QUEUED:
+        raise ForgetError(409, "not_cancelable",
+                          f"request {req.id} is {req.status}; only a queued request can be canceled")
+    _close(session, req, fm.CANCELED, actor, reason_code=None, reason=reason)
+    audit.append(session, actor=actor, action="forget.canceled", subject_ref=req.subject_ref,
+                 payload={"request_id": req.id, "model": req.model_name, "job_id": req.job_id, "reason": reason})
+    return req
+
+
+def deny(session: Session, request_id: str, *, actor: str, reason_code: str, reason: str) -> ForgetRequest:
+    """queued | failed -> denied, with a reason code (fm.DENY_REASONS) and a free-text reason."""
+    if reason_code not in fm.DENY_REASONS:
+        raise ForgetError(422, "bad_reason_code", f"reason_code must be one of {', '.join(fm.DENY_REASONS)}")
+    req = _locked(session, request_id)
+    if req.status not in (fm.QUEUED, fm.FAILED):
+        raise ForgetError(409, "not_deniable",
+                          f"request {req.id} is {req.status}; only a queued or failed request can be denied")
+    _close(session, req, fm.DENIED, actor, reason_code=reason_code, reason=reason)
+    audit.append(session, actor=actor, action="forget.denied", subject_ref=req.subject_ref,
+                 payload={"request_id": req.id, "model": req.model_name, "reason_code": reason_code,
+                          "reason": reason})
+    return req
+
+
+def retry(session: Session, settings: Settings, request_id: str, *, actor: str) -> tuple[ForgetRequest, str | None]:
+    """failed -> queued, on a job (a new one, or the model's queued one). Returns (request,
+    job id to dispatch or None)."""
+    req = _locked(session, request_id)
+    if req.status != fm.FAILED:
+        raise ForgetError(409, "not_retryable", f"request {req.id} is {req.status}; only a failed request can be retried")
+    rows = catalogue.by_ids(session, req.model_name, list(req.instance_ids))
+    erased = [i for i in req.instance_ids if i in rows and rows[i].erased_at is not None]
+    if erased:
+        raise ForgetError(409, "already_erased", f"already erased from model {req.model_name!r} (by a later "
+                                                 f"request): {_preview(erased)}; nothing to retry")
+    pending = session.execute(select(ForgetRequest).where(
+        ForgetRequest.model_name == req.model_name, ForgetRequest.id != req.id,
+        ForgetRequest.status.in_(fm.OPEN))).scalars().all()
+    for p in pending:
+        overlap = set(p.instance_ids) & set(req.instance_ids)
+        if overlap:
+            raise ForgetError(409, "already_pending",
+                              f"request {p.id} (status {p.status}) already covers: {_preview(sorted(overlap))}")
+    previous_job, previous_error = req.job_id, req.error
+    req.error, req.completed_at, req.metrics = None, None, None
+    req.version_before = req.version_after = None
+    req.retries = (req.retries or 0) + 1
+    webhooks.set_status(session, req, fm.QUEUED)
+    job, created = jobs.attach(session, req, settings.max_attempts)
+    audit.append(session, actor=actor, action="forget.retried", subject_ref=req.subject_ref,
+                 payload={"request_id": req.id, "model": req.model_name, "retry": req.retries,
+                          "previous_job_id": previous_job, "previous_error": (previous_error or "")[:500],
+                          "job_id": job.id})
+    return req, (job.id if created else None)

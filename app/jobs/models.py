@@ -9,6 +9,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from ..db import Base, UTCDateTime, utcnow
 
 QUEUED, RUNNING, COMPLETED, FAILED = "queued", "running", "completed", "failed"
+CANCELED = "canceled"  # every request of a job not yet started was canceled or denied
 
 
 class Job(Base):
@@ -34,3 +35,6 @@ class Job(Base):
     metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     stats: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # the sweeper (migration 0002): how often this job was found stuck and re-queued, and when last
+    sweeps: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    swept_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

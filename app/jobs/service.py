@@ -16,7 +16,8 @@ from ..forget import models as fm
 from ..forget.models import ForgetRequest
 from ..registry import service as registry
 from ..registry.models import PRODUCTION
-from .models import COMPLETED, FAILED, QUEUED, RUNNING, Job
+from ..webhooks.service import set_status
+from .models import CANCELED, COMPLETED, FAILED, QUEUED, RUNNING, Job
 
 
 class JobConflict(Exception):
@@ -27,9 +28,23 @@ def get(session: Session, job_id: str) -> Job | None:
     return session.get(Job, job_id)
 
 
-def requests_of(session: Session, job_id: str) -> list[ForgetRequest]:
-    return list(session.execute(select(ForgetRequest).where(ForgetRequest.job_id == job_id)
-                                .order_by(ForgetRequest.received_at, ForgetRequest.id)).scalars())
+def requests_of(session: Session, job_id: str, *, open_only: bool = False) -> list[ForgetRequest]:
+    """The job's requests; ``open_only``: those still queued/running (not canceled/denied)."""
+    q = select(ForgetRequest).where(ForgetRequest.job_id == job_id)
+    if open_only:
+        q = q.where(ForgetRequest.status.in_(fm.OPEN))
+    return list(session.execute(q.order_by(ForgetRequest.received_at, ForgetRequest.id)).scalars())
+
+
+def cancel_if_empty(session: Session, job: Job, actor: str) -> bool:
+    """A job that has not started and has no open request left is canceled."""
+    if job.status != QUEUED or requests_of(session, job.id, open_only=True):
+        return False
+    job.status, job.stage, job.finished_at, job.claim_token = CANCELED, "canceled", utcnow(), None
+    audit.append(session, actor=actor, action="job.canceled",
+                 payload={"job_id": job.id, "model": job.model_name, "reason": "no open request left"})
+    session.flush()
+    return True
 
 
 def attach(session: Session, req: ForgetRequest, max_attempts: int) -> tuple[Job, bool]:
@@ -42,7 +57,8 @@ def attach(session: Session, req: ForgetRequest, max_attempts: int) -> tuple[Job
             Job.model_name == req.model_name, Job.status == QUEUED, Job.objective == req.objective,
             Job.method == req.method).order_by(Job.created_at).limit(1)).scalar_one_or_none()
         # a queued job serving a relabel request with a fixed target must not absorb others
-        if job is not None and any(r.target_label is not None for r in requests_of(session, job.id)):
+        if job is not None and any(r.target_label is not None
+                                   for r in requests_of(session, job.id, open_only=True)):
             job = None
     created = job is None
     if created:
@@ -79,7 +95,7 @@ def claim(session: Session, job_id: str, *, worker: str, lease_s: int) -> Claim:
         return Claim("missing", reason=f"job {job_id} not found")
     registry.get_model(session, job.model_name, lock=True)
     session.refresh(job)
-    if job.status in (COMPLETED, FAILED):
+    if job.status in (COMPLETED, FAILED, CANCELED):
         return Claim("done", job, reason=f"job already {job.status}")
     if job.status == RUNNING and _fresh(job.heartbeat_at, lease_s):
         return Claim("defer", job, reason="job is running elsewhere")
@@ -87,7 +103,10 @@ def claim(session: Session, job_id: str, *, worker: str, lease_s: int) -> Claim:
                                               Job.id != job.id)).scalars().all()
     if any(_fresh(o.heartbeat_at, lease_s) for o in other):
         return Claim("defer", job, reason="another job of this model is running")
-    reqs = requests_of(session, job.id)
+    reqs = requests_of(session, job.id, open_only=True)
+    if not reqs:  # every request was canceled or denied before the job started
+        cancel_if_empty(session, job, actor=f"worker:{worker}")
+        return Claim("done", job, reason="no open request left")
     if job.attempts >= job.max_attempts:
         _finish_failed(session, job, reqs, f"gave up after {job.attempts} attempts; last error: {job.error}")
         return Claim("failed", job, reason="attempts exhausted")
@@ -99,7 +118,7 @@ def claim(session: Session, job_id: str, *, worker: str, lease_s: int) -> Claim:
     job.base_version = prod.version if prod else None
     wanted: list[str] = []
     for r in reqs:
-        r.status = fm.RUNNING
+        set_status(session, r, fm.RUNNING)
         for iid in r.instance_ids:
             if iid not in wanted:
                 wanted.append(iid)
@@ -139,7 +158,7 @@ def complete(session: Session, *, job_id: str, token: str, worker: str, instance
     if current != job.base_version:
         raise JobConflict(f"production moved from v{job.base_version} to v{current} while job {job_id} ran")
     actor = f"worker:{worker}"
-    reqs = requests_of(session, job.id)
+    reqs = requests_of(session, job.id, open_only=True)
     now = utcnow()
     new_version = current
     if sha256 is not None:
@@ -159,8 +178,9 @@ def complete(session: Session, *, job_id: str, token: str, worker: str, instance
                      payload={"model": job.model_name, "job_id": job.id, "count": erased,
                               "instance_ids": sorted(instance_ids)})
     for r in reqs:
-        r.status, r.completed_at = fm.COMPLETED, now
+        r.completed_at = now
         r.version_before, r.version_after, r.metrics = current, new_version, metrics
+        set_status(session, r, fm.COMPLETED)
         if sha256 is None:
             r.error = None
         audit.append(session, actor=actor, action="forget.completed", subject_ref=r.subject_ref,
@@ -179,7 +199,8 @@ def _finish_failed(session: Session, job: Job, reqs: list[ForgetRequest], error:
     now = utcnow()
     job.status, job.finished_at, job.error, job.stage = FAILED, now, error, "failed"
     for r in reqs:
-        r.status, r.error, r.completed_at = fm.FAILED, error, now
+        r.error, r.completed_at = error, now
+        set_status(session, r, fm.FAILED)
         audit.append(session, actor=actor, action="forget.failed", subject_ref=r.subject_ref,
                      payload={"request_id": r.id, "job_id": job.id, "error": error})
     audit.append(session, actor=actor, action="job.failed",
@@ -194,13 +215,17 @@ def fail(session: Session, *, job_id: str, token: str, worker: str, error: str, 
     job = session.get(Job, job_id)
     if job is None or job.claim_token != token or job.status != RUNNING:
         return "done"
-    if metrics is not None:
+    if metrics is not None:  # the new model was refused by the quality gate: say so in the audit
         job.metrics = metrics
-    reqs = requests_of(session, job.id)
+        audit.append(session, actor=f"worker:{worker}", action="quality_gate.refused",
+                     payload={"job_id": job.id, "model": job.model_name, "attempt": job.attempts, "reason": error,
+                              "published": False, **{k: metrics.get(k) for k in (
+                                  "ua", "ta", "base_ta", "ta_drop", "max_test_accuracy_drop") if k in metrics}})
+    reqs = requests_of(session, job.id, open_only=True)
     if retryable and job.attempts < job.max_attempts:
         job.status, job.error, job.stage, job.claim_token, job.heartbeat_at = QUEUED, error, "retrying", None, None
         for r in reqs:
-            r.status = fm.QUEUED
+            set_status(session, r, fm.QUEUED)
         audit.append(session, actor=f"worker:{worker}", action="job.attempt_failed",
                      payload={"job_id": job.id, "attempt": job.attempts, "error": error})
         session.flush()

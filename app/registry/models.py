@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..db import Base, UTCDateTime, utcnow
 
 PRODUCTION = "production"
+READY, PURGED = "READY", "PURGED"
 
 
 class RegisteredModel(Base):
@@ -39,6 +40,8 @@ class ModelVersion(Base):
     status: Mapped[str] = mapped_column(String(16), default="READY")
     metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # weights deleted because they still held erased data (status PURGED; row and sha256 stay)
+    purged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class ModelAlias(Base):
@@ -61,3 +64,4 @@ class AliasMove(Base):
     job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     actor: Mapped[str] = mapped_column(String(128))
     moved_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # operator moves (rollback) say why

@@ -5,16 +5,24 @@ import math
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, HTTPException
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..catalogue import service as catalogue
 from ..catalogue import store
 from ..deps import ServingDep, SessionDep, SettingsDep
+from ..security import AUDIT_READ, FORGET_READ, MODELS_ADMIN, Principal, require_scope
+from . import governance
 from . import service
 from .models import PRODUCTION
+from .upload import register_upload
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+# reading the registry: any key that has a reason to look
+READ = Depends(require_scope(FORGET_READ, AUDIT_READ, MODELS_ADMIN))
 
 
 class ModelRead(BaseModel):
@@ -36,6 +44,9 @@ class VersionRead(BaseModel):
     status: str
     metrics: dict | None
     created_at: dt.datetime
+    purged_at: dt.datetime | None = None
+    tainted: bool = Field(default=False, description="holds data erased since: never served again")
+    erased_instances_held: int = 0
 
 
 class AliasMoveRead(BaseModel):
@@ -45,6 +56,35 @@ class AliasMoveRead(BaseModel):
     job_id: str | None
     actor: str
     moved_at: dt.datetime
+    reason: str | None = None
+
+
+class AliasBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"version": 3, "reason": "v4 misbehaves on class 7; back to v3"}]})
+
+    version: int = Field(ge=1)
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class AliasRead(BaseModel):
+    model: str
+    alias: str
+    version: int
+    moved: bool
+    aliases: dict[str, int]
+
+
+class UploadRead(BaseModel):
+    name: str
+    arch: str
+    dataset: str
+    version: int
+    sha256: str
+    uploaded_sha256: str
+    test_accuracy: float
+    instances: int
+    aliases: dict[str, int]
 
 
 class VersionsRead(BaseModel):
@@ -84,7 +124,7 @@ def _model_or_404(session, name):
     return m
 
 
-@router.get("", response_model=list[ModelRead])
+@router.get("", response_model=list[ModelRead], dependencies=[READ])
 def list_models(session: SessionDep):
     out = []
     for m in service.list_models(session):
@@ -95,17 +135,76 @@ def list_models(session: SessionDep):
     return out
 
 
-@router.get("/{name}/versions", response_model=VersionsRead)
+@router.get("/{name}/versions", response_model=VersionsRead, dependencies=[READ])
 def list_versions(name: str, session: SessionDep):
     _model_or_404(session, name)
-    return VersionsRead(
-        model=name, aliases=service.aliases(session, name),
-        versions=[VersionRead(version=v.version, sha256=v.sha256, storage_path=v.storage_path,
-                              parent_version=v.parent_version, job_id=v.job_id, status=v.status,
-                              metrics=v.metrics, created_at=v.created_at) for v in service.versions(session, name)],
-        alias_moves=[AliasMoveRead(alias=a.alias, from_version=a.from_version, to_version=a.to_version,
-                                   job_id=a.job_id, actor=a.actor, moved_at=a.moved_at)
-                     for a in service.alias_moves(session, name)])
+    erased = governance.erased_by_job(session, name)
+    versions = []
+    for v in service.versions(session, name):
+        t = governance.taint(session, name, v.version, erased)
+        versions.append(VersionRead(version=v.version, sha256=v.sha256, storage_path=v.storage_path,
+                                    parent_version=v.parent_version, job_id=v.job_id, status=v.status,
+                                    metrics=v.metrics, created_at=v.created_at, purged_at=v.purged_at,
+                                    tainted=t["tainted"], erased_instances_held=t["erased_instances"]))
+    return VersionsRead(model=name, aliases=service.aliases(session, name), versions=versions,
+                        alias_moves=[_move(a) for a in service.alias_moves(session, name)])
+
+
+def _move(a) -> AliasMoveRead:
+    return AliasMoveRead(alias=a.alias, from_version=a.from_version, to_version=a.to_version, job_id=a.job_id,
+                         actor=a.actor, moved_at=a.moved_at, reason=a.reason)
+
+
+def _governance_error(e: governance.GovernanceError) -> JSONResponse:
+    return JSONResponse({"code": e.code, "detail": e.message}, status_code=e.status)
+
+
+@router.get("/{name}/aliases/history", response_model=list[AliasMoveRead], dependencies=[READ],
+            summary="Every move of the model's aliases, oldest first (who, when, from, to, why)")
+def alias_history(name: str, session: SessionDep,
+                  alias: Annotated[str | None, Query(max_length=64, description="only this alias")] = None):
+    _model_or_404(session, name)
+    return [_move(a) for a in governance.alias_history(session, name, alias)]
+
+
+@router.put("/{name}/aliases/{alias}", response_model=AliasRead,
+            responses={404: {"description": "unknown model or version"},
+                       409: {"description": "the version is tainted (trained on data erased since) or purged"}},
+            summary="Point an alias at a version (rollback or move forward); refused for tainted versions")
+def put_alias(name: str, alias: str, body: AliasBody, session: SessionDep,
+              principal: Annotated[Principal, Depends(require_scope(MODELS_ADMIN))]):
+    try:
+        move = governance.set_alias(session, model_name=name, alias=alias, version=body.version,
+                                    actor=principal.actor, reason=body.reason)
+    except governance.GovernanceError as e:
+        session.rollback()
+        return _governance_error(e)
+    return AliasRead(model=name, alias=alias, version=body.version, moved=move is not None,
+                     aliases=service.aliases(session, name))
+
+
+@router.post("", response_model=UploadRead, status_code=201,
+             responses={409: {"description": "name taken"}, 415: {"description": "pickled checkpoint refused"},
+                        422: {"description": "not safetensors, weights do not fit, bad manifest"}},
+             summary="Register your own model: safetensors weights + architecture + training-data manifest")
+def upload_model(session: SessionDep, settings: SettingsDep,
+                 principal: Annotated[Principal, Depends(require_scope(MODELS_ADMIN))],
+                 name: Annotated[str, Form(description="new model name")],
+                 arch: Annotated[str, Form(description="architecture: cnn, mlp, resnet18")],
+                 dataset: Annotated[str, Form(description="dataset the manifest's instance ids come from")],
+                 weights: Annotated[UploadFile, File(description="safetensors state dict (pickles are refused)")],
+                 manifest: Annotated[UploadFile, File(description='JSON: {"instances": [{"instance_id", '
+                                                                    '"subject_id"?}, ...]}')]):
+    """The weights are checked against the architecture, evaluated on the dataset's test
+    split, re-saved with Lethe's metadata (content-addressed), registered as version 1 under
+    `production`, and the manifest's instances are catalogued (subject ids as keyed hashes)."""
+    try:
+        out = register_upload(session, settings, name=name, arch=arch, dataset=dataset, weights=weights.file.read(),
+                              filename=weights.filename, manifest_raw=manifest.file.read(), actor=principal.actor)
+    except governance.GovernanceError as e:
+        session.rollback()
+        return _governance_error(e)
+    return UploadRead(**out)
 
 
 def _numeric(x, path="inputs") -> None:
@@ -117,7 +216,8 @@ def _numeric(x, path="inputs") -> None:
 
 
 @router.post("/{name}/predict", response_model=PredictRead,
-             summary="Predict with the version the 'production' alias points to now")
+             summary="Predict with the version the 'production' alias points to now",
+             dependencies=[Depends(require_scope(FORGET_READ, MODELS_ADMIN))])
 def predict(name: str, body: PredictBody, session: SessionDep, settings: SettingsDep, serving: ServingDep):
     m = _model_or_404(session, name)
     if (body.instance_ids is None) == (body.inputs is None):

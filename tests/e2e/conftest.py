@@ -28,9 +28,16 @@ def service_env(tmp_path, **extra) -> dict:
     env.update(LETHE_DATABASE_URL=f"sqlite:///{tmp_path}/lethe.db", LETHE_REGISTRY_DIR=str(tmp_path / "registry"),
                LETHE_DATA_DIR=str(tmp_path / "data"), LETHE_DEMO_DATASET="digits",
                LETHE_SUBJECT_SECRET="e2e-secret-" + uuid.uuid4().hex, LETHE_BROKER_URL="",
-               LETHE_DEVICE="cpu", PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+               LETHE_DEVICE="cpu", PYTHONPATH=ROOT, PYTHONUNBUFFERED="1",
+               # the first admin key, registered at start the way an operator would (README)
+               LETHE_BOOTSTRAP_ADMIN_KEY="e2e-admin-" + uuid.uuid4().hex,
+               LETHE_WEBHOOK_SECRET="e2e-whsec-" + uuid.uuid4().hex)
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+def auth(env: dict) -> dict:
+    return {"Authorization": f"Bearer {env['LETHE_BOOTSTRAP_ADMIN_KEY']}"}
 
 
 class Proc:

@@ -1,9 +1,15 @@
 """The user's journey, shared by the embedded and the Postgres/Redis/Celery tests."""
 from __future__ import annotations
 
+import base64
 import concurrent.futures as cf
+import hashlib
+import hmac
+import json
 import os
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 
@@ -45,8 +51,62 @@ def subject_inputs(c: httpx.Client, ds, subject: str):
     return ids, ds.x_train[idx], ds.y_train[idx]
 
 
-def forget_subject_and_check(c: httpx.Client, data_dir: str) -> dict:
-    """Submit a deletion for 'alice', poll it to completed, and check the model forgot."""
+class Receiver:
+    """A real webhook receiver on localhost that checks every signature (docs/service.md recipe)."""
+
+    def __init__(self, secret: str):
+        self.secret, self.got = secret, []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                ts, sig = self.headers.get("Lethe-Timestamp", ""), self.headers.get("Lethe-Signature", "")
+                mac = hmac.new(outer.secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+                ok = ts.isdigit() and abs(time.time() - int(ts)) <= 300 and hmac.compare_digest("v1=" + mac, sig)
+                outer.got.append((ok, json.loads(body)))
+                self.send_response(200 if ok else 401)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/lethe-hooks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def check_evidence(c: httpx.Client, request_id: str) -> None:
+    """The certificate verifies with the public key; the replaced version is purged and
+    cannot be rolled back to."""
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    doc = c.get(f"/v1/forget/{request_id}/certificate").json()
+    pub = httpx.get(str(c.base_url.join("/v1/keys/audit"))).json()  # no API key needed
+    load_pem_public_key(pub["public_key_pem"].encode()).verify(base64.b64decode(doc["signature"]["value"]),
+                                                               doc["canonical"].encode())
+    cert = json.loads(doc["canonical"])
+    assert cert == doc["certificate"] and cert["request_id"] == request_id and cert["instances"] == 3
+    deadline = time.time() + 60  # the worker purges right after its publishing transaction
+    while True:
+        versions = c.get(f"/v1/models/{MODEL}/versions").json()["versions"]
+        if versions[0]["status"] == "PURGED" or time.time() > deadline:
+            break
+        time.sleep(0.3)
+    assert cert["version_before"] == {"version": 1, "sha256": versions[0]["sha256"]}
+    assert cert["version_after"] == {"version": 2, "sha256": versions[1]["sha256"]}
+    assert versions[0]["status"] == "PURGED" and versions[0]["tainted"] and versions[0]["purged_at"]
+    r = c.put(f"/v1/models/{MODEL}/aliases/production", json={"version": 1, "reason": "e2e"})
+    assert r.status_code == 409 and r.json()["code"] == "version_purged", r.text
+
+
+def forget_subject_and_check(c: httpx.Client, data_dir: str, webhook_secret: str | None = None) -> dict:
+    """Submit a deletion for 'alice', poll it to completed, and check the model forgot (and,
+    given the service's webhook secret, that a real receiver got every status change signed)."""
     from models.data import load_dataset
 
     ds = load_dataset("digits")
@@ -58,11 +118,13 @@ def forget_subject_and_check(c: httpx.Client, data_dir: str) -> dict:
     before = c.post(f"/v1/models/{MODEL}/predict", json={"inputs": x.tolist()}).json()
     assert before["version"] == 1
 
-    r = c.post("/v1/forget", json={"model": MODEL, "subject_id": "alice", "objective": "misclassify"},
-               headers={"Idempotency-Key": "alice-1"})
+    receiver = Receiver(webhook_secret) if webhook_secret else None
+    body = {"model": MODEL, "subject_id": "alice", "objective": "misclassify"}
+    if receiver:
+        body["callback_url"] = receiver.url
+    r = c.post("/v1/forget", json=body, headers={"Idempotency-Key": "alice-1"})
     assert r.status_code == 202, r.text
-    again = c.post("/v1/forget", json={"model": MODEL, "subject_id": "alice", "objective": "misclassify"},
-                   headers={"Idempotency-Key": "alice-1"})
+    again = c.post("/v1/forget", json=body, headers={"Idempotency-Key": "alice-1"})
     assert again.status_code == 202 and again.json()["id"] == r.json()["id"]
     done = wait_done(c, r.json()["id"])
     assert done["status"] == "completed", done
@@ -91,6 +153,16 @@ def forget_subject_and_check(c: httpx.Client, data_dir: str) -> dict:
     assert gone.status_code == 410
     again = c.post("/v1/forget", json={"model": MODEL, "subject_id": "alice"})
     assert again.status_code == 409 and "already erased" in again.json()["detail"]
+    check_evidence(c, done["id"])
+    if receiver:
+        deadline = time.time() + 60
+        while len(receiver.got) < 3 and time.time() < deadline:
+            time.sleep(0.3)
+        receiver.close()
+        assert all(ok for ok, _ in receiver.got), receiver.got
+        assert [b["status"] for _, b in receiver.got] == ["queued", "running", "completed"], receiver.got
+        rows = c.get(f"/v1/forget/{done['id']}/webhooks").json()
+        assert [d["status"] for d in rows] == ["delivered"] * 3
     return {"ta_before": ta_before, "ta_after": ta_after, "job_id": done["job"]["id"]}
 
 

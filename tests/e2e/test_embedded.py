@@ -5,7 +5,7 @@ import httpx
 import pytest
 
 from . import flow
-from .conftest import service_env, start_gateway
+from .conftest import auth, service_env, start_gateway
 
 pytestmark = pytest.mark.slow
 
@@ -23,10 +23,10 @@ def gateway(tmp_path_factory):
 
 def test_forget_flow_concurrency_and_audit(gateway):
     url, env, tmp = gateway
-    with httpx.Client(base_url=url, timeout=60) as c:
+    with httpx.Client(base_url=url, timeout=60, headers=auth(env)) as c:
         ready = c.get("/readyz").json()
         assert ready["checks"] == {"database": "ok", "registry": "ok", "worker": "ok"}
-        flow.forget_subject_and_check(c, env["LETHE_DATA_DIR"])
+        flow.forget_subject_and_check(c, env["LETHE_DATA_DIR"], webhook_secret=env["LETHE_WEBHOOK_SECRET"])
         flow.concurrent_requests_stay_linear(c)
         v = flow.audit_verifies(c)
         flow.ops_surface_reflects_the_work(c, url, tmp / "gateway.log")

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from . import flow
-from .conftest import BIN, Proc, require_service, service_env, start_gateway
+from .conftest import BIN, Proc, auth, require_service, service_env, start_gateway
 
 pytestmark = pytest.mark.slow
 
@@ -53,11 +53,11 @@ def stack(tmp_path_factory, pg_database):
 
 def test_forget_flow_with_celery_worker(stack):
     url, env, tmp, worker, queue = stack
-    with httpx.Client(base_url=url, timeout=60) as c:
+    with httpx.Client(base_url=url, timeout=60, headers=auth(env)) as c:
         ready = c.get("/readyz").json()
         assert ready["checks"] == {"database": "ok", "registry": "ok", "broker": "ok"}, ready
         assert worker.alive(), worker.tail()
-        result = flow.forget_subject_and_check(c, env["LETHE_DATA_DIR"])
+        result = flow.forget_subject_and_check(c, env["LETHE_DATA_DIR"], webhook_secret=env["LETHE_WEBHOOK_SECRET"])
         job = c.get(f"/v1/jobs/{result['job_id']}").json()
         assert job["worker"].startswith("celery:"), job  # run by the Celery process, not the gateway
 

@@ -2,6 +2,8 @@
 model (an untrained network, no training needed) and a dispatcher that only records."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,7 @@ MODEL = "toy-cnn"
 SHAPE = (1, 8, 8)
 CLASSES = [str(c) for c in range(10)]
 SECRET = "test-secret"
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class RecordingDispatcher:
@@ -37,7 +40,20 @@ class RecordingDispatcher:
 def make_settings(tmp_path, **kw) -> Settings:
     return Settings(database_url=f"sqlite:///{tmp_path}/lethe.db", registry_dir=str(tmp_path / "registry"),
                     data_dir=str(tmp_path / "data"), subject_secret=SECRET, broker_url="",
-                    bootstrap_demo=False, embedded_worker=False, **kw)
+                    bootstrap_demo=False, embedded_worker=False,
+                    **{"sweeper_interval_s": 0, "webhook_poll_s": 0, **kw})
+
+
+def make_key(settings: Settings, scopes=None, name: str = "test") -> str:
+    """A real API key (created the way `python -m app.security keys create` does)."""
+    from app import security
+
+    with session_scope(settings.database_url) as db:
+        return security.create_key(db, name, scopes or security.SCOPES, actor="test")[1]
+
+
+def bearer(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
 
 
 def save_net(settings: Settings, seed: int) -> tuple[str, str]:
@@ -91,7 +107,9 @@ def dispatcher():
 
 @pytest.fixture
 def client(seeded, dispatcher):
-    with TestClient(create_app(seeded, dispatcher=dispatcher)) as c:
+    """A client holding a key with every scope (the scope walk in test_security checks less)."""
+    key = make_key(seeded, name="test-all-scopes")
+    with TestClient(create_app(seeded, dispatcher=dispatcher), headers=bearer(key)) as c:
         yield c
 
 
@@ -144,9 +162,11 @@ def complete_request(settings: Settings, subject: str, *, metrics: dict | None =
 
 
 @pytest.fixture
-def live_server(seeded, dispatcher):
+def live_server(seeded, dispatcher, monkeypatch):
     """The gateway on a real port (uvicorn in a thread of this process): for a browser or
-    the CLI. Yields its base URL."""
+    the CLI. Yields its base URL; LETHE_API_KEY holds an all-scopes key, as an operator's
+    shell would."""
+    monkeypatch.setenv("LETHE_API_KEY", make_key(seeded, name="operator"))
     import socket
     import threading
     import time

@@ -60,13 +60,13 @@ def test_deleting_a_row_breaks_verification(settings):
 
 
 def test_api_pages_and_verifies(client, settings):
-    _append(settings, 5)  # plus the seeding event = 6
+    _append(settings, 5)  # plus the seeding event and the client's key.created = 7
     page1 = client.get("/v1/audit", params={"limit": 4}).json()
     assert [e["seq"] for e in page1["entries"]] == [1, 2, 3, 4] and page1["next_after_seq"] == 4
     page2 = client.get("/v1/audit", params={"after_seq": 4, "limit": 4}).json()
-    assert [e["seq"] for e in page2["entries"]] == [5, 6] and page2["next_after_seq"] is None
+    assert [e["seq"] for e in page2["entries"]] == [5, 6, 7] and page2["next_after_seq"] is None
     assert page2["entries"][0]["payload"]["nested"] == {"a": [1, 2], "b": 1}
     v = client.get("/v1/audit/verify").json()
-    assert v["ok"] is True and v["entries"] == 6 and v["head"] == page2["entries"][-1]["hash"]
+    assert v["ok"] is True and v["entries"] == 7 and v["head"] == page2["entries"][-1]["hash"]
     assert client.get("/v1/audit", params={"limit": 0}).status_code == 422
     assert client.get("/v1/audit", params={"limit": "many"}).status_code == 422

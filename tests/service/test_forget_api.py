@@ -86,8 +86,10 @@ def test_too_many_instances(tmp_path, dispatcher, seeded):
 
     from app.main import create_app
 
+    from .conftest import bearer, make_key
+
     s = seeded.model_copy(update={"max_instances_per_request": 3})
-    with TestClient(create_app(s, dispatcher=dispatcher)) as c:
+    with TestClient(create_app(s, dispatcher=dispatcher), headers=bearer(make_key(s))) as c:
         r = c.post("/v1/forget", json={"model": MODEL, "instance_ids": [f"toy-{i:05d}" for i in range(5)]})
     assert r.status_code == 422 and "at most 3" in r.json()["detail"]
 

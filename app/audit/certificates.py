@@ -1,0 +1,63 @@
+"""Deletion certificates: a signed statement, per completed request, of what was erased
+from which model version, how forgetting was verified, and where the audit log says so."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..registry import service as registry
+from .models import AuditEvent
+from .signing import sign_document
+
+CERTIFICATE_TYPE = "lethe.deletion_certificate"
+
+
+class CertificateError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def completion_event(session: Session, request_id: str) -> AuditEvent | None:
+    """The request's ``forget.completed`` audit entry (payloads are canonical JSON)."""
+    needle = f'%"request_id":{json.dumps(request_id)}%'
+    return session.execute(select(AuditEvent).where(AuditEvent.action == "forget.completed",
+                                                    AuditEvent.payload.like(needle))
+                           .order_by(AuditEvent.seq.desc()).limit(1)).scalar_one_or_none()
+
+
+def _version(session: Session, model: str, number: int | None) -> dict | None:
+    if number is None:
+        return None
+    v = registry.get_version(session, model, number)
+    return {"version": number, "sha256": v.sha256 if v else None}
+
+
+def build(session: Session, req) -> dict:
+    """The certificate body (deterministic: the same request gives the same bytes)."""
+    if req.status != "completed":
+        raise CertificateError(409, f"request {req.id} is {req.status}; certificates exist for completed requests only")
+    event = completion_event(session, req.id)
+    if event is None:
+        raise CertificateError(409, f"request {req.id} has no forget.completed audit entry")
+    metrics = dict(req.metrics or {})
+    return {
+        "type": CERTIFICATE_TYPE, "format_version": 1, "issuer": "lethe",
+        "request_id": req.id, "external_id": req.external_id, "subject_ref": req.subject_ref,
+        "model": req.model_name, "instances": len(req.instance_ids),
+        "instances_sha256": hashlib.sha256("\n".join(sorted(req.instance_ids)).encode()).hexdigest(),
+        "objective": req.objective, "method": metrics.get("method", req.method), "requested_method": req.method,
+        "version_before": _version(session, req.model_name, req.version_before),
+        "version_after": _version(session, req.model_name, req.version_after),
+        "verification": metrics,
+        "received_at": req.received_at.isoformat(), "completed_at": req.completed_at.isoformat(),
+        "due_at": req.due_at.isoformat(), "completed_within_due": req.completed_at <= req.due_at,
+        "audit_entry": {"seq": event.seq, "action": event.action, "hash": event.hash},
+    }
+
+
+def issue(session: Session, settings, req) -> dict:
+    return sign_document(settings, build(session, req))

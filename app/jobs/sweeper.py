@@ -1,0 +1,116 @@
+"""The sweeper: finds jobs stuck in ``queued`` or ``running`` (a worker died, a message
+was lost) and puts them back on the queue, counting it (``jobs.sweeps``) and the attempt.
+
+- running with a heartbeat older than ``LETHE_JOB_LEASE_S``: the worker is gone. With
+  attempts left, the job and its requests go back to ``queued`` and are dispatched again;
+  otherwise they fail ("gave up after N attempts").
+- queued and untouched for ``LETHE_STUCK_QUEUED_S`` while no other job of its model runs:
+  its message was probably lost; dispatched again (claiming makes duplicates harmless).
+
+``sweep`` runs in one transaction and returns the job ids to dispatch; ``Sweeper`` is the
+daemon thread in the gateway that calls it every ``LETHE_SWEEPER_INTERVAL_S``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..audit import service as audit
+from ..db import session_scope, utcnow
+from ..forget import models as fm
+from ..registry import governance
+from ..registry import service as registry
+from ..webhooks.service import set_status
+from . import service as jobs
+from .models import QUEUED, RUNNING, Job
+
+log = logging.getLogger("lethe.sweeper")
+
+
+def sweep(session: Session, *, lease_s: int, stuck_queued_s: int, now: dt.datetime | None = None) -> list[str]:
+    now = now or utcnow()
+    to_dispatch: list[str] = []
+    candidates = session.execute(select(Job).where(Job.status.in_([QUEUED, RUNNING]))
+                                 .order_by(Job.created_at)).scalars().all()
+    for job in candidates:
+        registry.get_model(session, job.model_name, lock=True)
+        session.refresh(job)
+        if job.status == RUNNING:
+            if job.heartbeat_at is not None and (now - job.heartbeat_at).total_seconds() < lease_s:
+                continue
+            reqs = jobs.requests_of(session, job.id, open_only=True)
+            silent = int((now - job.heartbeat_at).total_seconds()) if job.heartbeat_at else None
+            why = f"worker {job.worker} lost (no heartbeat for {silent} s)" if silent is not None else \
+                f"worker {job.worker} lost (no heartbeat)"
+            job.sweeps, job.swept_at = (job.sweeps or 0) + 1, now
+            if job.attempts >= job.max_attempts:
+                jobs._finish_failed(session, job, reqs, f"gave up after {job.attempts} attempts; {why}",
+                                    actor="sweeper")
+                continue
+            job.status, job.stage, job.claim_token, job.heartbeat_at, job.error = \
+                QUEUED, "requeued by sweeper", None, None, why
+            for r in reqs:
+                set_status(session, r, fm.QUEUED)
+            audit.append(session, actor="sweeper", action="job.requeued",
+                         payload={"job_id": job.id, "model": job.model_name, "attempts": job.attempts,
+                                  "sweeps": job.sweeps, "reason": why, "requests": [r.id for r in reqs]})
+            to_dispatch.append(job.id)
+        else:
+            last = job.swept_at or job.created_at
+            if (now - last).total_seconds() < stuck_queued_s:
+                continue
+            busy = session.execute(select(Job.id).where(Job.model_name == job.model_name, Job.status == RUNNING,
+                                                        Job.id != job.id)).first()
+            if busy is not None:
+                continue  # waiting its turn behind a running job of the same model: not stuck
+            if not jobs.requests_of(session, job.id, open_only=True):
+                jobs.cancel_if_empty(session, job, actor="sweeper")
+                continue
+            job.sweeps, job.swept_at = (job.sweeps or 0) + 1, now
+            audit.append(session, actor="sweeper", action="job.requeued",
+                         payload={"job_id": job.id, "model": job.model_name, "attempts": job.attempts,
+                                  "sweeps": job.sweeps, "reason": f"queued for {int((now - last).total_seconds())} s"})
+            to_dispatch.append(job.id)
+    session.flush()
+    return to_dispatch
+
+
+def sweep_and_dispatch(settings, dispatcher) -> list[str]:
+    with session_scope(settings.database_url) as db:
+        ids = sweep(db, lease_s=settings.job_lease_s, stuck_queued_s=settings.stuck_queued_s)
+    with session_scope(settings.database_url) as db:  # a crash after a publish may have left weights to purge
+        governance.purge_all(db, settings.registry_dir, actor="sweeper")
+    for job_id in ids:
+        dispatcher.dispatch(job_id)
+    if ids:
+        log.warning("sweeper re-queued %d stuck job(s): %s", len(ids), ", ".join(ids))
+    return ids
+
+
+class Sweeper:
+    def __init__(self, settings, dispatcher):
+        self.settings, self.dispatcher = settings, dispatcher
+        self._stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.settings.sweeper_interval_s <= 0 or (self.thread and self.thread.is_alive()):
+            return
+        self.thread = threading.Thread(target=self._loop, name="lethe-sweeper", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.thread:
+            self.thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.sweeper_interval_s):
+            try:
+                sweep_and_dispatch(self.settings, self.dispatcher)
+            except Exception:  # noqa: BLE001 - keep sweeping
+                log.exception("sweeper")

@@ -1,0 +1,146 @@
+"""Registry governance: which versions still hold erased data (tainted), alias moves by an
+operator (rollback refused onto a tainted or purged version), and purging the weights of
+superseded versions that hold erased data.
+
+A version's weights hold every catalogued instance of its model except those erased by
+the jobs in its own lineage (itself and its ancestors through ``parent_version``). An
+instance erased by any other job is therefore still *in* that version: the version is
+tainted, must not serve again, and its weights file is deleted once a newer version serves
+(the row and its sha256 stay, status ``PURGED``).
+"""
+from __future__ import annotations
+
+import os
+import re
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ..audit import service as audit
+from ..catalogue.models import TrainingInstance
+from ..db import utcnow
+from . import service as registry
+from .models import PRODUCTION, PURGED, READY, AliasMove, ModelVersion
+
+ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+
+class GovernanceError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def lineage_jobs(session: Session, model_name: str, version: int) -> set[str]:
+    """Job ids of a version and all its ancestors."""
+    by_number = {v.version: v for v in registry.versions(session, model_name)}
+    jobs: set[str] = set()
+    seen: set[int] = set()
+    v = by_number.get(version)
+    while v is not None and v.version not in seen:
+        seen.add(v.version)
+        if v.job_id:
+            jobs.add(v.job_id)
+        v = by_number.get(v.parent_version) if v.parent_version is not None else None
+    return jobs
+
+
+def erased_by_job(session: Session, model_name: str) -> dict[str, int]:
+    """{job id: number of instances it erased} for a model."""
+    rows = session.execute(select(TrainingInstance.erased_by_job, func.count()).where(
+        TrainingInstance.model_name == model_name, TrainingInstance.erased_at.is_not(None))
+        .group_by(TrainingInstance.erased_by_job)).all()
+    return {job or "": n for job, n in rows}
+
+
+def taint(session: Session, model_name: str, version: int, erased: dict[str, int] | None = None) -> dict:
+    """{tainted, erased_instances, jobs}: the erasures this version's weights still hold."""
+    erased = erased if erased is not None else erased_by_job(session, model_name)
+    mine = lineage_jobs(session, model_name, version)
+    held = {j: n for j, n in erased.items() if j not in mine}
+    return {"tainted": bool(held), "erased_instances": sum(held.values()), "jobs": sorted(held)}
+
+
+def alias_history(session: Session, model_name: str, alias: str | None = None) -> list[AliasMove]:
+    q = select(AliasMove).where(AliasMove.model_name == model_name)
+    if alias:
+        q = q.where(AliasMove.alias == alias)
+    return list(session.execute(q.order_by(AliasMove.id)).scalars())
+
+
+def set_alias(session: Session, *, model_name: str, alias: str, version: int, actor: str,
+              reason: str | None = None) -> AliasMove | None:
+    """Point ``alias`` at ``version`` (rollback or move forward). Refused (409) when that
+    version is purged or holds data erased since. Returns the move, or None if unchanged."""
+    if registry.get_model(session, model_name, lock=True) is None:
+        raise GovernanceError(404, "unknown_model", f"model {model_name!r} is not registered")
+    if not ALIAS_RE.match(alias):
+        raise GovernanceError(422, "bad_alias", "an alias is 1-64 characters: a-z, 0-9, '_' or '-', starting with a letter")
+    v = registry.get_version(session, model_name, version)
+    if v is None:
+        known = [x.version for x in registry.versions(session, model_name)]
+        raise GovernanceError(404, "unknown_version", f"{model_name} has no version {version}; versions: {known}")
+    if v.status == PURGED:
+        raise GovernanceError(409, "version_purged",
+                              f"{model_name} v{version} was purged at {v.purged_at.isoformat() if v.purged_at else '?'} "
+                              f"because it held erased data; its weights no longer exist")
+    t = taint(session, model_name, version)
+    if t["tainted"]:
+        raise GovernanceError(409, "version_tainted",
+                              f"refused: {model_name} v{version} was trained on data erased since "
+                              f"({t['erased_instances']} instance(s) erased by job(s) {', '.join(t['jobs'])}); "
+                              f"serving it would bring erased data back. Choose a version created after those "
+                              f"erasures.")
+    current = registry.aliases(session, model_name).get(alias)
+    if current == version:
+        return None
+    move = registry.move_alias(session, model_name=model_name, alias=alias, to_version=version, actor=actor)
+    move.reason = reason
+    audit.append(session, actor=actor, action="alias.moved",
+                 payload={"model": model_name, "alias": alias, "from_version": current, "to_version": version,
+                          "reason": reason, "operator": True})
+    session.flush()
+    return move
+
+
+def purge_superseded(session: Session, registry_dir: str, model_name: str, *, actor: str = "system") -> list[int]:
+    """Delete the weights of every version that holds erased data and is not what
+    ``production`` serves now; keep the row (sha256, metrics, lineage), mark it PURGED and
+    audit it. Idempotent. Returns the purged version numbers."""
+    registry.get_model(session, model_name, lock=True)
+    prod = registry.resolve_alias(session, model_name, PRODUCTION)
+    erased = erased_by_job(session, model_name)
+    if not erased:
+        return []
+    versions = registry.versions(session, model_name)
+    purged: list[int] = []
+    for v in versions:
+        if v.status != READY or (prod is not None and v.version == prod.version):
+            continue
+        t = taint(session, model_name, v.version, erased)
+        if not t["tainted"]:
+            continue
+        v.status, v.purged_at = PURGED, utcnow()
+        session.flush()
+        still_used = session.execute(select(ModelVersion.id).where(
+            ModelVersion.model_name == model_name, ModelVersion.storage_path == v.storage_path,
+            ModelVersion.status == READY)).first()
+        path = registry.absolute_path(registry_dir, v.storage_path)
+        if still_used is None and os.path.exists(path):
+            os.unlink(path)
+        audit.append(session, actor=actor, action="model.version_purged",
+                     payload={"model": model_name, "version": v.version, "sha256": v.sha256,
+                              "erased_instances_held": t["erased_instances"], "jobs": t["jobs"],
+                              "serving_version": prod.version if prod else None})
+        purged.append(v.version)
+    session.flush()
+    return purged
+
+
+def purge_all(session: Session, registry_dir: str, *, actor: str = "system") -> dict[str, list[int]]:
+    out = {}
+    for m in registry.list_models(session):
+        got = purge_superseded(session, registry_dir, m.name, actor=actor)
+        if got:
+            out[m.name] = got
+    return out

@@ -1,0 +1,142 @@
+"""Register a user's own model: safetensors weights + architecture name + training-data
+manifest. Pickled checkpoints (torch.save, .pt/.pth/.pkl/.ckpt) are refused: loading them
+can run arbitrary code. The manifest names the training instances (ids of one of the
+datasets Lethe ships, so the catalogue can hold their raw data and unlearning can use them)
+and, optionally, the subject each belongs to (stored only as a keyed hash)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+
+from sqlalchemy.orm import Session
+
+from ..audit import service as audit
+from ..catalogue import service as catalogue
+from ..catalogue import store
+from ..catalogue.models import TrainingInstance
+from ..settings import Settings
+from . import service as registry
+from .governance import GovernanceError
+from .models import PRODUCTION
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib")
+
+
+def looks_pickled(data: bytes, filename: str | None) -> str | None:
+    """Why ``data`` looks like a pickle-based checkpoint, or None."""
+    if data[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
+        return "it starts with a pickle protocol header"
+    if data[:4] == b"PK\x03\x04":
+        return "it is a zip archive (torch.save format, which holds a pickle)"
+    if filename and filename.lower().endswith(PICKLE_SUFFIXES):
+        return f"its name ends with {filename[filename.rfind('.'):]!r}"
+    return None
+
+
+def parse_manifest(raw: str | bytes) -> list[dict]:
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise GovernanceError(422, "bad_manifest", f"manifest is not valid JSON: {e}")
+    items = doc.get("instances") if isinstance(doc, dict) else None
+    if not isinstance(items, list) or not items:
+        raise GovernanceError(422, "bad_manifest",
+                              'manifest must be {"instances": [{"instance_id": ..., "subject_id": ...}, ...]} '
+                              "with at least one instance")
+    out, seen = [], set()
+    for k, it in enumerate(items):
+        if not isinstance(it, dict) or not isinstance(it.get("instance_id"), str):
+            raise GovernanceError(422, "bad_manifest", f"manifest instances[{k}] needs a string instance_id")
+        sid = it.get("subject_id")
+        if sid is not None and (not isinstance(sid, str) or not 1 <= len(sid) <= 256):
+            raise GovernanceError(422, "bad_manifest", f"manifest instances[{k}].subject_id must be a string")
+        if it["instance_id"] in seen:
+            raise GovernanceError(422, "bad_manifest", f"manifest repeats instance {it['instance_id']!r}")
+        seen.add(it["instance_id"])
+        out.append({"instance_id": it["instance_id"], "subject_id": sid})
+    return out
+
+
+def register_upload(session: Session, settings: Settings, *, name: str, arch: str, dataset: str, weights: bytes,
+                    filename: str | None, manifest_raw: str | bytes, actor: str) -> dict:
+    from safetensors.torch import load as st_load
+
+    from models.checkpoint import save_checkpoint
+    from models.data import load_dataset
+    from models.nets import ARCHITECTURES, build_model
+    from models.train import accuracy
+
+    t0 = time.perf_counter()
+    if not NAME_RE.match(name):
+        raise GovernanceError(422, "bad_name", "model name: 1-128 characters, a-z 0-9 . _ -, starting with a letter or digit")
+    if arch not in ARCHITECTURES:
+        raise GovernanceError(422, "unknown_arch", f"arch {arch!r} unknown; architectures: {sorted(ARCHITECTURES)}")
+    why = looks_pickled(weights, filename)
+    if why:
+        raise GovernanceError(415, "pickle_refused",
+                              f"pickled checkpoints are refused ({why}): loading a pickle can run arbitrary code. "
+                              f"Save the state dict as safetensors instead: "
+                              f"safetensors.torch.save_file(model.state_dict(), 'model.safetensors')")
+    try:
+        state = st_load(weights)
+    except Exception as e:  # noqa: BLE001 - any parse failure is the client's file
+        raise GovernanceError(422, "not_safetensors", f"weights are not a readable safetensors file: {e}")
+    try:
+        ds = load_dataset(dataset)
+    except (KeyError, ValueError) as e:
+        raise GovernanceError(422, "unknown_dataset", f"dataset {dataset!r} unknown: {e}")
+    model = build_model(arch, ds.input_shape, len(ds.classes))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise GovernanceError(422, "weights_do_not_fit",
+                              f"weights do not fit arch {arch!r} for dataset {dataset!r} "
+                              f"(input {list(ds.input_shape)}, {len(ds.classes)} classes): {str(e)[:800]}")
+    model.eval()
+    items = parse_manifest(manifest_raw)
+    index = {iid: k for k, iid in enumerate(ds.ids_train)}
+    unknown = [it["instance_id"] for it in items if it["instance_id"] not in index]
+    if unknown:
+        raise GovernanceError(422, "unknown_instances", f"not training instances of {dataset!r}: "
+                                                        f"{', '.join(unknown[:10])}" + (" ..." if len(unknown) > 10 else ""))
+    if registry.get_model(session, name) is not None:
+        raise GovernanceError(409, "model_exists", f"model {name!r} is already registered")
+
+    ta = float(accuracy(model, ds.x_test, ds.y_test))
+    uploaded_sha = hashlib.sha256(weights).hexdigest()
+    tmp = registry.weights_tmp_path(settings.registry_dir, name)
+    sha = save_checkpoint(model.cpu(), tmp, arch=arch, dataset=ds.name, input_shape=ds.input_shape,
+                          classes=ds.classes, extra={"uploaded_sha256": uploaded_sha})
+    rel = registry.publish_weights(settings.registry_dir, name, tmp, sha)
+    x, y = ds.x_train.numpy(), ds.y_train.numpy()
+    rows = []
+    for it in items:
+        i = index[it["instance_id"]]
+        path = store.path_for(settings.data_dir, name, it["instance_id"])
+        store.write(path, x[i])
+        ref = catalogue.subject_ref(settings.subject_secret, it["subject_id"]) if it["subject_id"] else None
+        rows.append(dict(model_name=name, instance_id=it["instance_id"], dataset=ds.name, subject_ref=ref,
+                         label=int(y[i]), content_hash=store.content_hash(x[i]), storage_uri=path))
+    registry.register_model(session, name=name, dataset=ds.name, arch=arch, input_shape=ds.input_shape,
+                            classes=ds.classes)
+    metrics = {"ta": ta, "uploaded_sha256": uploaded_sha, "seconds": round(time.perf_counter() - t0, 3)}
+    v = registry.add_version(session, model_name=name, sha256=sha, storage_path=rel, parent_version=None,
+                             job_id=None, metrics=metrics)
+    audit.append(session, actor=actor, action="model.registered",
+                 payload={"model": name, "arch": arch, "dataset": ds.name, "uploaded_sha256": uploaded_sha,
+                          "instances": len(rows), "subjects": len({r["subject_ref"] for r in rows if r["subject_ref"]})})
+    audit.append(session, actor=actor, action="model.version_created",
+                 payload={"model": name, "version": v.version, "sha256": sha, "parent_version": None,
+                          "metrics": metrics})
+    registry.move_alias(session, model_name=name, alias=PRODUCTION, to_version=v.version, actor=actor)
+    audit.append(session, actor=actor, action="alias.moved",
+                 payload={"model": name, "alias": PRODUCTION, "from_version": None, "to_version": v.version})
+    session.bulk_insert_mappings(TrainingInstance, rows)
+    audit.append(session, actor=actor, action="catalogue.loaded",
+                 payload={"model": name, "dataset": ds.name, "instances": len(rows)})
+    return {"name": name, "arch": arch, "dataset": ds.name, "version": v.version, "sha256": sha,
+            "uploaded_sha256": uploaded_sha, "test_accuracy": ta, "instances": len(rows),
+            "aliases": {PRODUCTION: v.version}}

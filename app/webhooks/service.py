@@ -1,0 +1,180 @@
+"""Signed webhooks for request status changes.
+
+Every status change of a request with a ``callback_url`` adds a ``webhook_deliveries`` row
+in the same transaction as the change (an outbox: a change is never announced unless it
+committed, and never lost if the process dies). ``deliver_due`` POSTs due rows; a 2xx
+answer marks the row delivered, anything else is retried with exponential backoff
+(``webhook_backoff_s`` * 2^(attempt-1)) up to ``webhook_max_attempts``; every attempt is
+logged on the row. Changes of one request are delivered in order (a change waits while an
+earlier one is still being retried). Delivery is at-least-once: receivers dedupe on
+``Lethe-Delivery``.
+
+Headers of each POST (body: the JSON payload, exactly as stored):
+    Lethe-Event: forget.status_changed
+    Lethe-Delivery: <delivery id>
+    Lethe-Timestamp: <unix seconds>
+    Lethe-Signature: v1=<hex HMAC-SHA256(LETHE_WEBHOOK_SECRET, "<timestamp>.<body>")>
+A receiver recomputes the HMAC over the raw body and compares in constant time, and
+refuses timestamps more than 5 minutes old (``verify_signature`` is that recipe).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import math
+import threading
+import time
+import uuid
+
+from sqlalchemy import exists, select
+from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session
+
+from ..db import session_scope, utcnow
+from .models import DELIVERED, GAVE_UP, PENDING, WebhookDelivery
+
+log = logging.getLogger("lethe.webhooks")
+EVENT = "forget.status_changed"
+TOLERANCE_S = 300
+
+
+def sign(secret: str, timestamp: int | str, body: bytes) -> str:
+    mac = hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode("ascii") + body, hashlib.sha256)
+    return "v1=" + mac.hexdigest()
+
+
+def verify_signature(secret: str, body: bytes, timestamp: str, signature: str, *, now: float | None = None,
+                     tolerance_s: int = TOLERANCE_S) -> bool:
+    """The receiver's side (documented in docs/service.md): True when the signature matches
+    the raw body and the timestamp is fresh."""
+    try:
+        ts = int(timestamp)
+    except (TypeError, ValueError):
+        return False
+    if abs((now if now is not None else time.time()) - ts) > tolerance_s:
+        return False
+    return hmac.compare_digest(sign(secret, ts, body), signature or "")
+
+
+def request_payload(req, previous: str | None) -> dict:
+    now = utcnow()
+    return {"event": EVENT, "request_id": req.id, "external_id": req.external_id, "model": req.model_name,
+            "status": req.status, "previous_status": previous, "at": now.isoformat(),
+            "due_at": req.due_at.isoformat() if req.due_at else None, "reason_code": req.reason_code,
+            "reason": req.reason, "error": (req.error or None) and req.error[:500],
+            "version_before": req.version_before, "version_after": req.version_after}
+
+
+def status_changed(session: Session, req, previous: str | None) -> WebhookDelivery | None:
+    """Call after changing ``req.status`` (inside the same transaction)."""
+    if not req.callback_url or req.status == previous:
+        return None
+    d = WebhookDelivery(id=str(uuid.uuid4()), request_id=req.id, event=EVENT, url=req.callback_url,
+                        payload=json.dumps(request_payload(req, previous), sort_keys=True, separators=(",", ":")),
+                        status=PENDING, attempts=0, next_attempt_at=utcnow(), log=[], created_at=utcnow())
+    session.add(d)
+    session.flush()
+    return d
+
+
+def set_status(session: Session, req, status: str) -> None:
+    """Change a request's status and queue its webhook."""
+    previous = req.status
+    req.status = status
+    status_changed(session, req, previous)
+
+
+def deliveries_of(session: Session, request_id: str) -> list[WebhookDelivery]:
+    return list(session.execute(select(WebhookDelivery).where(WebhookDelivery.request_id == request_id)
+                                .order_by(WebhookDelivery.created_at, WebhookDelivery.id)).scalars())
+
+
+def _post(settings, d: WebhookDelivery, client) -> tuple[int | None, str | None]:
+    ts = int(time.time())
+    body = d.payload.encode("utf-8")
+    headers = {"Content-Type": "application/json", "User-Agent": "lethe-webhooks/1", "Lethe-Event": d.event,
+               "Lethe-Delivery": d.id, "Lethe-Timestamp": str(ts),
+               "Lethe-Signature": sign(settings.webhook_secret, ts, body)}
+    try:
+        r = client.post(d.url, content=body, headers=headers, timeout=settings.webhook_timeout_s)
+        return r.status_code, None
+    except Exception as e:  # noqa: BLE001 - any transport error is a failed attempt
+        return None, f"{e.__class__.__name__}: {e}"[:500]
+
+
+def deliver_due(settings, *, limit: int = 50, client=None) -> int:
+    """POST every due delivery once. Returns how many attempts were made."""
+    import httpx
+
+    now = utcnow()
+    earlier = aliased(WebhookDelivery)
+    blocked = exists().where(earlier.request_id == WebhookDelivery.request_id, earlier.status == PENDING,
+                             earlier.created_at < WebhookDelivery.created_at)
+    with session_scope(settings.database_url) as db:
+        # in order per request: a change waits while an earlier one of the same request is pending
+        due = [(d.id, d.url) for d in db.execute(
+            select(WebhookDelivery).where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now,
+                                          ~blocked)
+            .order_by(WebhookDelivery.created_at).limit(limit)).scalars()]
+    if not due:
+        return 0
+    own = client is None
+    client = client or httpx.Client(follow_redirects=False)
+    try:
+        for delivery_id, _ in due:
+            with session_scope(settings.database_url) as db:
+                d = db.get(WebhookDelivery, delivery_id)
+                if d is None or d.status != PENDING:
+                    continue
+                snapshot = WebhookDelivery(id=d.id, event=d.event, url=d.url, payload=d.payload)
+            code, error = _post(settings, snapshot, client)  # outside any transaction
+            with session_scope(settings.database_url) as db:
+                d = db.get(WebhookDelivery, delivery_id)
+                at = utcnow()
+                d.attempts += 1
+                d.last_status_code, d.last_error = code, error
+                d.log = [*(d.log or []), {"attempt": d.attempts, "at": at.isoformat(), "status_code": code,
+                                          "error": error}]
+                if code is not None and 200 <= code < 300:
+                    d.status, d.delivered_at, d.next_attempt_at = DELIVERED, at, None
+                elif d.attempts >= settings.webhook_max_attempts:
+                    d.status, d.next_attempt_at = GAVE_UP, None
+                    log.warning("webhook %s to %s: gave up after %d attempts", d.id, d.url, d.attempts)
+                else:
+                    delay = settings.webhook_backoff_s * math.pow(2, d.attempts - 1)
+                    d.next_attempt_at = at + dt.timedelta(seconds=delay)
+    finally:
+        if own:
+            client.close()
+    return len(due)
+
+
+class WebhookPump:
+    """A daemon thread in the gateway that runs ``deliver_due`` every ``webhook_poll_s``.
+    It reads the outbox table, so it also delivers changes made by Celery workers."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self._stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.settings.webhook_poll_s <= 0 or (self.thread and self.thread.is_alive()):
+            return
+        self.thread = threading.Thread(target=self._loop, name="lethe-webhooks", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.thread:
+            self.thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.webhook_poll_s):
+            try:
+                deliver_due(self.settings)
+            except Exception:  # noqa: BLE001 - keep delivering
+                log.exception("webhook delivery loop")
