@@ -31,9 +31,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "migrate":
         return
     if settings.bootstrap_demo or args.command == "bootstrap":
-        from .bootstrap import bootstrap_demo
+        from .bootstrap import bootstrap_demo, bootstrap_exact_demo
 
         bootstrap_demo(settings)
+        bootstrap_exact_demo(settings)
     if args.command == "serve":
         import uvicorn
 
