@@ -176,9 +176,20 @@ def finish(s: Settings, job_spec: dict, results: list[dict], worker: str) -> str
         return fail(s, job_spec, f"{e.__class__.__name__}: {e}", worker, metrics=locals().get("metrics"))
     with session_scope(s.database_url) as db:
         catalogue.purge_erased_raw(db, job_spec["model_name"])
+    _purge_stale_slices(s, job_spec["model_name"], config, plan, new_plan, affected)
     log.info("job %s completed: %s, %d instances erased, %d members retrained, bundle sha256=%s",
              job_spec["job_id"], job_spec["model_name"], len(job_spec["forget_ids"]), len(affected), sha[:16])
     return "completed"
+
+
+def _purge_stale_slices(s: Settings, model_name: str, config, plan, new_plan, affected) -> int:
+    """After the commit: delete the slice checkpoints trained on the erased instances (the
+    new plan names none of them). Published member files of older versions stay: versions
+    are immutable in the registry (rollback, audit), as for instance-wise models."""
+    from models.unlearn.shards import DirStore, stale_keys
+
+    store = DirStore(registry.slices_dir(s.registry_dir, model_name))
+    return sum(store.delete(k) for k in stale_keys(config, plan, new_plan, affected))
 
 
 def fail(s: Settings, job_spec: dict, error: str, worker: str, metrics: dict | None = None) -> str:

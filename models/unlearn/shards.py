@@ -118,6 +118,25 @@ def slice_key(config: ExactConfig, member: int, ids_so_far: list[str]) -> str:
     return h.hexdigest()
 
 
+def stage_keys(config: ExactConfig, member: int, slices: list[list[str]]) -> list[str]:
+    """The checkpoint name of every slice stage of a member (stage r: slices 0..r)."""
+    keys, so_far = [], []
+    for ids in slices:
+        so_far = so_far + list(ids)
+        keys.append(slice_key(config, member, so_far))
+    return keys
+
+
+def stale_keys(config: ExactConfig, old: Plan, new: Plan, members: list[int]) -> list[str]:
+    """Stage checkpoints of ``old`` that ``new`` no longer uses: they were trained on data that
+    is now deleted, so they must go too (the new plan reuses every other one)."""
+    out = []
+    for m in members:
+        keep = set(stage_keys(config, m, new.slices[m]))
+        out += [k for k in stage_keys(config, m, old.slices[m]) if k not in keep]
+    return out
+
+
 class SliceStore(Protocol):
     def get(self, key: str) -> dict[str, torch.Tensor] | None: ...
 
@@ -254,10 +273,7 @@ def train_member(config: ExactConfig, member: int, slices: list[list[str]], data
     resuming from the latest stage whose checkpoint name is already in ``store``.
     Returns (model, stats with retrained_slices / reused_slices)."""
     torch.use_deterministic_algorithms(True, warn_only=True)
-    keys, so_far = [], []
-    for ids in slices:
-        so_far = so_far + list(ids)
-        keys.append(slice_key(config, member, so_far))
+    keys = stage_keys(config, member, slices)
     model, start = None, 0
     for r in range(len(slices) - 1, -1, -1):  # the latest reusable stage
         state = store.get(keys[r])
@@ -268,15 +284,18 @@ def train_member(config: ExactConfig, member: int, slices: list[list[str]], data
             break
     if model is None:
         model = init_member(config, member)
+    samples = 0  # training examples processed (epochs x rows): the load-independent cost
     for r in range(start, len(slices)):
         ids = [i for s in slices[:r + 1] for i in s]
+        samples += config.epochs_at(r) * len(ids)
         x, y = data(ids) if ids else (torch.empty(0), torch.empty(0, dtype=torch.long))
         _train_stage(config, model, x, y, member=member, stage=r)
         store.put(keys[r], model.state_dict())
         if progress:
             progress((r + 1 - start) / max(1, len(slices) - start))
     model.eval()
-    return model, {"retrained_slices": len(slices) - start, "reused_slices": start, "slice_keys": keys}
+    return model, {"retrained_slices": len(slices) - start, "reused_slices": start, "slice_keys": keys,
+                   "samples": samples}
 
 
 # --- the ensemble ----------------------------------------------------------------------------
@@ -426,6 +445,7 @@ def unlearn_sharded(model: ShardedModel, forget_ids: list[str], data: DataFn, *,
              "affected_members": ",".join(map(str, affected)),
              "retrained_slices": sum(s["retrained_slices"] for s in per_member.values()),
              "reused_slices": sum(s["reused_slices"] for s in per_member.values()),
+             "samples": sum(s["samples"] for s in per_member.values()),
              "total_slices": sum(len(s) for s in new_plan.slices)}
     return new, stats
 

@@ -28,7 +28,8 @@ def service_env(tmp_path, **extra) -> dict:
     env.update(LETHE_DATABASE_URL=f"sqlite:///{tmp_path}/lethe.db", LETHE_REGISTRY_DIR=str(tmp_path / "registry"),
                LETHE_DATA_DIR=str(tmp_path / "data"), LETHE_DEMO_DATASET="digits",
                LETHE_SUBJECT_SECRET="e2e-secret-" + uuid.uuid4().hex, LETHE_BROKER_URL="",
-               LETHE_DEVICE="cpu", PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+               LETHE_DEVICE="cpu", PYTHONPATH=ROOT, PYTHONUNBUFFERED="1",
+               LETHE_DEMO_EXACT_DATASET="")  # no exact demo unless a test asks (tests/e2e/test_exact_celery.py)
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

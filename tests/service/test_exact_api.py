@@ -82,6 +82,8 @@ def test_sisa_and_arcane_forget_through_the_worker(exact_service):
     assert versions["aliases"] == {"production": 2}
     assert versions["versions"][1]["storage_path"].endswith(".bundle.json")
     assert c.post("/v1/models/digits-sisa/predict", json={"inputs": x}).json()["version"] == 2
+    # slice checkpoints trained on alice's data are gone; the new plan's ones replace them (S x R = 6)
+    assert len(os.listdir(registry.slices_dir(s.registry_dir, "digits-sisa"))) == 6
     gone = c.get("/v1/subjects/alice/instances", params={"model": "digits-sisa"}).json()["instances"]
     assert all(i["erased"] and i["raw_data_deleted"] for i in gone)
 
