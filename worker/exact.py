@@ -132,6 +132,7 @@ def finish(s: Settings, job_spec: dict, results: list[dict], worker: str) -> str
     from models.train import accuracy
     from models.unlearn.shards import write_manifest
 
+    metrics = None
     try:
         data = _data_fn(s, job_spec["model_name"])
         doc, config, plan, new_plan, affected = _plan(s, job_spec, data)
@@ -173,7 +174,7 @@ def finish(s: Settings, job_spec: dict, results: list[dict], worker: str) -> str
             catalogue.set_locations(db, job_spec["model_name"], locations)
     except Exception as e:  # noqa: BLE001 - the job fails; nothing was published
         log.exception("exact job %s failed while assembling", job_spec["job_id"])
-        return fail(s, job_spec, f"{e.__class__.__name__}: {e}", worker, metrics=locals().get("metrics"))
+        return fail(s, job_spec, f"{e.__class__.__name__}: {e}", worker, metrics=metrics)
     with session_scope(s.database_url) as db:
         catalogue.purge_erased_raw(db, job_spec["model_name"])
     _purge_stale_slices(s, job_spec["model_name"], config, plan, new_plan, affected)

@@ -25,6 +25,9 @@ Our one-class learner (the paper leaves it open in the parts we could read): a s
 autoencoder per class, score = -(reconstruction error / mean error on its own class);
 prediction = argmax over classes (``shards.OneClassAE``). The class-prior is not added,
 so the ensemble does not read how many instances other classes have.
+
+Section/figure numbers cite the papers' structure as we read it; this session could not open
+the PDFs (only abstracts and reviews), so check them before quoting. NOTES.md holds the checked facts.
 """
 from __future__ import annotations
 

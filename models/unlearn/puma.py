@@ -24,6 +24,9 @@ Hessian-vector products have closed forms; H^{-1} v is solved by conjugate gradi
 (H is positive definite thanks to mu > 0). On a convex problem (features fixed, theta
 at the optimum of J) the patch with ``reweight=False`` is the Newton step towards the
 exactly retrained model (tested).
+
+Section/figure numbers cite the papers' structure as we read it; this session could not open
+the PDFs (only abstracts and reviews), so check them before quoting. NOTES.md holds the checked facts.
 """
 from __future__ import annotations
 

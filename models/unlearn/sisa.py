@@ -14,6 +14,9 @@ Unlearning", IEEE S&P 2021, arXiv 1912.03817).
 - Unlearning (§IV, Fig. 2): drop the instance from its slice and retrain only its shard,
   from the checkpoint taken before that slice. With deterministic training the result is
   bit-identical to training that shard from scratch without the instance (tested).
+
+Section/figure numbers cite the papers' structure as we read it; this session could not open
+the PDFs (only abstracts and reviews), so check them before quoting. NOTES.md holds the checked facts.
 """
 from __future__ import annotations
 
