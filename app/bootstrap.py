@@ -79,3 +79,83 @@ def bootstrap_demo(settings: Settings) -> str | None:
                      payload={"model": name, "dataset": ds.name, "instances": len(rows)})
     log.info("bootstrap: %s v1 (test accuracy %.2f %%) ready in %.1f s", name, ta, time.perf_counter() - t0)
     return name
+
+
+def bootstrap_exact_demo(settings: Settings, kind: str = "sisa") -> str | None:
+    """The exact demo model beside the instance-wise one: SISA on LETHE_DEMO_EXACT_DATASET
+    (default ``adult``, its first LETHE_DEMO_EXACT_ROWS training rows so the first start stays
+    fast), registered as a bundle (manifest + one safetensors per shard, each with its
+    sha256) with family ``sisa``; the catalogue records every instance's shard and slice.
+    ``kind="arcane"`` registers an ARCANE model the same way (one sub-model per class).
+    Returns the model name, or None when disabled or already registered."""
+    if not settings.demo_exact_dataset:
+        return None
+    from models.data import DEFAULT_ARCH, load_dataset
+    from models.train import DEFAULT_EPOCHS, accuracy
+    from models.unlearn.arcane import train_arcane
+    from models.unlearn.shards import DirStore, ExactConfig, save_member, write_manifest
+    from models.unlearn.sisa import train_sisa
+
+    ds = load_dataset(settings.demo_exact_dataset)
+    arch = DEFAULT_ARCH[ds.name] if kind == "sisa" else "ae1c"
+    name = f"{ds.name}-{kind}"
+    with session_scope(settings.database_url) as db:
+        if registry.get_model(db, name) is not None:
+            return None
+    t0 = time.perf_counter()
+    n = settings.demo_exact_rows or len(ds.y_train)
+    ids, x, y = ds.ids_train[:n], ds.x_train[:n], ds.y_train[:n]
+    config = ExactConfig(kind=kind, arch=arch, dataset=ds.name, input_shape=ds.input_shape, classes=ds.classes,
+                         shards=settings.demo_exact_shards if kind == "sisa" else len(ds.classes),
+                         slices=settings.demo_exact_slices,
+                         epochs=settings.demo_exact_epochs or DEFAULT_EPOCHS.get(arch, 6), seed=settings.demo_seed)
+    log.info("bootstrap: training %s (S=%d, R=%d) %s on %d %s instances", kind, config.shards, config.slices, arch,
+             n, ds.name)
+    train = train_sisa if kind == "sisa" else train_arcane
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small shard models: extra intra-op threads only contend (17x slower on 2 busy cores)
+    try:
+        model = train(config, ids, x, y, store=DirStore(registry.slices_dir(settings.registry_dir, name)))
+    finally:
+        torch.set_num_threads(threads)
+    ta = accuracy(model, ds.x_test, ds.y_test)
+    members = []
+    for m, net in enumerate(model.members):
+        tmp = registry.weights_tmp_path(settings.registry_dir, name)
+        sha = save_member(net, tmp, config, m)
+        members.append({"file": registry.publish_member(settings.registry_dir, name, tmp, sha), "sha256": sha})
+    tmp = registry.manifest_tmp_path(settings.registry_dir, name)
+    sha = write_manifest(tmp, config, model.plan, members)
+    rel = registry.publish_bundle(settings.registry_dir, name, tmp, sha)
+    where = model.plan.locate()
+    xs, ys = x.numpy(), y.numpy()
+    rows = []
+    for i, iid in enumerate(ids):
+        path = store.path_for(settings.data_dir, name, iid)
+        store.write(path, xs[i])
+        rows.append(dict(model_name=name, instance_id=iid, dataset=ds.name,
+                         subject_ref=catalogue.subject_ref(settings.subject_secret, demo_subject(i)),
+                         label=int(ys[i]), content_hash=store.content_hash(xs[i]), storage_uri=path,
+                         shard=where[iid][0], slice=where[iid][1]))
+    metrics = {"ta": float(ta), "train_seconds": round(time.perf_counter() - t0, 2), "shards": config.shards,
+               "slices": config.slices, "rows": n}
+    with session_scope(settings.database_url) as db:
+        registry.register_model(db, name=name, dataset=ds.name, arch=arch, input_shape=ds.input_shape,
+                                classes=ds.classes, family=kind)
+        v = registry.add_version(db, model_name=name, sha256=sha, storage_path=rel, parent_version=None,
+                                 job_id=None, metrics=metrics)
+        audit.append(db, actor="bootstrap", action="model.version_created",
+                     payload={"model": name, "version": v.version, "sha256": sha, "parent_version": None,
+                              "family": kind, "members": [m["sha256"] for m in members], "metrics": metrics})
+        registry.move_alias(db, model_name=name, alias=PRODUCTION, to_version=v.version, actor="bootstrap")
+        audit.append(db, actor="bootstrap", action="alias.moved",
+                     payload={"model": name, "alias": PRODUCTION, "from_version": None, "to_version": v.version})
+        db.bulk_insert_mappings(TrainingInstance, rows)
+        audit.append(db, actor="bootstrap", action="catalogue.loaded",
+                     payload={"model": name, "dataset": ds.name, "instances": len(rows)})
+    log.info("bootstrap: %s v1 (%s S=%d R=%d, test accuracy %.2f %%) ready in %.1f s", name, kind, config.shards,
+             config.slices, ta, time.perf_counter() - t0)
+    return name
+

@@ -43,11 +43,12 @@ def cmd_migrate(args) -> int:
 
 
 def cmd_bootstrap(args) -> int:
-    from .bootstrap import bootstrap_demo
+    from .bootstrap import bootstrap_demo, bootstrap_exact_demo
 
     settings = _server_settings()
     migrate(settings)
     bootstrap_demo(settings)
+    bootstrap_exact_demo(settings)
     return 0
 
 
@@ -60,9 +61,10 @@ def cmd_serve(args) -> int:
     if not args.no_migrate:
         migrate(settings)
     if settings.bootstrap_demo:
-        from .bootstrap import bootstrap_demo
+        from .bootstrap import bootstrap_demo, bootstrap_exact_demo
 
         bootstrap_demo(settings)
+        bootstrap_exact_demo(settings)
     # access_log off: the gateway logs each request itself, as JSON with the route
     # template (never the raw path, which can carry a subject id)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
@@ -119,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--subject", help="forget every catalogued instance of this subject")
     s.add_argument("--instance", action="append", metavar="ID", help="a training instance id (repeatable)")
     s.add_argument("--objective", default="misclassify", choices=["misclassify", "relabel", "retrain_like"])
-    s.add_argument("--method", default="instance", choices=["instance", "lethe", "paper_full", "paper_ga",
-                                                            "paper_ga_adv"])
+    s.add_argument("--method", default=None, choices=["instance", "lethe", "paper_full", "paper_ga", "paper_ga_adv",
+                                                      "sisa", "arcane", "puma"],
+                   help="default: the model's own method family")
     s.add_argument("--target-label", type=int)
     s.add_argument("--external-id", help="your own reference (ticket id)")
     s.add_argument("--idempotency-key", help="retrying with the same key returns the same request")

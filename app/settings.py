@@ -38,6 +38,14 @@ class Settings(BaseSettings):
     demo_dataset: str = "mnist5k"
     demo_seed: int = 0
     demo_epochs: int | None = None
+    # exact demo model (SISA on adult) beside the instance-wise one; empty dataset = none
+    demo_exact_dataset: str = "adult"
+    demo_exact_shards: int = 10
+    demo_exact_slices: int = 2
+    demo_exact_rows: int = Field(default=5000, description="train the exact demo on the first N rows (0 = all) so "
+                                                           "the first start stays fast")
+    demo_exact_epochs: int | None = None
+    exact_fan_out: bool = Field(default=True, description="Celery: retrain a job's shards as a group + chord")
     # verification gate: a new version that loses more test accuracy than this is not published
     max_test_accuracy_drop: float = 5.0
     embedded_worker: bool = Field(default=True, description="start the in-process worker when broker_url is empty")

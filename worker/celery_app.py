@@ -25,6 +25,8 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         task_default_queue=settings.queue_name,
         task_ignore_result=True,
+        # chords (exact-unlearning member retrains) join on stored results
+        result_backend=settings.broker_url or None,
         broker_connection_retry_on_startup=True,
     )
     return app

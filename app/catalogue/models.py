@@ -25,3 +25,6 @@ class TrainingInstance(Base):
     erased_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     erased_by_job: Mapped[str | None] = mapped_column(String(36), nullable=True)
     raw_deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # sharded (exact) models: SISA shard / ARCANE class sub-model, and slice (None: not trained on)
+    shard: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    slice: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -20,6 +20,8 @@ class InstanceRead(BaseModel):
     erased: bool
     erased_at: dt.datetime | None = None
     raw_data_deleted: bool
+    shard: int | None = None  # sharded (exact) models: SISA shard / ARCANE class sub-model
+    slice: int | None = None
 
 
 class SubjectInstances(BaseModel):
@@ -39,4 +41,4 @@ def subject_instances(subject_id: str, session: SessionDep, settings: SettingsDe
     return SubjectInstances(subject_ref=ref, instances=[
         InstanceRead(instance_id=r.instance_id, model=r.model_name, label=r.label, content_hash=r.content_hash,
                      erased=r.erased_at is not None, erased_at=r.erased_at,
-                     raw_data_deleted=r.raw_deleted_at is not None) for r in rows])
+                     raw_data_deleted=r.raw_deleted_at is not None, shard=r.shard, slice=r.slice) for r in rows])

@@ -54,6 +54,20 @@ def load_arrays(rows: list[TrainingInstance], *, check_hash: bool = False) -> tu
     return x, y
 
 
+def set_locations(session: Session, model_name: str, locations: dict[str, tuple[int, int | None]]) -> int:
+    """Record where each instance of a sharded model sits: (shard or class sub-model, slice;
+    slice None = pooled but not trained on, e.g. not selected by ARCANE)."""
+    rows = by_ids(session, model_name, list(locations))
+    changed = 0
+    for iid, (shard, sl) in locations.items():
+        r = rows.get(iid)
+        if r is not None and (r.shard, r.slice) != (shard, sl):
+            r.shard, r.slice = shard, sl
+            changed += 1
+    session.flush()
+    return changed
+
+
 def mark_erased(session: Session, model_name: str, instance_ids: list[str], job_id: str) -> int:
     now = utcnow()
     res = session.execute(update(TrainingInstance).where(

@@ -22,7 +22,7 @@ from ..settings import Settings
 from ..webhooks import service as webhooks
 from . import models as fm
 from .models import ForgetRequest
-from .schemas import ForgetCreate
+from .schemas import FAMILY_METHODS, RETRAIN_METHODS, ForgetCreate
 
 
 class ForgetError(Exception):
@@ -77,6 +77,15 @@ def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempote
         raise ForgetError(404, "unknown_model", f"model {body.model!r} is not registered; known models: {known}")
     if body.subject_id is None and body.instance_ids is None:
         raise ForgetError(422, "empty_selection", "give subject_id or instance_ids (or both)")
+    fits = FAMILY_METHODS.get(model.family, ("instance",))
+    method = body.method or fits[0]
+    if method not in fits:
+        raise ForgetError(422, "method_not_supported",
+                          f"model {body.model!r} is a {model.family!r} model; it supports methods {list(fits)}, "
+                          f"not {method!r}")
+    if method in RETRAIN_METHODS and body.objective == "relabel":
+        raise ForgetError(422, "objective_not_supported",
+                          f"method {method!r} removes the instances' influence; it cannot teach a target label")
     if body.instance_ids is not None:
         if len(body.instance_ids) == 0:
             raise ForgetError(422, "empty_selection", "instance_ids is an empty list")
@@ -133,7 +142,7 @@ def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempote
     now = utcnow()
     req = ForgetRequest(id=str(uuid.uuid4()), external_id=body.external_id, idempotency_key=idempotency_key,
                         fingerprint=fp, subject_ref=ref, instance_ids=ids, model_name=body.model,
-                        objective=body.objective, method=body.method, target_label=body.target_label,
+                        objective=body.objective, method=method, target_label=body.target_label,
                         status=fm.QUEUED, received_at=now, due_at=now + dt.timedelta(days=fm.DUE_DAYS),
                         callback_url=body.callback_url, retries=0)
     session.add(req)
@@ -147,7 +156,7 @@ def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempote
     job, created = jobs.attach(session, req, settings.max_attempts)
     audit.append(session, actor=actor, action="forget.received", subject_ref=ref,
                  payload={"request_id": req.id, "model": body.model, "objective": body.objective,
-                          "method": body.method, "instances": len(ids), "job_id": job.id,
+                          "method": method, "instances": len(ids), "job_id": job.id,
                           "due_at": req.due_at.isoformat()})
     webhooks.status_changed(session, req, None)
     return req, (job.id if created else None), False

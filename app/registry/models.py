@@ -20,6 +20,8 @@ class RegisteredModel(Base):
     arch: Mapped[str] = mapped_column(String(64))
     input_shape: Mapped[list] = mapped_column(JSON)
     classes: Mapped[list] = mapped_column(JSON)
+    # "instance": versions are single checkpoints; "sisa" / "arcane": versions are bundles
+    family: Mapped[str] = mapped_column(String(16), default="instance", server_default="instance")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -33,6 +33,7 @@ class ModelRead(BaseModel):
     classes: list[str]
     aliases: dict[str, int]
     latest_version: int | None
+    family: str = "instance"
 
 
 class VersionRead(BaseModel):
@@ -131,7 +132,7 @@ def list_models(session: SessionDep):
         vs = service.versions(session, m.name)
         out.append(ModelRead(name=m.name, dataset=m.dataset, arch=m.arch, input_shape=m.input_shape,
                              classes=m.classes, aliases=service.aliases(session, m.name),
-                             latest_version=vs[-1].version if vs else None))
+                             latest_version=vs[-1].version if vs else None, family=m.family))
     return out
 
 

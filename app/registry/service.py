@@ -75,10 +75,72 @@ def absolute_path(registry_dir: str, storage_path: str) -> str:
     return storage_path if os.path.isabs(storage_path) else os.path.join(registry_dir, storage_path)
 
 
+# --- bundles (sharded exact models): a manifest + one safetensors file per member ----------------
+# <model>/<manifest sha256>.bundle.json names the version (the manifest lists every member's
+# sha256); members live at <model>/members/<sha256>.safetensors and SISA/ARCANE slice
+# checkpoints at <model>/slices/<hash of the ids trained so far>.safetensors.
+
+BUNDLE_SUFFIX = ".bundle.json"
+FAMILIES = ("instance", "sisa", "arcane")
+
+
+def is_bundle(storage_path: str) -> bool:
+    return storage_path.endswith(BUNDLE_SUFFIX)
+
+
+def members_dir(registry_dir: str, model_name: str) -> str:
+    return os.path.join(registry_dir, model_name, "members")
+
+
+def slices_dir(registry_dir: str, model_name: str) -> str:
+    return os.path.join(registry_dir, model_name, "slices")
+
+
+def publish_member(registry_dir: str, model_name: str, tmp_path: str, sha256: str) -> str:
+    """Move a member file to its content address; returns its path relative to the manifest."""
+    os.makedirs(members_dir(registry_dir, model_name), exist_ok=True)
+    os.replace(tmp_path, os.path.join(members_dir(registry_dir, model_name), f"{sha256}.safetensors"))
+    return f"members/{sha256}.safetensors"
+
+
+def manifest_tmp_path(registry_dir: str, model_name: str) -> str:
+    return os.path.join(registry_dir, model_name, f".incoming-{uuid.uuid4().hex}{BUNDLE_SUFFIX}")
+
+
+def publish_bundle(registry_dir: str, model_name: str, tmp_manifest: str, sha256: str) -> str:
+    rel = os.path.join(model_name, f"{sha256}{BUNDLE_SUFFIX}")
+    os.replace(tmp_manifest, os.path.join(registry_dir, rel))
+    return rel
+
+
+def load_version(registry_dir: str, version: "ModelVersion", device="cpu"):
+    """(model, meta) of a version, single checkpoint or bundle; every file's sha256 checked."""
+    from models.checkpoint import file_sha256, load_checkpoint
+
+    path = absolute_path(registry_dir, version.storage_path)
+    if not os.path.exists(path):
+        raise RegistryError(f"weights of {version.model_name} v{version.version} missing at {path}")
+    if file_sha256(path) != version.sha256:
+        raise RegistryError(f"weights of {version.model_name} v{version.version} fail their sha256 check")
+    if is_bundle(version.storage_path):
+        from models.unlearn.shards import DirStore, load_bundle
+
+        try:
+            model, meta = load_bundle(path, check=True, store=DirStore(slices_dir(registry_dir, version.model_name)))
+        except (ValueError, FileNotFoundError) as e:
+            raise RegistryError(f"bundle of {version.model_name} v{version.version}: {e}") from e
+        return model.to(device), meta
+    return load_checkpoint(path, device=device)
+
+
 # --- writes (inside the caller's transaction) ------------------------------------------------
 
-def register_model(session: Session, *, name: str, dataset: str, arch: str, input_shape, classes) -> RegisteredModel:
-    m = RegisteredModel(name=name, dataset=dataset, arch=arch, input_shape=list(input_shape), classes=list(classes))
+def register_model(session: Session, *, name: str, dataset: str, arch: str, input_shape, classes,
+                   family: str = "instance") -> RegisteredModel:
+    if family not in FAMILIES:
+        raise RegistryError(f"unknown model family {family!r}; choose one of {FAMILIES}")
+    m = RegisteredModel(name=name, dataset=dataset, arch=arch, input_shape=list(input_shape), classes=list(classes),
+                        family=family)
     session.add(m)
     session.flush()
     return m
@@ -130,13 +192,6 @@ class ServingCache:
             hit = self._loaded.get(version.model_name)
             if hit and (hit[0], hit[1]) == key:
                 return hit[2], hit[3]
-            from models.checkpoint import file_sha256, load_checkpoint
-
-            path = absolute_path(registry_dir, version.storage_path)
-            if not os.path.exists(path):
-                raise RegistryError(f"weights of {version.model_name} v{version.version} missing at {path}")
-            if file_sha256(path) != version.sha256:
-                raise RegistryError(f"weights of {version.model_name} v{version.version} fail their sha256 check")
-            model, meta = load_checkpoint(path, device="cpu")
+            model, meta = load_version(registry_dir, version, device="cpu")
             self._loaded[version.model_name] = (version.id, version.sha256, model, meta)
             return model, meta

@@ -42,6 +42,9 @@ class UnlearnRequest:
     holdout_y: torch.Tensor | None = None
     seed: int = 0
     options: dict = field(default_factory=dict)
+    # exact methods (SISA, ARCANE) delete by id and retrain from the retained rows by id
+    forget_ids: list[str] | None = None
+    retain_ids: list[str] | None = None
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -99,3 +102,4 @@ def run_sequence(name: str, model: nn.Module, requests: list[UnlearnRequest],
 
 
 from . import instance  # noqa: E402,F401  (registers the instance-wise methods)
+from . import sisa, arcane, puma  # noqa: E402,F401  (registers the exact methods and PUMA)

@@ -1,0 +1,72 @@
+"""SISA through Postgres + Redis + a real Celery worker process: the job's shard retrains
+fan out as a Celery group joined by a chord that assembles and publishes the new bundle;
+a shard retrain that fails fails the job through the chord's errback and the alias stays."""
+import os
+import time
+import uuid
+
+import httpx
+import pytest
+
+from . import flow
+from .conftest import BIN, Proc, require_service, service_env, start_gateway
+from .test_postgres_celery import REDIS, pg_database  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.slow
+MODEL = "digits-sisa"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, pg_database):  # noqa: F811
+    require_service("Redis", "127.0.0.1", 6379)
+    url_db, _ = pg_database
+    tmp = tmp_path_factory.mktemp("exactcelery")
+    queue = f"lethe-test-{uuid.uuid4().hex[:8]}"
+    env = service_env(tmp, LETHE_DATABASE_URL=url_db, LETHE_BROKER_URL=REDIS, LETHE_QUEUE_NAME=queue,
+                      LETHE_DEMO_EPOCHS=1, LETHE_DEMO_EXACT_DATASET="digits", LETHE_DEMO_EXACT_ROWS=300,
+                      LETHE_DEMO_EXACT_SHARDS=3, LETHE_DEMO_EXACT_SLICES=2, LETHE_DEMO_EXACT_EPOCHS=1)
+    worker = Proc([os.path.join(BIN, "celery"), "-A", "worker.celery_app", "worker", "--pool=solo",
+                   "--loglevel=INFO", "-n", f"{queue}@%h", "-Q", queue], env, tmp / "celery.log")
+    gateway = None
+    try:
+        gateway, url = start_gateway(env, tmp)
+        yield url, env, worker
+    finally:
+        if gateway:
+            gateway.stop()
+        worker.stop()
+
+
+def test_sisa_job_fans_out_as_a_chord_and_a_failed_shard_fails_cleanly(stack):
+    url, env, worker = stack
+    with httpx.Client(base_url=url, timeout=60) as c:
+        inst = c.get("/v1/subjects/alice/instances", params={"model": MODEL}).json()["instances"]
+        shards = {i["shard"] for i in inst}
+        r = c.post("/v1/forget", json={"model": MODEL, "subject_id": "alice"})
+        assert r.status_code == 202, r.text
+        done = flow.wait_done(c, r.json()["id"], timeout=300)
+        assert done["status"] == "completed", (done, worker.tail())
+        job = c.get(f"/v1/jobs/{done['job']['id']}").json()
+        assert job["worker"].startswith("celery:") and job["stats"]["retrained_members"] == len(shards)
+        log = worker.tail(200_000)
+        assert log.count("lethe.exact_member") >= len(shards) and "lethe.exact_assemble" in log, log[-3000:]
+        assert c.get(f"/v1/models/{MODEL}/versions").json()["aliases"] == {"production": 2}
+
+        # a shard whose raw data went missing cannot be retrained: the chord's errback fails the job
+        carol = c.get("/v1/subjects/carol/instances", params={"model": MODEL}).json()["instances"]
+        shard = carol[0]["shard"]
+        import psycopg
+
+        dsn = env["LETHE_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(dsn) as con:
+            uri = con.execute("SELECT storage_uri FROM catalogue_instances WHERE model_name = %s AND shard = %s "
+                              "AND instance_id <> ALL(%s) AND erased_at IS NULL LIMIT 1",
+                              (MODEL, shard, [i["instance_id"] for i in carol])).fetchone()[0]
+        os.unlink(uri)
+        r = c.post("/v1/forget", json={"model": MODEL, "instance_ids": [carol[0]["instance_id"]]})
+        done = flow.wait_done(c, r.json()["id"], timeout=300)
+        assert done["status"] == "failed" and "member retrain failed" in done["error"], (done, worker.tail())
+        versions = c.get(f"/v1/models/{MODEL}/versions").json()
+        assert versions["aliases"] == {"production": 2} and len(versions["versions"]) == 2
+        assert c.get("/v1/audit/verify").json()["ok"] is True
+    assert worker.alive(), worker.tail()

@@ -1,0 +1,147 @@
+"""Exact unlearning through the HTTP API and the real (embedded) worker thread: SISA and
+ARCANE bundles, PUMA on an instance-wise model, method/model fit, and a failed shard
+retrain that fails the job without moving the alias."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.bootstrap import bootstrap_exact_demo
+from app.cli import migrate
+from app.db import session_scope
+from app.main import create_app
+from app.registry import service as registry
+from app.settings import Settings
+
+from .conftest import MODEL, SECRET
+
+
+def _settings(tmp_path, **kw) -> Settings:
+    base = dict(database_url=f"sqlite:///{tmp_path}/lethe.db", registry_dir=str(tmp_path / "registry"),
+                data_dir=str(tmp_path / "data"), subject_secret=SECRET, broker_url="", bootstrap_demo=False,
+                embedded_worker=True, demo_exact_dataset="digits", demo_exact_rows=240, demo_exact_shards=3,
+                demo_exact_slices=2, demo_exact_epochs=1)
+    base.update(kw)
+    return Settings(**base)
+
+
+def _wait(c, rid, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        body = c.get(f"/v1/forget/{rid}").json()
+        if body["status"] in ("completed", "failed"):
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"request {rid} not finished: {body}")
+
+
+@pytest.fixture
+def exact_service(tmp_path):
+    s = _settings(tmp_path)
+    migrate(s)
+    assert bootstrap_exact_demo(s, "sisa") == "digits-sisa"
+    assert bootstrap_exact_demo(s, "arcane") == "digits-arcane"
+    with TestClient(create_app(s)) as c:
+        yield s, c
+
+
+def _bundle_files(s, name, version):
+    from models.unlearn.shards import read_manifest
+
+    with session_scope(s.database_url) as db:
+        v = registry.get_version(db, name, version)
+        path = registry.absolute_path(s.registry_dir, v.storage_path)
+    return read_manifest(path)["members"]
+
+
+def test_sisa_and_arcane_forget_through_the_worker(exact_service):
+    s, c = exact_service
+    models = {m["name"]: m for m in c.get("/v1/models").json()}
+    assert models["digits-sisa"]["family"] == "sisa" and models["digits-arcane"]["family"] == "arcane"
+    inst = c.get("/v1/subjects/alice/instances", params={"model": "digits-sisa"}).json()["instances"]
+    assert len(inst) == 3 and all(i["shard"] in (0, 1, 2) and i["slice"] in (0, 1) for i in inst)
+    before = _bundle_files(s, "digits-sisa", 1)
+    x = [[[[0.0] * 8] * 8]]
+    assert c.post("/v1/models/digits-sisa/predict", json={"inputs": x}).json()["version"] == 1
+
+    r = c.post("/v1/forget", json={"model": "digits-sisa", "subject_id": "alice"})
+    assert r.status_code == 202, r.text
+    done = _wait(c, r.json()["id"])
+    assert done["status"] == "completed", done
+    assert done["method"] == "sisa" and (done["version_before"], done["version_after"]) == (1, 2)
+    job = c.get(f"/v1/jobs/{done['job']['id']}").json()
+    shards = {i["shard"] for i in inst}
+    assert job["stats"]["retrained_members"] == len(shards)
+    after = _bundle_files(s, "digits-sisa", 2)
+    # only the shards holding alice's instances got new files; the others are the same sha256
+    assert [a["sha256"] != b["sha256"] for a, b in zip(after, before)] == [m in shards for m in range(3)]
+    versions = c.get("/v1/models/digits-sisa/versions").json()
+    assert versions["aliases"] == {"production": 2}
+    assert versions["versions"][1]["storage_path"].endswith(".bundle.json")
+    assert c.post("/v1/models/digits-sisa/predict", json={"inputs": x}).json()["version"] == 2
+    # slice checkpoints trained on alice's data are gone; the new plan's ones replace them (S x R = 6)
+    assert len(os.listdir(registry.slices_dir(s.registry_dir, "digits-sisa"))) == 6
+    gone = c.get("/v1/subjects/alice/instances", params={"model": "digits-sisa"}).json()["instances"]
+    assert all(i["erased"] and i["raw_data_deleted"] for i in gone)
+
+    # ARCANE: bob's instances; only their classes' sub-models are retrained
+    bob = c.get("/v1/subjects/bob/instances", params={"model": "digits-arcane"}).json()["instances"]
+    r = c.post("/v1/forget", json={"model": "digits-arcane", "subject_id": "bob", "method": "arcane"})
+    done = _wait(c, r.json()["id"])
+    assert done["status"] == "completed", done
+    job = c.get(f"/v1/jobs/{done['job']['id']}").json()
+    affected = {int(m) for m in job["stats"]["affected_members"].split(",") if m}
+    assert affected <= {i["label"] for i in bob} and job["stats"]["members"] == 10
+    changed = [a["sha256"] != b["sha256"] for a, b in zip(_bundle_files(s, "digits-arcane", 2),
+                                                          _bundle_files(s, "digits-arcane", 1))]
+    assert {m for m, ch in enumerate(changed) if ch} == affected
+    assert c.get("/v1/audit/verify").json()["ok"] is True
+
+
+def test_method_must_fit_the_model(exact_service, tmp_path):
+    s, c = exact_service
+    r = c.post("/v1/forget", json={"model": "digits-sisa", "subject_id": "bob", "method": "instance"})
+    assert r.status_code == 422 and r.json()["code"] == "method_not_supported"
+    assert "supports methods ['sisa']" in r.json()["detail"]
+    r = c.post("/v1/forget", json={"model": "digits-arcane", "subject_id": "bob", "method": "sisa"})
+    assert r.status_code == 422 and r.json()["code"] == "method_not_supported"
+    r = c.post("/v1/forget", json={"model": "digits-sisa", "subject_id": "bob", "objective": "relabel"})
+    assert r.status_code == 422 and r.json()["code"] == "objective_not_supported"
+
+
+def test_a_failed_shard_retrain_fails_the_job_and_the_alias_stays(exact_service):
+    s, c = exact_service
+    inst = c.get("/v1/subjects/carol/instances", params={"model": "digits-sisa"}).json()["instances"]
+    shard = inst[0]["shard"]
+    # lose the raw data of another instance of the same shard: its retrain cannot read it
+    from app.catalogue.models import TrainingInstance
+    from sqlalchemy import select
+
+    with session_scope(s.database_url) as db:
+        victim = db.execute(select(TrainingInstance).where(
+            TrainingInstance.model_name == "digits-sisa", TrainingInstance.shard == shard,
+            TrainingInstance.instance_id.not_in([i["instance_id"] for i in inst]))).scalars().first()
+        os.unlink(victim.storage_uri)
+    r = c.post("/v1/forget", json={"model": "digits-sisa", "instance_ids": [inst[0]["instance_id"]]})
+    done = _wait(c, r.json()["id"])
+    assert done["status"] == "failed" and "FileNotFoundError" in done["error"], done
+    versions = c.get("/v1/models/digits-sisa/versions").json()
+    assert versions["aliases"] == {"production": 1} and len(versions["versions"]) == 1
+    assert not c.get("/v1/subjects/carol/instances", params={"model": "digits-sisa"}).json()["instances"][0]["erased"]
+
+
+def test_puma_through_the_worker_on_an_instance_model(seeded):
+    s = seeded.model_copy(update={"embedded_worker": True})
+    with TestClient(create_app(s)) as c:
+        r = c.post("/v1/forget", json={"model": MODEL, "subject_id": "alice", "method": "puma"})
+        assert r.status_code == 202, r.text
+        done = _wait(c, r.json()["id"])
+        assert done["status"] == "completed", done
+        assert done["metrics"]["method"] == "puma" and (done["version_before"], done["version_after"]) == (1, 2)
+        job = c.get(f"/v1/jobs/{done['job']['id']}").json()
+        assert job["stats"]["layer"] == "head" and job["stats"]["patch_norm"] > 0
+        r = c.post("/v1/forget", json={"model": MODEL, "subject_id": "bob", "method": "sisa"})
+        assert r.status_code == 422 and r.json()["code"] == "method_not_supported"
