@@ -16,7 +16,7 @@ from app.main import create_app
 from app.registry import service as registry
 from app.settings import Settings
 
-from .conftest import MODEL, SECRET
+from .conftest import MODEL, SECRET, bearer, make_key
 
 
 def _settings(tmp_path, **kw) -> Settings:
@@ -44,7 +44,7 @@ def exact_service(tmp_path):
     migrate(s)
     assert bootstrap_exact_demo(s, "sisa") == "digits-sisa"
     assert bootstrap_exact_demo(s, "arcane") == "digits-arcane"
-    with TestClient(create_app(s)) as c:
+    with TestClient(create_app(s), headers=bearer(make_key(s))) as c:
         yield s, c
 
 
@@ -135,7 +135,7 @@ def test_a_failed_shard_retrain_fails_the_job_and_the_alias_stays(exact_service)
 
 def test_puma_through_the_worker_on_an_instance_model(seeded):
     s = seeded.model_copy(update={"embedded_worker": True})
-    with TestClient(create_app(s)) as c:
+    with TestClient(create_app(s), headers=bearer(make_key(s))) as c:
         r = c.post("/v1/forget", json={"model": MODEL, "subject_id": "alice", "method": "puma"})
         assert r.status_code == 202, r.text
         done = _wait(c, r.json()["id"])
