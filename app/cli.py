@@ -93,10 +93,12 @@ def _http(func):
 
 def build_parser() -> argparse.ArgumentParser:
     from . import client as c
+    from .forget.models import DENY_REASONS, STATUSES
 
     p = argparse.ArgumentParser(prog="lethe", description="Operate a Lethe machine-unlearning service.",
-                                epilog="Exit codes: 0 ok; 1 negative answer (request failed, chain broken, "
-                                       "certificate invalid); 2 usage; 3 API error or unreachable; 4 watch timeout.")
+                                epilog="Exit codes: 0 ok; 1 negative answer (request failed, denied or canceled, "
+                                       "chain broken, certificate invalid); 2 usage; 3 API error, refusal "
+                                       "(401/403/404/409) or unreachable; 4 watch timeout.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     common = argparse.ArgumentParser(add_help=False)
@@ -137,17 +139,38 @@ def build_parser() -> argparse.ArgumentParser:
     s = http("status", c.cmd_status, "show a request once")
     s.add_argument("request_id")
 
-    s = http("list", c.cmd_list, "list requests (filters: --status, --model)")
-    s.add_argument("--status")
+    s = http("list", c.cmd_list, "list requests, newest first (filters: --status, --model, --overdue)")
+    s.add_argument("--status", choices=STATUSES)
     s.add_argument("--model")
+    s.add_argument("--overdue", action="store_true", help="only open requests past their due date")
+    s.add_argument("--limit", type=int, default=50, help="at most this many (default 50, at most 500)")
+    s.add_argument("--offset", type=int, default=0)
 
-    s = http("versions", c.cmd_versions, "a model's versions, aliases and alias moves")
+    s = http("cancel", c.cmd_cancel, "cancel a request that has not started (API key with forget:write)")
+    s.add_argument("request_id")
+    s.add_argument("--reason")
+
+    s = http("deny", c.cmd_deny, "deny a queued or failed request with a reason code (models:admin)")
+    s.add_argument("request_id")
+    s.add_argument("--reason-code", required=True, choices=DENY_REASONS)
+    s.add_argument("--reason", required=True, help="free text, shown to the requester")
+
+    s = http("retry", c.cmd_retry, "run a failed request again (models:admin)")
+    s.add_argument("request_id")
+
+    s = http("versions", c.cmd_versions, "a model's versions (state: ready, tainted, purged), aliases and alias moves")
     s.add_argument("model")
 
-    s = http("rollback", c.cmd_rollback, "point an alias (default production) at an earlier version")
+    s = http("history", c.cmd_history, "every move of a model's aliases: when, from, to, why, by whom")
+    s.add_argument("model")
+    s.add_argument("--alias", help="only this alias")
+
+    s = http("rollback", c.cmd_rollback, "point an alias (default production) at another version (models:admin); "
+                                         "refused for a tainted or purged version")
     s.add_argument("model")
     s.add_argument("version", type=int)
     s.add_argument("--alias", default="production")
+    s.add_argument("--reason", help="why (kept in the alias history)")
 
     audit = sub.add_parser("audit", help="the audit chain").add_subparsers(dest="audit_command", required=True,
                                                                            metavar="SUBCOMMAND")
@@ -162,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
              parent=cert)
     s.add_argument("file")
     s.add_argument("--public-key", metavar="FILE", help="the audit public key (PEM, or raw 32 bytes in base64/hex); "
-                                                        "default: fetched from GET /v1/keys/audit")
+                                                        "default: fetched from GET /v1/keys/audit (no API key needed)")
 
     sub.add_parser("keys", help="API keys, server side: keys create --name N --scopes a,b | keys revoke ID | "
                                 "keys list (see python -m app.security --help)", add_help=False)

@@ -2,12 +2,15 @@
 ``/dashboard/live.json`` for job progress. No front-end build, no JS library, no external
 asset: the page works on a closed network and is one request to render.
 
-Auth (the scope check comes with the access-control work): browsers cannot attach a bearer
-token to a page load, so ``/dashboard?key=<api key>`` stores the key once in an HttpOnly,
-SameSite=Strict cookie scoped to ``/dashboard`` and redirects to the URL without it (the key
-does not stay in the address bar or history). ``CookieBearer`` turns that cookie into an
-``Authorization: Bearer`` header for ``/dashboard`` paths only, so the same
-``require_scope("audit:read")`` that guards the API guards the page and its JSON.
+Auth: browsers cannot attach a bearer token to a page load, so an operator opens
+``/dashboard?key=<api key>`` once. ``CookieBearer`` presents that key as the bearer token of
+this one request (a browser sends no Authorization header), so ``require_scope("audit:read")``
+checks it like any API call (unknown or revoked: 401; without audit:read: 403; no cookie is
+set). Once it passes, the key is stored in an HttpOnly, SameSite=Strict cookie scoped to
+``/dashboard`` and the answer redirects to the URL without it (the key does not stay in the
+address bar or history). From then on ``CookieBearer`` turns that cookie into an
+``Authorization: Bearer`` header for ``/dashboard`` paths only, so the same scope check that
+guards the API guards the page and its JSON.
 """
 from __future__ import annotations
 
@@ -57,9 +60,18 @@ def live(session: SessionDep):
     return JSONResponse(view.live(session), headers={"Cache-Control": "no-store"})
 
 
+def _query_key(query_string: bytes) -> str | None:
+    from urllib.parse import parse_qs
+
+    values = parse_qs(query_string.decode("latin-1"), keep_blank_values=False).get("key")
+    return values[-1] if values else None
+
+
 class CookieBearer:
-    """ASGI middleware: on ``/dashboard`` paths, a request that has the dashboard cookie and
-    no Authorization header gets ``Authorization: Bearer <cookie value>``."""
+    """ASGI middleware, on ``/dashboard`` paths only, for a request without an Authorization
+    header: the login URL ``/dashboard?key=<key>`` presents that key as its bearer token (a
+    new login wins over an older cookie); otherwise the dashboard cookie becomes
+    ``Authorization: Bearer <cookie value>``."""
 
     def __init__(self, app):
         self.app = app
@@ -68,16 +80,23 @@ class CookieBearer:
         if scope["type"] == "http" and (scope["path"] == PREFIX or scope["path"].startswith(PREFIX + "/")):
             headers = list(scope.get("headers") or [])
             if not any(k == b"authorization" for k, _ in headers):
-                from http.cookies import SimpleCookie
+                token = _query_key(scope.get("query_string") or b"") if scope["path"] == PREFIX else None
+                if not token:
+                    from http.cookies import SimpleCookie
 
-                jar = SimpleCookie()
-                for k, v in headers:
-                    if k == b"cookie":
-                        try:
-                            jar.load(v.decode("latin-1"))
-                        except Exception:  # noqa: BLE001 - a malformed cookie header is ignored
-                            pass
-                if COOKIE in jar and jar[COOKIE].value:
-                    headers.append((b"authorization", b"Bearer " + jar[COOKIE].value.encode("latin-1")))
+                    jar = SimpleCookie()
+                    for k, v in headers:
+                        if k == b"cookie":
+                            try:
+                                jar.load(v.decode("latin-1"))
+                            except Exception:  # noqa: BLE001 - a malformed cookie header is ignored
+                                pass
+                    token = jar[COOKIE].value if COOKIE in jar and jar[COOKIE].value else None
+                if token:
+                    try:
+                        value = b"Bearer " + token.encode("latin-1")
+                    except UnicodeEncodeError:  # not a key; the scope check answers 401
+                        value = b"Bearer -"
+                    headers.append((b"authorization", value))
                     scope = {**scope, "headers": headers}
         await self.app(scope, receive, send)

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -20,11 +21,14 @@ from app.cli import main
 from app.db import session_scope
 from app.jobs import service as jobs
 
-from .conftest import MODEL, publish, submit_and_claim
+from .conftest import MODEL, complete_request, counts, make_key, publish, save_net, submit_and_claim
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main(list(argv))
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse: usage errors exit 2
+        code = e.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -105,106 +109,229 @@ def test_forget_with_watch(live_server, seeded, capsys):
     assert code == 4 and "accepted, due" in err  # nothing runs the job here: it stays queued
 
 
-def test_versions_and_commands_of_the_governance_api(live_server, capsys):
+def _add_version(settings, seed: int) -> int:
+    """A new version without an erasure (as a retrain or a fine-tune would make); no alias moves."""
+    from app.registry import service as registry
+
+    sha, rel = save_net(settings, seed=seed)
+    with session_scope(settings.database_url) as db:
+        return registry.add_version(db, model_name=MODEL, sha256=sha, storage_path=rel, parent_version=1,
+                                    job_id=None, metrics={"ua": 0.0, "ta": 88.0}).version
+
+
+def test_versions_and_commands_of_the_governance_api(live_server, seeded, capsys):
     code, out, _ = run(capsys, "versions", "--url", live_server, MODEL)
     assert code == 0
     lines = out.splitlines()
-    assert lines[1].split() == ["v1", "-", lines[1].split()[2], "-", "-", "production"]
+    assert lines[1].split() == ["v1", "-", lines[1].split()[2], "-", "-", "ready", "production"]
     assert lines[-1] == "alias moves: production: (new) -> v1"
     code, out, _ = run(capsys, "versions", "--url", live_server, MODEL, "--json")
     assert json.loads(out)["aliases"] == {"production": 1}
-    # endpoints that come with the access-control/governance work: a clear message, exit 3
-    for argv, what in ((["rollback", MODEL, "1"], f"PUT /v1/models/{MODEL}/aliases/production"),
-                       (["list", "--status", "queued"], "GET /v1/forget"),
-                       (["certificate", "get", "some-id"], "GET /v1/forget/some-id/certificate")):
-        code, _, err = run(capsys, *argv, "--url", live_server)
-        assert code == 3 and f"this server does not provide {what} (it comes with the governance API" in err, err
+
+    # rollback = PUT /v1/models/{name}/aliases/{alias} {version, reason}: moves, with the reason
+    assert _add_version(seeded, seed=5) == 2
+    code, out, err = run(capsys, "rollback", "--url", live_server, MODEL, "2", "--reason", "promote the fine-tune")
+    assert code == 0 and out.strip() == f"{MODEL}@production -> v2", err
+    code, out, err = run(capsys, "rollback", "--url", live_server, MODEL, "1", "--reason", "v2 misbehaves on 7")
+    assert code == 0 and out.strip() == f"{MODEL}@production -> v1", err
+    code, out, _ = run(capsys, "rollback", "--url", live_server, MODEL, "1")
+    assert code == 0 and out.strip() == f"{MODEL}@production -> v1 (already there)"
+    code, out, _ = run(capsys, "rollback", "--url", live_server, MODEL, "1", "--alias", "staging", "--json")
+    assert code == 0 and json.loads(out)["aliases"] == {"production": 1, "staging": 1}
+    # ... needs models:admin: a key without it is refused with the scope named (--api-key beats LETHE_API_KEY)
+    reader = make_key(seeded, ["forget:read"], name="reader")
+    code, _, err = run(capsys, "rollback", "--url", live_server, "--api-key", reader, MODEL, "2")
+    assert code == 3 and "not authorised (HTTP 403)" in err and "lacks scope models:admin" in err, err
+
+    # an erasure (v1 -> v3): v1 and v2 still hold alice's instances, so rolling back to them is refused
+    complete_request(seeded, "alice", metrics={"ua": 100.0, "ta": 90.0})
+    for version in ("1", "2"):
+        code, _, err = run(capsys, "rollback", "--url", live_server, MODEL, version)
+        assert code == 3 and "HTTP 409 version_tainted: refused" in err, err
+    code, out, _ = run(capsys, "versions", "--url", live_server, MODEL)
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:-1]}
+    assert rows["v1"][-2:] == ["tainted", "staging"] and rows["v2"][-1] == "tainted"
+    assert rows["v3"][1] == "v1" and rows["v3"][-2:] == ["ready", "production"]
+    code, out, _ = run(capsys, "versions", "--url", live_server, MODEL, "--json")
+    assert json.loads(out)["aliases"] == {"production": 3, "staging": 1}
+
+    # the alias history: every move, with its reason and the key that made it
+    code, out, _ = run(capsys, "history", "--url", live_server, MODEL, "--alias", "production")
+    moves = out.splitlines()
+    assert code == 0 and len(moves) == 4, out
+    assert moves[1].split("  ", 1)[1].startswith("production: v1 -> v2 (promote the fine-tune)  by key:")
+    assert moves[1].endswith(":operator") and moves[0].endswith("production: (new) -> v1  by test")
+    assert "production: v2 -> v1 (v2 misbehaves on 7)  by key:" in moves[2] and moves[2].endswith(":operator")
+    assert "production: v1 -> v3" in moves[3]
+    code, out, _ = run(capsys, "history", "--url", live_server, MODEL, "--json")
+    assert [m["alias"] for m in json.loads(out)] == ["production", "production", "production", "staging", "production"]
+
+
+def test_list_and_lifecycle_commands(live_server, seeded, capsys):
+    done, _ = complete_request(seeded, "alice")
+    rid, job_id, token, _ = submit_and_claim(seeded, "bob")
+    with session_scope(seeded.database_url) as db:
+        jobs.fail(db, job_id=job_id, token=token, worker="test-worker", error="VerificationFailed: test",
+                  retryable=False)
+    ids = {}
+    for name, instance in (("to_cancel", "toy-00007"), ("to_deny", "toy-00008")):
+        code, out, err = run(capsys, "forget", "--url", live_server, "--model", MODEL, "--instance", instance, "--json")
+        assert code == 0, err
+        ids[name] = json.loads(out)["id"]
+
+    code, out, _ = run(capsys, "list", "--url", live_server, "--json")
+    page = json.loads(out)
+    assert code == 0 and page["total"] == 4 and {i["id"] for i in page["items"]} == {done, rid, *ids.values()}
+    code, out, _ = run(capsys, "list", "--url", live_server, "--status", "queued")
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 3 and lines[-1] == "1-2 of 2", out
+    assert {line.split()[0] for line in lines[:2]} == set(ids.values()) and "d left" in lines[0]
+    code, out, _ = run(capsys, "list", "--url", live_server, "--limit", "1", "--offset", "1")
+    assert out.splitlines()[-1] == "2-2 of 4 (next: --offset 2)"
+    code, out, _ = run(capsys, "list", "--url", live_server, "--status", "completed", "--model", "other")
+    assert code == 0 and out.strip() == "no requests (0 in all match)"
+
+    code, out, err = run(capsys, "cancel", "--url", live_server, ids["to_cancel"], "--reason", "withdrawn")
+    assert code == 0 and out.strip() == f"request {ids['to_cancel']}: canceled", err
+    code, _, err = run(capsys, "cancel", "--url", live_server, done)
+    assert code == 3 and "HTTP 409" in err
+    code, out, err = run(capsys, "deny", "--url", live_server, ids["to_deny"], "--reason-code", "duplicate",
+                         "--reason", "same as ticket 41")
+    assert code == 0 and out.strip() == f"request {ids['to_deny']}: denied (duplicate)", err
+    code, _, err = run(capsys, "deny", "--url", live_server, ids["to_deny"], "--reason-code", "maybe", "--reason", "x")
+    assert code == 2 and "invalid choice: 'maybe'" in err
+    # watch ends on every final status (not only completed/failed)
+    code, out, _ = run(capsys, "watch", "--url", live_server, ids["to_deny"], "--quiet", "--timeout", "5")
+    assert code == 1 and out.strip() == f"request {ids['to_deny']} denied: duplicate: same as ticket 41"
+    code, out, _ = run(capsys, "watch", "--url", live_server, ids["to_cancel"], "--quiet", "--timeout", "5")
+    assert code == 1 and out.strip() == f"request {ids['to_cancel']} canceled: withdrawn"
+
+    code, out, err = run(capsys, "retry", "--url", live_server, rid)
+    assert code == 0 and out.strip() == f"request {rid}: queued", err
+    code, out, _ = run(capsys, "list", "--url", live_server, "--status", "queued", "--json")
+    assert [i["id"] for i in json.loads(out)["items"]] == [rid]
+    for status, rid_ in (("canceled", ids["to_cancel"]), ("denied", ids["to_deny"]), ("completed", done)):
+        code, out, _ = run(capsys, "list", "--url", live_server, "--status", status, "--json")
+        assert [i["id"] for i in json.loads(out)["items"]] == [rid_], status
 
 
 def test_audit_verify(live_server, seeded, capsys):
+    entries = counts(seeded)["AuditEvent"]  # the seeded model, and the creation of the operator's key
+    assert entries >= 2
     code, out, _ = run(capsys, "audit", "verify", "--url", live_server)
-    assert code == 0 and out.startswith("audit chain OK: 1 entries, head ")
+    assert code == 0 and out.startswith(f"audit chain OK: {entries} entries, head ")
+    portal = make_key(seeded, ["forget:write", "forget:read"], name="portal")
+    code, _, err = run(capsys, "audit", "verify", "--url", live_server, "--api-key", portal)
+    assert code == 3 and "HTTP 403" in err and "lacks scope audit:read" in err
     con = sqlite3.connect(seeded.database_url[len("sqlite:///"):])
     con.execute("DROP TRIGGER audit_events_no_update")
     con.execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = 1")
     con.commit()
     con.close()
     code, out, _ = run(capsys, "audit", "verify", "--url", live_server, "--json")
-    assert code == 1 and json.loads(out)["first_bad_seq"] == 1
+    assert code == 1 and json.loads(out)["first_bad_seq"] == 1 and json.loads(out)["ok"] is False
 
 
-@pytest.fixture
-def signer(tmp_path):
-    key = Ed25519PrivateKey.generate()
-    pub = key.public_key()
-    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    files = {"pem": pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode(),
-             "b64": base64.b64encode(raw).decode(), "hex": raw.hex()}
-    paths = {}
-    for k, v in files.items():
-        paths[k] = tmp_path / f"audit.{k}"
-        paths[k].write_text(v + "\n")
-    return key, paths
+def test_certificate_verify_locally(live_server, seeded, tmp_path, capsys, monkeypatch):
+    """The server's certificate ({certificate, canonical, signature: {alg, key_id, value}}),
+    downloaded with the CLI and checked offline with the audit key in each accepted form."""
+    done, _ = complete_request(seeded, "alice", metrics={"ua": 100.0, "ta": 90.0})
+    cert = tmp_path / "cert.json"
+    code, out, err = run(capsys, "certificate", "get", "--url", live_server, done, "-o", str(cert))
+    assert code == 0 and out.startswith(f"certificate of request {done} written to {cert}"), err
+    doc = json.loads(cert.read_text())
+    assert set(doc) == {"certificate", "canonical", "signature"} and doc["certificate"]["request_id"] == done
+    code, out, _ = run(capsys, "certificate", "get", "--url", live_server, done)
+    assert json.loads(out) == doc  # deterministic
 
+    # the key from the API (an open route: no API key needed), then from files
+    operator = os.environ["LETHE_API_KEY"]
+    monkeypatch.delenv("LETHE_API_KEY")
+    code, out, err = run(capsys, "certificate", "verify", str(cert), "--url", live_server)
+    assert code == 0 and out.startswith(f"certificate VALID: Ed25519 signature verified with key "
+                                        f"{doc['signature']['key_id']} ({live_server}/v1/keys/audit); request {done}, "
+                                        f"model {MODEL} v1 -> v2"), err
+    info = httpx.get(f"{live_server}/v1/keys/audit").json()
+    assert info["key_id"] == doc["signature"]["key_id"]
+    raw = base64.b64decode(info["public_key_raw_b64"])
+    keyfiles = {"pem": info["public_key_pem"], "b64": info["public_key_raw_b64"], "hex": raw.hex()}
+    for kind, text in keyfiles.items():
+        (tmp_path / f"audit.{kind}").write_text(text + "\n")
+        keyfile = str(tmp_path / f"audit.{kind}")
+        code, out, err = run(capsys, "certificate", "verify", str(cert), "--public-key", keyfile)
+        assert code == 0 and out.startswith("certificate VALID: Ed25519 signature verified"), (kind, err)
 
-CLAIMS = {"request_id": "r-1", "model": MODEL, "version_before": 1, "version_after": 2,
-          "instances": 3, "completed_at": "2026-01-01T00:00:00+00:00", "metrics": {"ua": 100.0}}
+    def verdict(changed: dict, key="pem") -> tuple[int, dict]:
+        path = tmp_path / "changed.json"
+        path.write_text(json.dumps(changed))
+        code, out, _ = run(capsys, "certificate", "verify", str(path), "--public-key", str(tmp_path / f"audit.{key}"),
+                           "--json")
+        return code, json.loads(out)
 
+    # the readable copy says something else than what was signed
+    forged = json.loads(cert.read_text())
+    forged["certificate"]["version_after"]["version"] = 3
+    code, out = verdict(forged)
+    assert code == 1 and out["valid"] is False
+    assert "the readable certificate differs from what was signed (fields: version_after)" in out["reason"]
+    # the signed text itself changed (the readable copy along with it)
+    forged["canonical"] = canonical_json(forged["certificate"])
+    code, out = verdict(forged)
+    assert code == 1 and "does not match the signed canonical text" in out["reason"]
+    # a signature of the same text by another key
+    other = Ed25519PrivateKey.generate()
+    stolen = dict(doc, signature=dict(doc["signature"], value=base64.b64encode(
+        other.sign(doc["canonical"].encode())).decode()))
+    code, out = verdict(stolen)
+    assert code == 1 and "does not match" in out["reason"]
+    code, out = verdict(dict(doc, signature=dict(doc["signature"], alg="RS256")))
+    assert code == 1 and "not Ed25519" in out["reason"]
+    code, out = verdict({"request_id": done, "signature": doc["signature"]["value"]})
+    assert code == 1 and "expected {certificate, canonical, signature}" in out["reason"]
 
-def test_certificate_verify_locally(live_server, tmp_path, signer, capsys):
-    key, keyfiles = signer
-    flat = dict(CLAIMS, alg="Ed25519", signature=base64.b64encode(key.sign(canonical_json(CLAIMS).encode())).decode())
-    payload_text = canonical_json(CLAIMS)
-    wrapped = {"payload": payload_text, "signature": key.sign(payload_text.encode()).hex(), "key_id": "k1"}
-    for name, doc in (("flat", flat), ("wrapped", wrapped)):
-        path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps(doc, indent=2))
-        for kind, keyfile in keyfiles.items():
-            code, out, err = run(capsys, "certificate", "verify", str(path), "--public-key", str(keyfile))
-            assert code == 0 and out.startswith("certificate VALID: Ed25519 signature verified"), (name, kind, err)
-
-    tampered = dict(flat, version_after=3)
-    path = tmp_path / "tampered.json"
-    path.write_text(json.dumps(tampered))
-    code, out, _ = run(capsys, "certificate", "verify", str(path), "--public-key", str(keyfiles["pem"]), "--json")
-    assert code == 1 and json.loads(out)["valid"] is False and "does not match" in json.loads(out)["reason"]
-
-    other = Ed25519PrivateKey.generate().public_key().public_bytes(serialization.Encoding.Raw,
-                                                                   serialization.PublicFormat.Raw)
-    (tmp_path / "other.b64").write_text(base64.b64encode(other).decode())
-    good = tmp_path / "flat.json"
-    code, out, _ = run(capsys, "certificate", "verify", str(good), "--public-key", str(tmp_path / "other.b64"))
-    assert code == 1 and out.startswith("certificate INVALID")
+    # checked with another key: INVALID, and the key ids say why
+    (tmp_path / "other.b64").write_text(base64.b64encode(other.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode())
+    code, out, _ = run(capsys, "certificate", "verify", str(cert), "--public-key", str(tmp_path / "other.b64"))
+    assert code == 1 and out.startswith(f"certificate INVALID: signed with key '{doc['signature']['key_id']}'")
     (tmp_path / "rsa.txt").write_text("not a key")
-    code, _, err = run(capsys, "certificate", "verify", str(good), "--public-key", str(tmp_path / "rsa.txt"))
+    code, _, err = run(capsys, "certificate", "verify", str(cert), "--public-key", str(tmp_path / "rsa.txt"))
     assert code == 2 and "not an Ed25519 public key" in err
-    # without --public-key the key comes from the API, which this server does not have yet
-    code, _, err = run(capsys, "certificate", "verify", str(good), "--url", live_server)
-    assert code == 3 and "GET /v1/keys/audit" in err
+
+    # certificates exist for completed requests only
+    queued = submit_and_claim(seeded, "bob")[0]
+    code, _, err = run(capsys, "certificate", "get", "--url", live_server, "--api-key", operator, queued)
+    assert code == 3 and "HTTP 409" in err and "completed requests only" in err, err
 
 
 def test_console_script_uses_lethe_url_from_the_environment(live_server):
+    """LETHE_URL and LETHE_API_KEY from the environment, as an operator's shell sets them."""
     exe = os.path.join(os.path.dirname(sys.executable), "lethe")
     assert os.path.exists(exe), "console script not installed: run make venv"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_")}
     env["LETHE_URL"] = live_server
     r = subprocess.run([exe, "versions", MODEL, "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3 and "not authorised (HTTP 401)" in r.stderr and "set LETHE_API_KEY" in r.stderr, r.stderr
+    env["LETHE_API_KEY"] = os.environ["LETHE_API_KEY"]  # the operator's key (live_server)
+    r = subprocess.run([exe, "versions", MODEL, "--json"], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["model"] == MODEL
 
 
-def test_key_from_api_answers_and_bearer_header(signer):
-    from app.client import Api, CliError, key_fingerprint, public_key_from_response
+def test_key_from_api_answers_and_bearer_header(live_server):
+    from app.client import Api, CliError, key_id, public_key_from_response
 
-    key, files = signer
-    pem, b64 = files["pem"].read_text().strip(), files["b64"].read_text().strip()
-    want = key_fingerprint(key.public_key())
-    for answer in (pem, {"public_key": b64}, {"public_key_pem": pem, "key_id": "k1"},
-                   {"keys": [{"key_id": "old", "public_key": base64.b64encode(b"x" * 32).decode()},
-                             {"key_id": "k1", "public_key": b64}]}):
-        assert key_fingerprint(public_key_from_response(answer, "k1")) == want, answer
-    with pytest.raises(CliError, match="no audit key with key_id 'k9'"):
-        public_key_from_response({"keys": [{"key_id": "k1", "public_key": b64}]}, "k9")
+    answer = httpx.get(f"{live_server}/v1/keys/audit").json()  # the real answer
+    assert key_id(public_key_from_response(answer)) == answer["key_id"]
+    assert key_id(public_key_from_response(answer, answer["key_id"])) == answer["key_id"]
+    only_raw = {k: v for k, v in answer.items() if k != "public_key_pem"}
+    assert key_id(public_key_from_response(only_raw)) == answer["key_id"]
+    with pytest.raises(CliError, match="signed with key 'k9"):
+        public_key_from_response(answer, "k9")
+    with pytest.raises(CliError, match="inconsistent"):
+        public_key_from_response(dict(answer, key_id="0" * 16))
+    with pytest.raises(CliError, match="holds no public key"):
+        public_key_from_response("-----BEGIN PUBLIC KEY-----")
     api = Api("http://example.invalid/", "lk_abc")
     assert api.url == "http://example.invalid" and api.http.headers["authorization"] == "Bearer lk_abc"
     assert "authorization" not in Api("http://example.invalid").http.headers
@@ -215,4 +342,16 @@ def test_non_json_answers_come_back_as_text(live_server):
 
     api = Api(live_server)
     assert isinstance(api.request("GET", "/healthz"), dict)
-    assert api.request("GET", "/metrics").startswith("# HELP")  # as a PEM key from /v1/keys/audit would
+    assert api.request("GET", "/metrics").startswith("# HELP")
+
+
+def test_a_route_the_server_lacks_is_named(live_server):
+    from app.client import Api, CliError
+
+    api = Api(live_server, os.environ["LETHE_API_KEY"])
+    with pytest.raises(CliError, match=r"^this server does not provide GET /v1/nope: HTTP 404; try this$") as e:
+        api.request("GET", "/v1/nope", hint="try this")
+    assert e.value.code == 3
+    # a 404 about a resource is not a missing route
+    with pytest.raises(CliError, match="^HTTP 404: model 'no-such-model' is not registered$"):
+        api.request("GET", "/v1/models/no-such-model/versions", hint="try this")

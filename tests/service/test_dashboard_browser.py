@@ -1,7 +1,9 @@
 """The dashboard in a real headless Chromium (Debian's package, driven by Playwright with
-``executable_path``; Playwright's own browser download is never used). The page loads,
-shows a request that was just completed (live, without a manual reload), the job's progress
-bar moves, the chart is drawn, and a screenshot is left in build/artifacts/."""
+``executable_path``; Playwright's own browser download is never used). The operator logs in
+with ``/dashboard?key=<key with audit:read>``; the page loads, shows a request that was just
+completed (live, without a manual reload), the job's progress bar moves, the chart is drawn,
+and a screenshot is left in build/artifacts/. The login itself is also checked over plain
+HTTP (no browser needed)."""
 from __future__ import annotations
 
 import os
@@ -13,7 +15,7 @@ from app.dashboard.router import COOKIE
 from app.db import session_scope
 from app.jobs import service as jobs
 
-from .conftest import MODEL, complete_request, publish, submit_and_claim
+from .conftest import MODEL, bearer, complete_request, make_key, publish, submit_and_claim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARTIFACTS = os.path.join(ROOT, "build", "artifacts")  # git-ignored
@@ -50,13 +52,15 @@ def test_dashboard_in_headless_chromium(live_server, seeded, browser_page):
     complete_request(seeded, "alice", metrics=METRICS[0])
     rid, job_id, token, ids = submit_and_claim(seeded, "bob")  # a job now running
     _heartbeat(seeded, job_id, token, 0.25)
+    api_key = make_key(seeded, ["audit:read"], name="auditor")  # what the dashboard needs, nothing more
+    assert ctx.request.get(f"{live_server}/dashboard").status == 401  # this browser has no key yet
+    assert not ctx.cookies()
     console_errors = []
     page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
-
-    page.goto(f"{live_server}/dashboard?key=lk_browser_test")
+    page.goto(f"{live_server}/dashboard?key={api_key}")
     assert page.url == f"{live_server}/dashboard"  # the key left the address bar ...
     cookie = next(c for c in ctx.cookies() if c["name"] == COOKIE)  # ... for an HttpOnly cookie
-    assert cookie["value"] == "lk_browser_test" and cookie["httpOnly"] and cookie["path"] == "/dashboard"
+    assert cookie["value"] == api_key and cookie["httpOnly"] and cookie["path"] == "/dashboard"
     assert page.evaluate("document.cookie") == ""  # not readable by scripts
 
     row = page.locator(f'tr[data-request="{rid}"]')
@@ -99,4 +103,36 @@ def test_dashboard_in_headless_chromium(live_server, seeded, browser_page):
     page.select_option('select[name="status"]', "queued")
     page.wait_for_url(f"{live_server}/dashboard?status=queued&model=")
     expect(page.locator("#requests")).to_contain_text("no requests match these filters")
-    assert httpx.get(f"{live_server}/dashboard/live.json").json()["open_requests"] == {}
+    live = httpx.get(f"{live_server}/dashboard/live.json", headers=bearer(api_key)).json()
+    assert live["open_requests"] == {}, live
+
+
+def test_login_with_a_key_in_the_url(live_server, seeded):
+    """Only a valid key with audit:read opens the dashboard and gets the cookie; the cookie
+    works for /dashboard only."""
+    from app import security
+
+    def login(key):
+        return httpx.get(f"{live_server}/dashboard", params={"key": key, "model": MODEL})
+
+    assert httpx.get(f"{live_server}/dashboard").status_code == 401
+    portal = make_key(seeded, ["forget:write", "forget:read"], name="portal")
+    revoked = make_key(seeded, ["audit:read"], name="gone")
+    with session_scope(seeded.database_url) as db:
+        gone = next(k for k in security.list_keys(db) if k.name == "gone")
+        security.revoke_key(db, gone.id, actor="test")
+    for key, status, code in (("lethe_not-a-real-key-000000000000", 401, "invalid_api_key"),
+                              (revoked, 401, "revoked_api_key"), (portal, 403, "missing_scope")):
+        r = login(key)
+        assert (r.status_code, r.json()["code"]) == (status, code) and "set-cookie" not in r.headers, (key, r.text)
+    assert "lacks scope audit:read" in login(portal).json()["detail"]
+
+    key = make_key(seeded, ["audit:read"], name="auditor")
+    r = login(key)
+    assert r.status_code == 303 and r.headers["location"] == f"/dashboard?model={MODEL}"
+    assert r.headers["set-cookie"].startswith(f"{COOKIE}={key};")
+    with httpx.Client(base_url=live_server, cookies={COOKIE: key}) as browser:
+        assert browser.get("/dashboard").status_code == 200
+        assert browser.get("/dashboard/live.json").status_code == 200
+        assert browser.get("/v1/audit/verify").status_code == 401  # the cookie is for the dashboard only
+        assert browser.get("/dashboard", params={"key": portal}).status_code == 403  # a new login is checked anew
