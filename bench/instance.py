@@ -143,7 +143,15 @@ def _continual(d, served, seed, test, device, requests=16, per_request=8):
     return out
 
 
+_PARTIAL: dict = {"path": None, "rows": []}
+
+
 def _print(r):
+    # every row is also saved as it comes, so a run stopped early keeps what it measured
+    if _PARTIAL["path"]:
+        _PARTIAL["rows"].append(r)
+        with open(_PARTIAL["path"], "w") as f:
+            json.dump({"machine": machine(), "partial": True, "rows": _PARTIAL["rows"]}, f, indent=1)
     print(f"{r['dataset']:8s} k={r['k']:<4d} seed={r['seed']} {r['method']:20s} UA={r['ua']:6.1f} RA={r['ra']:6.2f} "
           f"TA={r['ta']:6.2f} MIA={r['mia']:6.1f} AUC={r['loss_auc']:.3f} {r['seconds']:7.2f}s "
           f"x{r['speedup']:.1f}", flush=True)
@@ -226,6 +234,7 @@ def main(argv=None):
         rows = [r for path in a.merge for r in json.load(open(path))["rows"]]
         return write(rows, a.out, a.doc, argv, started)
     device = get_device()
+    _PARTIAL["path"] = a.out + ".partial"
     rows = run(a.datasets.split(","), [int(k) for k in a.ks.split(",")], [int(s) for s in a.seeds.split(",")],
                a.methods.split(","), a.paper_max_k, not a.no_continual, device,
                ablation_ks={int(k) for k in a.ablation_ks.split(",") if k})
