@@ -225,7 +225,9 @@ def ops_surface_reflects_the_work(c: httpx.Client, url: str, log_path) -> None:
     assert f'data-request="{first["payload"]["request_id"]}"' in html and 'class="card ok"' in html
 
     lethe = os.path.join(os.path.dirname(sys.executable), "lethe")
-    r = subprocess.run([lethe, "versions", MODEL, "--json", "--url", url], capture_output=True, text=True, timeout=120)
+    key = c.headers["Authorization"].removeprefix("Bearer ")  # the operator's key, as a shell would hold it
+    r = subprocess.run([lethe, "versions", MODEL, "--json", "--url", url], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "LETHE_API_KEY": key})
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["aliases"]["production"] == len(json.loads(r.stdout)["versions"])
 

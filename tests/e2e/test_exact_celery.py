@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from . import flow
-from .conftest import BIN, Proc, require_service, service_env, start_gateway
+from .conftest import BIN, Proc, auth, require_service, service_env, start_gateway
 from .test_postgres_celery import REDIS, pg_database  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def stack(tmp_path_factory, pg_database):  # noqa: F811
 
 def test_sisa_job_fans_out_as_a_chord_and_a_failed_shard_fails_cleanly(stack):
     url, env, worker = stack
-    with httpx.Client(base_url=url, timeout=60) as c:
+    with httpx.Client(base_url=url, timeout=60, headers=auth(env)) as c:
         inst = c.get("/v1/subjects/alice/instances", params={"model": MODEL}).json()["instances"]
         shards = {i["shard"] for i in inst}
         r = c.post("/v1/forget", json={"model": MODEL, "subject_id": "alice"})
