@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..audit import service as audit
 from ..db import session_scope, utcnow
+from ..periodic import PeriodicThread
 from ..forget import models as fm
 from ..registry import governance
 from ..registry import service as registry
@@ -91,26 +91,7 @@ def sweep_and_dispatch(settings, dispatcher) -> list[str]:
     return ids
 
 
-class Sweeper:
+class Sweeper(PeriodicThread):
     def __init__(self, settings, dispatcher):
-        self.settings, self.dispatcher = settings, dispatcher
-        self._stop = threading.Event()
-        self.thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self.settings.sweeper_interval_s <= 0 or (self.thread and self.thread.is_alive()):
-            return
-        self.thread = threading.Thread(target=self._loop, name="lethe-sweeper", daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self.thread:
-            self.thread.join(10)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.settings.sweeper_interval_s):
-            try:
-                sweep_and_dispatch(self.settings, self.dispatcher)
-            except Exception:  # noqa: BLE001 - keep sweeping
-                log.exception("sweeper")
+        super().__init__("lethe-sweeper", settings.sweeper_interval_s,
+                         lambda: sweep_and_dispatch(settings, dispatcher))

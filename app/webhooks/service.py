@@ -25,7 +25,6 @@ import hmac
 import json
 import logging
 import math
-import threading
 import time
 import uuid
 
@@ -34,6 +33,7 @@ from sqlalchemy.orm import aliased
 from sqlalchemy.orm import Session
 
 from ..db import session_scope, utcnow
+from ..periodic import PeriodicThread
 from .models import DELIVERED, GAVE_UP, PENDING, WebhookDelivery
 
 log = logging.getLogger("lethe.webhooks")
@@ -152,29 +152,9 @@ def deliver_due(settings, *, limit: int = 50, client=None) -> int:
     return len(due)
 
 
-class WebhookPump:
+class WebhookPump(PeriodicThread):
     """A daemon thread in the gateway that runs ``deliver_due`` every ``webhook_poll_s``.
     It reads the outbox table, so it also delivers changes made by Celery workers."""
 
     def __init__(self, settings):
-        self.settings = settings
-        self._stop = threading.Event()
-        self.thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self.settings.webhook_poll_s <= 0 or (self.thread and self.thread.is_alive()):
-            return
-        self.thread = threading.Thread(target=self._loop, name="lethe-webhooks", daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self.thread:
-            self.thread.join(10)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.settings.webhook_poll_s):
-            try:
-                deliver_due(self.settings)
-            except Exception:  # noqa: BLE001 - keep delivering
-                log.exception("webhook delivery loop")
+        super().__init__("lethe-webhooks", settings.webhook_poll_s, lambda: deliver_due(settings))
