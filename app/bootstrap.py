@@ -66,17 +66,8 @@ def bootstrap_demo(settings: Settings) -> str | None:
     with session_scope(settings.database_url) as db:
         registry.register_model(db, name=name, dataset=ds.name, arch=arch, input_shape=ds.input_shape,
                                 classes=ds.classes)
-        v = registry.add_version(db, model_name=name, sha256=sha, storage_path=rel, parent_version=None,
-                                 job_id=None, metrics={"ta": float(ta), "train_seconds": round(time.perf_counter() - t0, 2)})
-        audit.append(db, actor="bootstrap", action="model.version_created",
-                     payload={"model": name, "version": v.version, "sha256": sha, "parent_version": None,
-                              "metrics": v.metrics})
-        registry.move_alias(db, model_name=name, alias=PRODUCTION, to_version=v.version, actor="bootstrap")
-        audit.append(db, actor="bootstrap", action="alias.moved",
-                     payload={"model": name, "alias": PRODUCTION, "from_version": None, "to_version": v.version})
-        db.bulk_insert_mappings(TrainingInstance, rows)
-        audit.append(db, actor="bootstrap", action="catalogue.loaded",
-                     payload={"model": name, "dataset": ds.name, "instances": len(rows)})
+        _first_version(db, name, sha, rel, {"ta": float(ta), "train_seconds": round(time.perf_counter() - t0, 2)},
+                       rows, ds.name)
     log.info("bootstrap: %s v1 (test accuracy %.2f %%) ready in %.1f s", name, ta, time.perf_counter() - t0)
     return name
 
@@ -144,18 +135,24 @@ def bootstrap_exact_demo(settings: Settings, kind: str = "sisa") -> str | None:
     with session_scope(settings.database_url) as db:
         registry.register_model(db, name=name, dataset=ds.name, arch=arch, input_shape=ds.input_shape,
                                 classes=ds.classes, family=kind)
-        v = registry.add_version(db, model_name=name, sha256=sha, storage_path=rel, parent_version=None,
-                                 job_id=None, metrics=metrics)
-        audit.append(db, actor="bootstrap", action="model.version_created",
-                     payload={"model": name, "version": v.version, "sha256": sha, "parent_version": None,
-                              "family": kind, "members": [m["sha256"] for m in members], "metrics": metrics})
-        registry.move_alias(db, model_name=name, alias=PRODUCTION, to_version=v.version, actor="bootstrap")
-        audit.append(db, actor="bootstrap", action="alias.moved",
-                     payload={"model": name, "alias": PRODUCTION, "from_version": None, "to_version": v.version})
-        db.bulk_insert_mappings(TrainingInstance, rows)
-        audit.append(db, actor="bootstrap", action="catalogue.loaded",
-                     payload={"model": name, "dataset": ds.name, "instances": len(rows)})
+        _first_version(db, name, sha, rel, metrics, rows, ds.name,
+                       family=kind, members=[m["sha256"] for m in members])
     log.info("bootstrap: %s v1 (%s S=%d R=%d, test accuracy %.2f %%) ready in %.1f s", name, kind, config.shards,
              config.slices, ta, time.perf_counter() - t0)
     return name
 
+
+def _first_version(db, name: str, sha: str, rel: str, metrics: dict, rows: list[dict], dataset: str,
+                   **version_extra) -> None:
+    """Version 1, the production alias on it and the catalogue, each audited (one transaction)."""
+    v = registry.add_version(db, model_name=name, sha256=sha, storage_path=rel, parent_version=None,
+                             job_id=None, metrics=metrics)
+    audit.append(db, actor="bootstrap", action="model.version_created",
+                 payload={"model": name, "version": v.version, "sha256": sha, "parent_version": None,
+                          **version_extra, "metrics": metrics})
+    registry.move_alias(db, model_name=name, alias=PRODUCTION, to_version=v.version, actor="bootstrap")
+    audit.append(db, actor="bootstrap", action="alias.moved",
+                 payload={"model": name, "alias": PRODUCTION, "from_version": None, "to_version": v.version})
+    db.bulk_insert_mappings(TrainingInstance, rows)
+    audit.append(db, actor="bootstrap", action="catalogue.loaded",
+                 payload={"model": name, "dataset": dataset, "instances": len(rows)})
