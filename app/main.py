@@ -6,12 +6,11 @@ import os
 import re
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
-from . import security
+from . import errors, security
 from .audit.router import keys_router
 from .audit.router import router as audit_router
 from .catalogue.router import router as subjects_router
@@ -19,13 +18,12 @@ from .dashboard.router import CookieBearer
 from .dashboard.router import router as dashboard_router
 from .db import get_engine
 from .forget.router import router as forget_router
-from .forget.service import ForgetError
 from .jobs.dispatch import Dispatcher
 from .metrics import Metrics
 from .observability import RequestContext
 from .jobs.sweeper import Sweeper
 from .registry.router import router as models_router
-from .registry.service import RegistryError, ServingCache
+from .registry.service import ServingCache
 from .settings import Settings, get_settings
 from .webhooks.service import WebhookPump
 
@@ -54,14 +52,14 @@ class BodyLimit:
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
-                if seen > limit:  # FastAPI re-raises HTTPException from body reading
+                if seen > limit:  # FastAPI re-raises only HTTPException from body reading: 413 body_too_large
                     raise HTTPException(413, f"request body exceeds {limit} bytes")
             return msg
 
         await self.app(scope, limited, send)
 
     async def _too_large(self, send, limit: int):
-        resp = JSONResponse({"code": "body_too_large", "detail": f"request body exceeds {limit} bytes"}, 413)
+        resp = errors.error_response(413, "body_too_large", f"request body exceeds {limit} bytes")
         await send({"type": "http.response.start", "status": 413, "headers": resp.raw_headers})
         await send({"type": "http.response.body", "body": resp.body})
 
@@ -124,27 +122,10 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.state.settings, app.state.dispatcher, app.state.serving = settings, dispatcher, ServingCache()
     for r in (forget_router, models_router, subjects_router, audit_router, keys_router, dashboard_router):
         app.include_router(r)
-    security.install(app)  # 401/403 as {code, detail}; scopes published in OpenAPI (x-required-scopes)
+    errors.install(app)  # every error answer is {code, detail}
+    security.install(app)  # scopes published in OpenAPI (x-required-scopes)
+    errors.document(app)  # ... and each route's error statuses, with ErrorResponse
     _redact_access_log()
-
-    @app.exception_handler(ForgetError)
-    async def _forget_error(_: Request, exc: ForgetError):
-        return JSONResponse({"code": exc.code, "detail": exc.message}, status_code=exc.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError):
-        errors = exc.errors()
-        parts = []
-        for e in errors:
-            where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
-            parts.append(f"{where}: {e.get('msg')}")
-        return JSONResponse({"code": "invalid_request", "detail": "; ".join(parts),
-                             "errors": [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
-                                        for e in errors]}, status_code=422)
-
-    @app.exception_handler(RegistryError)
-    async def _registry_error(_: Request, exc: RegistryError):
-        return JSONResponse({"code": "registry_error", "detail": str(exc)}, status_code=500)
 
     @app.get("/healthz", tags=["health"])
     def healthz():

@@ -25,6 +25,9 @@ _STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"m
                                                                              "color_message"}
 
 access_log = logging.getLogger("lethe.access")
+# the request id also rides in the ASGI scope: an unhandled exception reaches the outermost
+# handler (app.errors) after the contextvar has been reset
+REQUEST_ID_KEY = "lethe.request_id"
 # polled every few seconds: their successful calls are logged at DEBUG, not INFO
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics", "/dashboard/live.json"})
 
@@ -103,6 +106,7 @@ class RequestContext:
         given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
         rid = given if _SAFE_ID.match(given) else uuid.uuid4().hex
         token = request_id_var.set(rid)
+        scope[REQUEST_ID_KEY] = rid
         status = [500]
         t0 = time.perf_counter()
 

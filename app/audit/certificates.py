@@ -9,16 +9,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..registry import service as registry
+from ..errors import LetheError
 from .models import AuditEvent
 from .signing import sign_document
 
 CERTIFICATE_TYPE = "lethe.deletion_certificate"
-
-
-class CertificateError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 def completion_event(session: Session, request_id: str) -> AuditEvent | None:
@@ -39,10 +34,10 @@ def _version(session: Session, model: str, number: int | None) -> dict | None:
 def build(session: Session, req) -> dict:
     """The certificate body (deterministic: the same request gives the same bytes)."""
     if req.status != "completed":
-        raise CertificateError(409, f"request {req.id} is {req.status}; certificates exist for completed requests only")
+        raise LetheError(409, "not_completed", f"request {req.id} is {req.status}; certificates exist for completed requests only")
     event = completion_event(session, req.id)
     if event is None:
-        raise CertificateError(409, f"request {req.id} has no forget.completed audit entry")
+        raise LetheError(409, "no_completion_entry", f"request {req.id} has no forget.completed audit entry")
     metrics = dict(req.metrics or {})
     return {
         "type": CERTIFICATE_TYPE, "format_version": 1, "issuer": "lethe",

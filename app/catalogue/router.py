@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
 from ..deps import SessionDep, SettingsDep
+from ..errors import LetheError
 from ..security import FORGET_READ, require_scope
 from . import service
 
@@ -36,8 +37,8 @@ def subject_instances(subject_id: str, session: SessionDep, settings: SettingsDe
     ref = service.subject_ref(settings.subject_secret, subject_id)
     rows = service.by_subject(session, ref, model)
     if not rows:
-        raise HTTPException(404, f"the catalogue holds no instances for subject {subject_id!r}"
-                                 + (f" in model {model!r}" if model else ""))
+        raise LetheError(404, "unknown_subject", f"the catalogue holds no instances for subject {subject_id!r}"
+                         + (f" in model {model!r}" if model else ""))
     return SubjectInstances(subject_ref=ref, instances=[
         InstanceRead(instance_id=r.instance_id, model=r.model_name, label=r.label, content_hash=r.content_hash,
                      erased=r.erased_at is not None, erased_at=r.erased_at,

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Response
+from fastapi import APIRouter, Body, Depends, Header, Query, Response
 
 from ..deps import DispatcherDep, SessionDep, SettingsDep
+from ..errors import LetheError
 from ..jobs import service as jobs
 from ..jobs.schemas import JobRead
 from ..audit import certificates
@@ -66,7 +67,7 @@ def list_forget(session: SessionDep, status: Annotated[str | None, Query(descrip
                 overdue: Annotated[bool, Query(description="only open requests past their due date")] = False,
                 limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0)] = 0):
     if status is not None and status not in fm.STATUSES:
-        raise HTTPException(422, f"status must be one of {', '.join(fm.STATUSES)}")
+        raise LetheError(422, "invalid_request", f"status must be one of {', '.join(fm.STATUSES)}")
     rows, total = service.list_requests(session, status=status, model=model, overdue_only=overdue, limit=limit,
                                         offset=offset)
     return ForgetPage(items=[_read(session, r) for r in rows], total=total, limit=limit, offset=offset,
@@ -114,11 +115,8 @@ def forget_certificate(request_id: str, session: SessionDep, settings: SettingsD
     `GET /v1/keys/audit` (recipe in docs/service.md)."""
     req = service.get(session, request_id)
     if req is None:
-        raise HTTPException(404, f"forget request {request_id!r} not found")
-    try:
-        return certificates.issue(session, settings, req)
-    except certificates.CertificateError as e:
-        raise HTTPException(e.status, e.message)
+        raise LetheError(404, "unknown_request", f"forget request {request_id!r} not found")
+    return certificates.issue(session, settings, req)
 
 
 @router.get("/forget/{request_id}/webhooks", response_model=list[WebhookDeliveryRead],
@@ -126,7 +124,7 @@ def forget_certificate(request_id: str, session: SessionDep, settings: SettingsD
             summary="Webhook deliveries of a request (one per status change) and their attempts")
 def forget_webhooks(request_id: str, session: SessionDep):
     if service.get(session, request_id) is None:
-        raise HTTPException(404, f"forget request {request_id!r} not found")
+        raise LetheError(404, "unknown_request", f"forget request {request_id!r} not found")
     return [WebhookDeliveryRead(id=d.id, event=d.event, url=d.url, payload=d.payload, status=d.status,
                                 attempts=d.attempts, next_attempt_at=d.next_attempt_at,
                                 last_status_code=d.last_status_code, last_error=d.last_error, log=d.log or [],
@@ -139,7 +137,7 @@ def forget_webhooks(request_id: str, session: SessionDep):
 def read_forget(request_id: str, session: SessionDep):
     req = service.get(session, request_id)
     if req is None:
-        raise HTTPException(404, f"forget request {request_id!r} not found")
+        raise LetheError(404, "unknown_request", f"forget request {request_id!r} not found")
     return _read(session, req)
 
 
@@ -147,7 +145,7 @@ def read_forget(request_id: str, session: SessionDep):
 def read_job(job_id: str, session: SessionDep):
     job = jobs.get(session, job_id)
     if job is None:
-        raise HTTPException(404, f"job {job_id!r} not found")
+        raise LetheError(404, "unknown_job", f"job {job_id!r} not found")
     return JobRead(id=job.id, model=job.model_name, objective=job.objective, method=job.method,
                    status=job.status, stage=job.stage, progress=job.progress, attempts=job.attempts,
                    max_attempts=job.max_attempts, worker=job.worker, created_at=job.created_at,

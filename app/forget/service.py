@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from ..audit import service as audit
 from ..catalogue import service as catalogue
 from ..db import utcnow
+from ..errors import LetheError
 from ..jobs import models as jm
 from ..jobs import service as jobs
 from ..registry import service as registry
@@ -25,10 +26,7 @@ from .models import ForgetRequest
 from .schemas import FAMILY_METHODS, RETRAIN_METHODS, ForgetCreate
 
 
-class ForgetError(Exception):
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+ForgetError = LetheError  # older name, kept while callers move to LetheError
 
 
 def _preview(ids, n: int = 10) -> str:

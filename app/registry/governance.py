@@ -19,16 +19,14 @@ from sqlalchemy.orm import Session
 from ..audit import service as audit
 from ..catalogue.models import TrainingInstance
 from ..db import utcnow
+from ..errors import LetheError
 from . import service as registry
 from .models import PRODUCTION, PURGED, READY, AliasMove, ModelVersion
 
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 
-class GovernanceError(Exception):
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+GovernanceError = LetheError  # older name, kept while callers move to LetheError
 
 
 def lineage_jobs(session: Session, model_name: str, version: int) -> set[str]:

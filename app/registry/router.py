@@ -7,13 +7,13 @@ from typing import Any
 import numpy as np
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..catalogue import service as catalogue
 from ..catalogue import store
 from ..deps import ServingDep, SessionDep, SettingsDep
+from ..errors import LetheError
 from ..security import AUDIT_READ, FORGET_READ, MODELS_ADMIN, Principal, require_scope
 from . import governance
 from . import service
@@ -121,7 +121,7 @@ class PredictRead(BaseModel):
 def _model_or_404(session, name):
     m = service.get_model(session, name)
     if m is None:
-        raise HTTPException(404, f"model {name!r} is not registered")
+        raise LetheError(404, "unknown_model", f"model {name!r} is not registered")
     return m
 
 
@@ -156,10 +156,6 @@ def _move(a) -> AliasMoveRead:
                          actor=a.actor, moved_at=a.moved_at, reason=a.reason)
 
 
-def _governance_error(e: governance.GovernanceError) -> JSONResponse:
-    return JSONResponse({"code": e.code, "detail": e.message}, status_code=e.status)
-
-
 @router.get("/{name}/aliases/history", response_model=list[AliasMoveRead], dependencies=[READ],
             summary="Every move of the model's aliases, oldest first (who, when, from, to, why)")
 def alias_history(name: str, session: SessionDep,
@@ -174,12 +170,8 @@ def alias_history(name: str, session: SessionDep,
             summary="Point an alias at a version (rollback or move forward); refused for tainted versions")
 def put_alias(name: str, alias: str, body: AliasBody, session: SessionDep,
               principal: Annotated[Principal, Depends(require_scope(MODELS_ADMIN))]):
-    try:
-        move = governance.set_alias(session, model_name=name, alias=alias, version=body.version,
-                                    actor=principal.actor, reason=body.reason)
-    except governance.GovernanceError as e:
-        session.rollback()
-        return _governance_error(e)
+    move = governance.set_alias(session, model_name=name, alias=alias, version=body.version,
+                                actor=principal.actor, reason=body.reason)
     return AliasRead(model=name, alias=alias, version=body.version, moved=move is not None,
                      aliases=service.aliases(session, name))
 
@@ -199,12 +191,8 @@ def upload_model(session: SessionDep, settings: SettingsDep,
     """The weights are checked against the architecture, evaluated on the dataset's test
     split, re-saved with Lethe's metadata (content-addressed), registered as version 1 under
     `production`, and the manifest's instances are catalogued (subject ids as keyed hashes)."""
-    try:
-        out = register_upload(session, settings, name=name, arch=arch, dataset=dataset, weights=weights.file.read(),
-                              filename=weights.filename, manifest_raw=manifest.file.read(), actor=principal.actor)
-    except governance.GovernanceError as e:
-        session.rollback()
-        return _governance_error(e)
+    out = register_upload(session, settings, name=name, arch=arch, dataset=dataset, weights=weights.file.read(),
+                          filename=weights.filename, manifest_raw=manifest.file.read(), actor=principal.actor)
     return UploadRead(**out)
 
 
@@ -213,7 +201,7 @@ def _numeric(x, path="inputs") -> None:
         for i, v in enumerate(x):
             _numeric(v, f"{path}[{i}]")
     elif isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-        raise HTTPException(422, f"{path} must be a finite number, got {x!r}")
+        raise LetheError(422, "bad_input", f"{path} must be a finite number, got {x!r}")
 
 
 @router.post("/{name}/predict", response_model=PredictRead,
@@ -222,22 +210,22 @@ def _numeric(x, path="inputs") -> None:
 def predict(name: str, body: PredictBody, session: SessionDep, settings: SettingsDep, serving: ServingDep):
     m = _model_or_404(session, name)
     if (body.instance_ids is None) == (body.inputs is None):
-        raise HTTPException(422, "give exactly one of instance_ids or inputs")
+        raise LetheError(422, "bad_selection", "give exactly one of instance_ids or inputs")
     n = len(body.instance_ids if body.instance_ids is not None else body.inputs)
     if n == 0:
-        raise HTTPException(422, "nothing to predict: the list is empty")
+        raise LetheError(422, "empty_selection", "nothing to predict: the list is empty")
     if n > settings.max_predict_inputs:
-        raise HTTPException(422, f"{n} inputs; at most {settings.max_predict_inputs} per call")
+        raise LetheError(422, "too_many_inputs", f"{n} inputs; at most {settings.max_predict_inputs} per call")
     shape = tuple(m.input_shape)
     ids: list[str | None] = [None] * n
     if body.instance_ids is not None:
         rows = catalogue.by_ids(session, name, body.instance_ids)
         unknown = [i for i in body.instance_ids if i not in rows]
         if unknown:
-            raise HTTPException(422, f"not in the catalogue of {name!r}: {', '.join(unknown[:10])}")
+            raise LetheError(422, "unknown_instances", f"not in the catalogue of {name!r}: {', '.join(unknown[:10])}")
         gone = [i for i in body.instance_ids if rows[i].raw_deleted_at is not None or rows[i].erased_at is not None]
         if gone:
-            raise HTTPException(410, f"raw data erased for: {', '.join(gone[:10])}; send their inputs instead")
+            raise LetheError(410, "raw_data_erased", f"raw data erased for: {', '.join(gone[:10])}; send their inputs instead")
         x = np.stack([store.read(rows[i].storage_uri) for i in body.instance_ids]).astype(np.float32)
         ids = list(body.instance_ids)
     else:
@@ -245,18 +233,18 @@ def predict(name: str, body: PredictBody, session: SessionDep, settings: Setting
         try:
             x = np.asarray(body.inputs, dtype=np.float32)
         except ValueError:
-            raise HTTPException(422, "inputs are ragged: every input must have the same shape")
+            raise LetheError(422, "bad_input", "inputs are ragged: every input must have the same shape")
         size = int(np.prod(shape))
         if x.shape[1:] == shape:
             pass
         elif x.ndim == 2 and x.shape[1] == size:
             x = x.reshape((n, *shape))
         else:
-            raise HTTPException(422, f"each input must have shape {list(shape)} or be a flat list of {size} "
+            raise LetheError(422, "bad_input_shape", f"each input must have shape {list(shape)} or be a flat list of {size} "
                                      f"numbers; got {list(x.shape[1:])}")
     version = service.resolve_alias(session, name, PRODUCTION)
     if version is None:
-        raise HTTPException(409, f"model {name!r} has no '{PRODUCTION}' alias")
+        raise LetheError(409, "no_production_version", f"model {name!r} has no '{PRODUCTION}' alias")
     import torch
 
     model, meta = serving.get(settings.registry_dir, version)

@@ -10,11 +10,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ..db import utcnow
+from ..errors import LetheError
 from .models import PRODUCTION, AliasMove, ModelAlias, ModelVersion, RegisteredModel
-
-
-class RegistryError(Exception):
-    pass
 
 
 def get_model(session: Session, name: str, *, lock: bool = False) -> RegisteredModel | None:
@@ -119,16 +116,16 @@ def load_version(registry_dir: str, version: "ModelVersion", device="cpu"):
 
     path = absolute_path(registry_dir, version.storage_path)
     if not os.path.exists(path):
-        raise RegistryError(f"weights of {version.model_name} v{version.version} missing at {path}")
+        raise LetheError(500, "registry_error", f"weights of {version.model_name} v{version.version} missing at {path}")
     if file_sha256(path) != version.sha256:
-        raise RegistryError(f"weights of {version.model_name} v{version.version} fail their sha256 check")
+        raise LetheError(500, "registry_error", f"weights of {version.model_name} v{version.version} fail their sha256 check")
     if is_bundle(version.storage_path):
         from models.unlearn.shards import DirStore, load_bundle
 
         try:
             model, meta = load_bundle(path, check=True, store=DirStore(slices_dir(registry_dir, version.model_name)))
         except (ValueError, FileNotFoundError) as e:
-            raise RegistryError(f"bundle of {version.model_name} v{version.version}: {e}") from e
+            raise LetheError(500, "registry_error", f"bundle of {version.model_name} v{version.version}: {e}") from e
         return model.to(device), meta
     return load_checkpoint(path, device=device)
 
@@ -138,7 +135,7 @@ def load_version(registry_dir: str, version: "ModelVersion", device="cpu"):
 def register_model(session: Session, *, name: str, dataset: str, arch: str, input_shape, classes,
                    family: str = "instance") -> RegisteredModel:
     if family not in FAMILIES:
-        raise RegistryError(f"unknown model family {family!r}; choose one of {FAMILIES}")
+        raise LetheError(500, "registry_error", f"unknown model family {family!r}; choose one of {FAMILIES}")
     m = RegisteredModel(name=name, dataset=dataset, arch=arch, input_shape=list(input_shape), classes=list(classes),
                         family=family)
     session.add(m)

@@ -22,13 +22,13 @@ import secrets
 from typing import Iterable
 
 from fastapi import FastAPI, Request, Security
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..db import session_scope, utcnow
+from ..errors import LetheError
 from .models import ApiKey
 
 log = logging.getLogger("lethe.security")
@@ -43,12 +43,11 @@ __all__ = ["SCOPES", "FORGET_WRITE", "FORGET_READ", "AUDIT_READ", "MODELS_ADMIN"
            "bootstrap_keys", "admin_key_path", "route_scopes", "scoped_routes", "install"]
 
 
-class AuthError(Exception):
-    """401 (no valid key) or 403 (key lacks the scope); rendered as {code, detail}."""
+class AuthError(LetheError):
+    """401 (no valid key; answered with ``WWW-Authenticate``) or 403 (key lacks the scope)."""
 
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+    def __init__(self, status: int, code: str, detail: str):
+        super().__init__(status, code, detail, {"WWW-Authenticate": 'Bearer realm="lethe"'} if status == 401 else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,13 +180,8 @@ def route_scopes(route) -> tuple[str, ...] | None:
 
 
 def install(app: FastAPI) -> None:
-    """Render AuthError as {code, detail} with WWW-Authenticate, and publish each route's
-    scopes in the OpenAPI schema (``x-required-scopes``)."""
-
-    @app.exception_handler(AuthError)
-    async def _auth_error(_: Request, exc: AuthError):
-        headers = {"WWW-Authenticate": 'Bearer realm="lethe"'} if exc.status == 401 else None
-        return JSONResponse({"code": exc.code, "detail": exc.message}, status_code=exc.status, headers=headers)
+    """Publish each route's scopes in the OpenAPI schema (``x-required-scopes``); AuthError
+    is a LetheError, answered by ``app.errors``."""
 
     default_openapi = app.openapi
 

@@ -353,5 +353,5 @@ def test_a_route_the_server_lacks_is_named(live_server):
         api.request("GET", "/v1/nope", hint="try this")
     assert e.value.code == 3
     # a 404 about a resource is not a missing route
-    with pytest.raises(CliError, match="^HTTP 404: model 'no-such-model' is not registered$"):
+    with pytest.raises(CliError, match="^HTTP 404 unknown_model: model 'no-such-model' is not registered$"):
         api.request("GET", "/v1/models/no-such-model/versions", hint="try this")
