@@ -49,7 +49,7 @@ migrate: venv
 
 # Postgres/Redis mode: one Celery worker per GPU (LETHE_DATABASE_URL, LETHE_BROKER_URL set).
 worker: venv
-	$(BIN)/celery -A worker.celery_app worker --pool=solo --loglevel=INFO
+	$(BIN)/python -m app.cli worker
 
 clean:
 	rm -rf $(VENV) .pytest_cache

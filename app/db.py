@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -90,3 +91,20 @@ def session_scope(url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout: alembic.ini, migrations/
+
+
+def migrate(settings) -> None:
+    """Bring ``settings.database_url`` to the latest schema (Alembic ``upgrade head``); creates
+    the storage directories first. The one migration entry point: ``lethe migrate``, ``serve``,
+    ``bootstrap``, ``keys`` and the tests all call it."""
+    from alembic import command
+    from alembic.config import Config
+
+    settings.ensure_dirs()
+    cfg = Config(os.path.join(ROOT, "alembic.ini"))
+    cfg.set_main_option("script_location", os.path.join(ROOT, "migrations"))
+    cfg.attributes["url"] = settings.database_url
+    command.upgrade(cfg, "head")

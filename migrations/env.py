@@ -1,5 +1,5 @@
 """Alembic environment: the URL is LETHE_DATABASE_URL (or ``-x url=...`` / a connection
-passed in by app.cli.migrate); batch mode keeps ALTERs working on SQLite."""
+passed in by app.db.migrate); batch mode keeps ALTERs working on SQLite."""
 from __future__ import annotations
 
 from alembic import context

@@ -9,7 +9,7 @@
   malformed, unknown or revoked; 403 naming the missing scope. The scopes of each route
   are published in the OpenAPI schema as ``x-required-scopes``.
 - ``create_key`` / ``revoke_key`` / ``list_keys`` work inside the caller's transaction and
-  audit what they do (never the key or its hash); ``python -m app.security keys ...`` is
+  audit what they do (never the key or its hash); ``lethe keys ...`` is
   the command line. ``bootstrap_keys`` gives a fresh install its first admin key.
 """
 from __future__ import annotations
@@ -226,7 +226,7 @@ def bootstrap_keys(settings) -> str | None:
 
     - ``LETHE_BOOTSTRAP_ADMIN_KEY`` set: that value (at least 24 characters) is registered as
       key ``bootstrap-admin`` unless a key with the same hash exists (idempotent; revoke
-      it with ``python -m app.security keys revoke``);
+      it with ``lethe keys revoke``);
     - otherwise, when the database holds no key at all: a random admin key is created and
       written once to ``admin_key_path(settings)`` with mode 0600.
 
@@ -252,5 +252,5 @@ def bootstrap_keys(settings) -> str | None:
             f.write(plain + "\n")
     log.warning("first start: created admin API key %s (all scopes) and wrote it to %s (mode 0600). "
                 "Send it as 'Authorization: Bearer <key>'; create scoped keys with "
-                "'python -m app.security keys create' and revoke this one.", key_id, path)
+                "'lethe keys create' and revoke this one.", key_id, path)
     return path

@@ -65,7 +65,7 @@ def test_certificate_verifies_with_the_public_key_and_not_after_one_byte_changes
     key = pub.json()
     assert key["alg"] == "Ed25519" and key["key_id"] == doc["signature"]["key_id"]
     assert third_party_verifies(key["public_key_pem"], doc)
-    assert signing.verify_document(key["public_key_pem"], doc["canonical"], doc["signature"]["value"])
+    assert signing.verify_certificate(doc, signing.load_public_key(key["public_key_pem"])) == (True, None)
 
     for i in (0, len(doc["canonical"]) // 2, len(doc["canonical"]) - 2):  # change one byte anywhere
         text = doc["canonical"]
@@ -91,18 +91,19 @@ def test_certificate_only_for_completed_requests(client):
 
 
 def test_offline_cli_verifies_certificate_and_export(client, seeded, tmp_path, capsys):
-    from app.audit.__main__ import main
+    """What an auditor runs with no server: `lethe certificate verify --public-key`, `lethe audit verify-export`."""
+    from app.cli import main
 
     rid, _ = _completed_request(client, seeded)
     (tmp_path / "cert.json").write_text(client.get(f"/v1/forget/{rid}/certificate").text)
     (tmp_path / "pub.pem").write_text(client.get("/v1/keys/audit").json()["public_key_pem"])
-    assert main(["verify-certificate", str(tmp_path / "cert.json"), str(tmp_path / "pub.pem")]) == 0
+    assert main(["certificate", "verify", str(tmp_path / "cert.json"), "--public-key", str(tmp_path / "pub.pem")]) == 0
     doc = json.loads((tmp_path / "cert.json").read_text())
     doc["canonical"] = doc["canonical"].replace('"instances":3', '"instances":4')
     (tmp_path / "bad.json").write_text(json.dumps(doc))
-    assert main(["verify-certificate", str(tmp_path / "bad.json"), str(tmp_path / "pub.pem")]) == 1
+    assert main(["certificate", "verify", str(tmp_path / "bad.json"), "--public-key", str(tmp_path / "pub.pem")]) == 1
     (tmp_path / "audit.jsonl").write_bytes(client.get("/v1/audit/export").content)
-    assert main(["verify-export", str(tmp_path / "audit.jsonl")]) == 0
+    assert main(["audit", "verify-export", str(tmp_path / "audit.jsonl")]) == 0
 
 
 def test_audit_export_streams_json_lines_that_verify_offline(client, seeded):

@@ -319,7 +319,9 @@ def test_console_script_uses_lethe_url_from_the_environment(live_server):
 
 
 def test_key_from_api_answers_and_bearer_header(live_server):
-    from app.client import Api, CliError, key_id, public_key_from_response
+    from app.audit.signing import key_id
+    from app.cli.certificate import public_key_from_response
+    from app.client import Api, CliError
 
     answer = httpx.get(f"{live_server}/v1/keys/audit").json()  # the real answer
     assert key_id(public_key_from_response(answer)) == answer["key_id"]
@@ -355,3 +357,58 @@ def test_a_route_the_server_lacks_is_named(live_server):
     # a 404 about a resource is not a missing route
     with pytest.raises(CliError, match="^HTTP 404 unknown_model: model 'no-such-model' is not registered$"):
         api.request("GET", "/v1/models/no-such-model/versions", hint="try this")
+
+
+def test_models_lists_the_registry(live_server, seeded, capsys):
+    code, out, err = run(capsys, "models", "--url", live_server, "--json")
+    assert code == 0, err
+    models = {m["name"]: m for m in json.loads(out)}
+    assert models[MODEL]["aliases"]["production"] == models[MODEL]["latest_version"] == 1
+    code, out, _ = run(capsys, "models", "--url", live_server)
+    assert code == 0 and out.startswith(f"{MODEL}  ") and "production=v1" in out
+
+
+def test_audit_export_then_verify_it_offline(live_server, seeded, tmp_path, capsys):
+    """`lethe audit export` downloads the chain; `lethe audit verify-export` recomputes it with
+    no server (the same answer as the server's own verification)."""
+    export = tmp_path / "audit.jsonl"
+    code, out, err = run(capsys, "audit", "export", "--url", live_server, "-o", str(export))
+    assert code == 0 and out.startswith(f"audit export written to {export}"), err
+    code, out, _ = run(capsys, "audit", "verify", "--url", live_server, "--json")
+    online = json.loads(out)
+    code, out, _ = run(capsys, "audit", "verify-export", str(export), "--json")
+    assert code == 0 and json.loads(out) == online and online["entries"] == len(export.read_text().splitlines())
+    code, out, _ = run(capsys, "audit", "export", "--url", live_server)  # to stdout
+    assert code == 0 and out == export.read_text()
+    code, out, _ = run(capsys, "audit", "export", "--url", live_server, "--after-seq", "1")
+    assert [json.loads(line)["seq"] for line in out.splitlines()][0] == 2
+
+    lines = export.read_text().splitlines()
+    event = json.loads(lines[1])
+    event["actor"] = "mallory"
+    (tmp_path / "tampered.jsonl").write_text("\n".join([lines[0], json.dumps(event), *lines[2:]]) + "\n")
+    code, out, _ = run(capsys, "audit", "verify-export", str(tmp_path / "tampered.jsonl"))
+    assert code == 1 and out.startswith(f"audit chain BROKEN at event {event['seq']}: ")
+    (tmp_path / "junk.jsonl").write_text("not json\n")
+    code, _, err = run(capsys, "audit", "verify-export", str(tmp_path / "junk.jsonl"))
+    assert code == 1 and "is not an audit export" in err
+    code, _, err = run(capsys, "audit", "verify-export", str(tmp_path / "missing.jsonl"))
+    assert code == 2 and "cannot read" in err
+    portal = make_key(seeded, ["forget:write", "forget:read"], name="portal")
+    code, _, err = run(capsys, "audit", "export", "--url", live_server, "--api-key", portal, "-o", str(export))
+    assert code == 3 and "HTTP 403" in err and "lacks scope audit:read" in err
+
+
+def test_worker_runs_celery_only_with_a_broker(monkeypatch, capsys):
+    from app.cli import server
+    from app.settings import Settings
+
+    execs = []
+    monkeypatch.setattr(server.os, "execv", lambda exe, argv: execs.append(argv))
+    monkeypatch.setattr(server, "get_settings", lambda: Settings(broker_url=""))  # embedded mode
+    code, _, err = run(capsys, "worker")
+    assert code == 2 and "LETHE_BROKER_URL is empty" in err and "LETHE_EMBEDDED_WORKER" in err and not execs
+    monkeypatch.setattr(server, "get_settings", lambda: Settings(broker_url="redis://127.0.0.1:6379/9"))
+    assert run(capsys, "worker", "--hostname", "gpu0@%h")[0] == 0
+    assert execs == [[sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo",
+                      "--loglevel=INFO", "--hostname", "gpu0@%h"]]

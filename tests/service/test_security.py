@@ -146,7 +146,7 @@ def test_command_line(settings):
            "LETHE_DATA_DIR": settings.data_dir, "PYTHONPATH": ROOT_DIR}
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "app.security", "keys", *args], cwd=ROOT_DIR, env=env,
+        return subprocess.run([sys.executable, "-m", "app.cli", "keys", *args], cwd=ROOT_DIR, env=env,
                               capture_output=True, text=True, timeout=120)
 
     r = run("create", "--name", "portal", "--scopes", "forget:write,forget:read", "--json")

@@ -1,0 +1,77 @@
+"""The model registry, client side: ``models``, ``versions``, ``history``, ``rollback``
+(``/v1/models`` routes)."""
+from __future__ import annotations
+
+from ..client import OK, Api
+from .common import Commands, emit
+
+
+def register(cmds: Commands) -> None:
+    cmds.http("models", cmd_models, "the registered models: family, dataset, latest version, aliases")
+
+    s = cmds.http("versions", cmd_versions,
+                  "a model's versions (state: ready, tainted, purged), aliases and alias moves")
+    s.add_argument("model")
+
+    s = cmds.http("history", cmd_history, "every move of a model's aliases: when, from, to, why, by whom")
+    s.add_argument("model")
+    s.add_argument("--alias", help="only this alias")
+
+    s = cmds.http("rollback", cmd_rollback, "point an alias (default production) at another version "
+                                            "(models:admin); refused for a tainted or purged version")
+    s.add_argument("model")
+    s.add_argument("version", type=int)
+    s.add_argument("--alias", default="production")
+    s.add_argument("--reason", help="why (kept in the alias history)")
+
+
+def cmd_models(api: Api, args) -> int:
+    r = api.request("GET", "/v1/models")
+    lines = [f"{m['name']}  {m.get('family', '-'):<8} {m['dataset']:<10} {m['arch']:<10} "
+             f"latest v{m['latest_version']}  "
+             + ", ".join(f"{a}=v{v}" for a, v in sorted(m["aliases"].items())) for m in r]
+    emit(args, r, "\n".join(lines) or "no models registered")
+    return OK
+
+
+def _state(v: dict) -> str:
+    if v.get("status") == "PURGED":
+        return "purged"
+    return "tainted" if v.get("tainted") else "ready"
+
+
+def _move_text(a: dict) -> str:
+    return (f"{a['alias']}: {('v' + str(a['from_version'])) if a['from_version'] else '(new)'} -> v{a['to_version']}"
+            + (f" ({a['reason']})" if a.get("reason") else ""))
+
+
+def cmd_versions(api: Api, args) -> int:
+    r = api.request("GET", f"/v1/models/{args.model}/versions")
+    by_version: dict[int, list[str]] = {}
+    for a, v in r["aliases"].items():
+        by_version.setdefault(v, []).append(a)
+    lines = [f"{'version':>7}  {'parent':>6}  {'sha256':<12}  {'UA':>6}  {'TA':>6}  {'state':<7}  aliases"]
+    for v in r["versions"]:
+        m = v.get("metrics") or {}
+        fmt = (lambda k: f"{m[k]:6.1f}" if isinstance(m.get(k), (int, float)) else f"{'-':>6}")
+        lines.append(f"{'v' + str(v['version']):>7}  {('v' + str(v['parent_version'])) if v['parent_version'] else '-':>6}"
+                     f"  {v['sha256'][:12]:<12}  {fmt('ua')}  {fmt('ta')}  {_state(v):<7}"
+                     f"  {', '.join(sorted(by_version.get(v['version'], [])))}".rstrip())
+    lines.append("alias moves: " + "; ".join(_move_text(a) for a in r["alias_moves"]))
+    emit(args, r, "\n".join(lines))
+    return OK
+
+
+def cmd_history(api: Api, args) -> int:
+    r = api.request("GET", f"/v1/models/{args.model}/aliases/history", params={"alias": args.alias})
+    lines = [f"{str(a['moved_at'])[:19]}  {_move_text(a)}  by {a['actor']}" for a in r]
+    emit(args, r, "\n".join(lines) or "no alias moves")
+    return OK
+
+
+def cmd_rollback(api: Api, args) -> int:
+    """PUT /v1/models/{name}/aliases/{alias}: the server refuses (409) a tainted or purged version."""
+    r = api.request("PUT", f"/v1/models/{args.model}/aliases/{args.alias}",
+                    json_body={"version": args.version, "reason": args.reason})
+    emit(args, r, f"{r['model']}@{r['alias']} -> v{r['version']}" + ("" if r["moved"] else " (already there)"))
+    return OK

@@ -1,0 +1,88 @@
+"""Server side (on the configured database and storage, ``LETHE_*`` settings):
+``serve`` (``make run``), ``migrate``, ``bootstrap`` and ``worker`` (a Celery worker when
+``LETHE_BROKER_URL`` is set)."""
+from __future__ import annotations
+
+import os
+import sys
+
+from ..client import OK, USAGE, CliError
+from ..db import migrate
+from ..settings import Settings, get_settings
+from .common import Commands
+
+CELERY_WORKER = ["-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo", "--loglevel=INFO"]
+
+
+def register(cmds: Commands) -> None:
+    cmds.local("migrate", cmd_migrate, "run the database migrations (Alembic upgrade head)")
+    cmds.local("bootstrap", cmd_bootstrap, "migrate, then train/register/catalogue the demo models if none is "
+                                           "registered")
+    s = cmds.local("serve", cmd_serve, "run the gateway (migrates first; bootstraps when LETHE_BOOTSTRAP_DEMO; "
+                                       "runs jobs in-process when LETHE_BROKER_URL is empty)")
+    s.add_argument("--no-migrate", action="store_true", help="skip the migrations (a separate step ran them)")
+    s = cmds.local("worker", cmd_worker, "run a Celery worker on LETHE_BROKER_URL (one per GPU); "
+                                         "other arguments go to celery, e.g. --hostname gpu0@%%h")
+    s.set_defaults(celery_args=[])
+
+
+def server_settings() -> Settings:
+    from ..observability import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_format)
+    return settings
+
+
+def cmd_migrate(args) -> int:
+    migrate(server_settings())
+    return OK
+
+
+def _bootstrap(settings: Settings) -> None:
+    from ..bootstrap import bootstrap_demo, bootstrap_exact_demo
+
+    bootstrap_demo(settings)
+    bootstrap_exact_demo(settings)
+
+
+def cmd_bootstrap(args) -> int:
+    settings = server_settings()
+    migrate(settings)
+    _bootstrap(settings)
+    return OK
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from ..main import create_app
+
+    settings = server_settings()
+    if not args.no_migrate:
+        migrate(settings)
+    if settings.bootstrap_demo:
+        _bootstrap(settings)
+    # access_log off: the gateway logs each request itself, as JSON with the route
+    # template (never the raw path, which can carry a subject id)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
+                access_log=False, log_config=None)
+    return OK
+
+
+def worker_argv(settings: Settings, extra: list[str]) -> list[str]:
+    """The Celery worker command line: solo pool (one job at a time, CUDA initialised in the
+    task), the queue ``LETHE_QUEUE_NAME`` (``worker/celery_app.py``). Refused in embedded
+    mode, where the gateway runs jobs itself."""
+    if not settings.broker_url:
+        raise CliError("LETHE_BROKER_URL is empty: this is embedded mode, where `lethe serve` runs jobs in its "
+                       "own thread (LETHE_EMBEDDED_WORKER). Set LETHE_BROKER_URL=redis://host:6379/0 (and "
+                       "LETHE_DATABASE_URL to the gateway's Postgres) to run separate workers", USAGE)
+    return [sys.executable, *CELERY_WORKER, *extra]
+
+
+def cmd_worker(args) -> int:
+    argv = worker_argv(get_settings(), args.celery_args)
+    sys.stdout.flush()
+    os.execv(argv[0], argv)  # the worker replaces this process: signals reach Celery directly
+    return OK  # not reached
