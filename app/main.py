@@ -15,6 +15,8 @@ from .audit.router import keys_router
 from .audit.router import router as audit_router
 from .catalogue.router import router as subjects_router
 from .dashboard.router import CookieBearer
+from .datasets import service as datasets_service
+from .datasets.router import router as datasets_router
 from .dashboard.router import router as dashboard_router
 from .db import get_engine
 from .forget.router import router as forget_router
@@ -101,6 +103,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         security.bootstrap_keys(settings)  # a fresh install gets its first (admin) API key
+        datasets_service.recover(settings)  # an ingestion cut short by a stop is marked failed
         start = getattr(dispatcher, "start", None)
         if start:
             start()
@@ -120,7 +123,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
                   description="Machine-unlearning service: takes deletion requests and makes the served model "
                               "forget, with a versioned registry and a hash-chained audit trail.")
     app.state.settings, app.state.dispatcher, app.state.serving = settings, dispatcher, ServingCache()
-    for r in (forget_router, models_router, subjects_router, audit_router, keys_router, dashboard_router):
+    for r in (forget_router, models_router, datasets_router, subjects_router, audit_router, keys_router,
+              dashboard_router):
         app.include_router(r)
     errors.install(app)  # every error answer is {code, detail}
     security.install(app)  # scopes published in OpenAPI (x-required-scopes)
@@ -159,7 +163,9 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes,
-                       overrides={("POST", "/v1/models"): settings.max_upload_bytes})  # weights upload
+                       overrides={("POST", "/v1/models"): settings.max_upload_bytes,  # weights upload
+                                  # a dataset and its evaluation file; each is checked against the limit
+                                  ("POST", "/v1/datasets"): 2 * settings.max_dataset_bytes + 1_000_000})
     app.add_middleware(CookieBearer)  # /dashboard: the key cookie becomes a bearer token
     app.add_middleware(RequestContext, metrics=metrics)  # outermost: every response gets a request id
     return app

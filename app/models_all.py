@@ -1,6 +1,7 @@
 """Import every table so ``Base.metadata`` is complete (Alembic, tests)."""
 from .audit.models import AuditEvent  # noqa: F401
 from .catalogue.models import TrainingInstance  # noqa: F401
+from .datasets.models import Dataset  # noqa: F401
 from .db import Base  # noqa: F401
 from .forget.models import ForgetRequest  # noqa: F401
 from .jobs.models import Job  # noqa: F401

@@ -70,6 +70,19 @@ class Settings(BaseSettings):
     stuck_queued_s: int = Field(default=900, description="a queued job untouched this long is dispatched again")
     # registry governance
     max_upload_bytes: int = Field(default=200_000_000, description="body limit of POST /v1/models (weights upload)")
+    # datasets (app/datasets): uploads, server-side locations, the columnar store
+    max_dataset_bytes: int = Field(default=2_000_000_000, description="largest dataset file (upload or server-side)")
+    dataset_inline_bytes: int = Field(default=16_000_000, description="files up to this size are ingested within the "
+                                                                      "request (201); larger ones in the background (202)")
+    dataset_roots: str = Field(default="", description="comma-separated local directories and URI prefixes "
+                                                       "(s3://bucket/prefix/) POST /v1/datasets may read from; empty = "
+                                                       "uploads only")
+    dataset_compression: Literal["none", "zstd", "snappy"] = Field(
+        default="none", description="Parquet page compression of the store (none: an erasure test can see bytes)")
+
+    @property
+    def dataset_root_list(self) -> list[str]:
+        return [r.strip() for r in self.dataset_roots.split(",") if r.strip()]
 
     @property
     def embedded(self) -> bool:
