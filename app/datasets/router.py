@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 from pydantic import BaseModel, Field
 
 from ..deps import SessionDep, SettingsDep
+from ..errors import responses
 from ..security import AUDIT_READ, FORGET_READ, MODELS_ADMIN, Principal, require_scope
 from ..settings import Settings
 from . import service
@@ -23,6 +24,8 @@ READ = Depends(require_scope(FORGET_READ, AUDIT_READ, MODELS_ADMIN))
 
 
 class ErrorRead(BaseModel):
+    """Why an ingestion failed (a background ingestion's error, kept on the dataset)."""
+
     code: str
     detail: str
 
@@ -115,7 +118,8 @@ def _open(settings: Settings, up: UploadFile | None, uri: str | None, fmt: str |
 @router.post("", status_code=201, response_model=DatasetRead,
              summary="Register a dataset: upload a file or name a server-side location",
              responses={202: {"model": DatasetRead, "description": "accepted; ingesting in the background"},
-                        409: {"model": ErrorRead}, 413: {"model": ErrorRead}, 422: {"model": ErrorRead}})
+                        **responses(e409="the name is taken", e413="a file above LETHE_MAX_DATASET_BYTES",
+                                    e422="the file or a field is refused: the code says which check failed")})
 def create_dataset(
         session: SessionDep, settings: SettingsDep, response: Response,
         principal: Annotated[Principal, Depends(require_scope(MODELS_ADMIN))],
@@ -191,7 +195,7 @@ def list_datasets(session: SessionDep):
 
 @router.get("/{name}", response_model=DatasetRead, dependencies=[READ],
             summary="One dataset: status, schema, splits, rows, erased rows, models trained on it",
-            responses={404: {"model": ErrorRead}})
+            responses=responses(e404="no dataset of that name"))
 def get_dataset(name: str, session: SessionDep):
     row = service.get(session, name)
     if row is None:
