@@ -28,7 +28,7 @@ from models.data import DEFAULT_ARCH, load_dataset
 from models.train import DEFAULT_EPOCHS, accuracy, train_model
 from models.unlearn import UnlearnRequest, get_method
 from models.unlearn.arcane import train_arcane
-from models.unlearn.shards import ExactConfig, MemoryStore, data_from, unlearn_sharded
+from models.unlearn.shards import ExactConfig, MemoryStore, data_from
 from models.unlearn.sisa import train_sisa
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +63,7 @@ def _rows_for(d, x, y, ids, test, ks, shards_list, slices_list, arcane_rho, arca
         for k in ks:
             fids = forgets[k][0]
             t = time.perf_counter()
-            new, st = unlearn_sharded(model, fids, data, store=model.store)
+            new, st = get_method(kind).unlearn(model, fids, data, store=model.store)
             sec = time.perf_counter() - t
             row = dict(dataset=d.name, method=kind, shards=shards, slices=slices, deletions=k, seconds=sec,
                        retrain_seconds=retrain[k], accuracy=accuracy(new, *test), monolithic_accuracy=mono_acc,

@@ -71,10 +71,10 @@ def _base(s: Settings, job_spec: dict):
 
 
 def _plan(s: Settings, job_spec: dict, data):
-    from models.unlearn.shards import plan_deletion
+    from models.unlearn import get_method
 
     doc, config, plan = _base(s, job_spec)
-    new_plan, affected = plan_deletion(config, plan, job_spec["forget_ids"], data)
+    new_plan, affected = get_method(job_spec["method"]).plan_deletion(config, plan, job_spec["forget_ids"], data)
     return doc, config, plan, new_plan, affected
 
 

@@ -6,12 +6,14 @@ import sys
 import time
 from typing import Any
 
+from models import unlearn
+
 from ..client import FINAL, NEGATIVE, OK, TIMEOUT, USAGE, Api, CliError
 from .common import Commands, emit
 
-# the method choices offered by `lethe forget --method` (the API validates them again)
-METHODS = ["instance", "lethe", "paper_full", "paper_ga", "paper_ga_adv", "sisa", "arcane", "puma"]
-OBJECTIVES = ["misclassify", "relabel", "retrain_like"]
+# the choices offered by `lethe forget` come from the method catalogue (the API validates them again)
+METHODS = unlearn.method_names()
+OBJECTIVES = unlearn.OBJECTIVES
 
 
 def register(cmds: Commands) -> None:
@@ -22,7 +24,7 @@ def register(cmds: Commands) -> None:
     s.add_argument("--subject", help="forget every catalogued instance of this subject")
     s.add_argument("--instance", action="append", metavar="ID", help="a training instance id (repeatable)")
     s.add_argument("--objective", default="misclassify", choices=OBJECTIVES)
-    s.add_argument("--method", default=None, choices=METHODS, help="default: the model's own method family")
+    s.add_argument("--method", default=None, choices=METHODS, help="default: the model family's own (docs/methods.md)")
     s.add_argument("--target-label", type=int)
     s.add_argument("--external-id", help="your own reference (ticket id)")
     s.add_argument("--idempotency-key", help="retrying with the same key returns the same request")

@@ -8,20 +8,13 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from models import unlearn
+
 from .models import DENY_REASONS
 
-Objective = Literal["misclassify", "relabel", "retrain_like"]
-Method = Literal["instance", "lethe", "paper_full", "paper_ga", "paper_ga_adv", "puma", "sisa", "arcane"]
-
-# which methods fit which model family (app.registry: "instance" models are single checkpoints,
-# "sisa"/"arcane" models are sharded bundles trained for exact unlearning); the first is the default
-FAMILY_METHODS: dict[str, tuple[str, ...]] = {
-    "instance": ("instance", "lethe", "paper_full", "paper_ga", "paper_ga_adv", "puma"),
-    "sisa": ("sisa",),
-    "arcane": ("arcane",),
-}
-# methods whose result is a retrained (or influence-patched) model: no misclassify/relabel target
-RETRAIN_METHODS = ("sisa", "arcane", "puma")
+# both enums come from the method catalogue (models/unlearn/__init__.py, docs/methods.md)
+Objective = Literal[unlearn.OBJECTIVES]  # type: ignore[valid-type]
+Method = Literal[unlearn.method_names()]  # type: ignore[valid-type]
 
 
 class ForgetCreate(BaseModel):
@@ -35,8 +28,9 @@ class ForgetCreate(BaseModel):
                                    description="forget every catalogued instance of this subject")
     instance_ids: list[str] | None = Field(default=None, description="forget exactly these training instances")
     objective: Objective = "misclassify"
-    method: Method | None = Field(default=None, description="default: the model's own ('instance' = Lethe's "
-                                                            "instance-wise unlearning; 'sisa'/'arcane' for exact models)")
+    method: Method | None = Field(default=None, description="default: the model family's own ('instance' = Lethe's "
+                                                            "instance-wise unlearning; 'sisa'/'arcane' for exact "
+                                                            "models); every method: docs/methods.md")
     target_label: int | None = Field(default=None, ge=0, description="objective 'relabel' only: the label to teach")
     external_id: str | None = Field(default=None, max_length=256, description="your own reference (ticket id)")
     callback_url: str | None = Field(default=None, max_length=2048,

@@ -12,6 +12,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from models import unlearn
+
 from ..audit import service as audit
 from ..catalogue import service as catalogue
 from ..db import utcnow
@@ -23,7 +25,7 @@ from ..settings import Settings
 from ..webhooks import service as webhooks
 from . import models as fm
 from .models import ForgetRequest
-from .schemas import FAMILY_METHODS, RETRAIN_METHODS, ForgetCreate
+from .schemas import ForgetCreate
 
 
 ForgetError = LetheError  # older name, kept while callers move to LetheError
@@ -75,15 +77,16 @@ def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempote
         raise ForgetError(404, "unknown_model", f"model {body.model!r} is not registered; known models: {known}")
     if body.subject_id is None and body.instance_ids is None:
         raise ForgetError(422, "empty_selection", "give subject_id or instance_ids (or both)")
-    fits = FAMILY_METHODS.get(model.family, ("instance",))
+    fits = unlearn.methods_for(model.family)
     method = body.method or fits[0]
     if method not in fits:
         raise ForgetError(422, "method_not_supported",
                           f"model {body.model!r} is a {model.family!r} model; it supports methods {list(fits)}, "
                           f"not {method!r}")
-    if method in RETRAIN_METHODS and body.objective == "relabel":
+    if body.objective not in unlearn.method_info(method).objectives:
         raise ForgetError(422, "objective_not_supported",
-                          f"method {method!r} removes the instances' influence; it cannot teach a target label")
+                          f"method {method!r} supports objectives {list(unlearn.method_info(method).objectives)}, "
+                          f"not {body.objective!r} (see docs/methods.md)")
     if body.instance_ids is not None:
         if len(body.instance_ids) == 0:
             raise ForgetError(422, "empty_selection", "instance_ids is an empty list")

@@ -9,6 +9,8 @@ import uuid
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from models import unlearn
+
 from ..db import utcnow
 from ..errors import LetheError
 from .models import PRODUCTION, AliasMove, ModelAlias, ModelVersion, RegisteredModel
@@ -78,7 +80,7 @@ def absolute_path(registry_dir: str, storage_path: str) -> str:
 # checkpoints at <model>/slices/<hash of the ids trained so far>.safetensors.
 
 BUNDLE_SUFFIX = ".bundle.json"
-FAMILIES = ("instance", "sisa", "arcane")
+FAMILIES = unlearn.family_names()  # the method catalogue's model families (docs/methods.md)
 
 
 def is_bundle(storage_path: str) -> bool:

@@ -35,9 +35,8 @@ import math
 
 import torch
 
-from . import register
-from .shards import DataFn, ExactConfig, MemoryStore, Plan, ShardedModel, SliceStore, data_from, train_member
-from .sisa import _exact
+from .shards import (DataFn, ExactConfig, MemoryStore, Plan, ShardedMethod, ShardedModel, SliceStore, data_from,
+                     train_member)
 
 PROJECTION_DIM = 32
 
@@ -110,4 +109,4 @@ def train_arcane(config: ExactConfig, ids: list[str], x: torch.Tensor, y: torch.
     return ShardedModel(config, plan, members, store)
 
 
-arcane = register("arcane", needs_retained_data=True)(_exact("arcane"))
+arcane = ShardedMethod("arcane", reslice)

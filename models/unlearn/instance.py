@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from ..attacks import random_targets, scaled_eps, targeted_l2_pgd
 from ..importance import anchor_penalty, inverted_normalised, mas_importance
 from ..metrics import auc
-from . import ProgressFn, UnlearnRequest, UnlearnResult, register
+from .registry import ProgressFn, UnlearnRequest, UnlearnResult
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -189,19 +189,16 @@ def paper_unlearn(model: nn.Module, req: UnlearnRequest, cfg: PaperConfig,
     return UnlearnResult(model, stats)
 
 
-@register("paper_ga")
 def paper_ga(model, req, progress=None):
     """Ablation: gradient ascent on D_f only."""
     return paper_unlearn(model, req, PaperConfig(use_adv=False, use_importance=False, **req.options), progress)
 
 
-@register("paper_ga_adv")
 def paper_ga_adv(model, req, progress=None):
     """Ablation: gradient ascent + adversarial examples."""
     return paper_unlearn(model, req, PaperConfig(use_importance=False, **req.options), progress)
 
 
-@register("paper_full")
 def paper_full(model, req, progress=None):
     """The full published method: gradient ascent + adversarial examples + MAS importance."""
     return paper_unlearn(model, req, PaperConfig(**req.options), progress)
@@ -513,7 +510,6 @@ def lethe_unlearn(model: nn.Module, req: UnlearnRequest, cfg: LetheConfig,
     return UnlearnResult(model, stats)
 
 
-@register("lethe", needs_retained_data=True)
 def lethe(model, req, progress=None):
     """Lethe's default: a guarded tail edit with teacher replay, the whole network if needed."""
     return lethe_unlearn(model, req, LetheConfig(**req.options), progress)

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from . import UnlearnRequest, UnlearnResult, register
+from .registry import UnlearnRequest, UnlearnResult
 
 
 @torch.no_grad()
@@ -172,9 +172,6 @@ def puma_unlearn(model: nn.Module, request: UnlearnRequest, progress=None) -> Un
     if progress:
         progress("puma: done", 1.0)
     return UnlearnResult(model=new.eval(), stats=stats)
-
-
-register("puma", needs_retained_data=True)(puma_unlearn)
 
 
 def ce_objective(theta, h, y, mu, w=None) -> torch.Tensor:

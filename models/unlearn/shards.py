@@ -30,8 +30,9 @@ import torch.nn.functional as F
 
 from ..nets import build_model
 
+from .registry import UnlearnRequest, UnlearnResult
+
 BUNDLE_FORMAT = "lethe-bundle/1"
-KINDS = ("sisa", "arcane")
 
 
 @dataclass
@@ -389,27 +390,20 @@ def load_bundle(path: str, *, check: bool = True, store: SliceStore | None = Non
 
 # --- a deletion: new plan, affected members, their retrains ------------------------------------
 
-def reslicer(kind: str):
-    """How a member's pool becomes slices after a deletion (SISA: drop the ids in place;
-    ARCANE: representative selection + sorting + blocks again)."""
-    if kind == "sisa":
-        from .sisa import reslice
-    elif kind == "arcane":
-        from .arcane import reslice
-    else:
-        raise KeyError(f"unknown sharded model kind {kind!r}")
-    return reslice
+Reslice = Callable[[ExactConfig, Plan, int, list[str], DataFn], list[list[str]]]
 
 
-def plan_deletion(config: ExactConfig, plan: Plan, forget_ids: list[str], data: DataFn) -> tuple[Plan, list[int]]:
+def plan_deletion(config: ExactConfig, plan: Plan, forget_ids: list[str], data: DataFn,
+                  reslice: Reslice) -> tuple[Plan, list[int]]:
     """The plan without ``forget_ids`` and the members whose slices changed (only those are
-    retrained). Raises KeyError for an id the plan does not hold."""
+    retrained). ``reslice`` turns a member's remaining pool into slices (SISA: drop the ids
+    in place; ARCANE: representative selection + sorting + blocks again). Raises KeyError
+    for an id the plan does not hold."""
     where = plan.locate()
     unknown = [i for i in forget_ids if i not in where]
     if unknown:
         raise KeyError(f"not in the sharded model's plan: {unknown[:10]}")
     gone = set(forget_ids)
-    reslice = reslicer(config.kind)
     pool, slices, affected = [], [], []
     for m in range(len(plan.pool)):
         if not any(where[i][0] == m for i in gone):
@@ -426,12 +420,12 @@ def plan_deletion(config: ExactConfig, plan: Plan, forget_ids: list[str], data: 
     return Plan(pool=pool, slices=slices, priority=priority), affected
 
 
-def unlearn_sharded(model: ShardedModel, forget_ids: list[str], data: DataFn, *, store: SliceStore | None = None,
-                    progress: Callable[[str, float], None] | None = None):
+def unlearn_sharded(model: ShardedModel, forget_ids: list[str], data: DataFn, reslice: Reslice, *,
+                    store: SliceStore | None = None, progress: Callable[[str, float], None] | None = None):
     """Exact unlearning on a sharded model, sequentially (the worker fans the same
     ``train_member`` calls out as a Celery group). Returns (new model, stats)."""
     store = store if store is not None else model.store
-    new_plan, affected = plan_deletion(model.config, model.plan, forget_ids, data)
+    new_plan, affected = plan_deletion(model.config, model.plan, forget_ids, data, reslice)
     replaced, per_member = {}, {}
     for k, m in enumerate(affected):
         def member_progress(f, k=k):
@@ -459,3 +453,37 @@ def data_from(ids: list[str], x: torch.Tensor, y: torch.Tensor) -> DataFn:
         return x[idx], y[idx]
 
     return fetch
+
+
+# --- the method object: what the catalogue's sisa / arcane entries are ----------------------------
+
+class ShardedMethod:
+    """Exact unlearning for one kind of sharded model, behind the one method interface
+    (``method(model, request, progress)``), plus the steps the worker runs one by one so
+    member retrains can fan out: ``plan_deletion`` -> ``retrain_member`` per affected member."""
+
+    def __init__(self, kind: str, reslice: Reslice):
+        self.kind, self.reslice = kind, reslice
+        self.__name__ = kind
+
+    def plan_deletion(self, config: ExactConfig, plan: Plan, forget_ids: list[str], data: DataFn):
+        return plan_deletion(config, plan, forget_ids, data, self.reslice)
+
+    retrain_member = staticmethod(train_member)
+
+    def unlearn(self, model: ShardedModel, forget_ids: list[str], data: DataFn, *, store: SliceStore | None = None,
+                progress: Callable[[str, float], None] | None = None):
+        return unlearn_sharded(model, forget_ids, data, self.reslice, store=store, progress=progress)
+
+    def __call__(self, model, request: UnlearnRequest, progress=None) -> UnlearnResult:
+        kind = self.kind
+        if not isinstance(model, ShardedModel) or model.config.kind != kind:
+            raise TypeError(f"method {kind!r} needs a {kind} sharded model (train it with train_{kind})")
+        if request.forget_ids is None:
+            raise ValueError(f"{kind} deletes by instance id: the request must carry forget_ids")
+        if request.retain_ids is None or request.retain_x is None:
+            raise ValueError(f"{kind} retrains shards: the request must carry retain_ids/retain_x/retain_y")
+        data = data_from(list(request.retain_ids), request.retain_x, request.retain_y)
+        new, stats = self.unlearn(model, list(request.forget_ids), data, store=request.options.get("slice_store"),
+                                  progress=progress)
+        return UnlearnResult(model=new, stats=stats)

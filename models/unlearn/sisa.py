@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from . import UnlearnRequest, UnlearnResult, register
-from .shards import (DataFn, ExactConfig, MemoryStore, Plan, ShardedModel, SliceStore, data_from, train_member,
-                     unlearn_sharded)
+from .shards import (DataFn, ExactConfig, MemoryStore, Plan, ShardedMethod, ShardedModel, SliceStore, data_from,
+                     train_member)
 
 
 def partition(ids: list[str], shards: int, slices: int, seed: int = 0) -> Plan:
@@ -65,24 +64,4 @@ def train_sisa(config: ExactConfig, ids: list[str], x: torch.Tensor, y: torch.Te
     return ShardedModel(config, plan, members, store)
 
 
-def request_data(model: ShardedModel, request: UnlearnRequest) -> DataFn:
-    """The rows a retrain may read: the retained data the request carries, by id."""
-    if request.retain_ids is None or request.retain_x is None:
-        raise ValueError(f"{model.config.kind} retrains shards: the request must carry retain_ids/retain_x/retain_y")
-    return data_from(list(request.retain_ids), request.retain_x, request.retain_y)
-
-
-def _exact(kind: str):
-    def method(model, request: UnlearnRequest, progress=None) -> UnlearnResult:
-        if not isinstance(model, ShardedModel) or model.config.kind != kind:
-            raise TypeError(f"method {kind!r} needs a {kind} sharded model (train it with train_{kind})")
-        if request.forget_ids is None:
-            raise ValueError(f"{kind} deletes by instance id: the request must carry forget_ids")
-        new, stats = unlearn_sharded(model, list(request.forget_ids), request_data(model, request),
-                                     store=request.options.get("slice_store"), progress=progress)
-        return UnlearnResult(model=new, stats=stats)
-    method.__name__ = kind
-    return method
-
-
-sisa = register("sisa", needs_retained_data=True)(_exact("sisa"))
+sisa = ShardedMethod("sisa", reslice)

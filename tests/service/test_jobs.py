@@ -147,11 +147,13 @@ def test_embedded_restart_resumes_an_orphaned_job(seeded):
 def test_verification_gate(seeded):
     from worker.tasks import VerificationFailed, _verify
 
-    good = {"ua": 100.0, "ta_drop": 0.5, "ta": 97.0}
+    good = {"ua": 100.0, "ta_drop": 0.5, "ta": 97.0, "method": "lethe"}
     _verify(seeded, {"objective": "misclassify"}, good)
     with pytest.raises(VerificationFailed, match="only 50.0 %") as e:
         _verify(seeded, {"objective": "misclassify"}, {**good, "ua": 50.0})
     assert e.value.metrics["ua"] == 50.0
+    # a method that removes influence (catalogue: reaches_objective=False) promises no label
+    _verify(seeded, {"objective": "misclassify"}, {**good, "ua": 50.0, "method": "puma"})
     _verify(seeded, {"objective": "retrain_like"}, {**good, "ua": 50.0})  # no 100 % rule for privacy deletions
     with pytest.raises(VerificationFailed, match="fell 7.00 pt"):
         _verify(seeded, {"objective": "relabel"}, {**good, "ta_drop": 7.0})

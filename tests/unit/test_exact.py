@@ -10,7 +10,7 @@ from models.unlearn import UnlearnRequest, get_method
 from models.unlearn.arcane import kcenter, train_arcane
 from models.unlearn.puma import ce_objective, puma_delta
 from models.unlearn.shards import (DirStore, ExactConfig, MemoryStore, data_from, load_bundle, save_member,
-                                   plan_deletion, stage_keys, stale_keys, train_member, write_manifest)
+                                   stage_keys, stale_keys, train_member, write_manifest)
 from models.unlearn.sisa import partition, train_sisa
 from models.train import accuracy
 
@@ -116,7 +116,7 @@ def test_dir_store_names_checkpoints_by_hash(tmp_path, digits):
     assert st["retrained_slices"] == 0 and _same(again, model.members[0])
     # after deleting an id of slice 1 of shard 0, the stage checkpoints that saw it are stale
     gone = model.plan.slices[0][1][0]
-    new_plan, affected = plan_deletion(cfg, model.plan, [gone], None)
+    new_plan, affected = get_method("sisa").plan_deletion(cfg, model.plan, [gone], None)
     stale = stale_keys(cfg, model.plan, new_plan, affected)
     assert stale == [stage_keys(cfg, 0, model.plan.slices[0])[1]]
     assert stage_keys(cfg, 0, new_plan.slices[0])[0] == stage_keys(cfg, 0, model.plan.slices[0])[0]

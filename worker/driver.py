@@ -1,0 +1,435 @@
+"""One job, start to end, for every model family. Celery's tasks (``worker.celery_app``)
+and the embedded thread (``worker.embedded``) both call ``execute_job``.
+
+    claim (app.jobs.service.claim: one transaction)                       -> JobSpec
+    load the base version + the data, run the catalogue's method (get_method), measure
+        instance-wise: one checkpoint, one method call                      (_instance_wise)
+        sharded (SISA, ARCANE): plan -> retrain_member per affected member  (_sharded_plan,
+            -> assemble                                       retrain_member, _sharded_assemble;
+                                                              Celery: a chord across workers)
+    verify (one rule set, read from the method's catalogue entry)         (verify)
+    write the new weights to their content address
+    publish: app.jobs.service.complete, ONE transaction (version, alias move, instances
+        erased, requests completed, audit)
+    after the commit: delete the erased raw data, purge superseded versions that still hold
+        erased data, drop stale slice checkpoints (sharded)
+
+Progress reaches the job row as a throttled heartbeat (``Progress``); a heartbeat the
+database refuses means another worker owns the job now, and the attempt stops.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable
+
+from app.catalogue import service as catalogue
+from app.catalogue import store as raw_store
+from app.db import session_scope
+from app.jobs import service as jobs
+from app.observability import job_context
+from app.registry import governance
+from app.registry import service as registry
+from app.settings import Settings, get_settings
+from models.unlearn import get_family, get_method, method_info, resolve
+
+log = logging.getLogger("lethe.worker")
+
+
+@dataclass
+class JobSpec:
+    """What every step of a claimed job needs. JSON-serialisable: it travels in Celery
+    messages to member tasks. ``base_path`` is the base version's storage path as the
+    registry records it: relative to the registry directory."""
+
+    job_id: str
+    token: str
+    model_name: str
+    family: str
+    method: str                  # as requested: a catalogue name, possibly a choice ("instance")
+    objective: str
+    target_label: int | None
+    base_path: str
+    base_sha: str
+    base_version: int
+    forget_ids: list[str]
+    t0: float = field(default_factory=time.time)
+    affected: list[int] = field(default_factory=list)  # sharded: the members a deletion retrains
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "JobSpec":
+        return cls(**d)
+
+
+class JobFailed(Exception):
+    """A final failure: the job fails now, no retry (the request says why)."""
+
+    def __init__(self, message: str, metrics: dict | None = None):
+        super().__init__(message)
+        self.metrics = metrics
+
+
+class VerificationFailed(JobFailed):
+    """The new model did not pass ``verify``; its metrics are recorded with the refusal."""
+
+
+class ClaimLost(JobFailed):
+    """Another worker owns the job now (its claim token replaced ours)."""
+
+
+@dataclass
+class Built:
+    """What a family's method step hands the driver: the evidence to verify, and how to
+    write and publish the new version once it passed."""
+
+    metrics: dict | None
+    stats: dict
+    write: Callable[[], tuple[str, str]] | None = None    # -> (sha256, storage path)
+    in_publish: Callable[..., None] | None = None         # extra writes in the publishing transaction
+    after_publish: Callable[[], object] | None = None      # clean-up once the transaction committed
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# --- the driver ------------------------------------------------------------------------------
+
+def execute_job(job_id: str, *, settings: Settings | None = None, worker_name: str | None = None,
+                fan_out: Callable[[dict], None] | None = None) -> str:
+    """Run one job end to end. Returns "completed", "done" (already finished: no-op),
+    "defer" (another job of the model runs; try later), "retry" (attempt failed, job queued
+    again), "failed" (final), "missing", or "fanned_out" (a sharded model's member retrains
+    were handed to ``fan_out`` — Celery's chord — whose callback completes the job). Every log
+    line written meanwhile carries the job id."""
+    s = settings or get_settings()
+    worker = worker_name or default_worker_name()
+    with job_context(job_id):
+        spec = _claim(s, job_id, worker)
+        if isinstance(spec, str):
+            return spec
+        try:
+            built = _build(s, spec, fan_out)
+            if built is None:
+                return "fanned_out"
+            return publish(s, spec, worker, built)
+        except Exception as e:  # noqa: BLE001 - every failure is recorded on the job
+            return _failed(s, spec, worker, e)
+
+
+def _claim(s: Settings, job_id: str, worker: str) -> JobSpec | str:
+    with session_scope(s.database_url) as db:
+        c = jobs.claim(db, job_id, worker=worker, lease_s=s.job_lease_s)
+        if c.outcome != "run":
+            log.info("job %s: %s (%s)", job_id, c.outcome, c.reason)
+            return c.outcome
+        job = c.job
+        model_row = registry.get_model(db, job.model_name)
+        base = registry.resolve_alias(db, job.model_name)
+        targets = {r.target_label for r in c.requests if r.target_label is not None}
+        found = catalogue.by_ids(db, job.model_name, c.instance_ids)  # an earlier job may have erased some
+        return JobSpec(job_id=job_id, token=c.token, model_name=job.model_name, family=model_row.family,
+                       method=job.method, objective=job.objective, target_label=targets.pop() if targets else None,
+                       base_path=base.storage_path, base_sha=base.sha256, base_version=base.version,
+                       forget_ids=[i for i in c.instance_ids if i in found])
+
+
+def _build(s: Settings, spec: JobSpec, fan_out) -> Built | None:
+    if not spec.forget_ids:  # everything was erased by an earlier job: complete, no new version
+        return Built(metrics=None, stats={"note": "all instances were already erased"})
+    if not get_family(spec.family).sharded:
+        return _instance_wise(s, spec)
+    spec.affected = _sharded_plan(s, spec)
+    if fan_out is not None and spec.affected:
+        fan_out(spec.to_json())
+        return None
+    return _sharded_assemble(s, spec, [retrain_member(s, spec, m) for m in spec.affected])
+
+
+def finish_sharded(s: Settings, spec: JobSpec, results: list[dict], worker: str) -> str:
+    """The rest of a fanned-out job, once every member retrain is back (Celery's chord callback)."""
+    with job_context(spec.job_id):
+        try:
+            return publish(s, spec, worker, _sharded_assemble(s, spec, results))
+        except Exception as e:  # noqa: BLE001
+            return _failed(s, spec, worker, e)
+
+
+def publish(s: Settings, spec: JobSpec, worker: str, built: Built) -> str:
+    """Verify, write the weights, ONE publishing transaction, then the clean-up."""
+    sha = rel = None
+    if built.metrics is not None:
+        verify(s, spec.objective, built.metrics)
+    if built.write is not None:
+        sha, rel = built.write()
+    with session_scope(s.database_url) as db:
+        jobs.complete(db, job_id=spec.job_id, token=spec.token, worker=worker, instance_ids=spec.forget_ids,
+                      sha256=sha, storage_path=rel, metrics=built.metrics, stats=built.stats)
+        if built.in_publish is not None:
+            built.in_publish(db)
+    with session_scope(s.database_url) as db:
+        catalogue.purge_erased_raw(db, spec.model_name)
+    with session_scope(s.database_url) as db:  # superseded versions that still hold erased data
+        governance.purge_superseded(db, s.registry_dir, spec.model_name, actor=f"worker:{worker}")
+    if built.after_publish is not None:
+        built.after_publish()
+    log.info("job %s completed: %s, %d instances erased, new weights sha256=%s", spec.job_id, spec.model_name,
+             len(spec.forget_ids), (sha or "none (nothing left to erase)")[:16])
+    return "completed"
+
+
+def verify(s: Settings, objective: str, m: dict) -> None:
+    """Publish only a model that did what was asked without wrecking the rest. The same rules
+    for every family; whether every instance must reach the objective comes from the
+    method's catalogue entry (methods that remove influence cannot promise a label)."""
+    problems = []
+    if objective in ("misclassify", "relabel") and method_info(m["method"]).reaches_objective \
+            and m["ua"] < 100.0 - 1e-6:
+        problems.append(f"only {m['ua']:.1f} % of the forget instances are misclassified (need 100 %)")
+    if m["ta_drop"] > s.max_test_accuracy_drop:
+        problems.append(f"test accuracy fell {m['ta_drop']:.2f} pt (limit {s.max_test_accuracy_drop})")
+    if any(v != v for v in m.values() if isinstance(v, float)):
+        problems.append("a metric is NaN")
+    if problems:
+        m.setdefault("max_test_accuracy_drop", s.max_test_accuracy_drop)  # recorded with the refusal
+        raise VerificationFailed("; ".join(problems), metrics=m)
+
+
+def _failed(s: Settings, spec: JobSpec, worker: str, e: Exception) -> str:
+    """Record a failed attempt. ``JobFailed`` is final. Anything else is retried (up to the
+    job's max attempts) for instance-wise jobs, which run in one process; a sharded job's
+    member retrains may have run anywhere (a Celery chord cannot be re-entered), so there
+    it is final too."""
+    if isinstance(e, JobFailed):
+        return fail_job(s, spec, f"{e.__class__.__name__}: {e}", worker, metrics=e.metrics)
+    log.exception("job %s failed", spec.job_id)
+    retryable = isinstance(e, jobs.JobConflict) or not get_family(spec.family).sharded
+    detail = "" if isinstance(e, jobs.JobConflict) else "\n" + traceback.format_exc(limit=3)
+    return fail_job(s, spec, f"{e.__class__.__name__}: {e}{detail}", worker, retryable=retryable)
+
+
+def fail_job(s: Settings, spec: JobSpec, error: str, worker: str, *, retryable: bool = False,
+             metrics: dict | None = None) -> str:
+    with session_scope(s.database_url) as db:
+        return jobs.fail(db, job_id=spec.job_id, token=spec.token, worker=worker, error=error[:4000],
+                         retryable=retryable, metrics=metrics)
+
+
+class Progress:
+    """A method's ``progress(stage, fraction)``, published as the job's heartbeat at most every
+    ``every_s`` seconds (always at fraction 1), mapped into [lo, hi] of the job's progress.
+    A heartbeat the database refuses means the claim is lost: stop (``ClaimLost``)."""
+
+    def __init__(self, s: Settings, spec: JobSpec, *, lo: float = 0.0, hi: float = 1.0, every_s: float = 0.5):
+        self.s, self.spec, self.lo, self.hi, self.every_s = s, spec, lo, hi, every_s
+        self.last = float("-inf")
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every_s and fraction < 1.0:
+            return
+        self.last = now
+        beat(self.s, self.spec, stage, self.lo + (self.hi - self.lo) * fraction)
+
+
+def beat(s: Settings, spec: JobSpec, stage: str, fraction: float) -> None:
+    with session_scope(s.database_url) as db:
+        if not jobs.heartbeat(db, spec.job_id, spec.token, stage=stage, fraction=fraction):
+            raise ClaimLost(f"job {spec.job_id} was taken over or finished elsewhere")
+
+
+def _base_file(s: Settings, spec: JobSpec) -> str:
+    from models.checkpoint import file_sha256
+
+    path = registry.absolute_path(s.registry_dir, spec.base_path)
+    if file_sha256(path) != spec.base_sha:
+        raise JobFailed(f"weights of v{spec.base_version} fail their sha256 check")
+    return path
+
+
+# --- instance-wise family: one checkpoint, one method call ---------------------------------------
+
+def _instance_wise(s: Settings, spec: JobSpec) -> Built:
+    import torch
+
+    from models.checkpoint import load_checkpoint, save_checkpoint
+    from models.data import load_dataset
+    from models.device import get_device
+    from models.metrics import evaluate
+    from models.train import accuracy, predict
+    from models.unlearn import UnlearnRequest
+
+    with session_scope(s.database_url) as db:
+        found = catalogue.by_ids(db, spec.model_name, spec.forget_ids)
+        forget_rows = [found[i] for i in spec.forget_ids]
+        retained_rows = catalogue.retained(db, spec.model_name, exclude=set(spec.forget_ids))
+    fx, fy = catalogue.load_arrays(forget_rows, check_hash=True)
+    rx, ry = catalogue.load_arrays(retained_rows)
+    t0 = time.perf_counter()
+    model, meta = load_checkpoint(_base_file(s, spec), device=get_device())
+    ds = load_dataset(meta["dataset"])
+    fx_t, fy_t = torch.from_numpy(fx), torch.from_numpy(fy)
+    has_retained = len(ry) > 0
+    rx_t = torch.from_numpy(rx) if has_retained else None
+    ry_t = torch.from_numpy(ry) if has_retained else None
+    method = resolve(spec.method, has_retained_data=has_retained).name
+    targets = torch.full_like(fy_t, int(spec.target_label)) if spec.target_label is not None else None
+    original_pred = predict(model, fx_t)
+    base_ta = accuracy(model, ds.x_test, ds.y_test)
+
+    progress = Progress(s, spec)
+    request = UnlearnRequest(forget_x=fx_t, forget_y=fy_t, objective=spec.objective, target_labels=targets,
+                             retain_x=rx_t, retain_y=ry_t, holdout_x=ds.x_test, holdout_y=ds.y_test, seed=0)
+    result = get_method(method)(model, request, progress=progress)
+    new_model = result.model
+    progress("verifying", 1.0)
+    retain = (rx_t, ry_t) if has_retained else (ds.x_test, ds.y_test)
+    metrics = {k: float(v) for k, v in evaluate(new_model, forget=(fx_t, fy_t), retain=retain,
+                                                 test=(ds.x_test, ds.y_test), original_pred=original_pred).items()}
+    metrics.update(base_ta=float(base_ta), ta_drop=float(base_ta - metrics["ta"]), k=int(len(fy)),
+                   method=method, objective=spec.objective, seconds=round(time.perf_counter() - t0, 3))
+    stats = {k: v for k, v in (result.stats or {}).items() if isinstance(v, (int, float, str, bool, type(None)))}
+
+    def write() -> tuple[str, str]:
+        tmp = registry.weights_tmp_path(s.registry_dir, spec.model_name)
+        sha = save_checkpoint(new_model, tmp, arch=meta["arch"], dataset=meta["dataset"],
+                              input_shape=meta["input_shape"], classes=meta["classes"],
+                              extra={"parent_sha256": spec.base_sha, "job_id": spec.job_id, "method": method})
+        return sha, registry.publish_weights(s.registry_dir, spec.model_name, tmp, sha)
+
+    return Built(metrics, stats, write)
+
+
+# --- sharded families (SISA, ARCANE): plan -> member retrains -> assemble ------------------------
+
+def _data_fn(s: Settings, model_name: str):
+    """id -> (x, y) from the catalogue's raw-data store (content hash checked)."""
+    import numpy as np
+    import torch
+
+    cache: dict[str, tuple] = {}
+
+    def fetch(ids: list[str]):
+        missing = [i for i in ids if i not in cache]
+        if missing:
+            with session_scope(s.database_url) as db:
+                rows = catalogue.by_ids(db, model_name, missing)
+                found = {i: (r.storage_uri, r.content_hash, r.label, r.erased_at) for i, r in rows.items()}
+            for i in missing:
+                if i not in found or found[i][3] is not None:
+                    raise JobFailed(f"instance {i} is not a live catalogue entry of {model_name}")
+                uri, h, label, _ = found[i]
+                arr = raw_store.read(uri)
+                if raw_store.content_hash(arr) != h:
+                    raise JobFailed(f"raw data of {i} does not match its catalogued content hash")
+                cache[i] = (arr, label)
+        x = torch.from_numpy(np.stack([cache[i][0] for i in ids]).astype(np.float32))
+        y = torch.tensor([cache[i][1] for i in ids], dtype=torch.long)
+        return x, y
+
+    return fetch
+
+
+def _deletion(s: Settings, spec: JobSpec, data):
+    """(manifest, config, old plan, new plan, affected members) of this job's deletion."""
+    from models.unlearn.shards import ExactConfig, Plan, read_manifest
+
+    doc = read_manifest(_base_file(s, spec))
+    config, plan = ExactConfig.from_json(doc["config"]), Plan.from_json(doc["plan"])
+    if config.kind != spec.method:
+        raise JobFailed(f"model is a {config.kind} bundle; method {spec.method!r} does not fit")
+    new_plan, affected = get_method(spec.method).plan_deletion(config, plan, spec.forget_ids, data)
+    return doc, config, plan, new_plan, affected
+
+
+def _sharded_plan(s: Settings, spec: JobSpec) -> list[int]:
+    _, config, _, _, affected = _deletion(s, spec, _data_fn(s, spec.model_name))
+    beat(s, spec, f"retraining {len(affected)} of {config.shards} members", 0.05)
+    return affected
+
+
+def retrain_member(s: Settings, spec: JobSpec, member: int) -> dict:
+    """One member's retrain (one Celery task of the chord's group). Writes the member file to
+    its content address; slice checkpoints are read from / written to the model's slice store."""
+    from models.unlearn.shards import DirStore, save_member
+
+    data = _data_fn(s, spec.model_name)
+    _, config, _, new_plan, affected = _deletion(s, spec, data)
+    if member not in affected:
+        raise JobFailed(f"member {member} is not affected by job {spec.job_id}")
+    store = DirStore(registry.slices_dir(s.registry_dir, spec.model_name))
+    progress = Progress(s, spec, lo=0.05, hi=0.05 + 0.85 / max(1, len(affected)))
+    t = time.perf_counter()
+    model, st = get_method(spec.method).retrain_member(config, member, new_plan.slices[member], data, store,
+                                                       lambda f: progress(f"retrain member {member}", f))
+    tmp = registry.weights_tmp_path(s.registry_dir, spec.model_name)
+    sha = save_member(model, tmp, config, member)
+    rel = registry.publish_member(s.registry_dir, spec.model_name, tmp, sha)
+    return {"member": member, "file": rel, "sha256": sha, "retrained_slices": st["retrained_slices"],
+            "reused_slices": st["reused_slices"], "seconds": round(time.perf_counter() - t, 3)}
+
+
+def _sharded_assemble(s: Settings, spec: JobSpec, results: list[dict]) -> Built:
+    """The new ensemble: the base members plus the retrained ones (every file's sha256
+    checked), measured; the manifest is written only once it passed verification."""
+    import torch
+
+    from models.checkpoint import file_sha256
+    from models.data import load_dataset
+    from models.train import accuracy
+    from models.unlearn.shards import DirStore, load_bundle, load_member, stale_keys, write_manifest
+
+    data = _data_fn(s, spec.model_name)
+    doc, config, plan, new_plan, affected = _deletion(s, spec, data)
+    got = {r["member"]: r for r in results}
+    if sorted(got) != sorted(affected):
+        raise JobFailed(f"retrained members {sorted(got)} != affected members {sorted(affected)}")
+    beat(s, spec, "assembling", 0.92)
+    model_dir = os.path.join(s.registry_dir, spec.model_name)
+    replaced = {}
+    for m, r in got.items():
+        path = os.path.join(model_dir, r["file"])
+        if file_sha256(path) != r["sha256"]:
+            raise JobFailed(f"retrained member {m} fails its sha256 check")
+        replaced[m] = load_member(path, config)
+    old_model, _ = load_bundle(registry.absolute_path(s.registry_dir, spec.base_path), check=True)
+    new_model = old_model.with_members(replaced, new_plan)
+    ds = load_dataset(config.dataset)
+    fx, fy = data(spec.forget_ids)
+    ta, base_ta = accuracy(new_model, ds.x_test, ds.y_test), accuracy(old_model, ds.x_test, ds.y_test)
+    metrics = {"ta": ta, "base_ta": base_ta, "ta_drop": base_ta - ta, "ua": 100.0 - accuracy(new_model, fx, fy),
+               "k": len(spec.forget_ids), "method": spec.method, "objective": spec.objective,
+               "seconds": round(time.time() - spec.t0, 3)}
+    stats = {"kind": config.kind, "members": len(doc["members"]), "retrained_members": len(affected),
+             "affected_members": ",".join(map(str, affected)),
+             "retrained_slices": sum(r["retrained_slices"] for r in results),
+             "reused_slices": sum(r["reused_slices"] for r in results),
+             "total_slices": sum(len(sl) for sl in new_plan.slices)}
+    members = [dict(m) for m in doc["members"]]
+    for m, r in got.items():
+        members[m] = {"file": r["file"], "sha256": r["sha256"]}
+    where = new_plan.locate()
+    locations = {i: where[i] for m in affected for i in new_plan.pool[m]}
+
+    def write() -> tuple[str, str]:
+        tmp = registry.manifest_tmp_path(s.registry_dir, spec.model_name)
+        sha = write_manifest(tmp, config, new_plan, members,
+                             extra={"parent_sha256": spec.base_sha, "job_id": spec.job_id})
+        return sha, registry.publish_bundle(s.registry_dir, spec.model_name, tmp, sha)
+
+    def drop_stale_slices() -> int:
+        """The slice checkpoints trained on the erased instances (the new plan names none of
+        them). Member files of older versions stay: versions are immutable (rollback, audit)."""
+        store = DirStore(registry.slices_dir(s.registry_dir, spec.model_name))
+        return sum(store.delete(k) for k in stale_keys(config, plan, new_plan, affected))
+
+    return Built(metrics, stats, write, in_publish=lambda db: catalogue.set_locations(db, spec.model_name, locations),
+                 after_publish=drop_stale_slices)
