@@ -181,7 +181,7 @@ def test_quality_gate_refusal_fails_the_request_and_is_audited(client, seeded, m
     import worker.tasks as tasks
 
     def refused(s, job_id, token, spec, *arrays):
-        m = {"ua": 100.0, "ta": 80.0, "base_ta": 90.0, "ta_drop": 10.0}
+        m = {"ua": 100.0, "ta": 80.0, "base_ta": 90.0, "ta_drop": 10.0, "method": "lethe"}
         tasks._verify(s, spec, m)  # the real gate, with a 10-point drop
         raise AssertionError("the gate let a 10-point drop through")
 
