@@ -23,7 +23,7 @@ def register(cmds: Commands) -> None:
     s.add_argument("--model", required=True)
     s.add_argument("--subject", help="forget every catalogued instance of this subject")
     s.add_argument("--instance", action="append", metavar="ID", help="a training instance id (repeatable)")
-    s.add_argument("--objective", default="misclassify", choices=OBJECTIVES)
+    s.add_argument("--objective", default=unlearn.DEFAULT_OBJECTIVE, choices=OBJECTIVES)
     s.add_argument("--method", default=None, choices=METHODS, help="default: the model family's own (docs/methods.md)")
     s.add_argument("--target-label", type=int)
     s.add_argument("--external-id", help="your own reference (ticket id)")

@@ -27,7 +27,7 @@ class ForgetCreate(BaseModel):
     subject_id: str | None = Field(default=None, min_length=1, max_length=256,
                                    description="forget every catalogued instance of this subject")
     instance_ids: list[str] | None = Field(default=None, description="forget exactly these training instances")
-    objective: Objective = "misclassify"
+    objective: Objective = unlearn.DEFAULT_OBJECTIVE
     method: Method | None = Field(default=None, description="default: the model family's own ('instance' = Lethe's "
                                                             "instance-wise unlearning; 'sisa'/'arcane' for exact "
                                                             "models); every method: docs/methods.md")

@@ -11,7 +11,7 @@ Layers (imports point down only):
 """
 from __future__ import annotations
 
-from .registry import (FAMILIES, METHODS, OBJECTIVES, Family, Method, MethodInfo, ProgressFn,  # noqa: F401
+from .registry import (DEFAULT_OBJECTIVE, FAMILIES, METHODS, OBJECTIVES, Family, Method, MethodInfo, ProgressFn,  # noqa: F401
                        UnlearnRequest, UnlearnResult, family_names, get_family, get_method, method_info,
                        method_names, methods_for, register, register_choice, register_family, resolve)
 
@@ -55,3 +55,25 @@ register("arcane", "models.unlearn.arcane:arcane", family="arcane", objectives=I
          exact=True, reaches_objective=False,
          description="ARCANE (Yan et al., IJCAI 2022): retrain only the one-class sub-models of the instances' "
                      "classes, from the last block checkpoint before them")
+
+# --- the field's baselines (models/unlearn/baselines.py) and exact retraining ---------------
+# They train on D_r for a fixed budget and have no goal of their own, so no objective is
+# "reached" and the worker judges them like retraining (reaches_objective=False).
+for _name, _desc in [
+    ("finetune", "FT baseline (Jia et al. NeurIPS 2023; SalUn): fine-tune on the retained data only"),
+    ("neggrad_plus", "NegGrad+ (Kurmanji et al. NeurIPS 2023): descend on retained data while ascending on the "
+                     "forget set, weighted"),
+    ("random_labels", "RL baseline (Golatkar et al. 2020, as in SalUn): random labels on the forget set, replay of "
+                      "retained data"),
+    ("l1_sparse", "l1-sparse (Jia et al. NeurIPS 2023): fine-tune on retained data with a decaying l1 penalty"),
+    ("scrub", "SCRUB (Kurmanji et al. NeurIPS 2023): student moves away from the teacher on the forget set, "
+              "towards it (plus the task loss) on retained data"),
+    ("salun", "SalUn (Fan et al. ICLR 2024): random-label unlearning restricted to the weights salient to "
+              "the forget loss"),
+]:
+    register(_name, f"models.unlearn.baselines:{_name}", family="instance", objectives=INFLUENCE,
+             needs_retained_data=True, exact=False, reaches_objective=False, description=_desc)
+register("retrain", "models.unlearn.baselines:retrain", family="instance", objectives=INFLUENCE,
+         needs_retained_data=True, exact=True, reaches_objective=False,
+         description="exact by construction: the same architecture trained from scratch on the retained data "
+                     "with the served recipe (models/train.py)")

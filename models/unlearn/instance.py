@@ -25,8 +25,9 @@ can replay it. Choices (each measured; bench/instance.py runs the ablations):
     already fits, so a CE replay only pushes back after the damage is done (measured on
     mnist5k k=32, stop at the flip: CE replay -5.6 pt test accuracy, teacher replay -1.2);
   * focused replay: half of each replay batch comes from the 16 nearest retained neighbours
-    (input space) of each forget instance: flipping an instance moves the boundary for its
-    look-alikes first, so that is where replay must hold it (k=32: -1.2 -> +0.4 pt);
+    of each forget instance in the model's feature space (trunk outputs): flipping an instance
+    moves the boundary for its look-alikes first, so that is where replay must hold it
+    (measured with input-space neighbours, k=32: -1.2 -> +0.4 pt);
   * two phases: first only the tail of the network (models/nets.py: fc + head of the CNN,
     last hidden layer + head of the MLP, last block + head of ResNet-18) trains, on trunk
     outputs computed once, ~10x cheaper a step; the whole network trains only when the tail
@@ -36,10 +37,19 @@ can replay it. Choices (each measured; bench/instance.py runs the ablations):
   * a guard: accuracy on a slice of retained data is checked every few steps; a step
     that loses more than ``guard_drop`` points is rolled back and the learning rate halved;
     once the goal holds, replay continues until guard accuracy is back within ``repair_tol``.
-``retrain_like`` replaces "flip every instance" by a privacy-calibrated target: each forget
-instance's loss is pushed up only to a matching quantile of the losses on held-out data,
-and the method stops when a loss-threshold attack can no longer tell D_f from held-out
-data (AUC <= 0.5 + tol) — what a model retrained without D_f looks like.
+  * hyper-parameters without dataset constants: step sizes are a share of the edited weights'
+    norm, step caps grow with k, the flip margin is a share of the model's own top-2 logit gap.
+``retrain_like`` (the service's default for deletions, models.unlearn.DEFAULT_OBJECTIVE)
+replaces "flip every instance" by what retraining would do: each forget instance loses the
+confidence that being trained on gave it, per example, and no more (metrics.RetrainLikeTest:
+quantile mapping from the original model's members to its non-members, drift-corrected); the
+method stops when the test passes. Every objective reports the same test's figures in its
+stats (df_confidence_drop against df_drop_expected; over_forgetting when D_f lost more than
+three times what retraining takes away: the signal a per-example attack picks up).
+
+Code layout, top to bottom: LetheConfig; goals (_FlipGoal, _RetrainLikeGoal); views of the
+network (_FullView, _TailView); _prepare (the job both phases share); _Phase (one guarded
+optimisation phase); lethe_unlearn (prepare, tail phase, full phase if needed, report).
 """
 from __future__ import annotations
 
@@ -53,7 +63,7 @@ import torch.nn.functional as F
 
 from ..attacks import random_targets, scaled_eps, targeted_l2_pgd
 from ..importance import anchor_penalty, inverted_normalised, mas_importance
-from ..metrics import auc
+from ..metrics import RetrainLikeTest
 from .registry import ProgressFn, UnlearnRequest, UnlearnResult
 
 
@@ -209,29 +219,39 @@ def paper_full(model, req, progress=None):
 
 @dataclass
 class LetheConfig:
-    lr: float = 3e-2                 # SGD + momentum (Adam's sign-like first steps jolt every
-    momentum: float = 0.9            # weight of a converged model by ~lr: measured -9 pt at k=1)
+    # step sizes are relative to the weights they move (scale-free): a clipped step changes the
+    # edited parameters by at most lr_rel of their L2 norm. On the 8x8/28x28 CNN this is the
+    # former lr 3e-2 (full) and 1e-1 (tail); an explicit lr/tail_lr overrides it.
+    lr: float | None = None
+    lr_rel: float = 3e-3
+    momentum: float = 0.9            # SGD + momentum (Adam's sign-like first steps jolt every
+                                     # weight of a converged model by ~lr: measured -9 pt at k=1)
     forget_batch: int = 32
     replay_batch: int = 64
-    forget_weight: float = 1.0       # on top of the size share (see the loss below)
-    margin: float = 1.0              # logit margin an instance must reach to leave the loss
-    # phase 1: edit only the tail (models/nets.py) on cached trunk outputs: ~50x cheaper a step
-    tail_steps: int = 300            # 0 skips phase 1
-    tail_lr: float = 1e-1            # the tail alone tolerates a larger step (measured: fewer steps, same TA)
+    forget_weight: float = 1.0       # on top of the size share (see _step_loss)
+    margin_rel: float = 0.1          # flip objectives: an instance leaves the loss once it is past the
+                                     # boundary by this share of the median top-2 logit gap on retained data
+    # phase 1: edit only the tail (models/nets.py) on cached trunk outputs: ~50x cheaper a step.
+    # Step caps grow with k: base + per_instance * k (0 base skips phase 1).
+    tail_steps: int = 300
+    tail_steps_per_instance: float = 2.0
+    tail_lr: float | None = None
+    tail_lr_rel: float = 1.5e-2      # the tail alone tolerates a larger step (measured: fewer steps, same TA)
     tail_clip_norm: float = 1.0
     tail_replay_batch: int = 128
     replay_pool: int = 512           # random retained instances cached for phase 1
     # phase 2 (only when phase 1 did not finish): the whole network
     max_steps: int = 400
+    steps_per_instance: float = 2.0
     consolidate_steps: int = 0       # repair steps that run after the goal first holds, at least
     replay_loss: str = "kd"          # "kd": match the original model's logits; "ce": labels
     kd_temperature: float = 2.0
     replay_focus: float | None = None  # share of each replay batch drawn from the focus pool;
                                      # None = 0.5 to flip (misclassify/relabel), 0 for retrain_like: the
-                                     # look-alikes' teacher logits hold D_f's own loss down (measured:
+                                     # look-alikes' teacher logits hold D_f's own confidence up (measured:
                                      # digits k=1 never reached the goal in 700 steps; 51 without focus)
-    focus_neighbours: int = 16       # focus pool: nearest retained neighbours of each forget
-                                     # instance (input space); 0 = retained data of the classes involved
+    focus_neighbours: int = 16       # focus pool: nearest retained neighbours of each forget instance in
+                                     # the model's feature space (trunk outputs); 0 = the classes involved
     use_adv: bool = False            # paper's adversarial examples (see ablation)
     adv_per_instance: int = 4
     pgd_steps: int = 10
@@ -245,57 +265,121 @@ class LetheConfig:
     repair_lr_factor: float = 0.3
     repair_tol: float = 1.0          # after the goal holds, repair until guard accuracy is back within this
     guard_drop: float = 25.0         # a step that loses this much is rolled back, lr halved
-    auc_tol: float = 0.02            # retrain_like: stop when AUC(D_f vs holdout) <= 0.5 + tol
+    # retrain_like (metrics.RetrainLikeTest): stop once D_f lost this share of the confidence
+    # retraining is expected to take away; the expected drop is at least floor_rel x IQR
+    retrain_tau: float = 0.25
+    retrain_floor_rel: float = 0.01
     holdout_size: int = 512
+    members_size: int = 1024         # retained slice that fixes each forget instance's member percentile
+
+
+# ---- goals: what "forgotten" means for each objective, and the forget loss that gets there
+
+
+def _phi(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Logit-scaled confidence of the true label, log(p_y / (1 - p_y)) (differentiable)."""
+    others = logits.scatter(1, y[:, None], float("-inf"))
+    return logits.gather(1, y[:, None]).squeeze(1) - torch.logsumexp(others, 1)
+
+
+class _FlipGoal:
+    """misclassify: each instance trained towards its runner-up class (the nearest wrong class,
+    the smallest boundary move), bounded cross-entropy, until misclassified by `margin`.
+    relabel: the same towards the requested labels."""
+
+    def __init__(self, relabel: bool, targets, yf, margin):
+        self.relabel, self.targets, self.yf, self.margin = relabel, targets, yf, margin
+
+    def check(self, view):
+        with torch.no_grad():
+            logits = view.forget()
+        idx = torch.arange(len(self.yf), device=logits.device)
+        other = logits.clone()
+        if self.relabel:
+            other[idx, self.targets] = float("-inf")
+            margin = logits[idx, self.targets] - other.max(1).values
+            return margin < self.margin, bool((logits.argmax(1) == self.targets).all())
+        other[idx, self.yf] = float("-inf")
+        margin = other.max(1).values - logits[idx, self.yf]
+        return margin < self.margin, bool((logits.argmax(1) != self.yf).all())
+
+    def loss(self, out_f, pick):
+        return F.cross_entropy(out_f, self.targets[pick])
+
+
+class _RetrainLikeGoal:
+    """retrain_like: each instance's confidence goes down to where unseen data of the same
+    difficulty sit (metrics.RetrainLikeTest: per-example quantile mapping, never below), and
+    the method stops when the test passes."""
+
+    def __init__(self, test: RetrainLikeTest, yf, yh):
+        self.test, self.yf, self.yh = test, yf, yh
+        self.targets = None
+        self.drop = 0.0
+
+    def check(self, view):
+        with torch.no_grad():
+            phi_f = _phi(view.forget(), self.yf)
+            phi_h = _phi(view.holdout(), self.yh).cpu().numpy()
+        self.targets = torch.as_tensor(self.test.targets(phi_h), dtype=phi_f.dtype, device=phi_f.device)
+        self.drop = self.test.drop(phi_f.cpu().numpy(), phi_h)
+        return phi_f > self.targets, self.drop <= -self.test.required
+
+    def loss(self, out_f, pick):
+        return F.relu(_phi(out_f, self.yf[pick]) - self.targets[pick]).mean()  # bounded: only down to the target
+
+
+# ---- views: the network seen whole (phase 2) or as a tail on cached trunk outputs (phase 1)
 
 
 class _FullView:
     """Phase 2: every logit through the whole network; replay from all retained data."""
 
-    def __init__(self, model, xf, xr, yr, xg, xh, teacher, focus_pool, dev):
-        self.model, self.xf, self.xr, self.yr, self.xg, self.xh = model, xf, xr, yr, xg, xh
-        self.teacher, self.focus_pool, self.dev = teacher, focus_pool, dev
+    def __init__(self, model, job, teacher):
+        self.model, self.job, self.teacher = model, job, teacher
 
     def params(self):
         return list(self.model.parameters())
 
     def forget(self, idx=None):
-        return self.model(self.xf if idx is None else self.xf[idx])
+        return self.model(self.job.xf if idx is None else self.job.xf[idx])
 
     def guard(self):
-        return _logits(self.model, self.xg)
+        return _logits(self.model, self.job.xg)
 
     def holdout(self):
-        return _logits(self.model, self.xh)
+        return _logits(self.model, self.job.xh)
 
     def replay(self, n_random, n_focus, gen):
-        r_idx = torch.randint(0, len(self.xr), (n_random,), generator=gen)
+        j = self.job
+        r_idx = torch.randint(0, len(j.xr), (n_random,), generator=gen)
         if n_focus:
-            r_idx = torch.cat([r_idx, self.focus_pool[torch.randint(0, len(self.focus_pool), (n_focus,), generator=gen)]])
-        xb = self.xr[r_idx].to(self.dev)
+            r_idx = torch.cat([r_idx, j.focus_pool[torch.randint(0, len(j.focus_pool), (n_focus,), generator=gen)]])
+        xb = j.xr[r_idx].to(j.dev)
         teacher = None
         if self.teacher is not None:
             with torch.no_grad():
                 teacher = self.teacher(xb)
-        return self.model(xb), teacher, self.yr[r_idx].to(self.dev)
+        return self.model(xb), teacher, j.yr[r_idx].to(j.dev)
 
 
 class _TailView:
     """Phase 1: the trunk is frozen, so its outputs are computed once and only the tail
     trains; replay comes from a cached pool (random retained instances + the focus pool)."""
 
-    def __init__(self, model, xf, xr, yr, xg, xh, focus_pool, pool_size, gen, dev):
+    def __init__(self, model, job, pool_size, gen):
         self.model = model
-        rnd = torch.randperm(len(xr), generator=gen)[:pool_size]
+        j = job
+        rnd = torch.randperm(len(j.xr), generator=gen)[:pool_size]
         self.n_rnd = len(rnd)
-        idx = torch.cat([rnd, focus_pool]) if focus_pool is not None else rnd
+        idx = torch.cat([rnd, j.focus_pool]) if j.n_focus else rnd
         with torch.no_grad():
-            self.zf = model.trunk(xf)
-            self.zp = torch.cat([model.trunk(xr[idx[i:i + 512]].to(dev)) for i in range(0, len(idx), 512)])
+            self.zf = model.trunk(j.xf)
+            self.zp = torch.cat([model.trunk(j.xr[idx[i:i + 512]].to(j.dev)) for i in range(0, len(idx), 512)])
             self.tp = model.tail(self.zp)  # the original model's logits: the replay teacher
-            self.zg = model.trunk(xg)
-            self.zh = model.trunk(xh) if xh is not None else None
-        self.yp = yr[idx].to(dev)
+            self.zg = model.trunk(j.xg)
+            self.zh = model.trunk(j.xh) if j.xh is not None else None
+        self.yp = j.yr[idx].to(j.dev)
         self.n_focus_pool = len(idx) - self.n_rnd
 
     def params(self):
@@ -320,192 +404,288 @@ class _TailView:
         return self.model.tail(self.zp[b]), self.tp[b], self.yp[b]
 
 
-def lethe_unlearn(model: nn.Module, req: UnlearnRequest, cfg: LetheConfig,
-                  progress: ProgressFn | None = None) -> UnlearnResult:
+# ---- the job: everything both phases share, prepared once
+
+
+@dataclass
+class _Job:
+    dev: torch.device
+    xf: torch.Tensor
+    yf: torch.Tensor
+    xr: torch.Tensor
+    yr: torch.Tensor
+    xg: torch.Tensor
+    yg: torch.Tensor
+    xh: torch.Tensor | None
+    yh: torch.Tensor | None
+    focus_pool: torch.Tensor
+    n_focus: int
+    base_guard: float
+    goal: object
+    privacy: RetrainLikeTest | None = None
+    x_adv: torch.Tensor | None = None
+    y_adv: torch.Tensor | None = None
+    weights: dict | None = None
+    anchor: dict | None = None
+
+
+def _check_request(req: UnlearnRequest, cfg: LetheConfig) -> None:
     if req.retain_x is None or len(req.retain_x) == 0:
         raise ValueError("the 'lethe' method replays retained data; none was given "
                          "(use 'paper_full' for models whose training data is not held)")
-    retrain_like = req.objective == "retrain_like"
-    if retrain_like and (req.holdout_x is None or len(req.holdout_x) == 0):
+    if req.objective == "retrain_like" and (req.holdout_x is None or len(req.holdout_x) == 0):
         raise ValueError("objective 'retrain_like' needs held-out data (holdout_x/holdout_y) to calibrate against")
     if cfg.replay_loss not in ("kd", "ce"):
         raise ValueError(f"replay_loss must be 'kd' or 'ce', not {cfg.replay_loss!r}")
-    t0 = time.perf_counter()
-    original = model
-    model = copy.deepcopy(model)
-    model.eval()  # BatchNorm statistics and dropout stay as served: tiny batches would corrupt them
-    dev = _device_of(model)
-    gen = torch.Generator().manual_seed(req.seed)
-    xf, yf = req.forget_x.to(dev), req.forget_y.to(dev)
-    xr, yr = req.retain_x, req.retain_y
-    orig_logits = _logits(model, xf)
-    if req.objective == "relabel" and req.target_labels is not None:
-        targets = req.target_labels.to(dev)
-    else:
-        targets = _runner_up(orig_logits, yf)
 
+
+def _features(model, x: torch.Tensor, dev) -> torch.Tensor:
+    """The model's own representation (trunk outputs) where it has one, else the raw input."""
+    if not hasattr(model, "trunk"):
+        return x.reshape(len(x), -1).float().cpu()
+    with torch.no_grad():
+        return torch.cat([model.trunk(x[i:i + 512].to(dev)).flatten(1).cpu() for i in range(0, len(x), 512)])
+
+
+def _focus_pool(model, req, targets, cfg, dev) -> torch.Tensor:
+    """The retained instances nearest each forget instance in the model's feature space: flipping
+    an instance moves the boundary for its look-alikes first, so that is where replay must hold
+    it. Distances in trunk space, not pixels: what the network treats as alike."""
+    xr, yr = req.retain_x, req.retain_y
+    if cfg.focus_neighbours <= 0:
+        involved = torch.unique(torch.cat([req.forget_y.cpu(), targets.cpu()]))
+        return torch.isin(yr, involved).nonzero().flatten()
+    dist = torch.cdist(_features(model, req.forget_x, dev), _features(model, xr, dev))
+    return torch.unique(dist.topk(min(cfg.focus_neighbours, len(xr)), largest=False).indices.flatten())
+
+
+def _retrain_like_test(model, req, cfg, xf, yf, xh, yh, gen, dev) -> RetrainLikeTest:
+    """Calibrated on the original model: where D_f sits among members and non-members."""
+    m_idx = torch.randperm(len(req.retain_x), generator=gen)[:cfg.members_size]
+    xm, ym = req.retain_x[m_idx].to(dev), req.retain_y[m_idx].to(dev)
+    return RetrainLikeTest(_phi(_logits(model, xf), yf).cpu().numpy(), _phi(_logits(model, xm), ym).cpu().numpy(),
+                           _phi(_logits(model, xh), yh).cpu().numpy(), tau=cfg.retrain_tau,
+                           floor_rel=cfg.retrain_floor_rel)
+
+
+def _goal(model, req, cfg, xf, yf, xg, test):
+    """The objective's goal and the labels D_f is trained towards (runner-up unless given)."""
+    orig_logits = _logits(model, xf)
+    runner_up = _runner_up(orig_logits, yf)
+    if req.objective == "retrain_like":
+        return _RetrainLikeGoal(test, yf, None), runner_up
+    relabel = req.objective == "relabel"
+    targets = req.target_labels.to(xf.device) if relabel and req.target_labels is not None else runner_up
+    # margin in the model's own logit scale: a share of the typical top-2 gap on retained data
+    top2 = _logits(model, xg).topk(2, dim=1).values
+    margin = cfg.margin_rel * float((top2[:, 0] - top2[:, 1]).median())
+    return _FlipGoal(relabel, targets, yf, margin), targets
+
+
+def _prepare(model, req: UnlearnRequest, cfg: LetheConfig, gen, progress) -> _Job:
+    dev = _device_of(model)
+    xf, yf = req.forget_x.to(dev), req.forget_y.to(dev)
     # guard set: a fixed slice of retained data, scored before and during unlearning
-    g_idx = torch.randperm(len(xr), generator=gen)[:cfg.guard_size]
-    xg, yg = xr[g_idx].to(dev), yr[g_idx].to(dev)
+    g_idx = torch.randperm(len(req.retain_x), generator=gen)[:cfg.guard_size]
+    xg, yg = req.retain_x[g_idx].to(dev), req.retain_y[g_idx].to(dev)
     xh = yh = None
-    if retrain_like:
+    if req.holdout_x is not None and len(req.holdout_x):
         h_idx = torch.randperm(len(req.holdout_x), generator=gen)[:cfg.holdout_size]
         xh, yh = req.holdout_x[h_idx].to(dev), req.holdout_y[h_idx].to(dev)
-
-    # focus pool: the retained instances nearest to each forget instance. Flipping an instance
-    # moves the boundary for its look-alikes first, so that is where replay must hold it.
-    if cfg.focus_neighbours > 0:
-        flat_r = xr.reshape(len(xr), -1).float()
-        dist = torch.cdist(req.forget_x.reshape(len(xf), -1).float().cpu(), flat_r.cpu())
-        focus_pool = torch.unique(dist.topk(min(cfg.focus_neighbours, len(xr)), largest=False).indices.flatten())
-    else:
-        involved = torch.unique(torch.cat([yf.cpu(), targets.cpu()]))
-        focus_pool = torch.isin(yr, involved).nonzero().flatten()
+    # the retrain-likeness test: the goal of retrain_like, the privacy signal of the other objectives
+    test = _retrain_like_test(model, req, cfg, xf, yf, xh, yh, gen, dev) if xh is not None else None
+    goal, targets = _goal(model, req, cfg, xf, yf, xg, test)
+    if isinstance(goal, _RetrainLikeGoal):
+        goal.yh = yh
     if cfg.replay_focus is None:
-        cfg.replay_focus = 0.0 if retrain_like else 0.5
+        cfg.replay_focus = 0.0 if req.objective == "retrain_like" else 0.5
+    focus_pool = (_focus_pool(model, req, targets, cfg, dev) if cfg.replay_focus > 0
+                  else torch.empty(0, dtype=torch.long))
     n_focus = int(round(cfg.replay_focus * cfg.replay_batch)) if len(focus_pool) else 0
-
-    x_adv = y_adv = None
+    job = _Job(dev, xf, yf, req.retain_x, req.retain_y, xg, yg, xh, yh, focus_pool, n_focus,
+               base_guard=_accuracy(_logits(model, xg), yg), goal=goal, privacy=test)
     if cfg.use_adv:
         if progress:
             progress("adversarial examples", 0.0)
         eps = scaled_eps(xf.shape[1:], cfg.eps_at_cifar)
-        x_adv, y_adv = make_adversarial(model, xf, yf, per_instance=cfg.adv_per_instance, pgd_steps=cfg.pgd_steps,
-                                        eps=eps, step_size=eps / 4, seed=req.seed)
-    weights = anchor = None
+        job.x_adv, job.y_adv = make_adversarial(model, xf, yf, per_instance=cfg.adv_per_instance,
+                                                pgd_steps=cfg.pgd_steps, eps=eps, step_size=eps / 4, seed=req.seed)
     if cfg.use_importance:
-        weights = inverted_normalised(mas_importance(model, xf))
-        anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
+        job.weights = inverted_normalised(mas_importance(model, xf))
+        job.anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
+    return job
 
-    base_guard = float((_logits(model, xg).argmax(1) == yg).float().mean() * 100)
-    stats = {"method_family": "lethe", "guard_acc_before": base_guard, "rollbacks": 0}
 
-    def goal(view, holdout_losses):
-        """(mask of instances still in the forget loss, per-instance loss targets, done?, AUC)"""
-        with torch.no_grad():
-            logits = view.forget()
-        if retrain_like:
-            lf = F.cross_entropy(logits, yf, reduction="none")
-            lh = holdout_losses
-            # rank-matched targets: the i-th smallest forget loss should reach the
-            # ((i + 0.5) / k)-quantile of held-out losses
-            q = torch.quantile(lh, (torch.arange(len(lf), device=dev, dtype=torch.float32) + 0.5) / len(lf))
-            tgt = torch.empty_like(lf)
-            tgt[lf.argsort()] = q
-            member_auc = auc(-lf.cpu().numpy(), -lh.cpu().numpy())
-            return lf < tgt, tgt, member_auc <= 0.5 + cfg.auc_tol, member_auc
-        idx = torch.arange(len(yf), device=dev)
-        if req.objective == "relabel":
-            other = logits.clone()
-            other[idx, targets] = float("-inf")
-            margin = logits[idx, targets] - other.max(1).values
-            return margin < cfg.margin, None, bool((logits.argmax(1) == targets).all()), None
-        other = logits.clone()
-        other[idx, yf] = float("-inf")
-        margin = other.max(1).values - logits[idx, yf]
-        return margin < cfg.margin, None, bool((logits.argmax(1) != yf).all()), None
+def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float((logits.argmax(1) == y).float().mean() * 100)
 
-    def run_phase(view, max_steps, replay_batch, stage, n_focus_phase, lr, clip_norm):
-        """One optimisation phase: bounded forget loss + replay, guarded; returns done?"""
-        params = view.params()
-        opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum)
-        snapshot = copy.deepcopy(model.state_dict())
-        steps, flipped_at, lh = 0, None, None
 
-        def guard_acc():
-            return float((view.guard().argmax(1) == yg).float().mean() * 100)
+def _scaled_lr(params, lr, lr_rel, clip_norm) -> float:
+    """An explicit lr, else lr_rel of the parameters' norm per clipped step."""
+    if lr is not None:
+        return lr
+    norm = float(torch.sqrt(sum((p.detach() ** 2).sum() for p in params)))
+    return lr_rel * norm / clip_norm
 
-        def holdout_losses():
-            return F.cross_entropy(view.holdout(), yh, reduction="none") if retrain_like else None
 
-        lh = holdout_losses()
-        active, tgt_loss, done, member_auc = goal(view, lh)
-        while steps < max_steps:
+# ---- one optimisation phase
+
+
+class _Phase:
+    """Bounded forget loss + replay, guarded by rollback; repairs after the goal holds."""
+
+    def __init__(self, model, view, job: _Job, cfg: LetheConfig, *, stage, max_steps, replay_batch, n_focus,
+                 lr, clip_norm, gen, stats, progress):
+        self.model, self.view, self.job, self.cfg = model, view, job, cfg
+        self.stage, self.max_steps, self.replay_batch, self.n_focus = stage, max_steps, replay_batch, n_focus
+        self.clip_norm, self.gen, self.stats, self.progress = clip_norm, gen, stats, progress
+        self.params = view.params()
+        self.opt = torch.optim.SGD(self.params, lr=lr, momentum=cfg.momentum)
+        self.snapshot = copy.deepcopy(model.state_dict())
+
+    def guard_acc(self) -> float:
+        return _accuracy(self.view.guard(), self.job.yg)
+
+    def run(self) -> bool:
+        cfg, job = self.cfg, self.job
+        steps, flipped_at = 0, None
+        active, done = job.goal.check(self.view)
+        while steps < self.max_steps:
             if done and flipped_at is None:
                 flipped_at = steps
-                for group in opt.param_groups:  # repair gently: the flip is made, now settle
+                for group in self.opt.param_groups:  # repair gently: the goal is met, now settle
                     group["lr"] *= cfg.repair_lr_factor
             # once the goal holds, keep replaying until retained accuracy is back (within
             # repair_tol) and at least consolidate_steps have passed
-            if done and steps - flipped_at >= cfg.consolidate_steps and guard_acc() >= base_guard - cfg.repair_tol:
+            if done and steps - flipped_at >= cfg.consolidate_steps and self.guard_acc() >= job.base_guard - cfg.repair_tol:
                 break
-            a_idx = active.nonzero().flatten()
-            if len(a_idx) == 0:  # all past the margin: keep replaying so the boundary settles
-                a_idx = torch.arange(len(xf), device=dev)
-            pick = a_idx[torch.randperm(len(a_idx), generator=gen)[:cfg.forget_batch].to(dev)]
-            out_f = view.forget(pick)
-            if retrain_like:
-                lf = F.cross_entropy(out_f, yf[pick], reduction="none")
-                loss_f = F.relu(tgt_loss[pick] - lf).mean()  # bounded ascent, only up to the target
-            else:
-                loss_f = F.cross_entropy(out_f, targets[pick])
-            out_r, teacher_r, y_r = view.replay(replay_batch - n_focus_phase, n_focus_phase, gen)
-            if cfg.replay_loss == "kd":
-                T = cfg.kd_temperature
-                loss_r = F.kl_div(F.log_softmax(out_r / T, 1), F.log_softmax(teacher_r / T, 1), log_target=True,
-                                  reduction="batchmean") * T * T
-            else:
-                loss_r = F.cross_entropy(out_r, y_r)
-            # the paper's size weighting: the forget batch counts by its share of the instances in
-            # the step, so a few forget instances cannot outweigh the whole replay batch
-            share = len(pick) / (len(pick) + replay_batch)
-            loss = cfg.forget_weight * share * loss_f + (1 - share) * loss_r
-            if x_adv is not None and isinstance(view, _FullView):
-                adv_idx = torch.randint(0, len(x_adv), (min(replay_batch, len(x_adv)),), generator=gen).to(dev)
-                loss = loss + cfg.adv_weight * F.cross_entropy(model(x_adv[adv_idx]), y_adv[adv_idx])
-            if weights is not None:
-                loss = loss + cfg.lam * anchor_penalty(model, anchor, weights)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, clip_norm)
-            opt.step()
+            self._step(active)
             steps += 1
             if steps % cfg.guard_every == 0:
-                finite = all(bool(torch.isfinite(p).all()) for p in params)
-                if not finite or guard_acc() < base_guard - cfg.guard_drop:
-                    model.load_state_dict(snapshot)  # roll back the damaging steps, go gentler
-                    for group in opt.param_groups:
-                        group["lr"] *= 0.5
-                    opt.state.clear()
-                    stats["rollbacks"] += 1
-                else:
-                    snapshot = copy.deepcopy(model.state_dict())
-                if retrain_like:  # held-out losses drift slowly: refresh them with the guard
-                    lh = holdout_losses()
+                self._guard_or_rollback()
             # the goal needs a forward pass over all of D_f: every step while D_f fits in one
-            # forget batch, else with the guard (a larger D_f flips over many steps anyway)
-            if len(xf) <= cfg.forget_batch or steps % cfg.guard_every == 0:
-                active, tgt_loss, done, member_auc = goal(view, lh)
-            if progress:
-                progress(stage, min(steps / max_steps, 1.0))
-        stats[f"{stage}_steps"] = steps
-        if retrain_like:
-            stats["member_auc_holdout"] = member_auc
+            # forget batch, else with the guard (a larger D_f moves over many steps anyway)
+            if len(job.xf) <= cfg.forget_batch or steps % cfg.guard_every == 0:
+                active, done = job.goal.check(self.view)
+            if self.progress:
+                self.progress(self.stage, min(steps / self.max_steps, 1.0))
+        self.stats[f"{self.stage}_steps"] = steps
         return done
 
+    def _step(self, active: torch.Tensor) -> None:
+        cfg, job = self.cfg, self.job
+        a_idx = active.nonzero().flatten()
+        if len(a_idx) == 0:  # all past the goal: keep replaying so the boundary settles
+            a_idx = torch.arange(len(job.xf), device=job.dev)
+        pick = a_idx[torch.randperm(len(a_idx), generator=self.gen)[:cfg.forget_batch].to(job.dev)]
+        loss = self._loss(pick)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
+        self.opt.step()
+
+    def _loss(self, pick: torch.Tensor) -> torch.Tensor:
+        cfg, job = self.cfg, self.job
+        loss_f = job.goal.loss(self.view.forget(pick), pick)
+        out_r, teacher_r, y_r = self.view.replay(self.replay_batch - self.n_focus, self.n_focus, self.gen)
+        if cfg.replay_loss == "kd":
+            T = cfg.kd_temperature
+            loss_r = F.kl_div(F.log_softmax(out_r / T, 1), F.log_softmax(teacher_r / T, 1), log_target=True,
+                              reduction="batchmean") * T * T
+        else:
+            loss_r = F.cross_entropy(out_r, y_r)
+        # the paper's size weighting: the forget batch counts by its share of the instances in
+        # the step, so a few forget instances cannot outweigh the whole replay batch
+        share = len(pick) / (len(pick) + self.replay_batch)
+        loss = cfg.forget_weight * share * loss_f + (1 - share) * loss_r
+        if job.x_adv is not None and isinstance(self.view, _FullView):
+            adv_idx = torch.randint(0, len(job.x_adv), (min(self.replay_batch, len(job.x_adv)),), generator=self.gen).to(job.dev)
+            loss = loss + cfg.adv_weight * F.cross_entropy(self.model(job.x_adv[adv_idx]), job.y_adv[adv_idx])
+        if job.weights is not None:
+            loss = loss + cfg.lam * anchor_penalty(self.model, job.anchor, job.weights)
+        return loss
+
+    def _guard_or_rollback(self) -> None:
+        finite = all(bool(torch.isfinite(p).all()) for p in self.params)
+        if not finite or self.guard_acc() < self.job.base_guard - self.cfg.guard_drop:
+            self.model.load_state_dict(self.snapshot)  # roll back the damaging steps, go gentler
+            for group in self.opt.param_groups:
+                group["lr"] *= 0.5
+            self.opt.state.clear()
+            self.stats["rollbacks"] += 1
+        else:
+            self.snapshot = copy.deepcopy(self.model.state_dict())
+
+
+# ---- the method, top to bottom
+
+
+def _set_trainable(model, modules=None) -> None:
     for p in model.parameters():
-        p.requires_grad_(False)
-    done = False
-    if cfg.tail_steps > 0 and hasattr(model, "tail_modules") and x_adv is None and weights is None:
-        for m in model.tail_modules():
-            m.requires_grad_(True)
-        view = _TailView(model, xf, xr, yr, xg, xh, focus_pool if n_focus else None, cfg.replay_pool, gen, dev)
-        n_focus_tail = int(round(cfg.replay_focus * cfg.tail_replay_batch)) if n_focus else 0
-        done = run_phase(view, cfg.tail_steps, cfg.tail_replay_batch, "tail", n_focus_tail,
-                         cfg.tail_lr, cfg.tail_clip_norm)
-        stats["phase"] = "tail"
-    if not done or float((_logits(model, xg).argmax(1) == yg).float().mean() * 100) < base_guard - cfg.repair_tol:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        teacher = original if cfg.replay_loss == "kd" else None
-        view = _FullView(model, xf, xr, yr, xg, xh, teacher, focus_pool, dev)
-        done = run_phase(view, cfg.max_steps, cfg.replay_batch, "full", n_focus, cfg.lr, cfg.clip_norm)
-        stats["phase"] = "tail+full" if "phase" in stats else "full"
-    for p in model.parameters():
-        p.requires_grad_(True)
+        p.requires_grad_(modules is None)
+    for m in modules or []:
+        m.requires_grad_(True)
+
+
+def _run_tail_phase(model, job, cfg, k, gen, stats, progress) -> bool:
+    _set_trainable(model, model.tail_modules())
+    view = _TailView(model, job, cfg.replay_pool, gen)
+    n_focus = int(round(cfg.replay_focus * cfg.tail_replay_batch)) if job.n_focus else 0
+    lr = _scaled_lr(view.params(), cfg.tail_lr, cfg.tail_lr_rel, cfg.tail_clip_norm)
+    stats["tail_lr"] = lr
+    return _Phase(model, view, job, cfg, stage="tail", max_steps=int(cfg.tail_steps + cfg.tail_steps_per_instance * k),
+                  replay_batch=cfg.tail_replay_batch, n_focus=n_focus, lr=lr, clip_norm=cfg.tail_clip_norm,
+                  gen=gen, stats=stats, progress=progress).run()
+
+
+def _run_full_phase(model, original, job, cfg, k, gen, stats, progress) -> bool:
+    _set_trainable(model)
+    view = _FullView(model, job, original if cfg.replay_loss == "kd" else None)
+    lr = _scaled_lr(view.params(), cfg.lr, cfg.lr_rel, cfg.clip_norm)
+    stats["full_lr"] = lr
+    return _Phase(model, view, job, cfg, stage="full", max_steps=int(cfg.max_steps + cfg.steps_per_instance * k),
+                  replay_batch=cfg.replay_batch, n_focus=job.n_focus, lr=lr, clip_norm=cfg.clip_norm,
+                  gen=gen, stats=stats, progress=progress).run()
+
+
+def _privacy_signal(model, job: _Job) -> dict:
+    """How much confidence D_f lost against what retraining would take away (metrics.RetrainLikeTest),
+    for every objective: flipping D_f drops it far below, which a per-example attack sees."""
+    if job.privacy is None:
+        return {}
+    drop = job.privacy.drop(_phi(_logits(model, job.xf), job.yf).cpu().numpy(),
+                            _phi(_logits(model, job.xh), job.yh).cpu().numpy())
+    expected = float(job.privacy.shift.mean())
+    return {"df_confidence_drop": drop, "df_drop_required": job.privacy.required, "df_drop_expected": expected,
+            "over_forgetting": bool(drop < -3 * expected)}
+
+
+def lethe_unlearn(model: nn.Module, req: UnlearnRequest, cfg: LetheConfig,
+                  progress: ProgressFn | None = None) -> UnlearnResult:
+    """Lethe's method: prepare the job, edit the tail, edit the whole network only if needed."""
+    _check_request(req, cfg)
+    t0 = time.perf_counter()
+    original, model = model, copy.deepcopy(model)
+    model.eval()  # BatchNorm statistics and dropout stay as served: tiny batches would corrupt them
+    gen = torch.Generator().manual_seed(req.seed)
+    job = _prepare(model, req, cfg, gen, progress)
+    stats = {"method_family": "lethe", "guard_acc_before": job.base_guard, "rollbacks": 0}
+    k = len(job.xf)
+
+    _set_trainable(model, [])
+    done, phases = False, []
+    tail_ok = cfg.tail_steps > 0 and hasattr(model, "tail_modules") and job.x_adv is None and job.weights is None
+    if tail_ok:
+        done = _run_tail_phase(model, job, cfg, k, gen, stats, progress)
+        phases.append("tail")
+    if not done or _accuracy(_logits(model, job.xg), job.yg) < job.base_guard - cfg.repair_tol:
+        done = _run_full_phase(model, original, job, cfg, k, gen, stats, progress)
+        phases.append("full")
+    _set_trainable(model)
     model.eval()
-    stats.update({"steps": stats.get("tail_steps", 0) + stats.get("full_steps", 0), "converged": bool(done),
-                  "guard_acc_after": float((_logits(model, xg).argmax(1) == yg).float().mean() * 100),
+    stats.update(_privacy_signal(model, job))
+    stats.update({"phase": "+".join(phases), "steps": stats.get("tail_steps", 0) + stats.get("full_steps", 0),
+                  "converged": bool(done), "guard_acc_after": _accuracy(_logits(model, job.xg), job.yg),
                   "seconds": time.perf_counter() - t0})
     return UnlearnResult(model, stats)
 

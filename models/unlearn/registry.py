@@ -52,10 +52,15 @@ if TYPE_CHECKING:  # annotations only: importing this module must not import tor
     from torch import nn
 
 OBJECTIVES = ("misclassify", "relabel", "retrain_like")
+# What a deletion request gets unless it asks otherwise (the API, the CLI and a bare
+# UnlearnRequest all read it here): a result that looks like retraining, per example
+# (metrics.RetrainLikeTest), rather than one that singles D_f out by misclassifying it.
+DEFAULT_OBJECTIVE = "retrain_like"
 OBJECTIVE_DESCRIPTIONS = {
     "misclassify": "every forget instance ends away from its label",
     "relabel": "every forget instance ends on a target label (given, or one chosen per instance)",
-    "retrain_like": "the forget set ends looking like data the model never saw (what retraining gives)",
+    "retrain_like": "the default: each forget instance loses the confidence that training on it gave, as far as "
+                    "retraining would take it and no further (needs held-out data; see metrics.RetrainLikeTest)",
 }
 
 ProgressFn = Callable[[str, float], None]
@@ -66,15 +71,16 @@ class UnlearnRequest:
     """What to forget and what the method may use.
 
     forget_x/forget_y: the instances D_f and their true labels.
-    objective: "misclassify" (every instance away from its label), "relabel" (towards
-      target_labels, or a per-instance choice when None) or "retrain_like" (stop when D_f
-      looks like unseen data; needs holdout_x/holdout_y, data the model never trained on).
+    objective: "retrain_like" (DEFAULT_OBJECTIVE: D_f loses what retraining would take away,
+      per example; needs holdout_x/holdout_y, data the model never trained on), "misclassify"
+      (every instance away from its label) or "relabel" (towards target_labels, or a
+      per-instance choice when None).
     retain_x/retain_y: remaining training data (None when the service does not hold it).
     """
 
     forget_x: torch.Tensor
     forget_y: torch.Tensor
-    objective: str = "misclassify"
+    objective: str = DEFAULT_OBJECTIVE
     target_labels: torch.Tensor | None = None
     retain_x: torch.Tensor | None = None
     retain_y: torch.Tensor | None = None

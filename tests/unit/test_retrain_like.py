@@ -1,0 +1,67 @@
+"""The retrain_like objective's stopping rule (metrics.RetrainLikeTest) fails the original model
+and passes a model retrained without D_f; Lethe under that objective passes it and stops there."""
+import numpy as np
+import pytest
+import torch
+
+from models.data import load_dataset
+from models.metrics import RetrainLikeTest, logit_confidence
+from models.train import train_model
+from models.unlearn import UnlearnRequest, get_method
+
+
+@pytest.fixture(scope="module")
+def digits_split():
+    d = load_dataset("digits")
+    perm = torch.randperm(len(d.x_train), generator=torch.Generator().manual_seed(1))
+    fi, ri = perm[:64], perm[64:]
+    half = len(d.x_test) // 2
+
+    def fit(x, y):
+        return train_model("cnn", x, y, input_shape=d.input_shape, num_classes=10, seed=0, device=torch.device("cpu"))
+
+    return d, fi, ri, (d.x_test[:half], d.y_test[:half]), fit(d.x_train, d.y_train), fit(d.x_train[ri], d.y_train[ri])
+
+
+def _test_from(model, d, fi, ri, holdout):
+    members = ri[:1024]
+    return RetrainLikeTest(logit_confidence(model, d.x_train[fi], d.y_train[fi]),
+                           logit_confidence(model, d.x_train[members], d.y_train[members]),
+                           logit_confidence(model, *holdout))
+
+
+def test_stopping_rule_fails_the_original_and_passes_the_retrained_model(digits_split):
+    d, fi, ri, holdout, original, retrained = digits_split
+    test = _test_from(original, d, fi, ri, holdout)
+    f = (d.x_train[fi], d.y_train[fi])
+    assert test.required > 0
+    assert not test.passes(logit_confidence(original, *f), logit_confidence(original, *holdout))
+    assert test.passes(logit_confidence(retrained, *f), logit_confidence(retrained, *holdout))
+
+
+def test_stopping_rule_fails_an_unchanged_model_even_without_a_membership_gap():
+    rng = np.random.default_rng(0)
+    same = rng.normal(size=500)
+    test = RetrainLikeTest(same[:50], same, same)  # forget set drawn from the very same distribution
+    assert test.required > 0 and not test.passes(same[:50], same)
+    assert test.passes(same[:50] - 1.0, same)       # D_f lost confidence, the rest did not
+    assert not test.passes(same[:50] - 1.0, same - 1.0)  # the whole model drifted: not a forgetting
+
+
+def test_targets_are_the_matching_quantiles_of_unseen_data():
+    members, nonmembers = np.arange(100.0), np.arange(100.0) - 10
+    test = RetrainLikeTest(np.array([50.0, 90.0]), members, nonmembers)
+    assert np.allclose(test.targets(nonmembers), [40.0, 80.0], atol=1.0)
+    assert np.allclose(test.targets(nonmembers + 3), [43.0, 83.0], atol=1.0)  # follows the model's drift
+
+
+def test_lethe_retrain_like_passes_its_test_without_flipping_everything(digits_split):
+    d, fi, ri, holdout, original, _ = digits_split
+    req = UnlearnRequest(d.x_train[fi], d.y_train[fi], objective="retrain_like", retain_x=d.x_train[ri],
+                         retain_y=d.y_train[ri], holdout_x=holdout[0], holdout_y=holdout[1])
+    res = get_method("lethe")(original, req)
+    s = res.stats
+    assert s["converged"] and s["steps"] > 0
+    assert s["df_confidence_drop"] <= -s["df_drop_required"] < 0
+    # a retrained model still classifies most of D_f correctly; so must this one
+    assert float((res.model(d.x_train[fi]).argmax(1) == d.y_train[fi]).float().mean()) > 0.8
