@@ -15,6 +15,7 @@ from app.audit import signing
 from app.db import session_scope
 from app.jobs import service as jobs
 from app.main import create_app
+from models.unlearn import DEFAULT_OBJECTIVE
 
 from .conftest import MODEL, save_net
 
@@ -55,7 +56,7 @@ def test_certificate_verifies_with_the_public_key_and_not_after_one_byte_changes
     assert cert["subject_ref"] and "alice" not in doc["canonical"]
     assert cert["version_before"] == {"version": 1, "sha256": sha_before}
     assert cert["version_after"] == {"version": 2, "sha256": sha_after}
-    assert cert["method"] == "lethe" and cert["objective"] == "misclassify" and cert["verification"]["ua"] == 100.0
+    assert cert["method"] == "lethe" and cert["objective"] == DEFAULT_OBJECTIVE and cert["verification"]["ua"] == 100.0
     assert cert["completed_within_due"] is True and cert["received_at"] < cert["completed_at"] < cert["due_at"]
     completed = client.get("/v1/audit", params={"action": "forget.completed"}).json()["entries"][0]
     assert cert["audit_entry"] == {"seq": completed["seq"], "action": "forget.completed", "hash": completed["hash"]}

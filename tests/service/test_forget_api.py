@@ -136,7 +136,7 @@ def test_idempotency_key_returns_the_same_request(client, seeded, dispatcher):
     assert a.status_code == b.status_code == 202
     assert a.json() == b.json() and b.headers.get("idempotent-replayed") == "true"
     assert counts(seeded) == before and len(dispatcher.sent) == 1
-    c = client.post("/v1/forget", json={**OK, "objective": "retrain_like"}, headers=h)
+    c = client.post("/v1/forget", json={**OK, "objective": "misclassify"}, headers=h)  # not the default
     assert c.status_code == 409 and a.json()["id"] in c.json()["detail"]
     d = client.post("/v1/forget", json=OK, headers={"Idempotency-Key": "k" * 201})
     assert d.status_code == 422 and "Idempotency-Key" in d.json()["detail"]
@@ -146,7 +146,7 @@ def test_requests_are_coalesced_into_the_queued_job(client, seeded, dispatcher):
     a = client.post("/v1/forget", json=OK).json()
     b = client.post("/v1/forget", json={"model": MODEL, "instance_ids": ["toy-00007"]}).json()
     assert a["job_id"] == b["job_id"] and dispatcher.sent == [a["job_id"]]
-    c = client.post("/v1/forget", json={"model": MODEL, "subject_id": "bob", "objective": "retrain_like"}).json()
+    c = client.post("/v1/forget", json={"model": MODEL, "subject_id": "bob", "objective": "misclassify"}).json()
     assert c["job_id"] != a["job_id"] and dispatcher.sent == [a["job_id"], c["job_id"]]
     job = client.get(f"/v1/jobs/{a['job_id']}").json()
     assert sorted(job["request_ids"]) == sorted([a["id"], b["id"]])
