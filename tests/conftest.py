@@ -26,3 +26,42 @@ def _require_tool(path_or_name: str) -> str:
 @pytest.fixture(scope="session")
 def require_tool():
     return _require_tool
+
+
+PLUGIN_DIR = os.path.join(ROOT, "tests", "plugins", "lethe_tinynet")
+
+
+def install_plugin(site: str, extra_entry_points: dict[str, str] | None = None) -> str:
+    """Install the example plug-in (tests/plugins/lethe_tinynet) the way pip would make it
+    visible to importlib.metadata: a ``.dist-info`` with the ``entry_points.txt`` declared in
+    the plug-in's own pyproject.toml, in a directory put on sys.path with the package's
+    source. Returns that directory (the caller puts it on sys.path)."""
+    import tomllib
+
+    with open(os.path.join(PLUGIN_DIR, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    eps = {**project["entry-points"]["lethe.architectures"], **(extra_entry_points or {})}
+    info = os.path.join(site, f"{project['name'].replace('-', '_')}-{project['version']}.dist-info")
+    os.makedirs(info, exist_ok=True)
+    with open(os.path.join(info, "METADATA"), "w") as f:
+        f.write(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+    with open(os.path.join(info, "entry_points.txt"), "w") as f:
+        f.write("[lethe.architectures]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()))
+    shutil.copytree(os.path.join(PLUGIN_DIR, "src", "lethe_tinynet"), os.path.join(site, "lethe_tinynet"),
+                    dirs_exist_ok=True)
+    return site
+
+
+@pytest.fixture
+def tinynet(tmp_path_factory, monkeypatch):
+    """The example plug-in installed for this test (and a broken and a missing one beside it)."""
+    from models import architectures
+
+    site = install_plugin(str(tmp_path_factory.mktemp("site")),
+                          {"notrunk": "lethe_tinynet:NoTrunkNet", "gone": "lethe_tinynet_missing:Net",
+                           "cnn": "lethe_tinynet:TinyNet"})
+    monkeypatch.syspath_prepend(site)
+    architectures.reload()
+    yield "tinynet"
+    monkeypatch.undo()
+    architectures.reload()

@@ -165,7 +165,7 @@ def _unlearn(s: Settings, job_id: str, token: str, spec: dict, fx, fy, rx, ry):
     _verify(s, spec, metrics)
     tmp = registry.weights_tmp_path(s.registry_dir, spec["model_name"])
     sha = save_checkpoint(new_model, tmp, arch=meta["arch"], dataset=meta["dataset"],
-                          input_shape=meta["input_shape"], classes=meta["classes"],
+                          input_shape=meta["input_shape"], classes=meta["classes"], arch_params=meta["arch_params"],
                           extra={"parent_sha256": spec["base_sha"], "job_id": job_id, "method": method})
     rel = registry.publish_weights(s.registry_dir, spec["model_name"], tmp, sha)
     stats = {k: v for k, v in (result.stats or {}).items() if isinstance(v, (int, float, str, bool, type(None)))}

@@ -35,6 +35,9 @@ from .registry import UnlearnRequest, UnlearnResult
 BUNDLE_FORMAT = "lethe-bundle/1"
 
 
+_LATER_FIELDS = {"optimizer": "adam", "weight_decay": 0.0, "momentum": 0.9, "arch_params": None}
+
+
 @dataclass
 class ExactConfig:
     """The recipe of a sharded model; part of every slice checkpoint's name."""
@@ -53,6 +56,11 @@ class ExactConfig:
     aggregation: str = "softmax"  # SISA: "softmax" (mean of softmax) | "vote" (majority vote)
     rho: float = 1.0             # ARCANE: fraction of each class kept by representative selection
     budgets: list | None = None  # ARCANE: per-class selection budget frozen at training time
+    # the model's stored recipe and architecture parameters (models.train.Recipe, models.architectures)
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    arch_params: dict | None = None
 
     def epochs_at(self, r: int) -> int:
         """Epochs of slice stage r. SISA trains slice r on slices 0..r; with 2e/(R+1) epochs per
@@ -64,12 +72,21 @@ class ExactConfig:
     def fingerprint(self) -> str:
         d = dataclasses.asdict(self)
         d.pop("aggregation")  # prediction-time choice, does not change the weights
+        for k, default in _LATER_FIELDS.items():  # fields added later: at their default they leave the
+            if d.get(k) == default:               # name unchanged, so existing slice checkpoints are reused
+                d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["input_shape"] = list(self.input_shape)
         return d
+
+    def recipe(self):
+        from ..train import Recipe
+
+        return Recipe(optimizer=self.optimizer, lr=self.lr, epochs=self.epochs, batch_size=self.batch_size,
+                      weight_decay=self.weight_decay, seed=self.seed, momentum=self.momentum)
 
     @classmethod
     def from_json(cls, d: dict) -> "ExactConfig":
@@ -223,7 +240,7 @@ class OneClassAE(nn.Module):
 def build_member(config: ExactConfig) -> nn.Module:
     if config.kind == "arcane":
         return OneClassAE(config.input_shape)
-    return build_model(config.arch, config.input_shape, len(config.classes))
+    return build_model(config.arch, config.input_shape, len(config.classes), config.arch_params)
 
 
 def init_member(config: ExactConfig, member: int) -> nn.Module:
@@ -248,7 +265,7 @@ def _train_stage(config: ExactConfig, model: nn.Module, x: torch.Tensor, y: torc
     if n == 0:
         return
     g = torch.Generator().manual_seed(_seed(config.seed, member, stage))
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    opt = config.recipe().make_optimizer(model.parameters())
     device = next(model.parameters()).device
     model.train()
     for _ in range(config.epochs_at(stage)):
@@ -335,6 +352,7 @@ def save_member(model: nn.Module, path: str, config: ExactConfig, member: int) -
     from ..checkpoint import save_checkpoint
 
     return save_checkpoint(model, path, arch=config.arch if config.kind == "sisa" else "ae1c",
+                           arch_params=config.arch_params if config.kind == "sisa" else None,
                            dataset=config.dataset, input_shape=config.input_shape, classes=config.classes,
                            extra={"kind": config.kind, "member": member})
 
