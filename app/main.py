@@ -24,7 +24,7 @@ from .jobs.dispatch import Dispatcher
 from .metrics import Metrics
 from .observability import RequestContext
 from .jobs.sweeper import Sweeper
-from .registry.router import router as models_router
+from .registry.router import architectures_router, router as models_router
 from .registry.service import ServingCache
 from .settings import Settings, get_settings
 from .webhooks.service import WebhookPump
@@ -123,7 +123,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
                   description="Machine-unlearning service: takes deletion requests and makes the served model "
                               "forget, with a versioned registry and a hash-chained audit trail.")
     app.state.settings, app.state.dispatcher, app.state.serving = settings, dispatcher, ServingCache()
-    for r in (forget_router, models_router, datasets_router, subjects_router, audit_router, keys_router,
+    for r in (forget_router, models_router, architectures_router, datasets_router, subjects_router, audit_router,
+              keys_router,
               dashboard_router):
         app.include_router(r)
     errors.install(app)  # every error answer is {code, detail}

@@ -51,3 +51,20 @@ class ForgetRequest(Base):
     closed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)  # actor who denied / canceled
     retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # operator retries
     callback_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)  # signed webhooks go here
+    # migration 0005: one request of an erasure group (a subject forgotten from every model)
+    group_id: Mapped[str | None] = mapped_column(ForeignKey("erasure_groups.id"), index=True, nullable=True)
+
+
+class ErasureGroup(Base):
+    """``POST /v1/forget`` with a subject and no model: one request per model that holds
+    the subject's data, created together; one certificate lists every model and version."""
+
+    __tablename__ = "erasure_groups"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    subject_ref: Mapped[str] = mapped_column(String(64), index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(256), unique=True, nullable=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    models: Mapped[list] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(String(128))
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

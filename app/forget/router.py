@@ -11,11 +11,11 @@ from ..jobs.schemas import JobRead
 from ..audit import certificates
 from ..security import AUDIT_READ, FORGET_READ, FORGET_WRITE, MODELS_ADMIN, Principal, require_scope
 from ..webhooks import service as webhooks
-from . import service
+from . import groups, service
 from . import models as fm
 from .models import ForgetRequest
-from .schemas import (CancelBody, DenyBody, ForgetAccepted, ForgetCreate, ForgetPage, ForgetRead, JobProgress,
-                      WebhookDeliveryRead)
+from .schemas import (CancelBody, DenyBody, ErasureMember, ErasureRead, ForgetAccepted, ForgetCreate, ForgetPage,
+                      ForgetRead, JobProgress, WebhookDeliveryRead)
 
 router = APIRouter(prefix="/v1", tags=["forget"])
 
@@ -48,6 +48,8 @@ def _read(session, req: ForgetRequest) -> ForgetRead:
 def create_forget(body: ForgetCreate, session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep,
                   response: Response, principal: Annotated[Principal, Depends(require_scope(FORGET_WRITE))],
                   idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None):
+    if body.model is None:  # the subject, from every model trained on their data
+        return _erase_everywhere(body, session, settings, dispatcher, response, principal, idempotency_key)
     req, job_to_dispatch, replayed = service.submit(session, settings, body, idempotency_key=idempotency_key,
                                                     actor=principal.actor)
     session.commit()  # the worker must see the request before it is dispatched
@@ -58,6 +60,49 @@ def create_forget(body: ForgetCreate, session: SessionDep, settings: SettingsDep
     response.headers["Location"] = f"/v1/forget/{req.id}"
     return ForgetAccepted(id=req.id, status=req.status, due_at=req.due_at, job_id=req.job_id,
                           days_left=service.days_left(req))
+
+
+def _member(r: ForgetRequest) -> ErasureMember:
+    return ErasureMember(request_id=r.id, model=r.model_name, status=r.status, job_id=r.job_id,
+                         version_before=r.version_before, version_after=r.version_after, error=r.error)
+
+
+def _erase_everywhere(body, session, settings, dispatcher, response, principal, idempotency_key) -> ForgetAccepted:
+    group, reqs, to_dispatch, replayed = groups.submit_all(session, settings, body, idempotency_key=idempotency_key,
+                                                           actor=principal.actor)
+    session.commit()  # the workers must see the requests before they are dispatched
+    for job_id in to_dispatch:
+        dispatcher.dispatch(job_id)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/erasures/{group.id}"
+    return ForgetAccepted(id=group.id, erasure_id=group.id, status=groups.status(reqs),
+                          due_at=min(r.due_at for r in reqs), days_left=min(service.days_left(r) or 0 for r in reqs),
+                          requests=[_member(r) for r in reqs])
+
+
+@router.get("/erasures/{erasure_id}", response_model=ErasureRead, responses={404: ERRORS[404]},
+            dependencies=[Depends(require_scope(FORGET_READ))],
+            summary="A subject's erasure from every model: one request per model and its versions")
+def read_erasure(erasure_id: str, session: SessionDep):
+    group = groups.get(session, erasure_id)
+    if group is None:
+        raise LetheError(404, "unknown_erasure", f"erasure {erasure_id!r} not found")
+    reqs = groups.requests_of(session, erasure_id)
+    state = groups.status(reqs)
+    return ErasureRead(id=group.id, status=state, models=group.models, received_at=group.received_at,
+                       requests=[_member(r) for r in reqs],
+                       certificate_url=f"/v1/erasures/{group.id}/certificate" if state == fm.COMPLETED else None)
+
+
+@router.get("/erasures/{erasure_id}/certificate", dependencies=[Depends(require_scope(FORGET_READ, AUDIT_READ))],
+            responses={404: {"description": "unknown erasure"}, 409: {"description": "not every request completed"}},
+            summary="One signed certificate naming every model and version the subject was forgotten from")
+def erasure_certificate(erasure_id: str, session: SessionDep, settings: SettingsDep):
+    """Same envelope as a request's certificate (`{certificate, canonical, signature}`); the
+    certificate's `models` lists, per model, the request, the versions before and after
+    (number + sha256), the verification metrics and the audit entry."""
+    return groups.certificate(session, settings, erasure_id)
 
 
 @router.get("/forget", response_model=ForgetPage, dependencies=[Depends(require_scope(FORGET_READ))],

@@ -21,9 +21,12 @@ class ForgetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"model": "mnist5k-cnn", "subject_id": "alice", "objective": "misclassify"},
         {"model": "mnist5k-cnn", "instance_ids": ["mnist5k-00042", "mnist5k-00043"], "objective": "retrain_like"},
+        {"subject_id": "alice"},
     ]})
 
-    model: str = Field(min_length=1, max_length=128, description="registered model name")
+    model: str | None = Field(default=None, min_length=1, max_length=128,
+                              description="registered model name; omit it (with subject_id) to forget the subject "
+                                          "from every model trained on their data (one erasure, a request per model)")
     subject_id: str | None = Field(default=None, min_length=1, max_length=256,
                                    description="forget every catalogued instance of this subject")
     instance_ids: list[str] | None = Field(default=None, description="forget exactly these training instances")
@@ -119,9 +122,31 @@ class CancelBody(BaseModel):
     reason: str | None = Field(default=None, max_length=2000)
 
 
+class ErasureMember(BaseModel):
+    request_id: str
+    model: str
+    status: str
+    job_id: str | None = None
+    version_before: int | None = None
+    version_after: int | None = None
+    error: str | None = None
+
+
 class ForgetAccepted(BaseModel):
-    id: str
+    id: str = Field(description="the request id; for a request without a model, the erasure id")
     status: str
     due_at: dt.datetime
     job_id: str | None = None
     days_left: int | None = None
+    erasure_id: str | None = Field(default=None, description="set when the subject is forgotten from every model")
+    requests: list[ErasureMember] | None = Field(default=None, description="one request per model, for an erasure")
+
+
+class ErasureRead(BaseModel):
+    id: str
+    status: str = Field(description="completed | queued | running | incomplete (a request failed, was denied or "
+                                    "canceled)")
+    models: list[str]
+    received_at: dt.datetime
+    requests: list[ErasureMember]
+    certificate_url: str | None = None

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..db import Base, UTCDateTime, utcnow
 
 PRODUCTION = "production"
 READY, PURGED = "READY", "PURGED"
+# models.status: version 1 exists ("ready"), a training run will publish it ("training"), or it failed
+MODEL_READY, MODEL_TRAINING, MODEL_FAILED = "ready", "training", "failed"
 
 
 class RegisteredModel(Base):
@@ -23,6 +25,11 @@ class RegisteredModel(Base):
     # "instance": versions are single checkpoints; "sisa" / "arcane": versions are bundles
     family: Mapped[str] = mapped_column(String(16), default="instance", server_default="instance")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # migration 0005: the architecture's constructor parameters (None = its defaults), the
+    # training recipe (models.train.Recipe as JSON; None = the demo recipe) and the status
+    arch_params: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    recipe: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default=MODEL_READY, server_default=MODEL_READY)
 
 
 class ModelVersion(Base):
@@ -67,3 +74,24 @@ class AliasMove(Base):
     actor: Mapped[str] = mapped_column(String(128))
     moved_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # operator moves (rollback) say why
+
+
+class TrainingRun(Base):
+    """Lethe training a registered model on a registered dataset (POST /v1/models/{name}/train)."""
+
+    __tablename__ = "training_runs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    model_name: Mapped[str] = mapped_column(ForeignKey("models.name"), index=True)
+    dataset: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), index=True)  # queued | running | completed | failed
+    stage: Mapped[str] = mapped_column(String(128), default="queued")
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    worker: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -18,9 +18,10 @@ from ..security import AUDIT_READ, FORGET_READ, MODELS_ADMIN, Principal, require
 from . import governance
 from . import service
 from .models import PRODUCTION
-from .upload import register_upload
+from .upload import parse_json_field, register_upload
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+architectures_router = APIRouter(prefix="/v1/architectures", tags=["models"])
 # reading the registry: any key that has a reason to look
 READ = Depends(require_scope(FORGET_READ, AUDIT_READ, MODELS_ADMIN))
 
@@ -34,6 +35,13 @@ class ModelRead(BaseModel):
     aliases: dict[str, int]
     latest_version: int | None
     family: str = "instance"
+    status: str = Field(default="ready", description="ready | training (a training run will publish version 1) | "
+                                                     "failed")
+    arch_params: dict = Field(default_factory=dict, description="the architecture's constructor parameters")
+    recipe: dict | None = Field(default=None, description="the training recipe retraining and SISA shards use")
+    tainted: bool = Field(default=False, description="still holds instances erased from another model trained on "
+                                                     "the same data: forget them here too")
+    erased_elsewhere: int = 0
 
 
 class VersionRead(BaseModel):
@@ -79,6 +87,8 @@ class AliasRead(BaseModel):
 class UploadRead(BaseModel):
     name: str
     arch: str
+    arch_params: dict = {}
+    recipe: dict | None = None
     dataset: str
     version: int
     sha256: str
@@ -130,10 +140,24 @@ def list_models(session: SessionDep):
     out = []
     for m in service.list_models(session):
         vs = service.versions(session, m.name)
-        out.append(ModelRead(name=m.name, dataset=m.dataset, arch=m.arch, input_shape=m.input_shape,
-                             classes=m.classes, aliases=service.aliases(session, m.name),
-                             latest_version=vs[-1].version if vs else None, family=m.family))
+        out.append(_model_read(session, m, vs))
     return out
+
+
+def _model_read(session, m, vs) -> ModelRead:
+    held = governance.data_taint(session, m.name)
+    return ModelRead(name=m.name, dataset=m.dataset, arch=m.arch, input_shape=m.input_shape, classes=m.classes,
+                     aliases=service.aliases(session, m.name), latest_version=vs[-1].version if vs else None,
+                     family=m.family, status=m.status or "ready", arch_params=m.arch_params or {},
+                     recipe=service.recipe_of(m).to_json() if m.family == "instance" else m.recipe,
+                     tainted=held > 0, erased_elsewhere=held)
+
+
+@router.get("/{name}", response_model=ModelRead, dependencies=[READ], summary="One model: architecture, recipe, "
+            "status, aliases, and whether it still holds data erased elsewhere")
+def read_model(name: str, session: SessionDep):
+    m = _model_or_404(session, name)
+    return _model_read(session, m, service.versions(session, name))
 
 
 @router.get("/{name}/versions", response_model=VersionsRead, dependencies=[READ])
@@ -183,16 +207,23 @@ def put_alias(name: str, alias: str, body: AliasBody, session: SessionDep,
 def upload_model(session: SessionDep, settings: SettingsDep,
                  principal: Annotated[Principal, Depends(require_scope(MODELS_ADMIN))],
                  name: Annotated[str, Form(description="new model name")],
-                 arch: Annotated[str, Form(description="architecture: cnn, mlp, resnet18")],
+                 arch: Annotated[str, Form(description="architecture name: the zoo or an installed plug-in "
+                                                       "(GET /v1/architectures)")],
                  dataset: Annotated[str, Form(description="dataset the manifest's instance ids come from")],
                  weights: Annotated[UploadFile, File(description="safetensors state dict (pickles are refused)")],
                  manifest: Annotated[UploadFile, File(description='JSON: {"instances": [{"instance_id", '
-                                                                    '"subject_id"?}, ...]}')]):
+                                                                    '"subject_id"?}, ...]}')],
+                 arch_params: Annotated[str | None, Form(description='JSON object: the architecture\'s constructor '
+                                                                     'parameters, e.g. {"widths": [64, 32]}')] = None,
+                 recipe: Annotated[str | None, Form(description='JSON object: how it was trained (optimizer, lr, '
+                                                                'epochs, batch_size, weight_decay, seed); retraining '
+                                                                'uses it')] = None):
     """The weights are checked against the architecture, evaluated on the dataset's test
     split, re-saved with Lethe's metadata (content-addressed), registered as version 1 under
     `production`, and the manifest's instances are catalogued (subject ids as keyed hashes)."""
     out = register_upload(session, settings, name=name, arch=arch, dataset=dataset, weights=weights.file.read(),
-                          filename=weights.filename, manifest_raw=manifest.file.read(), actor=principal.actor)
+                          filename=weights.filename, manifest_raw=manifest.file.read(), actor=principal.actor,
+                          arch_params=parse_json_field(arch_params, "arch_params"), recipe=parse_json_field(recipe, "recipe"))
     return UploadRead(**out)
 
 
@@ -255,3 +286,20 @@ def predict(name: str, body: PredictBody, session: SessionDep, settings: Setting
     return PredictRead(model=name, version=version.version, sha256=version.sha256, predictions=[
         Prediction(instance_id=ids[k], label=int(labels[k]), class_name=str(classes[int(labels[k])]),
                    confidence=float(conf[k])) for k in range(n)])
+
+
+class ArchitecturesRead(BaseModel):
+    architectures: list[dict] = Field(description="name, inputs (image | tabular | tokens | any), summary, source "
+                                                  "(entry point), params (type, default, choices, required)")
+    problems: dict[str, str] = Field(description="plug-ins that failed to load or clashed with a taken name, and why")
+
+
+@architectures_router.get("", response_model=ArchitecturesRead, dependencies=[READ],
+                          summary="Architectures a model can use: the built-in zoo and installed plug-ins")
+def list_architectures():
+    """Plug-ins are Python packages the operator installs, declared in the entry-point group
+    `lethe.architectures`; nothing executable is ever uploaded (docs/own-models.md)."""
+    from models import architectures
+
+    return ArchitecturesRead(architectures=[architectures.get(n).to_json() for n in architectures.names()],
+                             problems=architectures.problems())

@@ -135,14 +135,23 @@ def load_version(registry_dir: str, version: "ModelVersion", device="cpu"):
 # --- writes (inside the caller's transaction) ------------------------------------------------
 
 def register_model(session: Session, *, name: str, dataset: str, arch: str, input_shape, classes,
-                   family: str = "instance") -> RegisteredModel:
+                   family: str = "instance", arch_params: dict | None = None, recipe: dict | None = None,
+                   status: str = "ready") -> RegisteredModel:
     if family not in FAMILIES:
         raise LetheError(500, "registry_error", f"unknown model family {family!r}; choose one of {FAMILIES}")
     m = RegisteredModel(name=name, dataset=dataset, arch=arch, input_shape=list(input_shape), classes=list(classes),
-                        family=family)
+                        family=family, arch_params=arch_params or None, recipe=recipe, status=status)
     session.add(m)
     session.flush()
     return m
+
+
+def recipe_of(model: RegisteredModel):
+    """The model's stored training recipe (models.train.Recipe); models registered before
+    recipes were stored get the demo recipe (Adam, the architecture's default epochs)."""
+    from models.train import Recipe, default_recipe
+
+    return Recipe.from_dict(model.recipe, arch=model.arch) if model.recipe else default_recipe(model.arch)
 
 
 def next_version_number(session: Session, model_name: str) -> int:

@@ -60,20 +60,53 @@ def parse_manifest(raw: str | bytes) -> list[dict]:
     return out
 
 
+def parse_json_field(raw: str | None, field: str) -> dict | None:
+    """A JSON object sent as a form field (multipart cannot nest): None when absent."""
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError as e:
+        raise GovernanceError(422, f"bad_{field}", f"{field} is not valid JSON: {e}")
+    if not isinstance(doc, dict):
+        raise GovernanceError(422, f"bad_{field}", f"{field} must be a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def check_model_spec(arch: str, input_shape, num_classes: int, arch_params: dict | None,
+                     recipe: dict | None) -> tuple[dict, dict]:
+    """(resolved architecture parameters, recipe as JSON) for a model to register, or a 422
+    that says exactly what is wrong: an unknown architecture (with the list, plug-ins
+    included), bad constructor parameters, an input the architecture cannot take, a network
+    that breaks the unlearning contract, a bad recipe field (every one of them)."""
+    from models.architectures import ArchitectureError, validate
+    from models.train import Recipe, RecipeError
+
+    try:
+        checked = validate(arch, input_shape, num_classes, arch_params)
+    except ArchitectureError as e:
+        code = "unknown_arch" if str(e).startswith("unknown architecture") else "bad_arch_params"
+        raise GovernanceError(422, code, str(e))
+    try:
+        r = Recipe.from_dict(recipe, arch=arch)
+    except RecipeError as e:
+        raise GovernanceError(422, "bad_recipe", str(e))
+    return checked["params"], r.to_json()
+
+
 def register_upload(session: Session, settings: Settings, *, name: str, arch: str, dataset: str, weights: bytes,
-                    filename: str | None, manifest_raw: str | bytes, actor: str) -> dict:
+                    filename: str | None, manifest_raw: str | bytes, actor: str, arch_params: dict | None = None,
+                    recipe: dict | None = None) -> dict:
     from safetensors.torch import load as st_load
 
     from models.checkpoint import save_checkpoint
     from models.data import load_dataset
-    from models.nets import ARCHITECTURES, build_model
+    from models.nets import build_model
     from models.train import accuracy
 
     t0 = time.perf_counter()
     if not NAME_RE.match(name):
         raise GovernanceError(422, "bad_name", "model name: 1-128 characters, a-z 0-9 . _ -, starting with a letter or digit")
-    if arch not in ARCHITECTURES:
-        raise GovernanceError(422, "unknown_arch", f"arch {arch!r} unknown; architectures: {sorted(ARCHITECTURES)}")
     why = looks_pickled(weights, filename)
     if why:
         raise GovernanceError(415, "pickle_refused",
@@ -88,12 +121,13 @@ def register_upload(session: Session, settings: Settings, *, name: str, arch: st
         ds = load_dataset(dataset)
     except (KeyError, ValueError) as e:
         raise GovernanceError(422, "unknown_dataset", f"dataset {dataset!r} unknown: {e}")
-    model = build_model(arch, ds.input_shape, len(ds.classes))
+    arch_params, recipe = check_model_spec(arch, ds.input_shape, len(ds.classes), arch_params, recipe)
+    model = build_model(arch, ds.input_shape, len(ds.classes), arch_params)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise GovernanceError(422, "weights_do_not_fit",
-                              f"weights do not fit arch {arch!r} for dataset {dataset!r} "
+                              f"weights do not fit arch {arch!r} with parameters {arch_params} for dataset {dataset!r} "
                               f"(input {list(ds.input_shape)}, {len(ds.classes)} classes): {str(e)[:800]}")
     model.eval()
     items = parse_manifest(manifest_raw)
@@ -109,7 +143,7 @@ def register_upload(session: Session, settings: Settings, *, name: str, arch: st
     uploaded_sha = hashlib.sha256(weights).hexdigest()
     tmp = registry.weights_tmp_path(settings.registry_dir, name)
     sha = save_checkpoint(model.cpu(), tmp, arch=arch, dataset=ds.name, input_shape=ds.input_shape,
-                          classes=ds.classes, extra={"uploaded_sha256": uploaded_sha})
+                          classes=ds.classes, extra={"uploaded_sha256": uploaded_sha}, arch_params=arch_params)
     rel = registry.publish_weights(settings.registry_dir, name, tmp, sha)
     x, y = ds.x_train.numpy(), ds.y_train.numpy()
     rows = []
@@ -121,12 +155,13 @@ def register_upload(session: Session, settings: Settings, *, name: str, arch: st
         rows.append(dict(model_name=name, instance_id=it["instance_id"], dataset=ds.name, subject_ref=ref,
                          label=int(y[i]), content_hash=store.content_hash(x[i]), storage_uri=path))
     registry.register_model(session, name=name, dataset=ds.name, arch=arch, input_shape=ds.input_shape,
-                            classes=ds.classes)
+                            classes=ds.classes, arch_params=arch_params, recipe=recipe)
     metrics = {"ta": ta, "uploaded_sha256": uploaded_sha, "seconds": round(time.perf_counter() - t0, 3)}
     v = registry.add_version(session, model_name=name, sha256=sha, storage_path=rel, parent_version=None,
                              job_id=None, metrics=metrics)
     audit.append(session, actor=actor, action="model.registered",
-                 payload={"model": name, "arch": arch, "dataset": ds.name, "uploaded_sha256": uploaded_sha,
+                 payload={"model": name, "arch": arch, "arch_params": arch_params, "recipe": recipe,
+                          "dataset": ds.name, "uploaded_sha256": uploaded_sha,
                           "instances": len(rows), "subjects": len({r["subject_ref"] for r in rows if r["subject_ref"]})})
     audit.append(session, actor=actor, action="model.version_created",
                  payload={"model": name, "version": v.version, "sha256": sha, "parent_version": None,
@@ -137,6 +172,7 @@ def register_upload(session: Session, settings: Settings, *, name: str, arch: st
     session.bulk_insert_mappings(TrainingInstance, rows)
     audit.append(session, actor=actor, action="catalogue.loaded",
                  payload={"model": name, "dataset": ds.name, "instances": len(rows)})
-    return {"name": name, "arch": arch, "dataset": ds.name, "version": v.version, "sha256": sha,
+    return {"name": name, "arch": arch, "arch_params": arch_params, "recipe": recipe, "dataset": ds.name,
+            "version": v.version, "sha256": sha,
             "uploaded_sha256": uploaded_sha, "test_accuracy": ta, "instances": len(rows),
             "aliases": {PRODUCTION: v.version}}
