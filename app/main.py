@@ -124,8 +124,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
                               "forget, with a versioned registry and a hash-chained audit trail.")
     app.state.settings, app.state.dispatcher, app.state.serving = settings, dispatcher, ServingCache()
     for r in (forget_router, models_router, architectures_router, datasets_router, subjects_router, audit_router,
-              keys_router,
-              dashboard_router):
+              keys_router, dashboard_router):
         app.include_router(r)
     errors.install(app)  # every error answer is {code, detail}
     security.install(app)  # scopes published in OpenAPI (x-required-scopes)
