@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = Field(default=5.0, description="first retry delay; doubles each attempt")
     webhook_timeout_s: float = 5.0
     webhook_poll_s: float = Field(default=1.0, description="delivery loop period in the gateway; 0 = off")
+    webhook_concurrency: int = Field(default=16, ge=1, le=256, description="delivery threads in all")
+    webhook_per_destination: int = Field(default=2, ge=1, le=64,
+                                         description="at most this many connections to one scheme://host:port")
+    callback_allow: str = Field(default="", description="comma-separated CIDR networks and host names a "
+                                                        "callback_url may reach although not public "
+                                                        "(e.g. 10.0.0.0/8,hooks.internal); empty = public only")
     # sweeper: re-queue requests stuck in queued/running (workers died, messages lost)
     sweeper_interval_s: float = Field(default=60.0, description="0 = no sweeper thread")
     stuck_queued_s: int = Field(default=900, description="a queued job untouched this long is dispatched again")

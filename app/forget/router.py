@@ -10,6 +10,7 @@ from ..jobs import service as jobs
 from ..jobs.schemas import JobRead
 from ..audit import certificates
 from ..security import AUDIT_READ, FORGET_READ, FORGET_WRITE, MODELS_ADMIN, Principal, require_scope
+from ..webhooks import outbound
 from ..webhooks import service as webhooks
 from . import groups, service
 from . import models as fm
@@ -48,6 +49,11 @@ def _read(session, req: ForgetRequest) -> ForgetRead:
 def create_forget(body: ForgetCreate, session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep,
                   response: Response, principal: Annotated[Principal, Depends(require_scope(FORGET_WRITE))],
                   idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None):
+    if body.callback_url is not None:  # SSRF: public addresses only (app/webhooks/outbound.py)
+        try:
+            outbound.check(body.callback_url, settings.callback_allow)
+        except outbound.UnsafeCallback as e:
+            raise service.ForgetError(422, "callback_url_refused", str(e))
     if body.model is None:  # the subject, from every model trained on their data
         return _erase_everywhere(body, session, settings, dispatcher, response, principal, idempotency_key)
     req, job_to_dispatch, replayed = service.submit(session, settings, body, idempotency_key=idempotency_key,

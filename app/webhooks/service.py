@@ -16,6 +16,11 @@ Headers of each POST (body: the JSON payload, exactly as stored):
     Lethe-Signature: v1=<hex HMAC-SHA256(LETHE_WEBHOOK_SECRET, "<timestamp>.<body>")>
 A receiver recomputes the HMAC over the raw body and compares in constant time, and
 refuses timestamps more than 5 minutes old (``verify_signature`` is that recipe).
+
+Outbound safety (``outbound``): the URL is checked (public addresses only, no credentials,
+``LETHE_CALLBACK_ALLOW`` for exceptions) when the request is recorded and again before every
+attempt; the POST goes to the address that passed the check and never follows a redirect.
+Deliveries run concurrently with a per-destination limit (``Deliverer``).
 """
 from __future__ import annotations
 
@@ -25,8 +30,13 @@ import hmac
 import json
 import logging
 import math
+import threading
 import time
 import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
 
 from sqlalchemy import exists, select
 from sqlalchemy.orm import aliased
@@ -34,6 +44,7 @@ from sqlalchemy.orm import Session
 
 from ..db import session_scope, utcnow
 from ..periodic import PeriodicThread
+from . import outbound
 from .models import DELIVERED, GAVE_UP, PENDING, WebhookDelivery
 
 log = logging.getLogger("lethe.webhooks")
@@ -93,63 +104,136 @@ def deliveries_of(session: Session, request_id: str) -> list[WebhookDelivery]:
 
 
 def _post(settings, d: WebhookDelivery, client) -> tuple[int | None, str | None]:
+    """One attempt: the URL is checked again (DNS may have changed since it was recorded)
+    and the connection goes to the address that passed the check; no redirect is followed."""
+    try:
+        host, port, ip = outbound.check(d.url, settings.callback_allow)
+    except outbound.UnsafeCallback as e:
+        return None, f"refused: {e}"[:500]
     ts = int(time.time())
     body = d.payload.encode("utf-8")
-    headers = {"Content-Type": "application/json", "User-Agent": "lethe-webhooks/1", "Lethe-Event": d.event,
+    url = httpx.URL(d.url)
+    default_port = 443 if url.scheme == "https" else 80
+    headers = {"Host": host if port == default_port else f"{host}:{port}",
+               "Content-Type": "application/json", "User-Agent": "lethe-webhooks/1", "Lethe-Event": d.event,
                "Lethe-Delivery": d.id, "Lethe-Timestamp": str(ts),
                "Lethe-Signature": sign(settings.webhook_secret, ts, body)}
     try:
-        r = client.post(d.url, content=body, headers=headers, timeout=settings.webhook_timeout_s)
+        r = client.post(url.copy_with(host=str(ip)), content=body, headers=headers, follow_redirects=False,
+                        timeout=settings.webhook_timeout_s,
+                        extensions={"sni_hostname": host} if url.scheme == "https" else None)
         return r.status_code, None
     except Exception as e:  # noqa: BLE001 - any transport error is a failed attempt
         return None, f"{e.__class__.__name__}: {e}"[:500]
 
 
-def deliver_due(settings, *, limit: int = 50, client=None) -> int:
-    """POST every due delivery once. Returns how many attempts were made."""
-    import httpx
+class Deliverer:
+    """Sends due deliveries concurrently: a thread pool of ``webhook_concurrency`` threads,
+    at most ``webhook_per_destination`` connections to one scheme://host:port, so a receiver
+    that answers slowly (or never) ties up only its own share and delays only its own
+    deliveries. Rows being sent are remembered, so a round never sends a row twice."""
 
-    now = utcnow()
-    earlier = aliased(WebhookDelivery)
-    blocked = exists().where(earlier.request_id == WebhookDelivery.request_id, earlier.status == PENDING,
-                             earlier.created_at < WebhookDelivery.created_at)
-    with session_scope(settings.database_url) as db:
-        # in order per request: a change waits while an earlier one of the same request is pending
-        due = [(d.id, d.url) for d in db.execute(
-            select(WebhookDelivery).where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now,
-                                          ~blocked)
-            .order_by(WebhookDelivery.created_at).limit(limit)).scalars()]
-    if not due:
-        return 0
-    own = client is None
-    client = client or httpx.Client(follow_redirects=False)
+    def __init__(self, settings, client=None):
+        self.settings = settings
+        self._own_client = client is None
+        self.client = client or httpx.Client(follow_redirects=False)
+        self._pool = ThreadPoolExecutor(max(1, settings.webhook_concurrency), thread_name_prefix="lethe-webhook")
+        self._lock = threading.Lock()
+        self._inflight: set[str] = set()
+        self._active: dict[str, int] = {}  # destination -> running drainers
+
+    def _due(self, limit: int) -> list[tuple[str, str]]:
+        now = utcnow()
+        earlier = aliased(WebhookDelivery)
+        blocked = exists().where(earlier.request_id == WebhookDelivery.request_id, earlier.status == PENDING,
+                                 earlier.created_at < WebhookDelivery.created_at)
+        with session_scope(self.settings.database_url) as db:
+            # in order per request: a change waits while an earlier one of the same request is pending
+            rows = db.execute(select(WebhookDelivery.id, WebhookDelivery.url)
+                              .where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now,
+                                     ~blocked)
+                              .order_by(WebhookDelivery.created_at).limit(limit)).all()
+        with self._lock:
+            return [(i, u) for i, u in rows if i not in self._inflight]
+
+    def round(self, *, wait: bool, limit: int = 200) -> int:
+        """Start sending every due row whose destination has a free slot. ``wait``: return
+        only when they are all done (tests, one-shot runs). Returns how many were started."""
+        groups: dict[str, deque] = {}
+        for delivery_id, url in self._due(limit):
+            groups.setdefault(outbound.destination(url), deque()).append(delivery_id)
+        futures, started = [], 0
+        per_dest = max(1, self.settings.webhook_per_destination)
+        with self._lock:
+            for dest, queue in groups.items():
+                slots = min(per_dest - self._active.get(dest, 0), len(queue))
+                if slots <= 0:
+                    continue  # busy destination: its rows wait for a later round
+                self._inflight.update(queue)
+                started += len(queue)
+                self._active[dest] = self._active.get(dest, 0) + slots
+                futures += [self._pool.submit(self._drain, dest, queue) for _ in range(slots)]
+        if wait:
+            for f in futures:
+                f.result()
+        return started
+
+    def _drain(self, dest: str, queue: deque) -> None:
+        try:
+            while True:
+                try:
+                    delivery_id = queue.popleft()
+                except IndexError:
+                    return
+                try:
+                    self._attempt(delivery_id)
+                except Exception:  # noqa: BLE001 - one row's failure must not stop the others
+                    log.exception("webhook %s: delivery attempt failed", delivery_id)
+                finally:
+                    with self._lock:
+                        self._inflight.discard(delivery_id)
+        finally:
+            with self._lock:
+                self._active[dest] -= 1
+
+    def _attempt(self, delivery_id: str) -> None:
+        settings = self.settings
+        with session_scope(settings.database_url) as db:
+            d = db.get(WebhookDelivery, delivery_id)
+            if d is None or d.status != PENDING:
+                return
+            snapshot = WebhookDelivery(id=d.id, event=d.event, url=d.url, payload=d.payload)
+        code, error = _post(settings, snapshot, self.client)  # outside any transaction
+        with session_scope(settings.database_url) as db:
+            d = db.get(WebhookDelivery, delivery_id)
+            at = utcnow()
+            d.attempts += 1
+            d.last_status_code, d.last_error = code, error
+            d.log = [*(d.log or []), {"attempt": d.attempts, "at": at.isoformat(), "status_code": code,
+                                      "error": error}]
+            if code is not None and 200 <= code < 300:
+                d.status, d.delivered_at, d.next_attempt_at = DELIVERED, at, None
+            elif d.attempts >= settings.webhook_max_attempts:
+                d.status, d.next_attempt_at = GAVE_UP, None
+                log.warning("webhook %s: gave up after %d attempts", d.id, d.attempts)
+            else:
+                delay = settings.webhook_backoff_s * math.pow(2, d.attempts - 1)
+                d.next_attempt_at = at + dt.timedelta(seconds=delay)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._own_client:
+            self.client.close()
+
+
+def deliver_due(settings, *, limit: int = 50, client=None) -> int:
+    """POST every due delivery once (concurrently, see ``Deliverer``) and wait for them.
+    Returns how many attempts were made."""
+    d = Deliverer(settings, client)
     try:
-        for delivery_id, _ in due:
-            with session_scope(settings.database_url) as db:
-                d = db.get(WebhookDelivery, delivery_id)
-                if d is None or d.status != PENDING:
-                    continue
-                snapshot = WebhookDelivery(id=d.id, event=d.event, url=d.url, payload=d.payload)
-            code, error = _post(settings, snapshot, client)  # outside any transaction
-            with session_scope(settings.database_url) as db:
-                d = db.get(WebhookDelivery, delivery_id)
-                at = utcnow()
-                d.attempts += 1
-                d.last_status_code, d.last_error = code, error
-                d.log = [*(d.log or []), {"attempt": d.attempts, "at": at.isoformat(), "status_code": code,
-                                          "error": error}]
-                if code is not None and 200 <= code < 300:
-                    d.status, d.delivered_at, d.next_attempt_at = DELIVERED, at, None
-                elif d.attempts >= settings.webhook_max_attempts:
-                    d.status, d.next_attempt_at = GAVE_UP, None
-                    log.warning("webhook %s to %s: gave up after %d attempts", d.id, d.url, d.attempts)
-                else:
-                    delay = settings.webhook_backoff_s * math.pow(2, d.attempts - 1)
-                    d.next_attempt_at = at + dt.timedelta(seconds=delay)
+        return d.round(wait=True, limit=limit)
     finally:
-        if own:
-            client.close()
-    return len(due)
+        d.close()
 
 
 class WebhookPump(PeriodicThread):
@@ -157,4 +241,16 @@ class WebhookPump(PeriodicThread):
     It reads the outbox table, so it also delivers changes made by Celery workers."""
 
     def __init__(self, settings):
-        super().__init__("lethe-webhooks", settings.webhook_poll_s, lambda: deliver_due(settings))
+        self.deliverer: Deliverer | None = None
+        super().__init__("lethe-webhooks", settings.webhook_poll_s, self._round)
+        self.settings = settings
+
+    def _round(self) -> None:
+        if self.deliverer is None:
+            self.deliverer = Deliverer(self.settings)
+        self.deliverer.round(wait=False)  # a slow receiver must not hold up the next round
+
+    def stop(self) -> None:
+        super().stop()
+        if self.deliverer is not None:
+            self.deliverer.close()

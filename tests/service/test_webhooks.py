@@ -16,9 +16,25 @@ from app.jobs import service as jobs
 from app.webhooks import service as webhooks
 from app.webhooks.models import WebhookDelivery
 
-from .conftest import MODEL
+from .conftest import MODEL, bearer, make_key
 
 SECRET = "whsec-test-0123456789"
+LOCAL = "127.0.0.0/8"  # the receivers listen on loopback, which callbacks may reach only when allowed
+
+
+@pytest.fixture
+def seeded(seeded):
+    return seeded.model_copy(update={"callback_allow": LOCAL})
+
+
+@pytest.fixture
+def client(seeded, dispatcher):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    with TestClient(create_app(seeded, dispatcher=dispatcher), headers=bearer(make_key(seeded))) as c:
+        yield c
 
 
 def receiver_verifies(secret: str, headers, body: bytes) -> bool:
