@@ -48,7 +48,9 @@ class Base(DeclarativeBase):
     pass
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, read_only: bool = False) -> Engine:
+    """``read_only``: on SQLite, transactions start with a plain (deferred) BEGIN, so a long
+    read (audit verification) never takes the write lock; WAL lets writers go on meanwhile."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
 
@@ -63,7 +65,7 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
@@ -72,6 +74,23 @@ def make_engine(url: str) -> Engine:
 @functools.lru_cache(maxsize=8)
 def get_engine(url: str) -> Engine:
     return make_engine(url)
+
+
+@functools.lru_cache(maxsize=8)
+def get_read_engine(url: str) -> Engine:
+    return make_engine(url, read_only=True) if url.startswith("sqlite") else get_engine(url)
+
+
+@contextmanager
+def read_scope(url: str) -> Iterator[Session]:
+    """A session for reading only (never writes, never takes SQLite's write lock); rolled back."""
+    session = Session(bind=get_read_engine(url), expire_on_commit=False, autoflush=False)
+    try:
+        yield session
+    finally:
+        session.expunge_all()  # what was read stays readable after the transaction ends
+        session.rollback()
+        session.close()
 
 
 @functools.lru_cache(maxsize=8)

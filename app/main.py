@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
 from . import errors, security
+from .audit.checkpoints import Checkpointer
 from .audit.router import keys_router
 from .audit.router import router as audit_router
 from .catalogue.router import router as subjects_router
@@ -107,7 +108,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         start = getattr(dispatcher, "start", None)
         if start:
             start()
-        background = [Sweeper(settings, dispatcher), WebhookPump(settings)]  # both off when their period is 0
+        # each off when its period is 0
+        background = [Sweeper(settings, dispatcher), WebhookPump(settings), Checkpointer(settings)]
         for b in background:
             b.start()
         try:

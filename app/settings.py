@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     admin_key_file: str = Field(default="", description="empty = admin.key next to registry_dir (./var/admin.key)")
     # audit evidence: Ed25519 key that signs deletion certificates (created on first use, 0600)
     signing_key_file: str = Field(default="", description="empty = audit-ed25519.pem next to registry_dir")
+    # signed checkpoints of the audit chain head (app/audit/checkpoints.py)
+    audit_checkpoint_events: int = Field(default=1000, ge=1, description="sign the head every N new events...")
+    audit_checkpoint_interval_s: float = Field(default=3600.0, ge=0, description="...or when the last checkpoint "
+                                                                                  "is this old")
+    audit_checkpoint_poll_s: float = Field(default=30.0, ge=0, description="checkpoint thread period; 0 = off")
+    audit_checkpoint_file: str = Field(default="", description="also append each checkpoint here (JSON lines), "
+                                                               "outside the database; empty = none")
     # signed webhooks (callback_url on a request)
     webhook_secret: str = Field(default="lethe-dev-webhook-secret-change-me",
                                 description="HMAC-SHA256 key for the Lethe-Signature header")

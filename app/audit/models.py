@@ -21,3 +21,16 @@ class AuditEvent(Base):
     payload: Mapped[str] = mapped_column(Text)  # canonical JSON text, hashed exactly as stored
     prev_hash: Mapped[str] = mapped_column(String(64), unique=True)  # one successor per event: no forks
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class AuditCheckpoint(Base):
+    """A signed statement of the chain head at one moment (``app.audit.checkpoints``);
+    append-only like the events."""
+
+    __tablename__ = "audit_checkpoints"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)  # the pinned event
+    head: Mapped[str] = mapped_column(String(64))  # that event's hash
+    at: Mapped[str] = mapped_column(String(40))  # ISO-8601 UTC, signed exactly as stored
+    key_id: Mapped[str] = mapped_column(String(16))
+    signature: Mapped[str] = mapped_column(Text)  # base64 Ed25519 over the canonical document

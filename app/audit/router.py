@@ -4,14 +4,15 @@ import json
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from ..db import session_scope
+from ..db import read_scope
 from ..deps import SessionDep, SettingsDep
 from ..security import AUDIT_READ, require_scope
-from . import service, signing
+from . import checkpoints, service, signing
 from .models import AuditEvent
 
+MAX_SEQ = 2**62  # sequence numbers are 64-bit integers in the database: larger is a 422, not an overflow
 router = APIRouter(prefix="/v1/audit", tags=["audit"], dependencies=[Depends(require_scope(AUDIT_READ))])
 # open on purpose: a public key is for anyone who wants to check a certificate
 keys_router = APIRouter(prefix="/v1/keys", tags=["audit"])
@@ -39,10 +40,23 @@ class VerifyResult(BaseModel):
     head: str
     first_bad_seq: int | None = None
     reason: str | None = None
+    checked: int = Field(default=0, description="events hashed by this call (only those after the last verified one)")
+    checkpoints_checked: int = Field(default=0, description="signed checkpoints compared with the chain")
+
+
+class SignedCheckpoint(BaseModel):
+    certificate: dict = Field(description="{type: lethe.audit_checkpoint, format_version, seq, head, at}")
+    canonical: str = Field(description="the exact text signed")
+    signature: dict = Field(description="{alg: Ed25519, key_id, value (base64)}")
+
+
+class CheckpointPage(BaseModel):
+    checkpoints: list[SignedCheckpoint]
+    next_after_seq: int | None
 
 
 @router.get("", response_model=AuditPage, summary="Audit events, oldest first, paged by sequence number")
-def list_audit(session: SessionDep, after_seq: int = Query(default=0, ge=0),
+def list_audit(session: SessionDep, after_seq: int = Query(default=0, ge=0, le=MAX_SEQ),
                limit: int = Query(default=100, ge=1, le=1000), action: str | None = Query(default=None, max_length=64)):
     rows = service.page(session, after_seq=after_seq, limit=limit, action=action)
     entries = [AuditRead(seq=r.seq, ts=r.ts, actor=r.actor, action=r.action, subject_ref=r.subject_ref,
@@ -50,9 +64,29 @@ def list_audit(session: SessionDep, after_seq: int = Query(default=0, ge=0),
     return AuditPage(entries=entries, next_after_seq=rows[-1].seq if len(rows) == limit else None)
 
 
-@router.get("/verify", response_model=VerifyResult, summary="Recompute the hash chain")
-def verify_audit(session: SessionDep):
-    return VerifyResult(**service.verify(session))
+@router.get("/verify", response_model=VerifyResult,
+            summary="Verify the hash chain (only what is new since the last call) and the signed checkpoints")
+def verify_audit(settings: SettingsDep, full: bool = Query(default=False, description="re-hash from the genesis")):
+    """Never holds the database's write lock. ``full`` re-hashes every event (it still does
+    not block writers); by default only events after this process's verified-up-to mark are
+    hashed. The newest signed checkpoint (database and ``LETHE_AUDIT_CHECKPOINT_FILE``) must
+    still match the chain: a truncation or a re-hashed rewrite fails here."""
+    res = service.verify_incremental(settings.database_url, full=full)
+    if res["ok"]:
+        n, problem = checkpoints.check_server_side(settings)
+        res["checkpoints_checked"] = n
+        if problem:
+            res.update(ok=False, reason=problem)
+    return VerifyResult(**res)
+
+
+@router.get("/checkpoints", response_model=CheckpointPage,
+            summary="Signed checkpoints of the chain head, oldest first (save them outside Lethe)")
+def list_checkpoints(session: SessionDep, after_seq: int = Query(default=0, ge=0, le=MAX_SEQ),
+                     limit: int = Query(default=100, ge=1, le=1000)):
+    rows = checkpoints.page(session, after_seq=after_seq, limit=limit)
+    return CheckpointPage(checkpoints=[SignedCheckpoint(**checkpoints.signed(r)) for r in rows],
+                          next_after_seq=rows[-1].seq if len(rows) == limit else None)
 
 
 def export_line(ev: AuditEvent) -> str:
@@ -62,22 +96,31 @@ def export_line(ev: AuditEvent) -> str:
                                    "hash": ev.hash}) + "\n"
 
 
+def checkpoint_line(cp) -> str:
+    """A signed checkpoint, right after the event it pins."""
+    return service.canonical_json({"checkpoint": checkpoints.signed(cp)}) + "\n"
+
+
 @router.get("/export", summary="The whole chain as JSON lines (application/x-ndjson), oldest first",
             response_class=StreamingResponse,
             responses={200: {"content": {"application/x-ndjson": {}},
                              "description": "one event per line: {seq, ts, actor, action, subject_ref, payload "
-                                            "(the hashed canonical text), prev_hash, hash}"}})
-def export_audit(settings: SettingsDep, after_seq: int = Query(default=0, ge=0)):
+                                            "(the hashed canonical text), prev_hash, hash}; after an event "
+                                            "that a signed checkpoint pins, a line {checkpoint: {certificate, "
+                                            "canonical, signature}}"}})
+def export_audit(settings: SettingsDep, after_seq: int = Query(default=0, ge=0, le=MAX_SEQ)):
     url = settings.database_url
 
     def lines():
         last = after_seq
         while True:
-            with session_scope(url) as db:
+            with read_scope(url) as db:
                 rows = service.page(db, after_seq=last, limit=1000)
-                chunk = "".join(export_line(r) for r in rows)
-            if not rows:
-                return
+                if not rows:
+                    return
+                pins = {c.seq: c for c in checkpoints.page(db, after_seq=last, upto_seq=rows[-1].seq, limit=1000)}
+                chunk = "".join(export_line(r) + (checkpoint_line(pins[r.seq]) if r.seq in pins else "")
+                                for r in rows)
             last = rows[-1].seq
             yield chunk
 

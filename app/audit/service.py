@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from typing import Any
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from ..db import utcnow
+from ..db import read_scope, utcnow
 from .models import GENESIS, AuditEvent
 
 AUDIT_LOCK_KEY = 0x1E7E_A0D1  # advisory lock id on Postgres
@@ -59,26 +60,84 @@ def append(session: Session, *, actor: str, action: str, payload: dict | None = 
     return event
 
 
+def _check_rows(rows, prev: str, expected_seq: int, count: int) -> tuple[dict | None, str, int, int]:
+    """Check consecutive events against the chain state (prev hash, next seq, count)."""
+    for ev in rows:
+        problem = None
+        if ev.seq != expected_seq:
+            problem = f"sequence gap: expected {expected_seq}, found {ev.seq}"
+        elif ev.prev_hash != prev:
+            problem = f"event {ev.seq} does not link to its predecessor's hash"
+        elif compute_hash(ev.prev_hash, ev.seq, ev.ts, ev.actor, ev.action, ev.subject_ref, ev.payload) != ev.hash:
+            problem = f"event {ev.seq} content does not match its hash"
+        if problem:
+            return ({"ok": False, "entries": count, "head": prev, "first_bad_seq": ev.seq, "reason": problem},
+                    prev, expected_seq, count)
+        prev, expected_seq, count = ev.hash, ev.seq + 1, count + 1
+    return None, prev, expected_seq, count
+
+
 def verify(session: Session, batch: int = 1000) -> dict:
-    """Recompute the whole chain. Returns {ok, entries, head, first_bad_seq, reason}."""
+    """Recompute the whole chain in the caller's session. Returns {ok, entries, head,
+    first_bad_seq, reason}. The routes use ``verify_incremental``, which never holds the
+    write lock."""
     prev, expected_seq, count, last_seq = GENESIS, 1, 0, 0
     while True:
         rows = session.execute(select(AuditEvent).where(AuditEvent.seq > last_seq)
                                .order_by(AuditEvent.seq).limit(batch)).scalars().all()
         if not rows:
             break
-        for ev in rows:
-            problem = None
-            if ev.seq != expected_seq:
-                problem = f"sequence gap: expected {expected_seq}, found {ev.seq}"
-            elif ev.prev_hash != prev:
-                problem = f"event {ev.seq} does not link to its predecessor's hash"
-            elif compute_hash(ev.prev_hash, ev.seq, ev.ts, ev.actor, ev.action, ev.subject_ref, ev.payload) != ev.hash:
-                problem = f"event {ev.seq} content does not match its hash"
-            if problem:
-                return {"ok": False, "entries": count, "head": prev, "first_bad_seq": ev.seq, "reason": problem}
-            prev, expected_seq, count, last_seq = ev.hash, ev.seq + 1, count + 1, ev.seq
+        bad, prev, expected_seq, count = _check_rows(rows, prev, expected_seq, count)
+        if bad:
+            return bad
+        last_seq = rows[-1].seq
     return {"ok": True, "entries": count, "head": prev, "first_bad_seq": None, "reason": None}
+
+
+# verified-up-to marks of this process: database url -> (seq, hash) of the last verified event
+_marks: dict[str, tuple[int, str]] = {}
+_marks_lock = threading.Lock()
+
+
+def verify_incremental(url: str, *, full: bool = False, batch: int = 1000) -> dict:
+    """Verify the chain from this process's verified-up-to mark (``full``: from the genesis).
+
+    Each call re-reads the marked event (its hash must not have changed: a truncation or a
+    rewrite behind the mark shows there), then hashes only the events after it, in batches,
+    each in its own read-only transaction: it never holds the write lock, so writers go on
+    while it runs (SQLite WAL readers do not block writers; Postgres reads take no lock).
+    The first call of a process hashes the whole chain once.
+    Returns {ok, entries, head, first_bad_seq, reason, checked (events hashed by this call)}.
+    A rewrite of the whole chain, re-hashed, is what no hash chain can see by itself: signed
+    checkpoints (``app.audit.checkpoints``) pin the head for that."""
+    with _marks_lock:
+        last_seq, prev = (0, GENESIS) if full else _marks.get(url, (0, GENESIS))
+    if last_seq:
+        with read_scope(url) as db:
+            ev = db.get(AuditEvent, last_seq)
+            found = ev.hash if ev is not None else None
+        if found != prev:
+            with _marks_lock:
+                _marks.pop(url, None)
+            what = "is missing (truncated)" if found is None else "has changed since it was verified"
+            return {"ok": False, "entries": last_seq - 1, "head": prev, "first_bad_seq": last_seq,
+                    "reason": f"event {last_seq} {what}", "checked": 0}
+    expected_seq, count, checked = last_seq + 1, last_seq, 0
+    while True:
+        with read_scope(url) as db:
+            rows = db.execute(select(AuditEvent).where(AuditEvent.seq > last_seq)
+                              .order_by(AuditEvent.seq).limit(batch)).scalars().all()
+        if not rows:
+            break
+        bad, prev, expected_seq, count = _check_rows(rows, prev, expected_seq, count)
+        checked += len(rows)
+        if bad:
+            return {**bad, "checked": checked}
+        last_seq = rows[-1].seq
+        with _marks_lock:
+            if _marks.get(url, (0, GENESIS))[0] < last_seq:
+                _marks[url] = (last_seq, prev)
+    return {"ok": True, "entries": count, "head": prev, "first_bad_seq": None, "reason": None, "checked": checked}
 
 
 def page(session: Session, *, after_seq: int = 0, limit: int = 100, action: str | None = None) -> list[AuditEvent]:
@@ -90,7 +149,9 @@ def page(session: Session, *, after_seq: int = 0, limit: int = 100, action: str 
 
 def verify_lines(lines) -> dict:
     """Recompute a chain exported by ``GET /v1/audit/export`` (an iterable of JSON lines),
-    without the database. Same result shape as ``verify``."""
+    without the database. Same result shape as ``verify``. A checkpoint line (``{"checkpoint":
+    ...}``, after the event it pins) must match the chain at that point; its signature is
+    checked by ``app.audit.checkpoints.verify_export``."""
     prev, expected_seq, count = GENESIS, None, 0
     for raw in lines:
         if isinstance(raw, bytes):
@@ -98,6 +159,12 @@ def verify_lines(lines) -> dict:
         if not raw.strip():
             continue
         ev = json.loads(raw)
+        if "checkpoint" in ev:
+            cp = (ev["checkpoint"] or {}).get("certificate") or {}
+            if expected_seq is not None and (cp.get("seq") != expected_seq - 1 or cp.get("head") != prev):
+                return {"ok": False, "entries": count, "head": prev, "first_bad_seq": cp.get("seq"),
+                        "reason": f"checkpoint of event {cp.get('seq')} does not match the chain"}
+            continue
         seq = ev["seq"]
         problem = None
         if expected_seq is not None and seq != expected_seq:

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
-from ..deps import SessionDep
+from ..deps import SessionDep, SettingsDep
 from ..security import require_scope
 from . import view
 
@@ -41,7 +41,7 @@ def _filters(status: str | None, model: str | None) -> tuple[str | None, str | N
 
 
 @router.get("", response_class=HTMLResponse)
-def dashboard(request: Request, session: SessionDep, status: str | None = Query(default=None, max_length=16),
+def dashboard(request: Request, session: SessionDep, settings: SettingsDep, status: str | None = Query(default=None, max_length=16),
               model: str | None = Query(default=None, max_length=128),
               key: str | None = Query(default=None, max_length=512)):
     if key is not None:  # store the key in a cookie, then drop it from the URL
@@ -51,7 +51,7 @@ def dashboard(request: Request, session: SessionDep, status: str | None = Query(
                         secure=request.url.scheme == "https")
         return resp
     status, model = _filters(status, model)
-    data = view.overview(session, status=status, model=model)
+    data = view.overview(session, status=status, model=model, database_url=settings.database_url)
     return templates.TemplateResponse(request, "dashboard.html", {"d": data}, headers={"Cache-Control": "no-store"})
 
 

@@ -41,7 +41,7 @@ def make_settings(tmp_path, **kw) -> Settings:
     return Settings(database_url=f"sqlite:///{tmp_path}/lethe.db", registry_dir=str(tmp_path / "registry"),
                     data_dir=str(tmp_path / "data"), subject_secret=SECRET, broker_url="",
                     bootstrap_demo=False, embedded_worker=False,
-                    **{"sweeper_interval_s": 0, "webhook_poll_s": 0, **kw})
+                    **{"sweeper_interval_s": 0, "webhook_poll_s": 0, "audit_checkpoint_poll_s": 0, **kw})
 
 
 def make_key(settings: Settings, scopes=None, name: str = "test") -> str:
