@@ -98,6 +98,7 @@ def _default_dispatcher(settings: Settings) -> Dispatcher:
 
 def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None) -> FastAPI:
     settings = settings or get_settings()
+    settings.check_secrets()  # no development secrets outside the embedded demo
     settings.ensure_dirs()
     dispatcher = dispatcher or _default_dispatcher(settings)
 

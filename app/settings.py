@@ -9,6 +9,15 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+# development values: accepted only by the embedded demo (SQLite, no broker); see check_secrets
+DEV_SUBJECT_SECRET = "lethe-dev-secret-change-me"
+DEV_WEBHOOK_SECRET = "lethe-dev-webhook-secret-change-me"
+
+
+class InsecureSettings(ValueError):
+    pass
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LETHE_", env_file=None, extra="ignore")
 
@@ -26,7 +35,7 @@ class Settings(BaseSettings):
     job_lease_s: int = Field(default=900, description="a running job whose heartbeat is older than this may be reclaimed")
     max_attempts: int = 3
     # privacy
-    subject_secret: str = Field(default="lethe-dev-secret-change-me", description="HMAC key for subject references")
+    subject_secret: str = Field(default=DEV_SUBJECT_SECRET, description="HMAC key for subject references")
     # HTTP
     host: str = "127.0.0.1"
     port: int = 8000
@@ -66,7 +75,7 @@ class Settings(BaseSettings):
     audit_checkpoint_file: str = Field(default="", description="also append each checkpoint here (JSON lines), "
                                                                "outside the database; empty = none")
     # signed webhooks (callback_url on a request)
-    webhook_secret: str = Field(default="lethe-dev-webhook-secret-change-me",
+    webhook_secret: str = Field(default=DEV_WEBHOOK_SECRET,
                                 description="HMAC-SHA256 key for the Lethe-Signature header")
     webhook_max_attempts: int = 6
     webhook_backoff_s: float = Field(default=5.0, description="first retry delay; doubles each attempt")
@@ -100,6 +109,25 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return not self.broker_url
+
+    @property
+    def demo(self) -> bool:
+        """The embedded demo: SQLite and no broker (``make run``)."""
+        return self.embedded and self.database_url.startswith("sqlite")
+
+    def check_secrets(self) -> None:
+        """Refuse to start a deployment (a broker, or a server database) with the development
+        subject or webhook secret: with them, subject references are reversible by anyone
+        who reads this repository (HMAC("alice") matches) and webhooks can be forged."""
+        if self.demo:
+            return
+        weak = [name for name, value, dev in (("LETHE_SUBJECT_SECRET", self.subject_secret, DEV_SUBJECT_SECRET),
+                                              ("LETHE_WEBHOOK_SECRET", self.webhook_secret, DEV_WEBHOOK_SECRET))
+                if value == dev or len(value) < 16]
+        if weak:
+            raise InsecureSettings(f"{' and '.join(weak)} must be set to a secret of at least 16 characters "
+                                   "(the development defaults are only accepted by the embedded demo: SQLite, no "
+                                   "broker)")
 
     def ensure_dirs(self) -> None:
         os.makedirs(self.registry_dir, exist_ok=True)

@@ -11,7 +11,7 @@ initialised in the task, never before a fork.
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_init
 
 from app.settings import Settings, get_settings
 
@@ -41,6 +41,11 @@ def _json_logs(**_):
     from app.observability import configure_logging
 
     configure_logging(get_settings().log_format)
+
+
+@worker_init.connect
+def _refuse_development_secrets(**_):
+    get_settings().check_secrets()  # a worker writes subject references and webhook rows
 
 
 class CeleryDispatcher:

@@ -24,8 +24,10 @@ ENV = {k: v for k, v in os.environ.items() if not k.startswith(("LETHE_", "POSTG
 def compose(require_tool):
     exe = require_tool("docker-compose")
 
-    def run(*args, secret: str | None = "s3cret", **extra_env):
-        env = dict(ENV, **({"LETHE_SUBJECT_SECRET": secret} if secret else {}), **extra_env)
+    def run(*args, secret: str | None = "s3cret-0123456789", webhook_secret: str | None = "whs3cret-0123456789",
+            **extra_env):
+        env = dict(ENV, **({"LETHE_SUBJECT_SECRET": secret} if secret else {}),
+                   **({"LETHE_WEBHOOK_SECRET": webhook_secret} if webhook_secret else {}), **extra_env)
         return subprocess.run([exe, "-f", COMPOSE, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=120)
     return run
@@ -50,6 +52,14 @@ def test_compose_refuses_to_start_without_a_subject_secret(compose):
     assert "LETHE_SUBJECT_SECRET" in r.stderr
 
 
+def test_compose_requires_a_webhook_secret(compose, resolved):
+    """Issue 15 finding 6: the default webhook secret let anyone forge webhooks."""
+    r = compose("config", "-q", webhook_secret=None)
+    assert r.returncode != 0 and "LETHE_WEBHOOK_SECRET" in r.stderr
+    for name in ("migrate", "api", "worker"):
+        assert resolved["services"][name]["environment"]["LETHE_WEBHOOK_SECRET"] == "whs3cret-0123456789"
+
+
 def test_services_start_order_and_healthchecks(resolved):
     svc = resolved["services"]
     assert set(svc) == {"postgres", "redis", "migrate", "api", "worker"}
@@ -67,7 +77,7 @@ def test_services_start_order_and_healthchecks(resolved):
         env = svc[name]["environment"]
         assert env["LETHE_DATABASE_URL"].startswith("postgresql+psycopg://") and "@postgres:5432/" in env["LETHE_DATABASE_URL"]
         assert env["LETHE_BROKER_URL"] == "redis://redis:6379/0"
-        assert env["LETHE_SUBJECT_SECRET"] == "s3cret"
+        assert env["LETHE_SUBJECT_SECRET"] == "s3cret-0123456789"
         assert any(str(v).endswith(":/var/lib/lethe:rw") or str(v).endswith(":/var/lib/lethe") for v in svc[name]["volumes"]), svc[name]["volumes"]
     assert svc["worker"]["command"][:5] == ["celery", "-A", "worker.celery_app", "worker", "--pool=solo"]
     assert "8000" in str(svc["api"]["ports"])
