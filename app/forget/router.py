@@ -53,7 +53,7 @@ def create_forget(body: ForgetCreate, session: SessionDep, settings: SettingsDep
         try:
             outbound.check(body.callback_url, settings.callback_allow)
         except outbound.UnsafeCallback as e:
-            raise service.ForgetError(422, "callback_url_refused", str(e))
+            raise LetheError(422, "callback_url_refused", str(e))
     if body.model is None:  # the subject, from every model trained on their data
         return _erase_everywhere(body, session, settings, dispatcher, response, principal, idempotency_key)
     req, job_to_dispatch, replayed = service.submit(session, settings, body, idempotency_key=idempotency_key,
