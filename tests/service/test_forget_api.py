@@ -179,7 +179,8 @@ def test_readyz_reports_an_unreachable_broker(seeded):
     from app.main import create_app
     from worker.celery_app import CeleryDispatcher
 
-    s = seeded.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
+    s = seeded.model_copy(update={"broker_url": "redis://127.0.0.1:1/0", "subject_secret": "a-deployment-secret-1",
+                                  "webhook_secret": "a-deployment-webhook-secret-1"})
     with TestClient(create_app(s, dispatcher=CeleryDispatcher(s))) as c:
         r = c.get("/readyz")
     assert r.status_code == 503 and r.json()["checks"]["broker"].startswith("error")
