@@ -1,0 +1,26 @@
+"""The four scopes an API key can hold, and the check of a list of them."""
+from __future__ import annotations
+
+from typing import Iterable
+
+FORGET_WRITE = "forget:write"  # portals: submit and cancel deletion requests
+FORGET_READ = "forget:read"  # poll requests, subjects, certificates
+AUDIT_READ = "audit:read"  # auditors: the audit log, the dashboard
+MODELS_ADMIN = "models:admin"  # operators: register models, move aliases, deny / retry requests
+SCOPES: tuple[str, ...] = (FORGET_WRITE, FORGET_READ, AUDIT_READ, MODELS_ADMIN)
+
+
+def check_scopes(scopes: Iterable[str]) -> list[str]:
+    """The scopes, stripped and without repeats; ValueError for an unknown one or none."""
+    out: list[str] = []
+    for s in scopes:
+        s = s.strip()
+        if not s:
+            continue
+        if s not in SCOPES:
+            raise ValueError(f"unknown scope {s!r}; scopes are {', '.join(SCOPES)}")
+        if s not in out:
+            out.append(s)
+    if not out:
+        raise ValueError(f"a key needs at least one scope of {', '.join(SCOPES)}")
+    return out
