@@ -148,6 +148,7 @@ def install(app: FastAPI) -> None:
 
 
 _REF = "#/components/schemas/ErrorResponse"
+_VALIDATION_REF = "#/components/schemas/HTTPValidationError"
 
 
 def document(app: FastAPI) -> None:
@@ -183,13 +184,23 @@ def _document_operation(op: dict) -> None:
         statuses += [401, 403]
     if "requestBody" in op:
         statuses += [413, 422]
-    if op.get("parameters"):
-        statuses.append(422)
+    elif res.get("422", {}).get("description") == "Validation Error" and not _can_be_invalid(op):
+        del res["422"]  # FastAPI adds it for any parameter; a plain string in the path cannot be invalid
     for s in statuses:
         res.setdefault(str(s), {"description": DESCRIPTIONS[s]})
     for status, r in res.items():
-        if status.isdigit() and int(status) >= 400:
-            if "422" == status and r.get("description") == "Validation Error":
-                r["description"] = DESCRIPTIONS[422]
-            media = (r.get("content") or {}).get("application/json") or {}
-            r["content"] = {"application/json": {**media, "schema": {"$ref": _REF}}}  # keeps an example
+        if not (status.isdigit() and int(status) >= 400):
+            continue
+        if status == "422" and r.get("description") == "Validation Error":
+            r["description"] = DESCRIPTIONS[422]
+        media = (r.get("content") or {}).get("application/json") or {}
+        if media.get("schema", {}).get("$ref", _VALIDATION_REF) == _VALIDATION_REF:  # a route's own model stays
+            r["content"] = {"application/json": {**media, "schema": {"$ref": _REF}}}
+
+
+def _can_be_invalid(op: dict) -> bool:
+    for p in op.get("parameters", ()):
+        sch = p.get("schema", {})
+        if p.get("in") != "path" or sch.get("type") != "string" or set(sch) - {"type", "title", "description"}:
+            return True
+    return False

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from . import errors, security
@@ -86,6 +87,14 @@ def _redact_access_log() -> None:
         logger.addFilter(_RedactSubjects())
 
 
+class Readiness(BaseModel):
+    """The readiness probe's report, the same shape whether ready (200) or not (503)."""
+
+    status: str = Field(examples=["ready"], description="ready | not ready")
+    checks: dict[str, str] = Field(examples=[{"database": "ok", "registry": "ok", "worker": "ok"}],
+                                   description="each dependency: ok, or error: <why>")
+
+
 def _default_dispatcher(settings: Settings) -> Dispatcher:
     if settings.broker_url:
         from worker.celery_app import CeleryDispatcher
@@ -138,7 +147,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get("/readyz", tags=["health"], response_model=Readiness,
+             responses={503: {"model": Readiness, "description": "not ready: the failing check says why"}})
     def readyz():
         checks: dict[str, str] = {}
         ok = True

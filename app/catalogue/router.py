@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
 from ..deps import SessionDep, SettingsDep
-from ..errors import LetheError
+from ..errors import LetheError, responses
 from ..security import FORGET_READ, require_scope
 from . import service
 
@@ -31,6 +31,7 @@ class SubjectInstances(BaseModel):
 
 
 @router.get("/subjects/{subject_id}/instances", response_model=SubjectInstances,
+            responses=responses(e404="the catalogue holds nothing for this subject"),
             summary="What the catalogue holds for a subject (also answers an access request)")
 def subject_instances(subject_id: str, session: SessionDep, settings: SettingsDep,
                       model: str | None = Query(default=None, max_length=128)):

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Header, Query, Response
 
 from ..deps import DispatcherDep, SessionDep, SettingsDep
-from ..errors import LetheError
+from ..errors import LetheError, responses
 from ..jobs import service as jobs
 from ..jobs.schemas import JobRead
 from ..audit import certificates
@@ -20,13 +20,11 @@ from .schemas import (CancelBody, DenyBody, ErasureMember, ErasureRead, ForgetAc
 
 router = APIRouter(prefix="/v1", tags=["forget"])
 
-ERRORS = {
-    404: {"description": "unknown model, subject or request", "content": {"application/json": {"example": {
-        "code": "unknown_model", "detail": "model 'nope' is not registered; known models: ['mnist5k-cnn']"}}}},
-    409: {"description": "instances already erased or already pending; Idempotency-Key reused with another body"},
-    413: {"description": "body larger than LETHE_MAX_BODY_BYTES"},
-    422: {"description": "wrong types, empty selection, unknown instance ids, too many ids"},
-}
+SUBMIT_ERRORS = responses(
+    e404="unknown model or subject",
+    e409="instances already erased or already pending; Idempotency-Key reused with another body",
+    e422="wrong types, empty selection, unknown instance ids, too many ids, a method the model does not support")
+UNKNOWN_REQUEST = responses(e404="unknown request")
 
 
 def _read(session, req: ForgetRequest) -> ForgetRead:
@@ -44,7 +42,7 @@ def _read(session, req: ForgetRequest) -> ForgetRead:
                       certificate_url=f"/v1/forget/{req.id}/certificate" if req.status == fm.COMPLETED else None)
 
 
-@router.post("/forget", status_code=202, response_model=ForgetAccepted, responses=ERRORS,
+@router.post("/forget", status_code=202, response_model=ForgetAccepted, responses=SUBMIT_ERRORS,
              summary="Ask the model to forget a subject's or a list of training instances")
 def create_forget(body: ForgetCreate, session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep,
                   response: Response, principal: Annotated[Principal, Depends(require_scope(FORGET_WRITE))],
@@ -125,8 +123,7 @@ def list_forget(session: SessionDep, status: Annotated[str | None, Query(descrip
                       next_offset=offset + len(rows) if offset + len(rows) < total else None)
 
 
-LIFECYCLE_ERRORS = {404: {"description": "unknown request"},
-                    409: {"description": "the request is not in a state that allows this"}}
+LIFECYCLE_ERRORS = responses(e404="unknown request", e409="the request is not in a state that allows this")
 
 
 @router.post("/forget/{request_id}/cancel", response_model=ForgetRead, responses=LIFECYCLE_ERRORS,
@@ -158,7 +155,7 @@ def retry_forget(request_id: str, session: SessionDep, settings: SettingsDep, di
 
 
 @router.get("/forget/{request_id}/certificate", dependencies=[Depends(require_scope(FORGET_READ, AUDIT_READ))],
-            responses={404: {"description": "unknown request"}, 409: {"description": "not completed"}},
+            responses=responses(e404="unknown request", e409="not completed"),
             summary="Deletion certificate of a completed request, signed with the service's Ed25519 key")
 def forget_certificate(request_id: str, session: SessionDep, settings: SettingsDep):
     """`{certificate, canonical, signature: {alg, key_id, value}}`: `canonical` is the exact
@@ -170,7 +167,7 @@ def forget_certificate(request_id: str, session: SessionDep, settings: SettingsD
     return certificates.issue(session, settings, req)
 
 
-@router.get("/forget/{request_id}/webhooks", response_model=list[WebhookDeliveryRead],
+@router.get("/forget/{request_id}/webhooks", response_model=list[WebhookDeliveryRead], responses=UNKNOWN_REQUEST,
             dependencies=[Depends(require_scope(FORGET_READ))],
             summary="Webhook deliveries of a request (one per status change) and their attempts")
 def forget_webhooks(request_id: str, session: SessionDep):
@@ -183,7 +180,7 @@ def forget_webhooks(request_id: str, session: SessionDep):
             for d in webhooks.deliveries_of(session, request_id)]
 
 
-@router.get("/forget/{request_id}", response_model=ForgetRead, responses={404: ERRORS[404]},
+@router.get("/forget/{request_id}", response_model=ForgetRead, responses=UNKNOWN_REQUEST,
             dependencies=[Depends(require_scope(FORGET_READ))])
 def read_forget(request_id: str, session: SessionDep):
     req = service.get(session, request_id)
@@ -192,7 +189,8 @@ def read_forget(request_id: str, session: SessionDep):
     return _read(session, req)
 
 
-@router.get("/jobs/{job_id}", response_model=JobRead, tags=["jobs"], dependencies=[Depends(require_scope(FORGET_READ))])
+@router.get("/jobs/{job_id}", response_model=JobRead, tags=["jobs"], responses=responses(e404="unknown job"),
+            dependencies=[Depends(require_scope(FORGET_READ))])
 def read_job(job_id: str, session: SessionDep):
     job = jobs.get(session, job_id)
     if job is None:

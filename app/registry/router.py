@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..catalogue import service as catalogue
 from ..catalogue import store
 from ..deps import ServingDep, SessionDep, SettingsDep
-from ..errors import LetheError
+from ..errors import LetheError, responses
 from ..security import AUDIT_READ, FORGET_READ, MODELS_ADMIN, Principal, require_scope
 from . import governance
 from . import service
@@ -24,6 +24,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 architectures_router = APIRouter(prefix="/v1/architectures", tags=["models"])
 # reading the registry: any key that has a reason to look
 READ = Depends(require_scope(FORGET_READ, AUDIT_READ, MODELS_ADMIN))
+UNKNOWN_MODEL = responses(e404="unknown model")
 
 
 class ModelRead(BaseModel):
@@ -153,14 +154,15 @@ def _model_read(session, m, vs) -> ModelRead:
                      tainted=held > 0, erased_elsewhere=held)
 
 
-@router.get("/{name}", response_model=ModelRead, dependencies=[READ], summary="One model: architecture, recipe, "
+@router.get("/{name}", response_model=ModelRead, dependencies=[READ], responses=UNKNOWN_MODEL,
+            summary="One model: architecture, recipe, "
             "status, aliases, and whether it still holds data erased elsewhere")
 def read_model(name: str, session: SessionDep):
     m = _model_or_404(session, name)
     return _model_read(session, m, service.versions(session, name))
 
 
-@router.get("/{name}/versions", response_model=VersionsRead, dependencies=[READ])
+@router.get("/{name}/versions", response_model=VersionsRead, dependencies=[READ], responses=UNKNOWN_MODEL)
 def list_versions(name: str, session: SessionDep):
     _model_or_404(session, name)
     erased = governance.erased_by_job(session, name)
@@ -180,7 +182,7 @@ def _move(a) -> AliasMoveRead:
                          actor=a.actor, moved_at=a.moved_at, reason=a.reason)
 
 
-@router.get("/{name}/aliases/history", response_model=list[AliasMoveRead], dependencies=[READ],
+@router.get("/{name}/aliases/history", response_model=list[AliasMoveRead], dependencies=[READ], responses=UNKNOWN_MODEL,
             summary="Every move of the model's aliases, oldest first (who, when, from, to, why)")
 def alias_history(name: str, session: SessionDep,
                   alias: Annotated[str | None, Query(max_length=64, description="only this alias")] = None):
@@ -189,8 +191,9 @@ def alias_history(name: str, session: SessionDep,
 
 
 @router.put("/{name}/aliases/{alias}", response_model=AliasRead,
-            responses={404: {"description": "unknown model or version"},
-                       409: {"description": "the version is tainted (trained on data erased since) or purged"}},
+            responses=responses(e404="unknown model or version",
+                                e409="the version is tainted (trained on data erased since) or purged",
+                                e422="an alias name or version that is not well formed"),
             summary="Point an alias at a version (rollback or move forward); refused for tainted versions")
 def put_alias(name: str, alias: str, body: AliasBody, session: SessionDep,
               principal: Annotated[Principal, Depends(require_scope(MODELS_ADMIN))]):
@@ -201,8 +204,8 @@ def put_alias(name: str, alias: str, body: AliasBody, session: SessionDep,
 
 
 @router.post("", response_model=UploadRead, status_code=201,
-             responses={409: {"description": "name taken"}, 415: {"description": "pickled checkpoint refused"},
-                        422: {"description": "not safetensors, weights do not fit, bad manifest"}},
+             responses=responses(e409="name taken", e415="pickled checkpoint refused",
+                                 e422="not safetensors, weights do not fit, bad manifest, unknown arch or dataset"),
              summary="Register your own model: safetensors weights + architecture + training-data manifest")
 def upload_model(session: SessionDep, settings: SettingsDep,
                  principal: Annotated[Principal, Depends(require_scope(MODELS_ADMIN))],
@@ -237,6 +240,10 @@ def _numeric(x, path="inputs") -> None:
 
 @router.post("/{name}/predict", response_model=PredictRead,
              summary="Predict with the version the 'production' alias points to now",
+             responses=responses(e404="unknown model", e409="no 'production' alias",
+                                 e410="raw data of a catalogued instance erased: send its inputs instead",
+                                 e422="not exactly one of instance_ids/inputs, too many, wrong shape, not numbers",
+                                 e500="the weights fail their sha256 check or are missing"),
              dependencies=[Depends(require_scope(FORGET_READ, MODELS_ADMIN))])
 def predict(name: str, body: PredictBody, session: SessionDep, settings: SettingsDep, serving: ServingDep):
     m = _model_or_404(session, name)

@@ -110,7 +110,30 @@ def client(seeded, dispatcher):
     """A client holding a key with every scope (the scope walk in test_security checks less)."""
     key = make_key(seeded, name="test-all-scopes")
     with TestClient(create_app(seeded, dispatcher=dispatcher), headers=bearer(key)) as c:
+        c.event_hooks["response"].append(error_contract(c.app.openapi()))
         yield c
+
+
+def error_contract(schema: dict):
+    """An httpx response hook: every error answer a test provokes through ``client`` must be
+    exactly ``{code, detail}`` (strings) with a status the route's OpenAPI entry documents."""
+    import re
+
+    routes = [(m.upper(), re.compile("^" + re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(p)) + "$"), op)
+              for p, item in schema["paths"].items() for m, op in item.items()]
+
+    def check(response) -> None:
+        if response.status_code < 400 or not response.request.url.path.startswith("/v1/"):
+            return
+        response.read()
+        where = f"{response.request.method} {response.request.url.path} -> {response.status_code}: {response.text}"
+        body = response.json()
+        assert set(body) == {"code", "detail"} and all(isinstance(v, str) for v in body.values()), where
+        ops = [op for m, rx, op in routes if m == response.request.method and rx.match(response.request.url.path)]
+        if ops:  # an unknown route or method answers 404/405 not_found/method_not_allowed
+            assert str(response.status_code) in ops[0]["responses"], "undocumented status: " + where
+
+    return check
 
 
 def counts(settings: Settings) -> dict:

@@ -65,5 +65,118 @@ def test_the_schema_advertises_error_response_not_fastapis_validation_error(clie
     for path, item in schema["paths"].items():
         for method, op in item.items():
             for status, res in op["responses"].items():
-                if int(status) >= 400:
+                if int(status) >= 400 and (method, path, status) != ("get", "/readyz", "503"):  # a probe report
                     assert res["content"]["application/json"]["schema"] == ref, (method, path, status)
+
+
+# --- the walk: every operation of the schema, provoked into each error it can give cheaply ------
+
+UNKNOWN = "x-does-not-exist"
+LIMITS = {"max_body_bytes": 4096, "max_upload_bytes": 8192}
+
+# what makes each operation answer "unknown id" (404), given ids that do not exist; None: the
+# operation names nothing by id. A new route fails the walk until it is listed here.
+NOT_FOUND = {
+    ("POST", "/v1/forget"): {"json": {"model": UNKNOWN, "instance_ids": ["a"]}},
+    ("GET", "/v1/forget"): None,
+    ("POST", "/v1/forget/{request_id}/cancel"): {},
+    ("POST", "/v1/forget/{request_id}/deny"): {"json": {"reason_code": "duplicate", "reason": "asked twice"}},
+    ("POST", "/v1/forget/{request_id}/retry"): {},
+    ("GET", "/v1/forget/{request_id}/certificate"): {},
+    ("GET", "/v1/forget/{request_id}/webhooks"): {},
+    ("GET", "/v1/forget/{request_id}"): {},
+    ("GET", "/v1/jobs/{job_id}"): {},
+    ("GET", "/v1/models"): None,
+    ("POST", "/v1/models"): None,
+    ("GET", "/v1/models/{name}/versions"): {},
+    ("GET", "/v1/models/{name}/aliases/history"): {},
+    ("PUT", "/v1/models/{name}/aliases/{alias}"): {"json": {"version": 1}},
+    ("POST", "/v1/models/{name}/predict"): {"json": {"inputs": [[0.0]]}},
+    ("GET", "/v1/subjects/{subject_id}/instances"): {},
+    ("GET", "/v1/audit"): None,
+    ("GET", "/v1/audit/verify"): None,
+    ("GET", "/v1/audit/export"): None,
+    ("GET", "/v1/keys/audit"): None,
+    ("GET", "/healthz"): None,
+    ("GET", "/readyz"): None,
+}
+
+
+def _fill(path: str) -> str:
+    import re
+
+    return re.sub(r"\{[^}]+\}", UNKNOWN, path)
+
+
+def _malformed(op: dict) -> list[dict]:
+    """Requests that must fail validation: a body of the wrong type, a body that is not JSON,
+    and each constrained query/header parameter given a value it refuses."""
+    out = []
+    content = op.get("requestBody", {}).get("content", {})
+    if "application/json" in content:
+        out += [{"json": ["not", "an", "object"]}, {"content": b"{not json", "headers": {"Content-Type": "application/json"}}]
+    if "multipart/form-data" in content:
+        out.append({"files": {"unexpected": ("x.bin", b"123")}})
+    for p in op.get("parameters", ()):
+        sch = p["schema"]
+        sch = next((s for s in sch.get("anyOf", [sch]) if s.get("type") != "null"), sch)
+        bad = {"integer": "not-a-number", "boolean": "maybe"}.get(sch.get("type"))
+        if bad is None and "maxLength" in sch:
+            bad = "x" * (sch["maxLength"] + 1)
+        if bad is None and p["name"] == "Idempotency-Key":
+            bad = "k" * 201
+        if bad is not None and p["in"] == "query":
+            out.append({"params": {p["name"]: bad}})
+        elif bad is not None and p["in"] == "header":
+            out.append({"headers": {p["name"]: bad}})
+    return out
+
+
+def test_every_error_of_every_route_is_code_and_detail_and_documented(seeded, dispatcher):
+    from app import security
+
+    from .conftest import bearer, make_key
+
+    settings = seeded.model_copy(update=LIMITS)
+    every = make_key(settings, name="contract-all")
+    only = {s: make_key(settings, [s], name=f"contract-{s}") for s in security.SCOPES}
+    answered: dict[tuple[str, str], set[int]] = {}
+    with TestClient(create_app(settings, dispatcher=dispatcher)) as c:
+        schema = c.get("/openapi.json").json()
+        ops = {(m.upper(), p): op for p, item in schema["paths"].items() for m, op in item.items()}
+        assert set(ops) == set(NOT_FOUND), "list each new operation in NOT_FOUND (None if it names no id)"
+
+        def check(method: str, path: str, r, status: int | None = None, code: str | None = None) -> None:
+            if status is not None:
+                assert r.status_code == status, (method, path, r.status_code, r.text)
+            assert r.status_code >= 400, (method, path, r.status_code, r.text)
+            assert str(r.status_code) in ops[(method, path)]["responses"], \
+                f"{method} {path} answers {r.status_code} but its schema does not say so: {r.text}"
+            body = r.json()
+            assert set(body) == {"code", "detail"} and all(isinstance(v, str) and v for v in body.values()), \
+                (method, path, body)
+            assert code is None or body["code"] == code, (method, path, body)
+            answered.setdefault((method, path), set()).add(r.status_code)
+
+        for (method, path), op in ops.items():
+            url, scopes = _fill(path), op.get("x-required-scopes")
+            if scopes:
+                check(method, path, c.request(method, url), 401, "missing_api_key")
+                check(method, path, c.request(method, url, headers=bearer("lethe_not-a-key-at-all-000")), 401,
+                      "invalid_api_key")
+                lacking = next(s for s in security.SCOPES if s not in scopes)
+                check(method, path, c.request(method, url, headers=bearer(only[lacking])), 403, "missing_scope")
+            auth = bearer(every) if scopes else {}
+            for kw in _malformed(op):
+                kw = {**kw, "headers": {**auth, **kw.get("headers", {})}}
+                check(method, path, c.request(method, url, **kw), 422)
+            if "requestBody" in op:
+                limit = LIMITS["max_upload_bytes" if (method, path) == ("POST", "/v1/models") else "max_body_bytes"]
+                check(method, path, c.request(method, url, content=b"x" * (limit + 1),
+                                              headers={**auth, "Content-Type": "application/json"}),
+                      413, "body_too_large")
+            if NOT_FOUND[(method, path)] is not None:
+                kw = NOT_FOUND[(method, path)]
+                check(method, path, c.request(method, url, headers=auth, **kw), 404)
+    walked = {k for k, v in ops.items() if v.get("x-required-scopes")}
+    assert walked <= set(answered) and len(walked) >= 19, sorted(walked - set(answered))
