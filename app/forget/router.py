@@ -85,7 +85,7 @@ def _erase_everywhere(body, session, settings, dispatcher, response, principal, 
                           requests=[_member(r) for r in reqs])
 
 
-@router.get("/erasures/{erasure_id}", response_model=ErasureRead, responses={404: ERRORS[404]},
+@router.get("/erasures/{erasure_id}", response_model=ErasureRead, responses=responses(e404="unknown erasure"),
             dependencies=[Depends(require_scope(FORGET_READ))],
             summary="A subject's erasure from every model: one request per model and its versions")
 def read_erasure(erasure_id: str, session: SessionDep):
@@ -100,7 +100,7 @@ def read_erasure(erasure_id: str, session: SessionDep):
 
 
 @router.get("/erasures/{erasure_id}/certificate", dependencies=[Depends(require_scope(FORGET_READ, AUDIT_READ))],
-            responses={404: {"description": "unknown erasure"}, 409: {"description": "not every request completed"}},
+            responses=responses(e404="unknown erasure", e409="not every request completed"),
             summary="One signed certificate naming every model and version the subject was forgotten from")
 def erasure_certificate(erasure_id: str, session: SessionDep, settings: SettingsDep):
     """Same envelope as a request's certificate (`{certificate, canonical, signature}`); the
