@@ -103,6 +103,7 @@ NOT_FOUND = {
     ("GET", "/v1/audit"): None,
     ("GET", "/v1/audit/verify"): None,
     ("GET", "/v1/audit/export"): None,
+    ("GET", "/v1/audit/checkpoints"): None,
     ("GET", "/v1/keys/audit"): None,
     ("GET", "/healthz"): None,
     ("GET", "/readyz"): None,
