@@ -1,5 +1,13 @@
-"""Celery settings for long unlearning jobs.
+"""Celery: settings for long unlearning jobs, the task definitions, and the gateway's
+dispatcher. The tasks only adapt Celery to ``worker.driver``, which does the work (the
+embedded worker calls the same driver).
 
+Tasks: ``lethe.run_job(job_id)`` runs a job (``driver.execute_job``). A sharded model's
+member retrains fan out as a chord: a group of ``lethe.exact_member(spec, m)`` tasks, joined
+by the callback ``lethe.exact_assemble`` (``driver.finish_sharded``: verify, publish), with
+the errback ``lethe.exact_failed`` (a member failed: the job fails, the alias stays).
+
+Settings:
 - acks_late + reject_on_worker_lost: a job whose worker dies is redelivered, and the
   database (job attempts, claim token, one version per job) makes the redelivery safe.
 - prefetch 1: a worker never holds a second job while it runs one.
@@ -10,14 +18,18 @@ initialised in the task, never before a fork.
 """
 from __future__ import annotations
 
-from celery import Celery
+import os
+
+from celery import Celery, chord, group
 from celery.signals import setup_logging, worker_init
 
 from app.settings import Settings, get_settings
 
+from . import driver
+
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("lethe", broker=settings.broker_url or None, include=["worker.tasks"])
+    app = Celery("lethe", broker=settings.broker_url or None)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -46,6 +58,45 @@ def _json_logs(**_):
 @worker_init.connect
 def _refuse_development_secrets(**_):
     get_settings().check_secrets()  # a worker writes subject references and webhook rows
+
+
+def _name(task) -> str:
+    return f"celery:{task.request.hostname}:{os.getpid()}"
+
+
+@celery_app.task(name="lethe.run_job", bind=True, acks_late=True, max_retries=None)
+def run_job(self, job_id: str) -> str:
+    s = get_settings()
+    outcome = driver.execute_job(job_id, worker_name=_name(self), fan_out=_chord if s.exact_fan_out else None)
+    if outcome == "defer":
+        raise self.retry(countdown=3)
+    if outcome == "retry":
+        raise self.retry(countdown=min(60, 2 ** (self.request.retries or 0)))
+    return outcome
+
+
+def _chord(spec: dict) -> None:
+    """Member retrains as a group across all workers, joined by a chord (needs the result backend)."""
+    callback = exact_assemble.s(spec).on_error(exact_failed.s(spec))
+    chord(group(exact_member.s(spec, m) for m in spec["affected"]), callback).apply_async()
+
+
+@celery_app.task(name="lethe.exact_member", bind=True, acks_late=True, ignore_result=False)
+def exact_member(self, spec: dict, member: int) -> dict:
+    return driver.retrain_member(get_settings(), driver.JobSpec.from_json(spec), member)
+
+
+@celery_app.task(name="lethe.exact_assemble", bind=True, acks_late=True, ignore_result=False)
+def exact_assemble(self, results: list[dict], spec: dict) -> str:
+    return driver.finish_sharded(get_settings(), driver.JobSpec.from_json(spec), results, _name(self))
+
+
+@celery_app.task(name="lethe.exact_failed")
+def exact_failed(request, exc, traceback, spec: dict) -> str:
+    """The chord's errback: a member retrain failed, so the job fails and nothing is published."""
+    return driver.fail_job(get_settings(), driver.JobSpec.from_json(spec),
+                           f"member retrain failed: {exc.__class__.__name__}: {exc}",
+                           f"celery:{driver.default_worker_name()}")
 
 
 class CeleryDispatcher:

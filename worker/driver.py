@@ -302,6 +302,7 @@ def _instance_wise(s: Settings, spec: JobSpec) -> Built:
         tmp = registry.weights_tmp_path(s.registry_dir, spec.model_name)
         sha = save_checkpoint(new_model, tmp, arch=meta["arch"], dataset=meta["dataset"],
                               input_shape=meta["input_shape"], classes=meta["classes"],
+                              arch_params=meta["arch_params"],
                               extra={"parent_sha256": spec.base_sha, "job_id": spec.job_id, "method": method})
         return sha, registry.publish_weights(s.registry_dir, spec.model_name, tmp, sha)
 

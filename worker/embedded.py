@@ -52,7 +52,7 @@ class EmbeddedWorker:
             self.thread.join(timeout)
 
     def _loop(self) -> None:
-        from .tasks import execute_job
+        from .driver import execute_job
 
         while True:
             job_id = self.queue.get()

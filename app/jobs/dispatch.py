@@ -1,5 +1,5 @@
 """How a job reaches a worker. Two implementations, one task function
-(``worker.tasks.execute_job``): ``worker.celery_app.CeleryDispatcher`` sends it to Celery,
+(``worker.driver.execute_job``): ``worker.celery_app.CeleryDispatcher`` sends it to Celery,
 ``worker.embedded.EmbeddedWorker`` runs it on a thread inside the gateway."""
 from __future__ import annotations
 

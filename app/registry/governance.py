@@ -136,12 +136,12 @@ def purge_superseded(session: Session, registry_dir: str, model_name: str, *, ac
             continue
         v.status, v.purged_at = PURGED, utcnow()
         session.flush()
-        still_used = session.execute(select(ModelVersion.id).where(
-            ModelVersion.model_name == model_name, ModelVersion.storage_path == v.storage_path,
-            ModelVersion.status == READY)).first()
-        path = registry.absolute_path(registry_dir, v.storage_path)
-        if still_used is None and os.path.exists(path):
-            os.unlink(path)
+        in_use = {f for r in session.execute(select(ModelVersion.storage_path).where(
+            ModelVersion.model_name == model_name, ModelVersion.status == READY)).scalars()
+            for f in weight_files(registry_dir, r)}
+        for f in weight_files(registry_dir, v.storage_path):
+            if f not in in_use and os.path.exists(f):
+                os.unlink(f)
         audit.append(session, actor=actor, action="model.version_purged",
                      payload={"model": model_name, "version": v.version, "sha256": v.sha256,
                               "erased_instances_held": t["erased_instances"], "jobs": t["jobs"],
@@ -149,6 +149,17 @@ def purge_superseded(session: Session, registry_dir: str, model_name: str, *, ac
         purged.append(v.version)
     session.flush()
     return purged
+
+
+def weight_files(registry_dir: str, storage_path: str) -> list[str]:
+    """The files a version's weights live in: its checkpoint, or a bundle's manifest and every
+    member file it names (members that did not change are shared with other versions)."""
+    path = registry.absolute_path(registry_dir, storage_path)
+    if not registry.is_bundle(storage_path) or not os.path.exists(path):
+        return [path]
+    from models.unlearn.shards import read_manifest
+
+    return [path] + [os.path.join(os.path.dirname(path), m["file"]) for m in read_manifest(path)["members"]]
 
 
 def purge_all(session: Session, registry_dir: str, *, actor: str = "system") -> dict[str, list[int]]:

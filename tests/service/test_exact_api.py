@@ -89,15 +89,21 @@ def test_sisa_and_arcane_forget_through_the_worker(exact_service):
 
     # ARCANE: bob's instances; only their classes' sub-models are retrained
     bob = c.get("/v1/subjects/bob/instances", params={"model": "digits-arcane"}).json()["instances"]
+    arcane_v1 = _bundle_files(s, "digits-arcane", 1)
     r = c.post("/v1/forget", json={"model": "digits-arcane", "subject_id": "bob", "method": "arcane"})
     done = _wait(c, r.json()["id"])
     assert done["status"] == "completed", done
     job = c.get(f"/v1/jobs/{done['job']['id']}").json()
     affected = {int(m) for m in job["stats"]["affected_members"].split(",") if m}
     assert affected <= {i["label"] for i in bob} and job["stats"]["members"] == 10
-    changed = [a["sha256"] != b["sha256"] for a, b in zip(_bundle_files(s, "digits-arcane", 2),
-                                                          _bundle_files(s, "digits-arcane", 1))]
+    changed = [a["sha256"] != b["sha256"] for a, b in zip(_bundle_files(s, "digits-arcane", 2), arcane_v1)]
     assert {m for m, ch in enumerate(changed) if ch} == affected
+    # v1 holds bob's data and is superseded: purged like an instance-wise version. Its manifest and
+    # the member files only it used are deleted; the members v2 shares with it stay.
+    v1 = c.get("/v1/models/digits-arcane/versions").json()["versions"][0]
+    assert v1["status"] == "PURGED" and not os.path.exists(os.path.join(s.registry_dir, v1["storage_path"]))
+    kept = [os.path.exists(os.path.join(s.registry_dir, "digits-arcane", m["file"])) for m in arcane_v1]
+    assert kept == [not ch for ch in changed]
     assert c.get("/v1/audit/verify").json()["ok"] is True
 
 

@@ -25,17 +25,18 @@ def _new_version(settings, seed, parent):
 
 
 def _erase_alice(client, settings, *, through_worker=False, monkeypatch=None):
-    """A real deletion: submit, claim, publish (optionally through worker.tasks.execute_job
+    """A real deletion: submit, claim, publish (optionally through worker.driver.execute_job
     with the ML replaced by a fresh network) -> a new production version."""
     from app.jobs import service as jobs
 
     r = client.post("/v1/forget", json={"model": MODEL, "subject_id": "alice"}).json()
     sha, rel = save_net(settings, seed=11)
     if through_worker:
-        import worker.tasks as tasks
+        from worker import driver
 
-        monkeypatch.setattr(tasks, "_unlearn", lambda *a, **k: (sha, rel, {"ua": 100.0, "method": "lethe"}, {}))
-        assert tasks.execute_job(r["job_id"], settings=settings, worker_name="w1") == "completed"
+        metrics = {"ua": 100.0, "ta_drop": 0.0, "method": "lethe"}
+        monkeypatch.setattr(driver, "_instance_wise", lambda *a, **k: driver.Built(metrics, {}, lambda: (sha, rel)))
+        assert driver.execute_job(r["job_id"], settings=settings, worker_name="w1") == "completed"
     else:
         with session_scope(settings.database_url) as db:
             c = jobs.claim(db, r["job_id"], worker="w1", lease_s=settings.job_lease_s)

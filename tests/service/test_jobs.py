@@ -13,7 +13,7 @@ from app.forget.service import submit
 from app.jobs import service as jobs
 from app.jobs.models import Job
 from app.registry import service as registry
-from worker.tasks import execute_job
+from worker.driver import execute_job
 
 from .conftest import MODEL, save_net
 
@@ -145,17 +145,21 @@ def test_embedded_restart_resumes_an_orphaned_job(seeded):
 
 
 def test_verification_gate(seeded):
-    from worker.tasks import VerificationFailed, _verify
+    from worker.driver import VerificationFailed, verify
 
     good = {"ua": 100.0, "ta_drop": 0.5, "ta": 97.0, "method": "lethe"}
-    _verify(seeded, {"objective": "misclassify"}, good)
+    verify(seeded, "misclassify", good)
     with pytest.raises(VerificationFailed, match="only 50.0 %") as e:
-        _verify(seeded, {"objective": "misclassify"}, {**good, "ua": 50.0})
+        verify(seeded, "misclassify", {**good, "ua": 50.0})
     assert e.value.metrics["ua"] == 50.0
     # a method that removes influence (catalogue: reaches_objective=False) promises no label
-    _verify(seeded, {"objective": "misclassify"}, {**good, "ua": 50.0, "method": "puma"})
-    _verify(seeded, {"objective": "retrain_like"}, {**good, "ua": 50.0})  # no 100 % rule for privacy deletions
+    verify(seeded, "misclassify", {**good, "ua": 50.0, "method": "puma"})
+    verify(seeded, "retrain_like", {**good, "ua": 50.0})  # no 100 % rule for privacy deletions
     with pytest.raises(VerificationFailed, match="fell 7.00 pt"):
-        _verify(seeded, {"objective": "relabel"}, {**good, "ta_drop": 7.0})
+        verify(seeded, "relabel", {**good, "ta_drop": 7.0})
     with pytest.raises(VerificationFailed, match="NaN"):
-        _verify(seeded, {"objective": "retrain_like"}, {**good, "ta": float("nan")})
+        verify(seeded, "retrain_like", {**good, "ta": float("nan")})
+    # the same rules for a sharded model's job: no label promised, every metric checked for NaN
+    verify(seeded, "misclassify", {**good, "ua": 0.0, "method": "sisa"})
+    with pytest.raises(VerificationFailed, match="NaN"):
+        verify(seeded, "misclassify", {**good, "ua": float("nan"), "method": "arcane"})

@@ -178,16 +178,16 @@ def test_sweeper_redispatches_a_queued_job_whose_message_was_lost(client, seeded
 
 
 def test_quality_gate_refusal_fails_the_request_and_is_audited(client, seeded, monkeypatch):
-    import worker.tasks as tasks
+    from worker import driver
 
-    def refused(s, job_id, token, spec, *arrays):
-        m = {"ua": 100.0, "ta": 80.0, "base_ta": 90.0, "ta_drop": 10.0, "method": "lethe"}
-        tasks._verify(s, spec, m)  # the real gate, with a 10-point drop
-        raise AssertionError("the gate let a 10-point drop through")
+    def refused(s, spec):  # the method ran; the real gate sees a 10-point drop
+        def write():
+            raise AssertionError("the gate let a 10-point drop through")
+        return driver.Built({"ua": 100.0, "ta": 80.0, "base_ta": 90.0, "ta_drop": 10.0, "method": "lethe"}, {}, write)
 
-    monkeypatch.setattr(tasks, "_unlearn", refused)
+    monkeypatch.setattr(driver, "_instance_wise", refused)
     a = _post(client, subject_id="alice")
-    assert tasks.execute_job(a["job_id"], settings=seeded, worker_name="w1") == "failed"
+    assert driver.execute_job(a["job_id"], settings=seeded, worker_name="w1") == "failed"
     got = client.get(f"/v1/forget/{a['id']}").json()
     assert got["status"] == "failed" and "test accuracy fell 10.00 pt (limit 5.0)" in got["error"]
     ev = _actions(client, "quality_gate.refused")

@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.catalogue.service import subject_ref
 from app.observability import JsonFormatter
-from worker.tasks import execute_job
+from worker.driver import execute_job
 
 from .conftest import MODEL, SECRET, complete_request
 
