@@ -39,5 +39,7 @@ def test_forget_flow_concurrency_and_audit(gateway):
         assert con.total_changes == 1
         con.commit()
         con.close()
-        bad = c.get("/v1/audit/verify").json()
+        # the cheap check only re-hashes events newer than its mark; a rewrite behind the mark
+        # is found by a full re-hash (or against a signed checkpoint)
+        bad = c.get("/v1/audit/verify", params={"full": "true"}).json()
         assert bad["ok"] is False and bad["first_bad_seq"] is not None and bad["entries"] < v["entries"]
