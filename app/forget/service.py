@@ -25,6 +25,7 @@ from ..settings import Settings
 from ..webhooks import service as webhooks
 from . import models as fm
 from .models import ForgetRequest
+from .status import set_status
 from .schemas import ForgetCreate
 
 
@@ -214,7 +215,7 @@ def _close(session: Session, req: ForgetRequest, status: str, actor: str, *, rea
     if req.status == fm.QUEUED and job is not None and job.status == jm.RUNNING:
         raise ForgetError(409, "request_running", f"request {req.id} is being processed by job {job.id}")
     req.reason_code, req.reason, req.closed_at, req.closed_by = reason_code, reason, utcnow(), actor[:128]
-    webhooks.set_status(session, req, status)
+    set_status(session, req, status)
     session.flush()
     if job is not None:
         jobs.cancel_if_empty(session, job, actor)
@@ -270,7 +271,7 @@ def retry(session: Session, settings: Settings, request_id: str, *, actor: str) 
     req.error, req.completed_at, req.metrics = None, None, None
     req.version_before = req.version_after = None
     req.retries = (req.retries or 0) + 1
-    webhooks.set_status(session, req, fm.QUEUED)
+    set_status(session, req, fm.QUEUED)
     job, created = jobs.attach(session, req, settings.max_attempts)
     audit.append(session, actor=actor, action="forget.retried", subject_ref=req.subject_ref,
                  payload={"request_id": req.id, "model": req.model_name, "retry": req.retries,

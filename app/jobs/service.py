@@ -16,7 +16,7 @@ from ..forget import models as fm
 from ..forget.models import ForgetRequest
 from ..registry import service as registry
 from ..registry.models import PRODUCTION
-from ..webhooks.service import set_status
+from ..forget.status import set_status
 from .models import CANCELED, COMPLETED, FAILED, QUEUED, RUNNING, Job
 
 

@@ -24,7 +24,7 @@ from ..periodic import PeriodicThread
 from ..forget import models as fm
 from ..registry import governance
 from ..registry import service as registry
-from ..webhooks.service import set_status
+from ..forget.status import set_status
 from . import service as jobs
 from .models import QUEUED, RUNNING, Job
 

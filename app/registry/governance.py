@@ -26,9 +26,6 @@ from .models import PRODUCTION, PURGED, READY, AliasMove, ModelVersion
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 
-GovernanceError = LetheError  # older name, kept while callers move to LetheError
-
-
 def lineage_jobs(session: Session, model_name: str, version: int) -> set[str]:
     """Job ids of a version and all its ancestors."""
     by_number = {v.version: v for v in registry.versions(session, model_name)}
@@ -87,24 +84,24 @@ def set_alias(session: Session, *, model_name: str, alias: str, version: int, ac
     """Point ``alias`` at ``version`` (rollback or move forward). Refused (409) when that
     version is purged or holds data erased since. Returns the move, or None if unchanged."""
     if registry.get_model(session, model_name, lock=True) is None:
-        raise GovernanceError(404, "unknown_model", f"model {model_name!r} is not registered")
+        raise LetheError(404, "unknown_model", f"model {model_name!r} is not registered")
     if not ALIAS_RE.match(alias):
-        raise GovernanceError(422, "bad_alias", "an alias is 1-64 characters: a-z, 0-9, '_' or '-', starting with a letter")
+        raise LetheError(422, "bad_alias", "an alias is 1-64 characters: a-z, 0-9, '_' or '-', starting with a letter")
     v = registry.get_version(session, model_name, version)
     if v is None:
         known = [x.version for x in registry.versions(session, model_name)]
-        raise GovernanceError(404, "unknown_version", f"{model_name} has no version {version}; versions: {known}")
+        raise LetheError(404, "unknown_version", f"{model_name} has no version {version}; versions: {known}")
     if v.status == PURGED:
-        raise GovernanceError(409, "version_purged",
-                              f"{model_name} v{version} was purged at {v.purged_at.isoformat() if v.purged_at else '?'} "
-                              f"because it held erased data; its weights no longer exist")
+        raise LetheError(409, "version_purged",
+                         f"{model_name} v{version} was purged at {v.purged_at.isoformat() if v.purged_at else '?'} "
+                         f"because it held erased data; its weights no longer exist")
     t = taint(session, model_name, version)
     if t["tainted"]:
-        raise GovernanceError(409, "version_tainted",
-                              f"refused: {model_name} v{version} was trained on data erased since "
-                              f"({t['erased_instances']} instance(s) erased by job(s) {', '.join(t['jobs'])}); "
-                              f"serving it would bring erased data back. Choose a version created after those "
-                              f"erasures.")
+        raise LetheError(409, "version_tainted",
+                         f"refused: {model_name} v{version} was trained on data erased since "
+                         f"({t['erased_instances']} instance(s) erased by job(s) {', '.join(t['jobs'])}); "
+                         f"serving it would bring erased data back. Choose a version created after those "
+                         f"erasures.")
     current = registry.aliases(session, model_name).get(alias)
     if current == version:
         return None

@@ -16,9 +16,9 @@ from ..audit import service as audit
 from ..catalogue import service as catalogue
 from ..catalogue import store
 from ..catalogue.models import TrainingInstance
+from ..errors import LetheError
 from ..settings import Settings
 from . import service as registry
-from .governance import GovernanceError
 from .models import PRODUCTION
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
@@ -40,21 +40,21 @@ def parse_manifest(raw: str | bytes) -> list[dict]:
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
-        raise GovernanceError(422, "bad_manifest", f"manifest is not valid JSON: {e}")
+        raise LetheError(422, "bad_manifest", f"manifest is not valid JSON: {e}")
     items = doc.get("instances") if isinstance(doc, dict) else None
     if not isinstance(items, list) or not items:
-        raise GovernanceError(422, "bad_manifest",
-                              'manifest must be {"instances": [{"instance_id": ..., "subject_id": ...}, ...]} '
-                              "with at least one instance")
+        raise LetheError(422, "bad_manifest",
+                         'manifest must be {"instances": [{"instance_id": ..., "subject_id": ...}, ...]} '
+                         "with at least one instance")
     out, seen = [], set()
     for k, it in enumerate(items):
         if not isinstance(it, dict) or not isinstance(it.get("instance_id"), str):
-            raise GovernanceError(422, "bad_manifest", f"manifest instances[{k}] needs a string instance_id")
+            raise LetheError(422, "bad_manifest", f"manifest instances[{k}] needs a string instance_id")
         sid = it.get("subject_id")
         if sid is not None and (not isinstance(sid, str) or not 1 <= len(sid) <= 256):
-            raise GovernanceError(422, "bad_manifest", f"manifest instances[{k}].subject_id must be a string")
+            raise LetheError(422, "bad_manifest", f"manifest instances[{k}].subject_id must be a string")
         if it["instance_id"] in seen:
-            raise GovernanceError(422, "bad_manifest", f"manifest repeats instance {it['instance_id']!r}")
+            raise LetheError(422, "bad_manifest", f"manifest repeats instance {it['instance_id']!r}")
         seen.add(it["instance_id"])
         out.append({"instance_id": it["instance_id"], "subject_id": sid})
     return out
@@ -67,9 +67,9 @@ def parse_json_field(raw: str | None, field: str) -> dict | None:
     try:
         doc = json.loads(raw)
     except ValueError as e:
-        raise GovernanceError(422, f"bad_{field}", f"{field} is not valid JSON: {e}")
+        raise LetheError(422, f"bad_{field}", f"{field} is not valid JSON: {e}")
     if not isinstance(doc, dict):
-        raise GovernanceError(422, f"bad_{field}", f"{field} must be a JSON object, got {type(doc).__name__}")
+        raise LetheError(422, f"bad_{field}", f"{field} must be a JSON object, got {type(doc).__name__}")
     return doc
 
 
@@ -86,11 +86,11 @@ def check_model_spec(arch: str, input_shape, num_classes: int, arch_params: dict
         checked = validate(arch, input_shape, num_classes, arch_params)
     except ArchitectureError as e:
         code = "unknown_arch" if str(e).startswith("unknown architecture") else "bad_arch_params"
-        raise GovernanceError(422, code, str(e))
+        raise LetheError(422, code, str(e))
     try:
         r = Recipe.from_dict(recipe, arch=arch)
     except RecipeError as e:
-        raise GovernanceError(422, "bad_recipe", str(e))
+        raise LetheError(422, "bad_recipe", str(e))
     return checked["params"], r.to_json()
 
 
@@ -106,38 +106,38 @@ def register_upload(session: Session, settings: Settings, *, name: str, arch: st
 
     t0 = time.perf_counter()
     if not NAME_RE.match(name):
-        raise GovernanceError(422, "bad_name", "model name: 1-128 characters, a-z 0-9 . _ -, starting with a letter or digit")
+        raise LetheError(422, "bad_name", "model name: 1-128 characters, a-z 0-9 . _ -, starting with a letter or digit")
     why = looks_pickled(weights, filename)
     if why:
-        raise GovernanceError(415, "pickle_refused",
-                              f"pickled checkpoints are refused ({why}): loading a pickle can run arbitrary code. "
-                              f"Save the state dict as safetensors instead: "
-                              f"safetensors.torch.save_file(model.state_dict(), 'model.safetensors')")
+        raise LetheError(415, "pickle_refused",
+                         f"pickled checkpoints are refused ({why}): loading a pickle can run arbitrary code. "
+                         f"Save the state dict as safetensors instead: "
+                         f"safetensors.torch.save_file(model.state_dict(), 'model.safetensors')")
     try:
         state = st_load(weights)
     except Exception as e:  # noqa: BLE001 - any parse failure is the client's file
-        raise GovernanceError(422, "not_safetensors", f"weights are not a readable safetensors file: {e}")
+        raise LetheError(422, "not_safetensors", f"weights are not a readable safetensors file: {e}")
     try:
         ds = load_dataset(dataset)
     except (KeyError, ValueError) as e:
-        raise GovernanceError(422, "unknown_dataset", f"dataset {dataset!r} unknown: {e}")
+        raise LetheError(422, "unknown_dataset", f"dataset {dataset!r} unknown: {e}")
     arch_params, recipe = check_model_spec(arch, ds.input_shape, len(ds.classes), arch_params, recipe)
     model = build_model(arch, ds.input_shape, len(ds.classes), arch_params)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise GovernanceError(422, "weights_do_not_fit",
-                              f"weights do not fit arch {arch!r} with parameters {arch_params} for dataset {dataset!r} "
-                              f"(input {list(ds.input_shape)}, {len(ds.classes)} classes): {str(e)[:800]}")
+        raise LetheError(422, "weights_do_not_fit",
+                         f"weights do not fit arch {arch!r} with parameters {arch_params} for dataset {dataset!r} "
+                         f"(input {list(ds.input_shape)}, {len(ds.classes)} classes): {str(e)[:800]}")
     model.eval()
     items = parse_manifest(manifest_raw)
     index = {iid: k for k, iid in enumerate(ds.ids_train)}
     unknown = [it["instance_id"] for it in items if it["instance_id"] not in index]
     if unknown:
-        raise GovernanceError(422, "unknown_instances", f"not training instances of {dataset!r}: "
-                                                        f"{', '.join(unknown[:10])}" + (" ..." if len(unknown) > 10 else ""))
+        raise LetheError(422, "unknown_instances", f"not training instances of {dataset!r}: "
+                                                   f"{', '.join(unknown[:10])}" + (" ..." if len(unknown) > 10 else ""))
     if registry.get_model(session, name) is not None:
-        raise GovernanceError(409, "model_exists", f"model {name!r} is already registered")
+        raise LetheError(409, "model_exists", f"model {name!r} is already registered")
 
     ta = float(accuracy(model, ds.x_test, ds.y_test))
     uploaded_sha = hashlib.sha256(weights).hexdigest()

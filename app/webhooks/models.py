@@ -9,7 +9,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from ..db import Base, UTCDateTime, utcnow
 
-PENDING, DELIVERED, GAVE_UP = "pending", "delivered", "failed"
+# a delivery is pending (due or retrying), delivered (a 2xx came back) or failed (every one of
+# webhook_max_attempts failed: no more retries)
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 
 
 class WebhookDelivery(Base):

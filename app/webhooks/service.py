@@ -45,7 +45,7 @@ from sqlalchemy.orm import Session
 from ..db import session_scope, utcnow
 from ..periodic import PeriodicThread
 from . import outbound
-from .models import DELIVERED, GAVE_UP, PENDING, WebhookDelivery
+from .models import DELIVERED, FAILED, PENDING, WebhookDelivery
 
 log = logging.getLogger("lethe.webhooks")
 EVENT = "forget.status_changed"
@@ -89,13 +89,6 @@ def status_changed(session: Session, req, previous: str | None) -> WebhookDelive
     session.add(d)
     session.flush()
     return d
-
-
-def set_status(session: Session, req, status: str) -> None:
-    """Change a request's status and queue its webhook."""
-    previous = req.status
-    req.status = status
-    status_changed(session, req, previous)
 
 
 def deliveries_of(session: Session, request_id: str) -> list[WebhookDelivery]:
@@ -214,7 +207,7 @@ class Deliverer:
             if code is not None and 200 <= code < 300:
                 d.status, d.delivered_at, d.next_attempt_at = DELIVERED, at, None
             elif d.attempts >= settings.webhook_max_attempts:
-                d.status, d.next_attempt_at = GAVE_UP, None
+                d.status, d.next_attempt_at = FAILED, None
                 log.warning("webhook %s: gave up after %d attempts", d.id, d.attempts)
             else:
                 delay = settings.webhook_backoff_s * math.pow(2, d.attempts - 1)
