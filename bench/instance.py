@@ -1,16 +1,27 @@
-"""Benchmark: instance-wise unlearning vs retraining from scratch, in one run.
+"""Benchmark: instance-wise unlearning, the field's baselines and retraining, in one run.
 
-    python -m bench.instance                       # the default grid (see --help)
-    python -m bench.instance --datasets digits --ks 1,8 --seeds 0
+    python -m bench.instance                                  # the default grid (see --help)
+    python -m bench.instance --datasets digits --scenarios 1,8 --seeds 0
 
-For each dataset, forget-set size k and seed, D_f is drawn at random from the training
-split. Every method starts from the same served model (trained with the same recipe as
-the retrain baseline). Metrics (models/metrics.py) are computed on the *evaluation* half
-of the test split; the other half is the held-out calibration data that `retrain_like`
-may look at, so no method is scored on data it calibrated against.
+Splits (nothing is scored on data a method or its tuning looked at):
+  * the training split: D_f is drawn from it (random k, 10 % at random, or one whole class);
+  * the test split, in two halves: the *calibration* half is the held-out data `retrain_like`
+    calibrates against (and the half Lethe's defaults were chosen on, with forget sets drawn
+    from other seeds than the ones scored here); the *evaluation* half gives TA, the
+    population attacks' non-members and the per-example audit's non-members.
 
-Writes bench/results/instance.json (one object per row) and appends a markdown table
-to docs/benchmarks.md, with the machine it ran on.
+Per (dataset, scenario, forget-set seed): `--retrain-seeds` models retrained from scratch
+without D_f (training seeds 0, 1, ...; seed 0 is the served model's recipe): retraining as a
+distribution, the reference of Avg.Gap (SalUn) and of the audit. A `noop` row (the served model
+unchanged) shows what a measure says when nothing was forgotten.
+
+Per-example audit (models/metrics.ShadowBank): one bank of shadow models per dataset, trained
+on random halves of (training split + evaluation half); every row's model is scored on D_f
+against the evaluation half. See models/metrics.py for what it is and is not (the shadows are
+trained in/never-seen, not unlearned per method: Hayes et al.'s full U-LiRA costs one
+unlearning run per shadow and method).
+
+Rows are saved as they come (<out>.partial); `python -m bench.render` writes the tables.
 """
 from __future__ import annotations
 
@@ -21,25 +32,31 @@ import platform
 import sys
 import time
 
+import numpy as np
 import torch
 
 from models.data import DEFAULT_ARCH, load_dataset
 from models.device import get_device
-from models.metrics import evaluate
+from models.metrics import ShadowBank, avg_gap, evaluate
 from models.train import predict, train_model
 from models.unlearn import UnlearnRequest, get_method
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHOD_ROWS = ["retrain", "paper_ga", "paper_ga_adv", "paper_full", "lethe", "lethe_relabel", "lethe_retrain_like"]
-# Ablations of Lethe's default (models/unlearn/instance.py, LetheConfig): each row switches one
-# choice off (or the paper's components on) and keeps everything else.
-ABLATIONS = {
-    "lethe_ce_replay": {"replay_loss": "ce", "replay_focus": 0.0},   # labels instead of the teacher's logits, no focus
-    "lethe_no_focus": {"replay_focus": 0.0},                          # teacher logits, random replay only
-    "lethe_no_guard": {"guard_drop": 100.0, "repair_tol": 100.0},     # no rollback, no repair
-    "lethe_plus_adv": {"use_adv": True},                              # + the paper's adversarial examples
-    "lethe_plus_importance": {"use_importance": True},                # + the paper's MAS anchor
+DEFAULT_METHOD = "lethe_retrain_like"  # the row of what the service runs for a deletion by default
+# row name -> (registered method, objective, options)
+METHOD_ROWS = {
+    "lethe_retrain_like": ("lethe", "retrain_like", {}),
+    "lethe": ("lethe", "misclassify", {}),
+    "lethe_relabel": ("lethe", "relabel", {}),
+    "paper_full": ("paper_full", "misclassify", {}),
+    "finetune": ("finetune", "retrain_like", {}),
+    "neggrad_plus": ("neggrad_plus", "retrain_like", {}),
+    "random_labels": ("random_labels", "retrain_like", {}),
+    "l1_sparse": ("l1_sparse", "retrain_like", {}),
+    "scrub": ("scrub", "retrain_like", {}),
+    "salun": ("salun", "retrain_like", {}),
 }
+SHADOWS = {"digits": 16, "adult": 16, "mnist5k": 8}  # each trains in seconds (mnist5k: tens of seconds)
 
 
 def _train(d, x, y, seed, device):
@@ -47,198 +64,166 @@ def _train(d, x, y, seed, device):
                        seed=seed, device=device)
 
 
-def _row(dataset, k, seed, method, metrics, seconds, retrain_seconds, stats=None):
-    row = {"dataset": dataset, "k": k, "seed": seed, "method": method,
-           "ua": metrics["ua"], "ra": metrics["ra"], "ta": metrics["ta"], "mia": metrics["mia_efficacy"],
-           "loss_auc": metrics["loss_auc"], "seconds": seconds, "retrain_seconds": retrain_seconds,
-           "speedup": retrain_seconds / seconds if seconds else None}
-    if stats:
-        row["steps"] = stats.get("steps")
-        row["converged"] = stats.get("converged")
-    return row
+def forget_split(d, scenario: str, seed: int):
+    """(forget indices, retain indices) in the training split for a scenario: an int k (random
+    k instances), "10pct" (10 % at random) or "class" (every instance of one class, drawn by seed)."""
+    n = len(d.x_train)
+    if scenario == "class":
+        cls = int(torch.randint(0, d.num_classes, (1,), generator=torch.Generator().manual_seed(seed)))
+        mask = d.y_train == cls
+        return mask.nonzero().flatten(), (~mask).nonzero().flatten()
+    k = int(round(0.1 * n)) if scenario == "10pct" else int(scenario)
+    g = torch.Generator().manual_seed(1000 * seed + (k if scenario != "10pct" else 10_000))
+    perm = torch.randperm(n, generator=g)
+    return perm[:k], perm[k:]
 
 
-def run(datasets, ks, seeds, methods, paper_max_k, continual, device, ablation_ks=()):
+def _row(dataset, scenario, k, seed, method, m, seconds, retrain_seconds, stats=None, **extra):
+    stats = stats or {}
+    return {"dataset": dataset, "scenario": scenario, "k": k, "seed": seed, "method": method,
+            "ua": m["ua"], "ra": m["ra"], "ta": m["ta"], "mia": m["mia_efficacy"], "loss_auc": m["loss_auc"],
+            "ulira_auc": m["ulira_auc"], "ulira_tpr_at_1fpr": m["ulira_tpr_at_1fpr"],
+            "seconds": seconds, "retrain_seconds": retrain_seconds,
+            "speedup": retrain_seconds / seconds if seconds else None,
+            "steps": stats.get("steps"), "converged": bool(stats.get("converged", True)), **extra}
+
+
+class Cell:
+    """One (dataset, scenario, seed): D_f, the retrained references and a scorer for any model."""
+
+    def __init__(self, d, bank, scenario, seed, calib, evalset, eval_idx, retrain_seeds, device):
+        self.d, self.bank, self.scenario, self.seed = d, bank, scenario, seed
+        fi, ri = forget_split(d, scenario, seed)
+        self.fi, self.k = fi, len(fi)
+        self.forget, self.retain = (d.x_train[fi], d.y_train[fi]), (d.x_train[ri], d.y_train[ri])
+        self.calib, self.evalset, self.eval_idx = calib, evalset, eval_idx
+        self.retrained, self.retrain_seconds = [], []
+        for s in range(retrain_seeds):
+            t = time.perf_counter()
+            self.retrained.append(_train(d, *self.retain, s, device))
+            self.retrain_seconds.append(time.perf_counter() - t)
+        self.ref = [self.score(m) for m in self.retrained]
+
+    def score(self, model) -> dict:
+        m = evaluate(model, forget=self.forget, retain=self.retain, test=self.evalset)
+        m.update(self.bank.audit(model, self.forget, self.fi.numpy(), self.evalset, self.eval_idx))
+        return m
+
+    def row(self, method, model_metrics, seconds, stats=None, reference=None, **extra):
+        ref = self.ref if reference is None else reference
+        return _row(self.d.name, self.scenario, self.k, self.seed, method, model_metrics, seconds,
+                    self.retrain_seconds[0], stats, avg_gap=avg_gap(model_metrics, ref),
+                    retrain_ulira_auc=float(np.mean([r["ulira_auc"] for r in ref])), **extra)
+
+    def request(self, objective, options):
+        targets = None
+        if objective == "relabel":
+            tg = torch.Generator().manual_seed(self.seed)
+            targets = (self.forget[1] + torch.randint(1, self.d.num_classes, (self.k,), generator=tg)) % self.d.num_classes
+        return UnlearnRequest(*self.forget, objective=objective, target_labels=targets, retain_x=self.retain[0],
+                              retain_y=self.retain[1], holdout_x=self.calib[0], holdout_y=self.calib[1],
+                              seed=self.seed, options=dict(options))
+
+
+def _bank(d, evalset, device, n_shadows):
+    """Shadow models on random halves of (training split + evaluation half)."""
+    pool_x, pool_y = torch.cat([d.x_train, evalset[0]]), torch.cat([d.y_train, evalset[1]])
+    t = time.perf_counter()
+    bank = ShadowBank.train(lambda x, y, s: _train(d, x, y, 100 + s, device), pool_x, pool_y, n_shadows)
+    print(f"[{d.name}] {n_shadows} shadow models in {time.perf_counter() - t:.0f}s", flush=True)
+    return bank
+
+
+def run(datasets, scenarios, seeds, methods, paper_max_k, retrain_seeds, device, shadows=None):
     rows = []
     for name in datasets:
         d = load_dataset(name)
         half = len(d.x_test) // 2
-        holdout = (d.x_test[:half], d.y_test[:half])
-        test = (d.x_test[half:], d.y_test[half:])
-        base_seed = 0
-        t0 = time.perf_counter()
-        served = _train(d, d.x_train, d.y_train, base_seed, device)
-        print(f"[{name}] served model trained in {time.perf_counter() - t0:.1f}s", flush=True)
+        calib, evalset = (d.x_test[:half], d.y_test[:half]), (d.x_test[half:], d.y_test[half:])
+        eval_idx = np.arange(len(d.x_train), len(d.x_train) + len(evalset[0]))
+        bank = _bank(d, evalset, device, shadows or SHADOWS.get(name, 8))
+        served = _train(d, d.x_train, d.y_train, 0, device)
         for seed in seeds:
-            for k in ks:
-                g = torch.Generator().manual_seed(1000 * seed + k)
-                perm = torch.randperm(len(d.x_train), generator=g)
-                fi, ri = perm[:k], perm[k:]
-                forget = (d.x_train[fi], d.y_train[fi])
-                retain = (d.x_train[ri], d.y_train[ri])
-                orig_pred = predict(served, forget[0])
-
-                t = time.perf_counter()
-                retrained = _train(d, retain[0], retain[1], base_seed, device)
-                retrain_s = time.perf_counter() - t
-                m = evaluate(retrained, forget=forget, retain=retain, test=test, original_pred=orig_pred)
-                rows.append(_row(name, k, seed, "retrain", m, retrain_s, retrain_s))
-                _print(rows[-1])
-                extra = list(ABLATIONS) if k in ablation_ks else []
-                for method in methods + extra:
-                    if method == "retrain":
+            for scenario in scenarios:
+                if scenario == "class" and d.num_classes < 3:
+                    continue  # forgetting a whole class of a binary task leaves a one-class model
+                cell = Cell(d, bank, scenario, seed, calib, evalset, eval_idx, retrain_seeds, device)
+                for s, (model_m, secs) in enumerate(zip(cell.ref, cell.retrain_seconds)):
+                    others = cell.ref[:s] + cell.ref[s + 1:]  # retraining's own spread: leave one out
+                    _emit(rows, cell.row("retrain", model_m, secs, reference=others, train_seed=s))
+                _emit(rows, cell.row("noop", cell.score(served), 0.0, {"steps": 0, "converged": False}))
+                for method in methods:
+                    fn, objective, options = METHOD_ROWS[method]
+                    if method == "paper_full" and cell.k > paper_max_k:
                         continue
-                    if method.startswith("paper") and k > paper_max_k:
-                        continue
-                    objective, targets, fn, options = "misclassify", None, method, {}
-                    if method in ABLATIONS:
-                        fn, options = "lethe", ABLATIONS[method]
-                    if method == "lethe_relabel":
-                        objective, fn = "relabel", "lethe"
-                        tg = torch.Generator().manual_seed(seed)
-                        targets = (forget[1] + torch.randint(1, d.num_classes, (k,), generator=tg)) % d.num_classes
-                    elif method == "lethe_retrain_like":
-                        objective, fn = "retrain_like", "lethe"
-                    req = UnlearnRequest(forget[0], forget[1], objective=objective, target_labels=targets,
-                                         retain_x=retain[0], retain_y=retain[1],
-                                         holdout_x=holdout[0], holdout_y=holdout[1], seed=seed, options=options)
                     t = time.perf_counter()
-                    res = get_method(fn)(served, req)
+                    res = get_method(fn)(served, cell.request(objective, options))
                     secs = time.perf_counter() - t
-                    m = evaluate(res.model, forget=forget, retain=retain, test=test, original_pred=orig_pred)
-                    rows.append(_row(name, k, seed, method, m, secs, retrain_s, res.stats))
-                    _print(rows[-1])
-            if continual:
-                rows.extend(_continual(d, served, seed, test, device))
+                    extra = {k: res.stats[k] for k in ("df_confidence_drop", "df_drop_expected") if k in res.stats}
+                    _emit(rows, cell.row(method, cell.score(res.model), secs, res.stats, objective=objective, **extra))
     return rows
-
-
-def _continual(d, served, seed, test, device, requests=16, per_request=8):
-    """16 requests of 8 instances, each applied to the model the previous one produced."""
-    g = torch.Generator().manual_seed(5000 + seed)
-    perm = torch.randperm(len(d.x_train), generator=g)
-    forgotten = perm[:requests * per_request]
-    model, secs = served, 0.0
-    for i in range(requests):
-        fi = perm[i * per_request:(i + 1) * per_request]
-        ri = perm[(i + 1) * per_request:]  # everything not yet forgotten, minus this request
-        req = UnlearnRequest(d.x_train[fi], d.y_train[fi], retain_x=d.x_train[ri], retain_y=d.y_train[ri], seed=seed)
-        t = time.perf_counter()
-        model = get_method("lethe")(model, req).model
-        secs += time.perf_counter() - t
-    ri = perm[requests * per_request:]
-    forget = (d.x_train[forgotten], d.y_train[forgotten])
-    retain = (d.x_train[ri], d.y_train[ri])
-    t = time.perf_counter()
-    retrained = _train(d, retain[0], retain[1], 0, device)
-    retrain_s = time.perf_counter() - t
-    out = []
-    m = evaluate(retrained, forget=forget, retain=retain, test=test)
-    out.append(_row(d.name, requests * per_request, seed, "retrain_continual", m, retrain_s, retrain_s))
-    _print(out[-1])
-    m = evaluate(model, forget=forget, retain=retain, test=test)
-    # against retraining once per request, which is what a service without unlearning pays
-    out.append(_row(d.name, requests * per_request, seed, "lethe_continual", m, secs, retrain_s * requests))
-    _print(out[-1])
-    return out
 
 
 _PARTIAL: dict = {"path": None, "rows": []}
 
 
-def _print(r):
-    # every row is also saved as it comes, so a run stopped early keeps what it measured
-    if _PARTIAL["path"]:
+def _emit(rows, r):
+    rows.append(r)
+    if _PARTIAL["path"]:  # every row is also saved as it comes, so a stopped run keeps what it measured
         _PARTIAL["rows"].append(r)
         with open(_PARTIAL["path"], "w") as f:
-            json.dump({"machine": machine(), "partial": True, "rows": _PARTIAL["rows"]}, f, indent=1)
-    print(f"{r['dataset']:8s} k={r['k']:<4d} seed={r['seed']} {r['method']:20s} UA={r['ua']:6.1f} RA={r['ra']:6.2f} "
-          f"TA={r['ta']:6.2f} MIA={r['mia']:6.1f} AUC={r['loss_auc']:.3f} {r['seconds']:7.2f}s "
-          f"x{r['speedup']:.1f}", flush=True)
+            json.dump({"machine": machine(), "partial": True, "default_method": DEFAULT_METHOD,
+                       "rows": _PARTIAL["rows"]}, f, indent=1)
+    print(f"{r['dataset']:8s} {r['scenario']:>6s} k={r['k']:<5d} seed={r['seed']} {r['method']:18s} UA={r['ua']:6.1f} "
+          f"RA={r['ra']:6.2f} TA={r['ta']:6.2f} MIA={r['mia']:6.1f} uAUC={r['ulira_auc']:.3f} "
+          f"(retrain {r['retrain_ulira_auc']:.3f}) gap={r['avg_gap']:.2f} {r['seconds']:7.2f}s "
+          f"conv={r['converged']}", flush=True)
 
 
 def machine() -> str:
     dev = get_device()
     gpu = torch.cuda.get_device_name(0) if dev.type == "cuda" else "no GPU"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {dev} ({gpu})"
-
-
-def markdown(rows) -> str:
-    head = "| dataset | k | seed | method | UA | RA | TA | MIA-eff. | loss AUC | s | retrain s | speed-up |\n" \
-           "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
-    body = "".join(
-        f"| {r['dataset']} | {r['k']} | {r['seed']} | {r['method']} | {r['ua']:.1f} | {r['ra']:.2f} | {r['ta']:.2f} | "
-        f"{r['mia']:.1f} | {r['loss_auc']:.3f} | {r['seconds']:.2f} | {r['retrain_seconds']:.2f} | {r['speedup']:.1f}x |\n"
-        for r in rows)
-    return head + body
-
-
-def summary(rows) -> str:
-    """Mean (min..max) over seeds of TA minus the retrained model's TA, UA and speed-up."""
-    import statistics as st
-    retrain = {(r["dataset"], r["k"], r["seed"]): r for r in rows if r["method"] in ("retrain", "retrain_continual")}
-    groups: dict = {}
-    for r in rows:
-        if r["method"] in ("retrain", "retrain_continual"):
-            continue
-        base = retrain.get((r["dataset"], r["k"], r["seed"]))
-        if base is None:
-            continue
-        g = groups.setdefault((r["dataset"], r["k"], r["method"]), [])
-        g.append((r["ta"] - base["ta"], r["ua"], r["speedup"], r["loss_auc"] - base["loss_auc"], r["ta"]))
-    head = "| dataset | k | method | seeds | TA − retrain TA, mean (worst) | UA mean (min) | AUC − retrain AUC | speed-up mean (min) |\n" \
-           "|---|---|---|---|---|---|---|---|\n"
-    body = ""
-    for (ds, k, m), g in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
-        d_ta, ua, sp, d_auc = [x[0] for x in g], [x[1] for x in g], [x[2] for x in g], [x[3] for x in g]
-        body += (f"| {ds} | {k} | {m} | {len(g)} | {st.mean(d_ta):+.2f} ({min(d_ta):+.2f}) | {st.mean(ua):.1f} ({min(ua):.1f}) | "
-                 f"{st.mean(d_auc):+.3f} | {st.mean(sp):.1f}x ({min(sp):.1f}x) |\n")
-    return head + body
-
-
-def write(rows, out, doc, argv, started):
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({"machine": machine(), "argv": argv or [], "rows": rows}, f, indent=1)
-    if doc:
-        with open(doc, "a") as f:
-            f.write(f"\n## Instance-wise unlearning — run of {started}\n\n"
-                    f"Machine: {machine()}. Command: `python -m bench.instance {' '.join(argv or [])}`.\n\n"
-                    "Summary over seeds (each row against the model retrained without the same D_f in the same run):\n\n")
-            f.write(summary(rows))
-            f.write("\n<details><summary>All rows</summary>\n\n")
-            f.write(markdown(rows))
-            f.write("\n</details>\n")
-    print(f"wrote {out}" + (f" and appended to {doc}" if doc else ""))
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs, "
+            f"torch {torch.__version__} ({torch.get_num_threads()} thread), {dev} ({gpu})")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", default="digits,mnist5k")
-    p.add_argument("--ks", default="1,8,32,128")
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--datasets", default="digits,adult,mnist5k")
+    p.add_argument("--scenarios", default="1,8,32,128,10pct,class",
+                   help="comma-separated: a number k (random k instances), 10pct, class")
+    p.add_argument("--seeds", default="0,1,2", help="forget-set seeds")
+    p.add_argument("--retrain-seeds", type=int, default=2, help="retrained models per cell (training seeds 0..n-1)")
     p.add_argument("--methods", default=",".join(METHOD_ROWS))
-    p.add_argument("--paper-max-k", type=int, default=32,
-                   help="skip the paper rows above this k (PGD-100 x 20 examples per instance costs minutes)")
-    p.add_argument("--no-continual", action="store_true")
-    p.add_argument("--ablation-ks", default="",
-                   help="comma-separated k at which the ablation rows of Lethe's default also run")
-    p.add_argument("--merge", nargs="+", metavar="JSON",
-                   help="only merge result files of parallel runs into --out and --doc")
+    p.add_argument("--paper-max-k", type=int, default=8,
+                   help="skip paper_full above this k (PGD-100 x 20 examples per instance costs minutes)")
+    p.add_argument("--shadows", type=int, default=None, help="shadow models per dataset (default: SHADOWS)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="only merge result files of separate runs into --out")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "instance.json"))
-    p.add_argument("--doc", default=os.path.join(ROOT, "docs", "benchmarks.md"))
     a = p.parse_args(argv)
     argv = argv if argv is not None else sys.argv[1:]
-    started = time.strftime('%Y-%m-%d %H:%M')
     if a.merge:
-        rows = [r for path in a.merge for r in json.load(open(path))["rows"]]
-        return write(rows, a.out, a.doc, argv, started)
+        docs = [json.load(open(path)) for path in a.merge]
+        merged = {"machine": docs[0]["machine"], "started": docs[0].get("started", "?"),
+                  "argv": ["--merge"] + [" ".join(d.get("argv", [])) for d in docs], "default_method": DEFAULT_METHOD,
+                  "rows": [r for d in docs for r in d["rows"]]}
+        if any(d.get("partial") for d in docs):
+            merged["partial"] = True
+        with open(a.out, "w") as f:
+            json.dump(merged, f, indent=1)
+        return print(f"merged {len(merged['rows'])} rows into {a.out}")
+    torch.set_num_threads(a.threads)
     device = get_device()
     _PARTIAL["path"] = a.out + ".partial"
-    rows = run(a.datasets.split(","), [int(k) for k in a.ks.split(",")], [int(s) for s in a.seeds.split(",")],
-               a.methods.split(","), a.paper_max_k, not a.no_continual, device,
-               ablation_ks={int(k) for k in a.ablation_ks.split(",") if k})
-    write(rows, a.out, a.doc if a.doc != "-" else None, argv, started)
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    rows = run(a.datasets.split(","), a.scenarios.split(","), [int(s) for s in a.seeds.split(",")],
+               a.methods.split(","), a.paper_max_k, a.retrain_seeds, device, a.shadows)
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump({"machine": machine(), "started": started, "argv": argv, "default_method": DEFAULT_METHOD,
+                   "rows": rows}, f, indent=1)
+    print(f"wrote {a.out}; render the tables with `python -m bench.render`")
 
 
 if __name__ == "__main__":

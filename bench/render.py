@@ -1,0 +1,161 @@
+"""Render the instance-wise benchmark tables from bench/results/instance.json into README.md
+and docs/benchmarks.md, so no figure can drift from its row.
+
+    python -m bench.render            # rewrite the marked blocks in place
+    python -m bench.render --check    # exit 1 when a marked block differs from the JSON (a test runs this)
+
+Each block sits between `<!-- render:NAME -->` and `<!-- /render:NAME -->`; only those lines
+change. Every figure names the seeds it covers; a cell over fewer seeds than asked says so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics as st
+import sys
+from collections import defaultdict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "bench", "results", "instance.json")
+TARGETS = {"readme": os.path.join(ROOT, "README.md"), "docs": os.path.join(ROOT, "docs", "benchmarks.md")}
+SCENARIO_ORDER = ["1", "8", "32", "128", "10pct", "class"]
+AUC_TOL, GAP_TARGET, SPEED_TARGET = 0.05, 1.0, 10.0
+
+
+def _scenario_label(s: str) -> str:
+    return {"10pct": "10 %", "class": "class"}.get(s, f"k = {s}")
+
+
+def _groups(rows):
+    """(dataset, scenario, method) -> rows, one per forget-set seed (retrain: training seed 0)."""
+    g = defaultdict(list)
+    for r in rows:
+        if r["method"] == "retrain" and r.get("train_seed", 0) != 0:
+            continue
+        g[(r["dataset"], str(r["scenario"]), r["method"])].append(r)
+    return g
+
+
+def _seeds(rs) -> str:
+    return ",".join(str(s) for s in sorted({r["seed"] for r in rs}))
+
+
+def _fmt(x, spec):
+    return "–" if x is None or x != x else format(x, spec)
+
+
+def default_table(doc) -> str:
+    """The service default against the targets of issue 14, every (dataset, scenario)."""
+    rows, default = doc["rows"], doc["default_method"]
+    g = _groups(rows)
+    out = [f"Default deletion method: `{default}`. Per cell: mean over the forget-set seeds listed "
+           f"(worst seed in brackets). Targets: |uAUC − retrained uAUC| ≤ {AUC_TOL} on every seed, "
+           f"Avg.Gap ≤ {GAP_TARGET}, ≥ {SPEED_TARGET:.0f}x at k ≤ 8 where retraining takes ≥ 10 s.", "",
+           "| dataset | scenario | k | seeds | uAUC − retrained (worst) | met | Avg.Gap (worst) | noop Avg.Gap | "
+           "speed-up (min) | retrain s | converged |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (ds, sc, m), rs in sorted(g.items(), key=lambda kv: (kv[0][0], _order(kv[0][1]))):
+        if m != default:
+            continue
+        d_auc = [r["ulira_auc"] - r["retrain_ulira_auc"] for r in rs]
+        worst = max(d_auc, key=abs)
+        gaps = [r["avg_gap"] for r in rs]
+        noop = g.get((ds, sc, "noop"), [])
+        sp = [r["speedup"] for r in rs if r["speedup"]]
+        conv = sum(bool(r["converged"]) for r in rs)
+        out.append(f"| {ds} | {_scenario_label(sc)} | {rs[0]['k']} | {_seeds(rs)} | {st.mean(d_auc):+.3f} ({worst:+.3f}) | "
+                   f"{'yes' if all(abs(x) <= AUC_TOL for x in d_auc) else 'no'} | {st.mean(gaps):.2f} ({max(gaps):.2f}) | "
+                   f"{_fmt(st.mean([r['avg_gap'] for r in noop]) if noop else None, '.2f')} | "
+                   f"{_fmt(st.mean(sp) if sp else None, '.1f')}x ({_fmt(min(sp) if sp else None, '.1f')}x) | "
+                   f"{st.mean(r['retrain_seconds'] for r in rs):.1f} | {conv}/{len(rs)} |")
+    return "\n".join(out)
+
+
+def _order(sc):
+    return SCENARIO_ORDER.index(sc) if sc in SCENARIO_ORDER else len(SCENARIO_ORDER)
+
+
+def methods_table(doc) -> str:
+    """Every method, every scenario, per dataset: uAUC − retrained, Avg.Gap, speed-up, non-converged."""
+    g = _groups(doc["rows"])
+    out = ["Per cell: uAUC − retrained uAUC (mean over seeds) / Avg.Gap (mean) / speed-up over retraining "
+           "(mean); `n/N✗` marks runs that did not converge (their figures are included). Seeds per "
+           "cell are in the rows of `bench/results/instance.json`; the default table above lists them."]
+    for ds in sorted({k[0] for k in g}):
+        scs = sorted({k[1] for k in g if k[0] == ds}, key=_order)
+        methods = [m for m in _method_order(doc) if any((ds, sc, m) in g for sc in scs)]
+        out += ["", f"**{ds}**", "", "| method | " + " | ".join(_scenario_label(s) for s in scs) + " |",
+                "|---|" + "---|" * len(scs)]
+        for m in methods:
+            cells = []
+            for sc in scs:
+                rs = g.get((ds, sc, m))
+                if not rs:
+                    cells.append("–")
+                    continue
+                d_auc = st.mean(r["ulira_auc"] - r["retrain_ulira_auc"] for r in rs)
+                sp = [r["speedup"] for r in rs if r["speedup"]]
+                bad = sum(not r["converged"] for r in rs) if m not in ("noop", "retrain") else 0
+                cells.append(f"{d_auc:+.3f} / {st.mean(r['avg_gap'] for r in rs):.2f} / "
+                             f"{_fmt(st.mean(sp) if sp else None, '.1f')}x" + (f" {bad}/{len(rs)}✗" if bad else ""))
+            out.append(f"| `{m}` | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def _method_order(doc):
+    seen = []
+    for r in doc["rows"]:
+        if r["method"] not in seen:
+            seen.append(r["method"])
+    return seen
+
+
+def header(doc) -> str:
+    rows = doc["rows"]
+    per = defaultdict(set)
+    for r in rows:
+        per[r["dataset"]].add(r["seed"])
+    seeds = "; ".join(f"{ds}: seeds {','.join(map(str, sorted(s)))}" for ds, s in sorted(per.items()))
+    partial = " **Partial run** (stopped early; only the rows listed were measured)." if doc.get("partial") else ""
+    return (f"Run of {doc.get('started', '?')} on {doc['machine']}. Command: "
+            f"`python -m bench.instance {' '.join(doc.get('argv', []))}`. Forget-set seeds per dataset: {seeds}."
+            f"{partial} Rendered by `python -m bench.render` from `bench/results/instance.json` ({len(rows)} rows).")
+
+
+BLOCKS = {"instance-header": header, "instance-default": default_table, "instance-methods": methods_table}
+
+
+def render_text(text: str, doc) -> str:
+    for name, fn in BLOCKS.items():
+        pattern = re.compile(rf"(<!-- render:{name} -->\n).*?(<!-- /render:{name} -->)", re.DOTALL)
+        text = pattern.sub(lambda m, fn=fn: m.group(1) + fn(doc) + "\n" + m.group(2), text)
+    return text
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true")
+    p.add_argument("--results", default=RESULTS)
+    a = p.parse_args(argv)
+    with open(a.results) as f:
+        doc = json.load(f)
+    stale = []
+    for path in TARGETS.values():
+        with open(path) as f:
+            text = f.read()
+        new = render_text(text, doc)
+        if new != text:
+            stale.append(path)
+            if not a.check:
+                with open(path, "w") as f:
+                    f.write(new)
+    if a.check and stale:
+        print("out of date with bench/results/instance.json (run `python -m bench.render`): " + ", ".join(stale))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
