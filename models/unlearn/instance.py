@@ -293,7 +293,9 @@ class _FlipGoal:
 
     def check(self, view):
         with torch.no_grad():
-            logits = view.forget()
+            return self.check_logits(view.forget())
+
+    def check_logits(self, logits):
         idx = torch.arange(len(self.yf), device=logits.device)
         other = logits.clone()
         if self.relabel:
@@ -309,25 +311,45 @@ class _FlipGoal:
 
 
 class _RetrainLikeGoal:
-    """retrain_like: each instance's confidence goes down to where unseen data of the same
-    difficulty sit (metrics.RetrainLikeTest: per-example quantile mapping, never below), and
-    the method stops when the test passes."""
+    """retrain_like: what retraining without D_f would do to each instance.
 
-    def __init__(self, test: RetrainLikeTest, yf, yh):
-        self.test, self.yf, self.yh = test, yf, yh
-        self.targets = None
-        self.drop = 0.0
+    * An instance whose class has no retained instance left (whole-class deletion): a model
+      retrained without D_f cannot predict that class at all, so the instance must end
+      misclassified (towards its runner-up, as for ``misclassify``).
+    * Every other instance: its confidence goes down to where unseen data of the same
+      difficulty sit (metrics.RetrainLikeTest: per-example quantile mapping, never below).
+    The method stops when both hold.
+    """
+
+    def __init__(self, test: RetrainLikeTest | None, yf, gone, flip: _FlipGoal):
+        self.test, self.yf, self.gone, self.flip = test, yf, gone, flip
+        self.yh = None
+        self.targets = torch.zeros(len(yf), device=yf.device)
 
     def check(self, view):
         with torch.no_grad():
-            phi_f = _phi(view.forget(), self.yf)
-            phi_h = _phi(view.holdout(), self.yh).cpu().numpy()
-        self.targets = torch.as_tensor(self.test.targets(phi_h), dtype=phi_f.dtype, device=phi_f.device)
-        self.drop = self.test.drop(phi_f.cpu().numpy(), phi_h)
-        return phi_f > self.targets, self.drop <= -self.test.required
+            logits = view.forget()
+        active, done = torch.zeros(len(self.yf), dtype=torch.bool, device=logits.device), True
+        if self.gone.any():
+            flip_active, _ = self.flip.check_logits(logits)
+            active |= flip_active & self.gone
+            done = bool((logits[self.gone].argmax(1) != self.yf[self.gone]).all())
+        if self.test is not None:
+            keep = ~self.gone
+            with torch.no_grad():
+                phi_h = _phi(view.holdout(), self.yh).cpu().numpy()
+            phi_f = _phi(logits[keep], self.yf[keep])
+            self.targets[keep] = torch.as_tensor(self.test.targets(phi_h), dtype=phi_f.dtype, device=phi_f.device)
+            active[keep] = phi_f > self.targets[keep]
+            done = done and self.test.passes(phi_f.cpu().numpy(), phi_h)
+        return active, done
 
     def loss(self, out_f, pick):
-        return F.relu(_phi(out_f, self.yf[pick]) - self.targets[pick]).mean()  # bounded: only down to the target
+        gone = self.gone[pick]
+        per = F.relu(_phi(out_f, self.yf[pick]) - self.targets[pick])  # bounded: only down to the target
+        if gone.any():
+            per = torch.where(gone, F.cross_entropy(out_f, self.flip.targets[pick], reduction="none"), per)
+        return per.mean()
 
 
 # ---- views: the network seen whole (phase 2) or as a tail on cached trunk outputs (phase 1)
@@ -460,27 +482,35 @@ def _focus_pool(model, req, targets, cfg, dev) -> torch.Tensor:
     return torch.unique(dist.topk(min(cfg.focus_neighbours, len(xr)), largest=False).indices.flatten())
 
 
-def _retrain_like_test(model, req, cfg, xf, yf, xh, yh, gen, dev) -> RetrainLikeTest:
-    """Calibrated on the original model: where D_f sits among members and non-members."""
+def _retrain_like_test(model, req, cfg, xf, yf, xh, yh, gen, dev) -> RetrainLikeTest | None:
+    """Calibrated on the original model: where D_f sits among members and non-members
+    (only the instances whose class keeps retained data; see _RetrainLikeGoal)."""
+    keep = torch.isin(yf.cpu(), req.retain_y.unique()).to(dev)
+    if not keep.any():
+        return None
     m_idx = torch.randperm(len(req.retain_x), generator=gen)[:cfg.members_size]
     xm, ym = req.retain_x[m_idx].to(dev), req.retain_y[m_idx].to(dev)
-    return RetrainLikeTest(_phi(_logits(model, xf), yf).cpu().numpy(), _phi(_logits(model, xm), ym).cpu().numpy(),
-                           _phi(_logits(model, xh), yh).cpu().numpy(), tau=cfg.retrain_tau,
-                           floor_rel=cfg.retrain_floor_rel)
+    test = RetrainLikeTest(_phi(_logits(model, xf[keep]), yf[keep]).cpu().numpy(),
+                           _phi(_logits(model, xm), ym).cpu().numpy(), _phi(_logits(model, xh), yh).cpu().numpy(),
+                           tau=cfg.retrain_tau, floor_rel=cfg.retrain_floor_rel)
+    test.keep = keep  # the forget instances it speaks for
+    return test
 
 
 def _goal(model, req, cfg, xf, yf, xg, test):
     """The objective's goal and the labels D_f is trained towards (runner-up unless given)."""
     orig_logits = _logits(model, xf)
     runner_up = _runner_up(orig_logits, yf)
-    if req.objective == "retrain_like":
-        return _RetrainLikeGoal(test, yf, None), runner_up
     relabel = req.objective == "relabel"
     targets = req.target_labels.to(xf.device) if relabel and req.target_labels is not None else runner_up
     # margin in the model's own logit scale: a share of the typical top-2 gap on retained data
     top2 = _logits(model, xg).topk(2, dim=1).values
     margin = cfg.margin_rel * float((top2[:, 0] - top2[:, 1]).median())
-    return _FlipGoal(relabel, targets, yf, margin), targets
+    flip = _FlipGoal(relabel, targets, yf, margin)
+    if req.objective == "retrain_like":
+        gone = ~torch.isin(yf.cpu(), req.retain_y.unique()).to(yf.device)
+        return _RetrainLikeGoal(test, yf, gone, flip), runner_up
+    return flip, targets
 
 
 def _prepare(model, req: UnlearnRequest, cfg: LetheConfig, gen, progress) -> _Job:
@@ -658,7 +688,8 @@ def _privacy_signal(model, job: _Job) -> dict:
     for every objective: flipping D_f drops it far below, which a per-example attack sees."""
     if job.privacy is None:
         return {}
-    drop = job.privacy.drop(_phi(_logits(model, job.xf), job.yf).cpu().numpy(),
+    keep = job.privacy.keep
+    drop = job.privacy.drop(_phi(_logits(model, job.xf[keep]), job.yf[keep]).cpu().numpy(),
                             _phi(_logits(model, job.xh), job.yh).cpu().numpy())
     expected = float(job.privacy.shift.mean())
     return {"df_confidence_drop": drop, "df_drop_required": job.privacy.required, "df_drop_expected": expected,

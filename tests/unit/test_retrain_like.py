@@ -65,3 +65,16 @@ def test_lethe_retrain_like_passes_its_test_without_flipping_everything(digits_s
     assert s["df_confidence_drop"] <= -s["df_drop_required"] < 0
     # a retrained model still classifies most of D_f correctly; so must this one
     assert float((res.model(d.x_train[fi]).argmax(1) == d.y_train[fi]).float().mean()) > 0.8
+
+
+def test_retrain_like_forgets_a_whole_class_as_retraining_does(digits_split):
+    # no retained instance of the class: a retrained model cannot predict it, so neither may this one
+    d, _, _, holdout, original, _ = digits_split
+    gone = d.y_train == 3
+    req = UnlearnRequest(d.x_train[gone], d.y_train[gone], objective="retrain_like", retain_x=d.x_train[~gone],
+                         retain_y=d.y_train[~gone], holdout_x=holdout[0], holdout_y=holdout[1])
+    res = get_method("lethe")(original, req)
+    assert res.stats["converged"]
+    assert not bool((res.model(d.x_train[gone]).argmax(1) == 3).any())
+    keep = d.y_train != 3
+    assert float((res.model(d.x_train[keep][:300]).argmax(1) == d.y_train[keep][:300]).float().mean()) > 0.9
