@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from .registry import (DEFAULT_OBJECTIVE, FAMILIES, METHODS, OBJECTIVES, Family, Method, MethodInfo, ProgressFn,  # noqa: F401
                        UnlearnRequest, UnlearnResult, family_names, get_family, get_method, method_info,
-                       method_names, methods_for, register, register_choice, register_family, resolve)
+                       method_names, methods_for, must_reach, register, register_choice, register_family,
+                       resolve)
 
 ALL = OBJECTIVES
 INFLUENCE = ("misclassify", "retrain_like")  # removes the data's influence: cannot teach a target label

@@ -36,7 +36,7 @@ checkpoint; ``sisa``/``arcane``: a sharded bundle); ``objectives`` — which of
 ``OBJECTIVES`` it accepts; ``needs_retained_data`` — it cannot run without the retained
 training data; ``exact`` — the result is what retraining without the data gives (not an
 approximation); ``reaches_objective`` — it drives every forget instance to a
-``misclassify``/``relabel`` goal, so the worker refuses to publish a model where one is
+``LABEL_OBJECTIVES`` goal, so the worker refuses to publish a model where one is
 left (False for methods that remove influence instead: retraining, influence patches).
 A sharded family's methods are ``ShardedMethod`` objects (``models.unlearn.shards``), which
 the worker can also run member by member.
@@ -52,6 +52,9 @@ if TYPE_CHECKING:  # annotations only: importing this module must not import tor
     from torch import nn
 
 OBJECTIVES = ("misclassify", "relabel", "retrain_like")
+# objectives whose success is a label per forget instance: a method that ``reaches_objective``
+# must leave none of them on its old label (the worker's verification)
+LABEL_OBJECTIVES = ("misclassify", "relabel")
 # What a deletion request gets unless it asks otherwise (the API, the CLI and a bare
 # UnlearnRequest all read it here): a result that looks like retraining, per example
 # (metrics.RetrainLikeTest), rather than one that singles D_f out by misclassifying it.
@@ -193,6 +196,11 @@ def _add(info: MethodInfo) -> MethodInfo:
         raise ValueError(f"method {name!r}: give a one-line description")
     METHODS[name] = info
     return info
+
+
+def must_reach(method: str, objective: str) -> bool:
+    """Whether a job's result is refused unless every forget instance reached ``objective``."""
+    return objective in LABEL_OBJECTIVES and method_info(method).reaches_objective
 
 
 def method_info(name: str) -> MethodInfo:

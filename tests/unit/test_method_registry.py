@@ -81,3 +81,10 @@ def test_reading_the_catalogue_imports_no_torch():
     code = ("import sys; from models import unlearn; unlearn.methods_for('sisa'); "
             "import app.forget.schemas, app.cli.forget; assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_which_results_must_reach_the_objective():
+    """The worker's UA=100 % rule: label objectives, for methods that promise to reach them."""
+    assert unlearn.must_reach("lethe", "misclassify") and unlearn.must_reach("paper_ga", "relabel")
+    assert not unlearn.must_reach("lethe", "retrain_like")
+    assert not any(unlearn.must_reach(m, "misclassify") for m in ("puma", "sisa", "arcane", "retrain"))
