@@ -143,11 +143,12 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     errors.document(app)  # ... and each route's error statuses, with ErrorResponse
     _redact_access_log()
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], summary="The process is up (open)")
     def healthz():
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"], response_model=Readiness,
+             summary="Database, registry and broker or worker reachable (open)",
              responses={503: {"model": Readiness, "description": "not ready: the failing check says why"}})
     def readyz():
         checks: dict[str, str] = {}

@@ -30,43 +30,61 @@ class Settings(BaseSettings):
     data_dir: str = Field(default="./var/data", description="catalogue raw-data store, one file per instance")
     # queue: empty => embedded in-process worker thread
     broker_url: str = Field(default="", description="redis://host:port/db for Celery; empty = embedded worker")
-    queue_name: str = "lethe"
+    queue_name: str = Field(default="lethe", description="Celery queue the gateway sends jobs to and `lethe worker` "
+                                                        "consumes")
     visibility_timeout_s: int = Field(default=6 * 3600, description="Redis visibility timeout; > longest job")
     job_lease_s: int = Field(default=900, description="a running job whose heartbeat is older than this may be reclaimed")
-    max_attempts: int = 3
+    max_attempts: int = Field(default=3, description="attempts per job, counted in the database; then the job fails")
     # privacy
-    subject_secret: str = Field(default=DEV_SUBJECT_SECRET, description="HMAC key for subject references")
+    subject_secret: str = Field(default=DEV_SUBJECT_SECRET,
+                                description="HMAC key for subject references: set it in production (a gateway "
+                                            "refuses the default outside the embedded SQLite demo)")
     # HTTP
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_body_bytes: int = 1_000_000
-    max_instances_per_request: int = 256
-    max_predict_inputs: int = 512
+    host: str = Field(default="127.0.0.1", description="address `lethe serve` listens on")
+    port: int = Field(default=8000, description="port `lethe serve` listens on")
+    max_body_bytes: int = Field(default=1_000_000, description="request body limit (413 above it), except the weights "
+                                                              "upload")
+    max_instances_per_request: int = Field(default=256, description="instances one deletion request may name (422 "
+                                                                    "above it)")
+    max_predict_inputs: int = Field(default=512, description="inputs or instance ids one predict call may send")
     # demo bootstrap
-    bootstrap_demo: bool = True
-    demo_dataset: str = "mnist5k"
-    demo_seed: int = 0
-    demo_epochs: int | None = None
+    bootstrap_demo: bool = Field(default=True, description="first start (`lethe serve`, `lethe bootstrap`): train, "
+                                                           "register and catalogue the demo models when none is "
+                                                           "registered")
+    demo_dataset: str = Field(default="mnist5k", description="dataset of the instance-wise demo model (`mnist5k` or "
+                                                            "`digits`, faster); its name is `<dataset>-cnn`")
+    demo_seed: int = Field(default=0, description="seed of the demo models' training (same seed, same weights on CPU)")
+    demo_epochs: int | None = Field(default=None, description="epochs of the instance-wise demo; unset = the "
+                                                             "architecture's default (models/train.py: cnn 8)")
     # exact demo model (SISA on adult) beside the instance-wise one; empty dataset = none
-    demo_exact_dataset: str = "adult"
-    demo_exact_shards: int = 10
-    demo_exact_slices: int = 2
+    demo_exact_dataset: str = Field(default="adult", description="dataset of the exact (SISA) demo model "
+                                                                "`<dataset>-sisa`; empty = no exact demo")
+    demo_exact_shards: int = Field(default=10, description="SISA shards S of the exact demo")
+    demo_exact_slices: int = Field(default=2, description="SISA slices R per shard of the exact demo")
     demo_exact_rows: int = Field(default=5000, description="train the exact demo on the first N rows (0 = all) so "
                                                            "the first start stays fast")
-    demo_exact_epochs: int | None = None
+    demo_exact_epochs: int | None = Field(default=None, description="epochs per slice of the exact demo; unset = "
+                                                                   "the architecture's default (mlp 6)")
     exact_fan_out: bool = Field(default=True, description="Celery: retrain a job's shards as a group + chord")
     # verification gate: a new version that loses more test accuracy than this is not published
-    max_test_accuracy_drop: float = 5.0
-    embedded_worker: bool = Field(default=True, description="start the in-process worker when broker_url is empty")
+    max_test_accuracy_drop: float = Field(default=5.0, description="verification gate: a new version that loses "
+                                                                  "more test-accuracy points is not published")
+    embedded_worker: bool = Field(default=True, description="start the in-process worker thread in the gateway when "
+                                                            "LETHE_BROKER_URL is empty (false: the gateway only "
+                                                            "queues)")
     # observability
     log_format: Literal["json", "text"] = Field(default="json", description="json (one object per line) or text")
     # access control (app/security): the first key of a fresh install
     bootstrap_admin_key: str = Field(default="", description="register this value as an all-scopes key at start "
                                                              "(>= 24 chars); empty = write a random one to "
-                                                             "admin_key_file when the database holds no key")
-    admin_key_file: str = Field(default="", description="empty = admin.key next to registry_dir (./var/admin.key)")
+                                                             "LETHE_ADMIN_KEY_FILE when the database holds no key")
+    admin_key_file: str = Field(default="", description="where a fresh install writes its first admin key (mode "
+                                                       "0600); empty = admin.key next to LETHE_REGISTRY_DIR "
+                                                       "(./var/admin.key)")
     # audit evidence: Ed25519 key that signs deletion certificates (created on first use, 0600)
-    signing_key_file: str = Field(default="", description="empty = audit-ed25519.pem next to registry_dir")
+    signing_key_file: str = Field(default="", description="Ed25519 key that signs deletion certificates, created "
+                                                         "on first use (0600); empty = audit-ed25519.pem next to "
+                                                         "LETHE_REGISTRY_DIR")
     # signed checkpoints of the audit chain head (app/audit/checkpoints.py)
     audit_checkpoint_events: int = Field(default=1000, ge=1, description="sign the head every N new events...")
     audit_checkpoint_interval_s: float = Field(default=3600.0, ge=0, description="...or when the last checkpoint "
@@ -76,10 +94,11 @@ class Settings(BaseSettings):
                                                                "outside the database; empty = none")
     # signed webhooks (callback_url on a request)
     webhook_secret: str = Field(default=DEV_WEBHOOK_SECRET,
-                                description="HMAC-SHA256 key for the Lethe-Signature header")
-    webhook_max_attempts: int = 6
+                                description="HMAC-SHA256 key for the Lethe-Signature header: set it in production "
+                                            "(refused outside the embedded SQLite demo)")
+    webhook_max_attempts: int = Field(default=6, description="delivery attempts of one webhook, then `failed`")
     webhook_backoff_s: float = Field(default=5.0, description="first retry delay; doubles each attempt")
-    webhook_timeout_s: float = 5.0
+    webhook_timeout_s: float = Field(default=5.0, description="HTTP timeout of one webhook delivery attempt")
     webhook_poll_s: float = Field(default=1.0, description="delivery loop period in the gateway; 0 = off")
     webhook_concurrency: int = Field(default=16, ge=1, le=256, description="delivery threads in all")
     webhook_per_destination: int = Field(default=2, ge=1, le=64,
@@ -88,7 +107,8 @@ class Settings(BaseSettings):
                                                         "callback_url may reach although not public "
                                                         "(e.g. 10.0.0.0/8,hooks.internal); empty = public only")
     # sweeper: re-queue requests stuck in queued/running (workers died, messages lost)
-    sweeper_interval_s: float = Field(default=60.0, description="0 = no sweeper thread")
+    sweeper_interval_s: float = Field(default=60.0, description="period of the sweeper that re-queues jobs whose "
+                                                                "worker died; 0 = no sweeper thread")
     stuck_queued_s: int = Field(default=900, description="a queued job untouched this long is dispatched again")
     # registry governance
     max_upload_bytes: int = Field(default=200_000_000, description="body limit of POST /v1/models (weights upload)")

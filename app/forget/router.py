@@ -181,6 +181,7 @@ def forget_webhooks(request_id: str, session: SessionDep):
 
 
 @router.get("/forget/{request_id}", response_model=ForgetRead, responses=UNKNOWN_REQUEST,
+            summary="A request: status, days left, job progress, versions before and after, metrics",
             dependencies=[Depends(require_scope(FORGET_READ))])
 def read_forget(request_id: str, session: SessionDep):
     req = service.get(session, request_id)
@@ -190,6 +191,7 @@ def read_forget(request_id: str, session: SessionDep):
 
 
 @router.get("/jobs/{job_id}", response_model=JobRead, tags=["jobs"], responses=responses(e404="unknown job"),
+            summary="A job: status, stage, progress, attempts, worker, timings, metrics, its requests",
             dependencies=[Depends(require_scope(FORGET_READ))])
 def read_job(job_id: str, session: SessionDep):
     job = jobs.get(session, job_id)

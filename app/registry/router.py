@@ -136,7 +136,8 @@ def _model_or_404(session, name):
     return m
 
 
-@router.get("", response_model=list[ModelRead], dependencies=[READ])
+@router.get("", response_model=list[ModelRead], dependencies=[READ],
+            summary="The registered models: family, dataset, classes, latest version, aliases")
 def list_models(session: SessionDep):
     out = []
     for m in service.list_models(session):
@@ -162,7 +163,8 @@ def read_model(name: str, session: SessionDep):
     return _model_read(session, m, service.versions(session, name))
 
 
-@router.get("/{name}/versions", response_model=VersionsRead, dependencies=[READ], responses=UNKNOWN_MODEL)
+@router.get("/{name}/versions", response_model=VersionsRead, dependencies=[READ], responses=UNKNOWN_MODEL,
+            summary="A model's versions (sha256, parent, job, metrics, tainted, purged), aliases and alias moves")
 def list_versions(name: str, session: SessionDep):
     _model_or_404(session, name)
     erased = governance.erased_by_job(session, name)

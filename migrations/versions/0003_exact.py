@@ -1,7 +1,7 @@
 """exact unlearning: a model's method family; shard and slice of every catalogued instance
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 Create Date: 2026-11-23
 """
 import sqlalchemy as sa

@@ -26,3 +26,17 @@ def test_migration_matches_models_and_downgrades(tmp_path):
     command.upgrade(cfg, "head")
     assert "audit_events" in inspect(engine).get_table_names()
     engine.dispose()
+
+
+def test_each_migration_says_what_it_revises():
+    """The docstring's "Revises:" line is what a reader sees; it must name down_revision."""
+    import glob
+    import importlib.util
+    import re
+
+    for path in sorted(glob.glob(f"{ROOT}/migrations/versions/*.py")):
+        spec = importlib.util.spec_from_file_location("migration", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        said = re.search(r"^Revises:[ \t]*(\S*)[ \t]*$", module.__doc__, re.MULTILINE)
+        assert said and said.group(1) == (module.down_revision or ""), path
