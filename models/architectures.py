@@ -280,7 +280,10 @@ def build_model(arch: str, input_shape, num_classes: int, params: dict | None = 
     resolved = resolve_params(arch, params)
     a.check_input(input_shape)
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in resolved.items()}
-    return a.build(tuple(int(s) for s in input_shape), int(num_classes), **kwargs)
+    model = a.build(tuple(int(s) for s in input_shape), int(num_classes), **kwargs)
+    # what rebuilds it (retraining from scratch): plain attributes, not part of the state dict
+    model.lethe_arch, model.lethe_arch_params = arch, resolved
+    return model
 
 
 def dummy_input(arch: str, input_shape, n: int = 2) -> torch.Tensor:

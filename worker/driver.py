@@ -60,6 +60,7 @@ class JobSpec:
     forget_ids: list[str]
     t0: float = field(default_factory=time.time)
     affected: list[int] = field(default_factory=list)  # sharded: the members a deletion retrains
+    recipe: dict | None = None   # the model's stored training recipe (models.train.Recipe): retraining uses it
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -139,7 +140,8 @@ def _claim(s: Settings, job_id: str, worker: str) -> JobSpec | str:
         return JobSpec(job_id=job_id, token=c.token, model_name=job.model_name, family=model_row.family,
                        method=job.method, objective=job.objective, target_label=targets.pop() if targets else None,
                        base_path=base.storage_path, base_sha=base.sha256, base_version=base.version,
-                       forget_ids=[i for i in c.instance_ids if i in found])
+                       forget_ids=[i for i in c.instance_ids if i in found],
+                       recipe=registry.recipe_of(model_row).to_json() if model_row.family == "instance" else None)
 
 
 def _build(s: Settings, spec: JobSpec, fan_out) -> Built | None:
@@ -274,6 +276,7 @@ def _instance_wise(s: Settings, spec: JobSpec) -> Built:
     rx, ry = catalogue.load_arrays(retained_rows)
     t0 = time.perf_counter()
     model, meta = load_checkpoint(_base_file(s, spec), device=get_device())
+    model.lethe_recipe = spec.recipe  # what retraining from scratch trains with
     ds = load_dataset(meta["dataset"])
     fx_t, fy_t = torch.from_numpy(fx), torch.from_numpy(fy)
     has_retained = len(ry) > 0

@@ -38,6 +38,7 @@ models train for 6-8 epochs, so every baseline here defaults to ONE pass over D_
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import time
 from dataclasses import dataclass
@@ -46,8 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nets import ARCHITECTURES
-from ..train import DEFAULT_EPOCHS, train_model
+from ..train import Recipe, default_recipe, train_model
 from .registry import ProgressFn, UnlearnRequest, UnlearnResult
 
 
@@ -271,22 +271,30 @@ def salun(model, req, progress: ProgressFn | None = None):
 
 
 def _arch_of(model: nn.Module) -> str:
-    for name, cls in ARCHITECTURES.items():
-        if type(model) is cls:
-            return name
-    raise ValueError(f"'retrain' knows how to rebuild {sorted(ARCHITECTURES)}, not {type(model).__name__}")
+    """The registry name a model was built under (models.architectures.build_model records it)."""
+    arch = getattr(model, "lethe_arch", None)
+    if arch is None:
+        raise ValueError(f"'retrain' rebuilds models made by models.architectures.build_model; "
+                         f"{type(model).__name__} was not")
+    return arch
 
 
 def retrain(model, req, progress: ProgressFn | None = None):
-    """Exact unlearning: train the same architecture from scratch on D_r with the served recipe
-    (models/train.py; options: train_seed, epochs). Exact by construction when the served model
-    was trained by that recipe; otherwise it is still a model that never saw D_f."""
+    """Exact unlearning: train the same architecture (with its constructor parameters) from
+    scratch on D_r with the model's stored recipe (``model.lethe_recipe``, which the worker
+    attaches from the registry; else the demo recipe, models/train.py; options: train_seed,
+    epochs override it). Exact by construction when the served model was trained by that
+    recipe; otherwise it is still a model that never saw D_f."""
     _needs_retained(req, "retrain")
     t0 = time.perf_counter()
     arch = _arch_of(model)
-    epochs = req.options.get("epochs", DEFAULT_EPOCHS.get(arch))
+    stored = getattr(model, "lethe_recipe", None)
+    recipe = Recipe.from_dict(stored, arch=arch) if stored else default_recipe(arch)
+    overrides = {k: req.options[o] for k, o in (("seed", "train_seed"), ("epochs", "epochs")) if o in req.options}
+    recipe = dataclasses.replace(recipe, **overrides)
     new = train_model(arch, req.retain_x, req.retain_y, input_shape=tuple(req.retain_x.shape[1:]),
-                      num_classes=model.head.out_features, seed=req.options.get("train_seed", 0), epochs=epochs,
+                      num_classes=model.head.out_features, recipe=recipe,
+                      arch_params=getattr(model, "lethe_arch_params", None),
                       device=next(model.parameters()).device, progress=progress)
     return UnlearnResult(new, {"method_family": "exact", "steps": 0, "converged": True, "exact": True,
                                "seconds": time.perf_counter() - t0})

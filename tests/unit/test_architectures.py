@@ -143,3 +143,19 @@ def test_lethe_unlearns_a_plugin_model(tinynet):
     new = get_method("lethe")(loaded, req).model
     assert (new(fx).argmax(1) != fy).all()  # the tail phase works on the plug-in's trunk/tail split
     assert accuracy(new, xte, yte) > 85
+
+
+def test_retrain_uses_the_models_architecture_parameters_and_stored_recipe():
+    from models.unlearn import UnlearnRequest, get_method
+
+    xtr, ytr, xte, yte = _breast_cancer()
+    recipe = Recipe(optimizer="sgd", lr=0.05, epochs=2, batch_size=32, seed=3)
+    served = train_model("mlp", xtr, ytr, input_shape=(30,), num_classes=2, device="cpu", recipe=recipe,
+                         arch_params={"widths": [12]})
+    served.lethe_recipe = recipe.to_json()  # what the worker attaches from the registry
+    req = UnlearnRequest(forget_x=xtr[:5], forget_y=ytr[:5], retain_x=xtr[5:], retain_y=ytr[5:])
+    res = get_method("retrain")(served, req)
+    expected = train_model("mlp", xtr[5:], ytr[5:], input_shape=(30,), num_classes=2, device="cpu", recipe=recipe,
+                           arch_params={"widths": [12]})
+    assert res.model.body[0].out_features == 12
+    assert all(torch.equal(a, b) for a, b in zip(res.model.parameters(), expected.parameters()))
