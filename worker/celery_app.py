@@ -25,7 +25,7 @@ from celery.signals import setup_logging, worker_init
 
 from app.settings import Settings, get_settings
 
-from . import driver
+from . import driver, training
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -75,6 +75,13 @@ def run_job(self, job_id: str) -> str:
     return outcome
 
 
+@celery_app.task(name="lethe.train_model", bind=True, acks_late=True)
+def train_model(self, run_id: str) -> str:
+    """POST /v1/models/{name}/train: a training run (worker/training.py); a redelivered
+    message finds the run taken and does nothing."""
+    return training.run_training(run_id, worker_name=_name(self))
+
+
 def _chord(spec: dict) -> None:
     """Member retrains as a group across all workers, joined by a chord (needs the result backend)."""
     callback = exact_assemble.s(spec).on_error(exact_failed.s(spec))
@@ -108,6 +115,10 @@ class CeleryDispatcher:
 
     def dispatch(self, job_id: str) -> None:
         self.celery.send_task("lethe.run_job", args=[job_id], queue=self.settings.queue_name)
+
+    def dispatch_training(self, run_id: str) -> None:
+        """A training run (POST /v1/models/{name}/train): task lethe.train_model in worker/training.py."""
+        self.celery.send_task("lethe.train_model", args=[run_id], queue=self.settings.queue_name)
 
     def ready(self) -> tuple[bool, str]:
         try:

@@ -12,12 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..catalogue import service as catalogue
 from ..catalogue import store
-from ..deps import ServingDep, SessionDep, SettingsDep
+from ..deps import DispatcherDep, ServingDep, SessionDep, SettingsDep
 from ..errors import LetheError, responses
 from ..security import AUDIT_READ, FORGET_READ, MODELS_ADMIN, Principal, require_scope
 from . import governance
 from . import service
 from .models import PRODUCTION
+from . import training
 from .upload import parse_json_field, register_upload
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -312,3 +313,46 @@ def list_architectures():
 
     return ArchitecturesRead(architectures=[architectures.get(n).to_json() for n in architectures.names()],
                              problems=architectures.problems())
+
+
+class TrainingRunRead(BaseModel):
+    id: str
+    model: str
+    dataset: str
+    status: str = Field(description="queued | running | completed | failed")
+    stage: str
+    progress: float
+    error: str | None = None
+    metrics: dict | None = None
+    created_at: dt.datetime
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+
+
+def _run_read(r) -> TrainingRunRead:
+    return TrainingRunRead(id=r.id, model=r.model_name, dataset=r.dataset, status=r.status, stage=r.stage,
+                           progress=r.progress, error=r.error, metrics=r.metrics, created_at=r.created_at,
+                           started_at=r.started_at, finished_at=r.finished_at)
+
+
+@router.post("/{name}/train", response_model=TrainingRunRead, status_code=202,
+             responses={404: {"description": "unknown dataset"}, 409: {"description": "name taken, dataset not ready"},
+                        422: {"description": "bad name, architecture, parameters or recipe"}},
+             summary="Lethe trains a new model on a registered dataset (a job with progress)")
+def train_model(name: str, body: training.TrainBody, session: SessionDep, settings: SettingsDep,
+                dispatcher: DispatcherDep, principal: Annotated[Principal, Depends(require_scope(MODELS_ADMIN))]):
+    """Registers `name` (status `training`) with its architecture, parameters and recipe, and
+    starts a training run on the dataset's training split; `GET /v1/models/{name}/training`
+    shows its progress. When it completes, version 1 is `production` and every training row
+    of the dataset is in the model's catalogue, with its subject: the model can forget."""
+    run = training.start(session, settings, name, body, actor=principal.actor)
+    session.commit()  # the run must be visible before it starts
+    training.launch(settings, dispatcher, run.id)
+    return _run_read(run)
+
+
+@router.get("/{name}/training", response_model=list[TrainingRunRead], dependencies=[READ],
+            summary="The model's training runs (status, stage, progress, metrics), oldest first")
+def training_runs(name: str, session: SessionDep):
+    _model_or_404(session, name)
+    return [_run_read(r) for r in training.runs_of(session, name)]

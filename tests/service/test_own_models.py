@@ -75,3 +75,81 @@ def test_bad_model_specs_are_422_with_what_is_wrong(client):
         r = _upload(client, w, **form)
         assert r.status_code == 422 and r.json()["code"] == code and msg in r.json()["detail"], (form, r.text)
     assert all(m["name"] != "mine" for m in client.get("/v1/models").json())
+
+
+def breast_cancer_parquet(subjects_per_row: int = 2) -> bytes:
+    """scikit-learn's bundled breast-cancer table as a data team would hand it over: one row
+    per instance with an id, the label's name, a subject (a patient owns 2 rows here), a split
+    and the 30 numeric features (standardised)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sklearn.datasets import load_breast_cancer
+
+    d = load_breast_cancer()
+    x = (d.data - d.data.mean(0)) / d.data.std(0)
+    n = len(x)
+    split = np.where(np.random.default_rng(0).random(n) < 0.2, "test", "train")
+    cols = {"instance_id": [f"bc-{i:04d}" for i in range(n)],
+            "label": [str(d.target_names[t]) for t in d.target],
+            "subject_id": [f"patient-{i // subjects_per_row:04d}" for i in range(n)], "split": split}
+    cols.update({f"f{j:02d}": x[:, j].astype("float32") for j in range(x.shape[1])})
+    buf = io.BytesIO()
+    pq.write_table(pa.table(cols), buf)
+    return buf.getvalue()
+
+
+def _wait_trained(client, name, timeout=300):
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        runs = client.get(f"/v1/models/{name}/training").json()
+        if runs and runs[-1]["status"] in ("completed", "failed"):
+            return runs[-1]
+        time.sleep(0.3)
+    raise AssertionError(f"training of {name} did not finish: {runs}")
+
+
+def test_lethe_trains_a_model_on_a_registered_dataset(client, seeded, tinynet):
+    r = client.post("/v1/datasets", data={"name": "cancer", "classes": json.dumps(["malignant", "benign"])},
+                    files={"file": ("cancer.parquet", breast_cancer_parquet(), "application/octet-stream")})
+    assert r.status_code == 201, r.text
+    body = {"dataset": "cancer", "arch": "mlp", "arch_params": {"widths": [32]},
+            "recipe": {"optimizer": "adamw", "lr": 0.003, "epochs": 12, "batch_size": 32, "weight_decay": 0.01,
+                       "seed": 1}}
+    r = client.post("/v1/models/cancer-mlp/train", json=body)
+    assert r.status_code == 202, r.text
+    assert r.json()["status"] in ("queued", "running", "completed")
+    run = _wait_trained(client, "cancer-mlp")
+    assert run["status"] == "completed", run
+    assert run["metrics"]["ta"] > 90 and run["metrics"]["train_rows"] + run["metrics"]["test_rows"] == 569
+    m = client.get("/v1/models/cancer-mlp").json()
+    assert (m["status"], m["aliases"], m["arch_params"]) == ("ready", {"production": 1}, {"widths": [32]})
+    assert m["recipe"]["optimizer"] == "adamw" and m["input_shape"] == [30]
+    assert client.get("/v1/datasets/cancer").json()["models"] == ["cancer-mlp"]
+    inst = client.get("/v1/subjects/patient-0003/instances", params={"model": "cancer-mlp"}).json()["instances"]
+    assert {i["instance_id"] for i in inst} <= {"bc-0006", "bc-0007"} and inst
+    # a plug-in architecture trains the same way, and the same subject is now in two models
+    r = client.post("/v1/models/cancer-tiny/train", json={"dataset": "cancer", "arch": "tinynet",
+                                                          "recipe": {"epochs": 10, "lr": 0.003}})
+    assert r.status_code == 202, r.text
+    assert _wait_trained(client, "cancer-tiny")["status"] == "completed"
+    f = client.post("/v1/forget", json={"subject_id": "patient-0003"})
+    assert f.status_code == 202 and {m["model"] for m in f.json()["requests"]} == {"cancer-mlp", "cancer-tiny"}
+
+
+def test_training_requests_are_checked_before_anything_is_recorded(client, seeded):
+    r = client.post("/v1/datasets", data={"name": "cancer"},
+                    files={"file": ("cancer.parquet", breast_cancer_parquet(), "application/octet-stream")})
+    assert r.status_code == 201, r.text
+    cases = [("cancer-x", {"dataset": "nope", "arch": "mlp"}, 404, "unknown_dataset"),
+             ("cancer-x", {"dataset": "cancer", "arch": "resnet18"}, 422, "bad_arch_params"),
+             ("cancer-x", {"dataset": "cancer", "arch": "mlp", "recipe": {"lr": -1}}, 422, "bad_recipe"),
+             ("cancer-x", {"dataset": "cancer", "arch": "mlp", "epochs": 3}, 422, "invalid_request"),
+             ("Bad Name", {"dataset": "cancer", "arch": "mlp"}, 422, "bad_name"),
+             ("toy-cnn", {"dataset": "cancer", "arch": "mlp"}, 409, "model_exists")]
+    for name, body, status, code in cases:
+        r = client.post(f"/v1/models/{name}/train", json=body)
+        assert (r.status_code, r.json()["code"]) == (status, code), (name, body, r.text)
+    assert [m["name"] for m in client.get("/v1/models").json()] == ["toy-cnn"]
