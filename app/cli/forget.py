@@ -20,7 +20,8 @@ def register(cmds: Commands) -> None:
     from ..forget.models import DENY_REASONS, STATUSES
 
     s = cmds.http("forget", cmd_forget, "submit a deletion request")
-    s.add_argument("--model", required=True)
+    s.add_argument("--model", help="the model; omit it (with --subject) to forget the subject from every model "
+                                    "trained on their data (one erasure, a request per model)")
     s.add_argument("--subject", help="forget every catalogued instance of this subject")
     s.add_argument("--instance", action="append", metavar="ID", help="a training instance id (repeatable)")
     s.add_argument("--objective", default=unlearn.DEFAULT_OBJECTIVE, choices=OBJECTIVES)
@@ -67,7 +68,11 @@ def _watch_options(s) -> None:
 def cmd_forget(api: Api, args) -> int:
     if not args.subject and not args.instance:
         raise CliError("give --subject and/or --instance", USAGE)
-    body: dict[str, Any] = {"model": args.model, "objective": args.objective}
+    if not args.model and args.instance:
+        raise CliError("--instance needs --model (without --model, give --subject only)", USAGE)
+    body: dict[str, Any] = {"objective": args.objective}
+    if args.model:
+        body["model"] = args.model
     if args.method:  # otherwise the server picks the model's own method family
         body["method"] = args.method
     if args.subject:
@@ -80,6 +85,12 @@ def cmd_forget(api: Api, args) -> int:
         body["external_id"] = args.external_id
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
     out = api.request("POST", "/v1/forget", json_body=body, headers=headers)
+    if out.get("erasure_id"):  # no model named: one request per model holding the subject's data
+        if args.watch:
+            return max(watch(api, args, m["request_id"]) for m in out["requests"])
+        emit(args, out, f"erasure {out['id']} accepted, due {out['due_at'][:10]}: "
+                        + ", ".join(f"{m['model']} (request {m['request_id']})" for m in out["requests"]))
+        return OK
     if args.watch:
         if not args.json:
             print(f"request {out['id']} accepted, due {out['due_at'][:10]}", file=sys.stderr)

@@ -137,3 +137,14 @@ def test_fan_out_refuses_as_a_whole(client, seeded):
     r = client.post("/v1/forget", json={"subject_id": "bob"})
     assert r.status_code == 409 and r.json()["code"] == "already_pending" and OTHER in r.json()["detail"]
     assert counts(seeded) == mid and mid["ForgetRequest"] == before["ForgetRequest"] + 1
+
+
+def test_cli_forgets_a_subject_from_every_model(live_server, seeded, capsys):
+    from app.cli import main
+
+    _second_model(seeded)
+    assert main(["forget", "--url", live_server, "--subject", "bob", "--instance", "toy-00003"]) == 2
+    assert "--instance needs --model" in capsys.readouterr().err
+    assert main(["forget", "--url", live_server, "--subject", "bob"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("erasure ") and f"{MODEL} (request " in out and f"{OTHER} (request " in out
