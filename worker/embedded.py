@@ -26,6 +26,14 @@ class EmbeddedWorker:
     def dispatch(self, job_id: str) -> None:
         self.queue.put(job_id)
 
+    def dispatch_training(self, run_id: str) -> None:
+        """A training run on its own thread: the model is not ready yet, so no forget job of it
+        can wait behind it, and unlearning jobs of other models go on meanwhile."""
+        from .training import run_training
+
+        threading.Thread(target=run_training, args=(run_id,), kwargs={"settings": self.settings},
+                         name=f"lethe-train-{run_id[:8]}", daemon=True).start()
+
     def ready(self) -> tuple[bool, str]:
         if not self.settings.embedded_worker:
             return True, "embedded worker disabled"

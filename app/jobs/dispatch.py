@@ -9,4 +9,6 @@ from typing import Protocol
 class Dispatcher(Protocol):
     def dispatch(self, job_id: str) -> None: ...
 
+    def dispatch_training(self, run_id: str) -> None: ...  # POST /v1/models/{name}/train (worker/training.py)
+
     def ready(self) -> tuple[bool, str]: ...

@@ -347,7 +347,7 @@ def train_model(name: str, body: training.TrainBody, session: SessionDep, settin
     of the dataset is in the model's catalogue, with its subject: the model can forget."""
     run = training.start(session, settings, name, body, actor=principal.actor)
     session.commit()  # the run must be visible before it starts
-    training.launch(settings, dispatcher, run.id)
+    training.launch(dispatcher, run.id)
     return _run_read(run)
 
 

@@ -13,7 +13,6 @@ function the demo bootstrap and an upload of weights end in.
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,7 +25,7 @@ from ..db import utcnow
 from ..errors import LetheError
 from ..settings import Settings
 from . import service as registry
-from .models import MODEL_TRAINING, PRODUCTION, TrainingRun
+from .models import MODEL_FAILED, MODEL_TRAINING, PRODUCTION, TrainingRun
 from .upload import NAME_RE, check_model_spec
 
 log = logging.getLogger("lethe.training")
@@ -69,14 +68,19 @@ def start(session: Session, settings: Settings, name: str, body: TrainBody, *, a
 
     if not NAME_RE.match(name):
         raise LetheError(422, "bad_name", "model name: 1-128 characters, a-z 0-9 . _ -, starting with a letter or digit")
-    if registry.get_model(session, name) is not None:
+    old = registry.get_model(session, name, lock=True)
+    if old is not None and old.status != MODEL_FAILED:
         raise LetheError(409, "model_exists", f"model {name!r} is already registered")
     ds = datasets.get_ready(session, body.dataset)
     shape, classes = list(ds.schema["shape"]), list(ds.classes)
     params, recipe = check_model_spec(body.arch, shape, len(classes),
                                       dataset_defaults(body.arch, ds.schema, body.arch_params), body.recipe)
-    registry.register_model(session, name=name, dataset=ds.name, arch=body.arch, input_shape=shape, classes=classes,
-                            arch_params=params, recipe=recipe, status=MODEL_TRAINING)
+    if old is not None:  # a failed training run left the name: train it again, as now specified
+        old.dataset, old.arch, old.input_shape, old.classes = ds.name, body.arch, shape, classes
+        old.arch_params, old.recipe, old.status = params or None, recipe, MODEL_TRAINING
+    else:
+        registry.register_model(session, name=name, dataset=ds.name, arch=body.arch, input_shape=shape,
+                                classes=classes, arch_params=params, recipe=recipe, status=MODEL_TRAINING)
     run = TrainingRun(id=str(uuid.uuid4()), model_name=name, dataset=ds.name, status=QUEUED, stage="queued",
                       progress=0.0, created_by=actor[:128], created_at=utcnow())
     session.add(run)
@@ -96,16 +100,10 @@ def runs_of(session: Session, model_name: str) -> list[TrainingRun]:
                                 .order_by(TrainingRun.created_at)).scalars())
 
 
-def launch(settings: Settings, dispatcher, run_id: str) -> None:
-    """Celery (``dispatch_training`` of the Celery dispatcher) or a gateway thread."""
-    send = getattr(dispatcher, "dispatch_training", None)
-    if send is not None:
-        send(run_id)
-        return
-    from worker.training import run_training
-
-    threading.Thread(target=run_training, args=(run_id,), kwargs={"settings": settings},
-                     name=f"train-{run_id[:8]}", daemon=True).start()
+def launch(dispatcher, run_id: str) -> None:
+    """Hand the run to the worker side: Celery (task ``lethe.train_model``) or, embedded, a
+    thread of the gateway (``worker.embedded.EmbeddedWorker.dispatch_training``)."""
+    dispatcher.dispatch_training(run_id)
 
 
 def publish_first_version(db: Session, name: str, sha: str, rel: str, metrics: dict, rows: list[dict], dataset: str,

@@ -29,9 +29,13 @@ ROOT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 class RecordingDispatcher:
     def __init__(self):
         self.sent: list[str] = []
+        self.training: list[str] = []
 
     def dispatch(self, job_id: str) -> None:
         self.sent.append(job_id)
+
+    def dispatch_training(self, run_id: str) -> None:
+        self.training.append(run_id)
 
     def ready(self):
         return True, "ok"

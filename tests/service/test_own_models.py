@@ -99,19 +99,18 @@ def breast_cancer_parquet(subjects_per_row: int = 2) -> bytes:
     return buf.getvalue()
 
 
-def _wait_trained(client, name, timeout=300):
-    import time
+def _train(client, settings, dispatcher, name):
+    """Run the dispatched training run as the worker would, then read it over HTTP."""
+    from worker.training import run_training
 
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        runs = client.get(f"/v1/models/{name}/training").json()
-        if runs and runs[-1]["status"] in ("completed", "failed"):
-            return runs[-1]
-        time.sleep(0.3)
-    raise AssertionError(f"training of {name} did not finish: {runs}")
+    run_id = dispatcher.training[-1]
+    assert client.get(f"/v1/models/{name}/training").json()[-1]["status"] == "queued"
+    assert run_training(run_id, settings=settings) in ("completed", "failed")
+    assert run_training(run_id, settings=settings) == "done"  # a redelivered message is a no-op
+    return client.get(f"/v1/models/{name}/training").json()[-1]
 
 
-def test_lethe_trains_a_model_on_a_registered_dataset(client, seeded, tinynet):
+def test_lethe_trains_a_model_on_a_registered_dataset(client, seeded, dispatcher, tinynet):
     r = client.post("/v1/datasets", data={"name": "cancer", "classes": json.dumps(["malignant", "benign"])},
                     files={"file": ("cancer.parquet", breast_cancer_parquet(), "application/octet-stream")})
     assert r.status_code == 201, r.text
@@ -120,8 +119,8 @@ def test_lethe_trains_a_model_on_a_registered_dataset(client, seeded, tinynet):
                        "seed": 1}}
     r = client.post("/v1/models/cancer-mlp/train", json=body)
     assert r.status_code == 202, r.text
-    assert r.json()["status"] in ("queued", "running", "completed")
-    run = _wait_trained(client, "cancer-mlp")
+    assert r.json()["status"] == "queued" and client.get("/v1/models/cancer-mlp").json()["status"] == "training"
+    run = _train(client, seeded, dispatcher, "cancer-mlp")
     assert run["status"] == "completed", run
     assert run["metrics"]["ta"] > 90 and run["metrics"]["train_rows"] + run["metrics"]["test_rows"] == 569
     m = client.get("/v1/models/cancer-mlp").json()
@@ -134,7 +133,7 @@ def test_lethe_trains_a_model_on_a_registered_dataset(client, seeded, tinynet):
     r = client.post("/v1/models/cancer-tiny/train", json={"dataset": "cancer", "arch": "tinynet",
                                                           "recipe": {"epochs": 10, "lr": 0.003}})
     assert r.status_code == 202, r.text
-    assert _wait_trained(client, "cancer-tiny")["status"] == "completed"
+    assert _train(client, seeded, dispatcher, "cancer-tiny")["status"] == "completed"
     f = client.post("/v1/forget", json={"subject_id": "patient-0003"})
     assert f.status_code == 202 and {m["model"] for m in f.json()["requests"]} == {"cancer-mlp", "cancer-tiny"}
 
@@ -153,3 +152,32 @@ def test_training_requests_are_checked_before_anything_is_recorded(client, seede
         r = client.post(f"/v1/models/{name}/train", json=body)
         assert (r.status_code, r.json()["code"]) == (status, code), (name, body, r.text)
     assert [m["name"] for m in client.get("/v1/models").json()] == ["toy-cnn"]
+
+
+def test_a_failed_run_fails_the_model_and_publishes_nothing(client, seeded, dispatcher):
+    import shutil
+
+    from app.datasets import service as datasets
+
+    r = client.post("/v1/datasets", data={"name": "cancer"},
+                    files={"file": ("cancer.parquet", breast_cancer_parquet(), "application/octet-stream")})
+    assert r.status_code == 201
+    assert client.post("/v1/models/cancer-mlp/train", json={"dataset": "cancer", "arch": "mlp"}).status_code == 202
+    shutil.rmtree(datasets.store_dir(seeded, "cancer"))  # the rows vanish before the run starts
+    run = _train(client, seeded, dispatcher, "cancer-mlp")
+    assert run["status"] == "failed" and "has no store" in run["error"]
+    m = client.get("/v1/models/cancer-mlp").json()
+    assert (m["status"], m["aliases"], m["latest_version"]) == ("failed", {}, None)
+    ev = client.get("/v1/audit", params={"action": "model.training_failed"}).json()["entries"]
+    assert ev and ev[0]["payload"]["model"] == "cancer-mlp"
+    # the name can be trained again once the data is back
+    r = client.post("/v1/datasets", data={"name": "cancer2"},
+                    files={"file": ("cancer.parquet", breast_cancer_parquet(), "application/octet-stream")})
+    assert r.status_code == 201
+    again = client.post("/v1/models/cancer-mlp/train", json={"dataset": "cancer2", "arch": "mlp",
+                                                             "recipe": {"epochs": 2}})
+    assert again.status_code == 202, again.text
+    assert _train(client, seeded, dispatcher, "cancer-mlp")["status"] == "completed"
+    m = client.get("/v1/models/cancer-mlp").json()
+    assert (m["status"], m["dataset"], m["aliases"], m["recipe"]["epochs"]) == ("ready", "cancer2", {"production": 1}, 2)
+    assert len(client.get("/v1/models/cancer-mlp/training").json()) == 2
