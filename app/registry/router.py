@@ -336,8 +336,8 @@ def _run_read(r) -> TrainingRunRead:
 
 
 @router.post("/{name}/train", response_model=TrainingRunRead, status_code=202,
-             responses={404: {"description": "unknown dataset"}, 409: {"description": "name taken, dataset not ready"},
-                        422: {"description": "bad name, architecture, parameters or recipe"}},
+             responses=responses(e404="unknown dataset", e409="name taken, dataset not ready",
+                                 e422="bad name, architecture, parameters or recipe"),
              summary="Lethe trains a new model on a registered dataset (a job with progress)")
 def train_model(name: str, body: training.TrainBody, session: SessionDep, settings: SettingsDep,
                 dispatcher: DispatcherDep, principal: Annotated[Principal, Depends(require_scope(MODELS_ADMIN))]):
@@ -351,7 +351,7 @@ def train_model(name: str, body: training.TrainBody, session: SessionDep, settin
     return _run_read(run)
 
 
-@router.get("/{name}/training", response_model=list[TrainingRunRead], dependencies=[READ],
+@router.get("/{name}/training", response_model=list[TrainingRunRead], dependencies=[READ], responses=UNKNOWN_MODEL,
             summary="The model's training runs (status, stage, progress, metrics), oldest first")
 def training_runs(name: str, session: SessionDep):
     _model_or_404(session, name)

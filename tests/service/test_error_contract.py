@@ -94,6 +94,8 @@ NOT_FOUND = {
     ("GET", "/v1/architectures"): None,
     ("GET", "/v1/models"): None,
     ("GET", "/v1/models/{name}"): {},
+    ("POST", "/v1/models/{name}/train"): {"json": {"dataset": UNKNOWN, "arch": "mlp"}},
+    ("GET", "/v1/models/{name}/training"): {},
     ("POST", "/v1/models"): None,
     ("GET", "/v1/models/{name}/versions"): {},
     ("GET", "/v1/models/{name}/aliases/history"): {},
