@@ -8,7 +8,7 @@ from models.data import load_dataset
 def _row(method, seed, auc, ret_auc, gap, conv=True, scenario="8"):
     return {"dataset": "digits", "scenario": scenario, "k": 8, "seed": seed, "method": method, "ulira_auc": auc,
             "retrain_ulira_auc": ret_auc, "avg_gap": gap, "speedup": 5.0, "retrain_seconds": 3.0,
-            "converged": conv, "train_seed": 0}
+            "converged": conv, "train_seed": 0, "ulira_tpr_at_1fpr": 0.01}
 
 
 def test_default_table_names_seeds_and_flags_misses_and_non_convergence():
