@@ -104,8 +104,9 @@ def methods_table(doc) -> str:
                 d_auc = st.mean(r["ulira_auc"] - r["retrain_ulira_auc"] for r in rs)
                 sp = [r["speedup"] for r in rs if r["speedup"]]
                 bad = sum(not r["converged"] for r in rs) if m not in ("noop", "retrain") else 0
-                cells.append(f"{d_auc:+.3f} / {st.mean(r['avg_gap'] for r in rs):.2f} / "
-                             f"{_fmt(st.mean(sp) if sp else None, '.1f')}x" + (f" {bad}/{len(rs)}✗" if bad else ""))
+                speed = f"{st.mean(sp):.1f}x" if sp else "–"
+                cells.append(f"{d_auc:+.3f} / {st.mean(r['avg_gap'] for r in rs):.2f} / {speed}"
+                             + (f" {bad}/{len(rs)}✗" if bad else ""))
             out.append(f"| `{m}` | " + " | ".join(cells) + " |")
     return "\n".join(out)
 

@@ -11,6 +11,10 @@ def _row(method, seed, auc, ret_auc, gap, conv=True, scenario="8"):
             "converged": conv, "train_seed": 0, "ulira_tpr_at_1fpr": 0.01}
 
 
+def test_rendered_blocks_match_the_results_file():
+    assert render.main(["--check"]) == 0, "run `python -m bench.render` after a benchmark run"
+
+
 def test_default_table_names_seeds_and_flags_misses_and_non_convergence():
     doc = {"machine": "m", "default_method": "lethe_retrain_like", "rows": [
         _row("retrain", 0, 0.5, 0.5, 1.0), _row("noop", 0, 0.6, 0.5, 2.0),
