@@ -11,7 +11,8 @@ error response. ``install(app)`` answers it — and FastAPI's own ``HTTPExceptio
 
 ``ErrorResponse`` is that shape for the OpenAPI schema, and ``responses(404, 409, ...)``
 documents a route's error statuses with it (``document(app)`` adds what every route shares:
-401/403 for scoped routes, 413 and 422 for routes with a body or parameters, 500).
+401/403 for scoped routes, 400/413/422 for routes with a body, 422 where a parameter can be
+invalid, 500).
 """
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
 
 # what each status means in Lethe, for the OpenAPI schema (a route may say more)
 DESCRIPTIONS = {
+    400: "the body cannot be read at all (not UTF-8 JSON, broken multipart)",
     401: "no valid API key: missing, malformed, unknown or revoked (`WWW-Authenticate: Bearer`)",
     403: "the API key lacks the scope this route requires",
     404: "an id in the path or body names nothing",
@@ -117,6 +119,19 @@ def validation_detail(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route offers on this path (Starlette's 405 names only the first
+    route that matched the path, e.g. POST /v1/forget but not GET)."""
+    from fastapi.routing import iter_route_contexts
+    from starlette.routing import compile_path
+
+    path, methods = request.url.path, set()
+    for route in iter_route_contexts(request.app.routes):  # included routers flattened
+        if route.path_format and route.methods and compile_path(route.path_format)[0].match(path):
+            methods |= route.methods
+    return sorted(methods)
+
+
 def _request_id(request: Request) -> str:
     return request.scope.get(REQUEST_ID_KEY) or uuid.uuid4().hex
 
@@ -129,9 +144,12 @@ def install(app: FastAPI) -> None:
         return error_response(exc.status, exc.code, exc.detail, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException):
+    async def _http(request: Request, exc: StarletteHTTPException):
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return error_response(exc.status_code, code_for(exc.status_code), detail, getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        return error_response(exc.status_code, code_for(exc.status_code), detail, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError):
@@ -155,8 +173,8 @@ def document(app: FastAPI) -> None:
     """Make the OpenAPI schema say what is answered: FastAPI's default 422
     (``HTTPValidationError``, ``detail: array``) becomes ``ErrorResponse``, and every
     operation lists the statuses it shares with the others: 401/403 where it requires a
-    scope (``x-required-scopes``, added by ``security.install``), 413 where it takes a body,
-    500 everywhere. Statuses particular to a route come from its ``responses=``."""
+    scope (``x-required-scopes``, added by ``security.install``), 400/413/422 where it takes a
+    body (400: FastAPI cannot even decode it), 500 everywhere. Statuses particular to a route come from its ``responses=``."""
     previous = app.openapi
 
     def openapi() -> dict:
@@ -183,7 +201,7 @@ def _document_operation(op: dict) -> None:
     if op.get("x-required-scopes"):
         statuses += [401, 403]
     if "requestBody" in op:
-        statuses += [413, 422]
+        statuses += [400, 413, 422]
     elif res.get("422", {}).get("description") == "Validation Error" and not _can_be_invalid(op):
         del res["422"]  # FastAPI adds it for any parameter; a plain string in the path cannot be invalid
     for s in statuses:

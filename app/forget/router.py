@@ -114,7 +114,8 @@ def erasure_certificate(erasure_id: str, session: SessionDep, settings: Settings
 def list_forget(session: SessionDep, status: Annotated[str | None, Query(description=", ".join(fm.STATUSES))] = None,
                 model: Annotated[str | None, Query(max_length=128)] = None,
                 overdue: Annotated[bool, Query(description="only open requests past their due date")] = False,
-                limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0)] = 0):
+                limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                offset: Annotated[int, Query(ge=0, le=2**62)] = 0):  # a larger offset overflows the database driver
     if status is not None and status not in fm.STATUSES:
         raise LetheError(422, "invalid_request", f"status must be one of {', '.join(fm.STATUSES)}")
     rows, total = service.list_requests(session, status=status, model=model, overdue_only=overdue, limit=limit,

@@ -74,7 +74,7 @@ class AliasBody(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"version": 3, "reason": "v4 misbehaves on class 7; back to v3"}]})
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=2**31 - 1)  # a 32-bit column: larger is a 422, not an overflow
     reason: str | None = Field(default=None, max_length=2000)
 
 

@@ -31,7 +31,9 @@ def test_validation_errors_name_the_field_in_one_string(client):
 
 def test_framework_errors_get_a_code(client):
     assert_error(client.get("/v1/no-such-route"), 404, "not_found")
-    assert_error(client.delete("/v1/models"), 405, "method_not_allowed")
+    r = client.delete("/v1/models")
+    assert_error(r, 405, "method_not_allowed")
+    assert {"GET", "POST"} <= set(r.headers["allow"].split(", ")), r.headers  # both routes on the path
 
 
 def test_an_unhandled_exception_answers_a_reference_not_a_traceback(seeded, dispatcher, caplog):
@@ -55,6 +57,12 @@ def test_an_unhandled_exception_answers_a_reference_not_a_traceback(seeded, disp
         r = c.get("/refused")
         assert_error(r, 409, "some_conflict")
         assert r.headers["retry-after"] == "3"
+
+
+def test_huge_numbers_in_a_body_are_refused_not_overflowed(client):
+    r = client.put(f"/v1/models/{MODEL}/aliases/production", json={"version": 10**20})
+    assert_error(r, 422, "invalid_request")
+    assert r.json()["detail"].startswith("version: ")
 
 
 def test_the_schema_advertises_error_response_not_fastapis_validation_error(client):
@@ -183,11 +191,18 @@ def test_every_error_of_every_route_is_code_and_detail_and_documented(seeded, di
             for kw in _malformed(op):
                 kw = {**kw, "headers": {**auth, **kw.get("headers", {})}}
                 check(method, path, c.request(method, url, **kw), 422)
-            if "requestBody" in op:
+            if "requestBody" in op:  # not UTF-8 JSON, or multipart without a boundary: cannot be decoded at all
+                kind = next(iter(op["requestBody"]["content"]))
+                check(method, path, c.request(method, url, content=b"\xff\xfe{", headers={**auth, "Content-Type": kind}),
+                      400, "bad_request")
                 limit = body_limits.get((method, url), body_limits[None])
                 check(method, path, c.request(method, url, content=b"x" * (limit + 1),
                                               headers={**auth, "Content-Type": "application/json"}),
                       413, "body_too_large")
+            for p in op.get("parameters", ()):  # a huge integer is refused, never overflows the database (500)
+                sch = next((x for x in p["schema"].get("anyOf", [p["schema"]]) if x.get("type") == "integer"), None)
+                if sch is not None and p["in"] == "query":
+                    check(method, path, c.request(method, url, headers=auth, params={p["name"]: 10**20}), 422)
             if NOT_FOUND[(method, path)] is not None:
                 kw = NOT_FOUND[(method, path)]
                 check(method, path, c.request(method, url, headers=auth, **kw), 404)
