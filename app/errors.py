@@ -24,11 +24,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .observability import REQUEST_ID_KEY
 
 log = logging.getLogger("lethe.errors")
+DB_RETRY_AFTER_S = 5  # Retry-After of the 503 answered while the database is unreachable
 
 
 class LetheError(Exception):
@@ -155,6 +158,17 @@ def install(app: FastAPI) -> None:
     async def _invalid(_: Request, exc: RequestValidationError):
         return error_response(422, "invalid_request", validation_detail(exc))
 
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(PoolTimeout)
+    async def _database_unavailable(_: Request, exc: Exception):
+        # the database is down, unreachable or too busy (pool exhausted, deadlock): nothing
+        # was committed, so the client may simply try again
+        log.warning("database unavailable: %s: %s", exc.__class__.__name__, (str(exc).splitlines() or [""])[0][:300])
+        return error_response(503, "database_unavailable", "the database is unavailable or busy; retry later "
+                                                           "(an Idempotency-Key makes a retried POST safe)",
+                              {"Retry-After": str(DB_RETRY_AFTER_S)})
+
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception):
         ref = _request_id(request)
@@ -199,7 +213,7 @@ def _document_operation(op: dict) -> None:
     res = op["responses"]
     statuses = [500]
     if op.get("x-required-scopes"):
-        statuses += [401, 403]
+        statuses += [401, 403, 503]  # the key is looked up in the database
     if "requestBody" in op:
         statuses += [400, 413, 422]
     elif res.get("422", {}).get("description") == "Validation Error" and not _can_be_invalid(op):

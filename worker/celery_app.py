@@ -18,7 +18,11 @@ initialised in the task, never before a fork.
 """
 from __future__ import annotations
 
+import logging
 import os
+import queue
+import threading
+import time
 
 from celery import Celery, chord, group
 from celery.signals import setup_logging, worker_init
@@ -28,7 +32,10 @@ from app.settings import Settings, get_settings
 from . import driver, training
 
 
-def make_celery(settings: Settings) -> Celery:
+def make_celery(settings: Settings, *, results: bool = True) -> Celery:
+    """``results=False`` for the gateway: it only sends ``lethe.run_job`` and never waits
+    for a result, so it must not subscribe to a result backend (with Redis down, that
+    subscription retried for ~20 s inside the HTTP request)."""
     app = Celery("lethe", broker=settings.broker_url or None)
     app.conf.update(
         task_acks_late=True,
@@ -38,12 +45,13 @@ def make_celery(settings: Settings) -> Celery:
         task_default_queue=settings.queue_name,
         task_ignore_result=True,
         # chords (exact-unlearning member retrains) join on stored results
-        result_backend=settings.broker_url or None,
+        result_backend=(settings.broker_url or None) if results else None,
         broker_connection_retry_on_startup=True,
     )
     return app
 
 
+log = logging.getLogger("lethe.dispatch")
 celery_app = make_celery(get_settings())
 
 
@@ -107,14 +115,66 @@ def exact_failed(request, exc, traceback, spec: dict) -> str:
 
 
 class CeleryDispatcher:
-    """Gateway side: sends job ids to the Celery queue (the same task name the worker runs)."""
+    """Gateway side: sends job ids to the Celery queue (the same task name the worker runs).
+
+    ``dispatch`` only puts the id on an in-process queue and returns: a sender thread
+    publishes it, so an HTTP answer never waits on the broker and a broker fault after the
+    commit never turns an accepted request into an error. A failed send is retried by the
+    thread with backoff (``RETRY_S``); if the process dies first, the job is still ``queued``
+    in the database and the sweeper (or the next start) sends it again — claiming makes
+    duplicates harmless."""
+
+    RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.celery = make_celery(settings)
+        self.celery = make_celery(settings, results=False)
+        self._outbox: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.sent = self.failed = 0
 
     def dispatch(self, job_id: str) -> None:
-        self.celery.send_task("lethe.run_job", args=[job_id], queue=self.settings.queue_name)
+        self._ensure_thread()
+        self._outbox.put((job_id, 0))
+
+    def send_now(self, job_id: str) -> None:
+        """Publish at once (raises on a broker fault); the sender thread calls this."""
+        self.celery.send_task("lethe.run_job", args=[job_id], queue=self.settings.queue_name, ignore_result=True,
+                              retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2,
+                                                        "interval_step": 0.5, "interval_max": 1.0})
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every dispatched id was sent or given up for now; True when empty."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._outbox.unfinished_tasks == 0:
+                return True
+            time.sleep(0.02)
+        return False
+
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="lethe-dispatch", daemon=True)
+                self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            job_id, tries = self._outbox.get()
+            try:
+                self.send_now(job_id)
+                self.sent += 1
+            except Exception as e:  # noqa: BLE001 - the job stays queued in the database
+                self.failed += 1
+                delay = self.RETRY_S[min(tries, len(self.RETRY_S) - 1)]
+                log.warning("dispatch of job %s failed (%s: %s); retrying in %.0f s", job_id,
+                            e.__class__.__name__, str(e)[:200], delay)
+                t = threading.Timer(delay, self._outbox.put, args=((job_id, tries + 1),))
+                t.daemon = True
+                t.start()
+            finally:
+                self._outbox.task_done()
 
     def dispatch_training(self, run_id: str) -> None:
         """A training run (POST /v1/models/{name}/train): task lethe.train_model in worker/training.py."""
@@ -138,5 +198,5 @@ class CeleryDispatcher:
                 pending = jobs.recoverable(db)
             for job_id in pending:
                 self.dispatch(job_id)
-        except Exception:  # noqa: BLE001 - readiness reports broker trouble
-            pass
+        except Exception:  # noqa: BLE001 - readiness reports database trouble
+            log.exception("could not list the jobs to re-send at start")

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Response
 from ..deps import DispatcherDep, SessionDep, SettingsDep
 from ..errors import LetheError, responses
 from ..jobs import service as jobs
+from ..jobs.dispatch import send_after_commit
 from ..jobs.schemas import JobRead
 from ..audit import certificates
 from ..security import AUDIT_READ, FORGET_READ, FORGET_WRITE, MODELS_ADMIN, Principal, require_scope
@@ -57,8 +58,7 @@ def create_forget(body: ForgetCreate, session: SessionDep, settings: SettingsDep
     req, job_to_dispatch, replayed = service.submit(session, settings, body, idempotency_key=idempotency_key,
                                                     actor=principal.actor)
     session.commit()  # the worker must see the request before it is dispatched
-    if job_to_dispatch:
-        dispatcher.dispatch(job_to_dispatch)
+    send_after_commit(dispatcher, job_to_dispatch)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/forget/{req.id}"
@@ -150,8 +150,7 @@ def retry_forget(request_id: str, session: SessionDep, settings: SettingsDep, di
                  principal: Annotated[Principal, Depends(require_scope(MODELS_ADMIN))]):
     req, job_to_dispatch = service.retry(session, settings, request_id, actor=principal.actor)
     session.commit()  # the worker must see the request before it is dispatched
-    if job_to_dispatch:
-        dispatcher.dispatch(job_to_dispatch)
+    send_after_commit(dispatcher, job_to_dispatch)
     return _read(session, req)
 
 

@@ -26,6 +26,7 @@ from ..registry import governance
 from ..registry import service as registry
 from ..forget.status import set_status
 from . import service as jobs
+from .dispatch import send_after_commit
 from .models import QUEUED, RUNNING, Job
 
 log = logging.getLogger("lethe.sweeper")
@@ -85,7 +86,7 @@ def sweep_and_dispatch(settings, dispatcher) -> list[str]:
     with session_scope(settings.database_url) as db:  # a crash after a publish may have left weights to purge
         governance.purge_all(db, settings.registry_dir, actor="sweeper")
     for job_id in ids:
-        dispatcher.dispatch(job_id)
+        send_after_commit(dispatcher, job_id)
     if ids:
         log.warning("sweeper re-queued %d stuck job(s): %s", len(ids), ", ".join(ids))
     return ids
