@@ -14,6 +14,7 @@ from sqlalchemy import text
 from . import errors, security
 from .audit.checkpoints import Checkpointer
 from .audit.router import keys_router
+from .audit.service import AuditDrainer
 from .audit.router import router as audit_router
 from .catalogue.router import router as subjects_router
 from .dashboard.router import CookieBearer
@@ -119,7 +120,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         if start:
             start()
         # each off when its period is 0
-        background = [Sweeper(settings, dispatcher), WebhookPump(settings), Checkpointer(settings)]
+        background = [Sweeper(settings, dispatcher), WebhookPump(settings), Checkpointer(settings),
+                      AuditDrainer(settings)]
         for b in background:
             b.start()
         try:

@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     sweeper_interval_s: float = Field(default=60.0, description="period of the sweeper that re-queues jobs whose "
                                                                 "worker died; 0 = no sweeper thread")
     stuck_queued_s: int = Field(default=900, description="a queued job untouched this long is dispatched again")
+    # audit outbox: POST /v1/forget records its event in audit_outbox; this thread chains them
+    audit_drain_s: float = Field(default=0.5, description="audit outbox drain period in the gateway; 0 = off "
+                                                          "(reads and appends still drain)")
     # registry governance
     max_upload_bytes: int = Field(default=200_000_000, description="body limit of POST /v1/models (weights upload)")
     # datasets (app/datasets): uploads, server-side locations, the columnar store

@@ -2,7 +2,9 @@
 fixtures every test package may use."""
 import os
 import shutil
+import socket
 import sys
+import uuid
 
 import pytest
 
@@ -65,3 +67,34 @@ def tinynet(tmp_path_factory, monkeypatch):
     yield "tinynet"
     monkeypatch.undo()
     architectures.reload()
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Absent Postgres/Redis: skip locally, FAIL when CI=true."""
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return
+    except OSError as e:
+        msg = f"{name} is not reachable on {host}:{port} ({e})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg + " and CI=true requires it")
+        pytest.skip(msg)
+
+
+PG = os.environ.get("LETHE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="module")
+def pg_database():
+    """A fresh Postgres database for one test module: (SQLAlchemy URL, name); dropped after."""
+    require_service("Postgres", "127.0.0.1", 5432)
+    import psycopg
+
+    name = f"lethe_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG, autocommit=True) as con:
+        con.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", name
+    finally:
+        with psycopg.connect(PG, autocommit=True) as con:
+            con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

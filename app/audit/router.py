@@ -42,6 +42,8 @@ class VerifyResult(BaseModel):
     reason: str | None = None
     checked: int = Field(default=0, description="events hashed by this call (only those after the last verified one)")
     checkpoints_checked: int = Field(default=0, description="signed checkpoints compared with the chain")
+    pending: int = Field(default=0, description="events recorded (audit outbox) but not yet chained when the check "
+                                                "ended: committed during the call; the next call includes them")
 
 
 class SignedCheckpoint(BaseModel):
@@ -56,8 +58,9 @@ class CheckpointPage(BaseModel):
 
 
 @router.get("", response_model=AuditPage, summary="Audit events, oldest first, paged by sequence number")
-def list_audit(session: SessionDep, after_seq: int = Query(default=0, ge=0, le=MAX_SEQ),
+def list_audit(session: SessionDep, settings: SettingsDep, after_seq: int = Query(default=0, ge=0, le=MAX_SEQ),
                limit: int = Query(default=100, ge=1, le=1000), action: str | None = Query(default=None, max_length=64)):
+    service.drain_pending(settings.database_url)  # every event committed before this call is chained
     rows = service.page(session, after_seq=after_seq, limit=limit, action=action)
     entries = [AuditRead(seq=r.seq, ts=r.ts, actor=r.actor, action=r.action, subject_ref=r.subject_ref,
                          payload=json.loads(r.payload), prev_hash=r.prev_hash, hash=r.hash) for r in rows]
@@ -71,12 +74,15 @@ def verify_audit(settings: SettingsDep, full: bool = Query(default=False, descri
     not block writers); by default only events after this process's verified-up-to mark are
     hashed. The newest signed checkpoint (database and ``LETHE_AUDIT_CHECKPOINT_FILE``) must
     still match the chain: a truncation or a re-hashed rewrite fails here."""
+    service.drain_pending(settings.database_url)  # every event committed before this call is chained
     res = service.verify_incremental(settings.database_url, full=full)
     if res["ok"]:
         n, problem = checkpoints.check_server_side(settings)
         res["checkpoints_checked"] = n
         if problem:
             res.update(ok=False, reason=problem)
+    with read_scope(settings.database_url) as db:
+        res["pending"] = service.pending(db)
     return VerifyResult(**res)
 
 
@@ -110,6 +116,7 @@ def checkpoint_line(cp) -> str:
                                             "canonical, signature}}"}})
 def export_audit(settings: SettingsDep, after_seq: int = Query(default=0, ge=0, le=MAX_SEQ)):
     url = settings.database_url
+    service.drain_pending(url)  # every event committed before this call is chained
 
     def lines():
         last = after_seq

@@ -1,8 +1,21 @@
-"""Hash-chained audit log: append (serialised writers) and verify.
+"""Hash-chained audit log: append (serialised writers), an outbox for hot paths, and verify.
 
 hash_n = sha256(prev_hash || canonical({seq, ts, actor, action, subject_ref, payload}))
 Each event names its predecessor's hash; ``prev_hash`` is UNIQUE, so the chain cannot fork
 even if the serialisation below were bypassed.
+
+Two ways in:
+- ``append`` chains an event at once, under the writers' lock held to the end of the
+  caller's transaction (workers, operators: rare, and they need the entry now — a
+  certificate cites ``forget.completed``).
+- ``record`` (``POST /v1/forget``) only inserts an ``audit_outbox`` row in the caller's
+  transaction, so submitters do not queue behind one lock. ``drain`` chains outbox rows in
+  ``id`` order and deletes them, in one transaction under the same lock; it runs in the
+  gateway's ``AuditDrainer`` thread (every ``LETHE_AUDIT_DRAIN_S``), at the start of every
+  ``append`` (so an event is chained before anything a worker later records about the same
+  request), and before the audit routes read the chain (``drain_pending``), so a reader
+  sees every event committed before its call. An accepted request's event is in the outbox
+  or in the chain, never missing: both are written by the request's own commit.
 """
 from __future__ import annotations
 
@@ -11,11 +24,12 @@ import json
 import threading
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
-from ..db import read_scope, utcnow
-from .models import GENESIS, AuditEvent
+from ..db import read_scope, session_scope, utcnow
+from ..periodic import PeriodicThread
+from .models import GENESIS, AuditEvent, AuditOutbox
 
 AUDIT_LOCK_KEY = 0x1E7E_A0D1  # advisory lock id on Postgres
 
@@ -31,11 +45,16 @@ def compute_hash(prev_hash: str, seq: int, ts: str, actor: str, action: str,
     return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
 
 
-def _lock_writers(session: Session) -> None:
+def _lock_writers(session: Session, wait: bool = True) -> bool:
     """Serialise appenders for the rest of the transaction. SQLite transactions are already
-    BEGIN IMMEDIATE (one writer at a time); Postgres takes a transaction-scoped advisory lock."""
-    if session.get_bind().dialect.name == "postgresql":
+    BEGIN IMMEDIATE (one writer at a time); Postgres takes a transaction-scoped advisory lock.
+    ``wait=False``: True only if the lock was free."""
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    if wait:
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK_KEY})
+        return True
+    return bool(session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK_KEY}).scalar())
 
 
 def head(session: Session) -> tuple[int, str]:
@@ -43,19 +62,67 @@ def head(session: Session) -> tuple[int, str]:
     return (row[0], row[1]) if row else (0, GENESIS)
 
 
+def _chain(session: Session, after: tuple[int, str], ts: str, actor: str, action: str, subject_ref: str | None,
+           body: str) -> AuditEvent:
+    seq, prev = after[0] + 1, after[1]
+    event = AuditEvent(seq=seq, ts=ts, actor=actor, action=action, subject_ref=subject_ref, payload=body,
+                       prev_hash=prev, hash=compute_hash(prev, seq, ts, actor, action, subject_ref, body))
+    session.add(event)
+    return event
+
+
+def _drain_locked(session: Session, batch: int) -> tuple[int, tuple[int, str]]:
+    """Chain every outbox row (the caller holds the writers' lock). Returns (rows moved, head)."""
+    last, moved = head(session), 0
+    while True:
+        rows = session.execute(select(AuditOutbox).order_by(AuditOutbox.id).limit(batch)).scalars().all()
+        for r in rows:
+            ev = _chain(session, last, r.ts, r.actor, r.action, r.subject_ref, r.payload)
+            last = (ev.seq, ev.hash)
+        if rows:
+            session.flush()
+            session.execute(delete(AuditOutbox).where(AuditOutbox.id.in_([r.id for r in rows])))
+            for r in rows:
+                session.expunge(r)
+            moved += len(rows)
+        if len(rows) < batch:
+            return moved, last
+
+
+def drain(session: Session, *, batch: int = 1000, wait: bool = True) -> int:
+    """Move outbox rows into the chain (see the module docstring). ``wait=False`` gives up
+    at once when another writer holds the lock (the background drainer: that writer drains
+    too). Returns how many rows were chained."""
+    session.flush()
+    if session.execute(select(AuditOutbox.id).limit(1)).first() is None:
+        return 0
+    if not _lock_writers(session, wait=wait):
+        return 0
+    return _drain_locked(session, batch)[0]
+
+
+def pending(session: Session) -> int:
+    """Events committed to the outbox and not yet chained."""
+    return int(session.execute(select(func.count()).select_from(AuditOutbox)).scalar() or 0)
+
+
+def record(session: Session, *, actor: str, action: str, payload: dict | None = None,
+           subject_ref: str | None = None) -> None:
+    """Record one event through the outbox, inside the caller's transaction, without the
+    writers' lock; it is chained by the next ``drain`` (in order of recording)."""
+    session.add(AuditOutbox(ts=utcnow().isoformat(timespec="microseconds"), actor=actor, action=action,
+                            subject_ref=subject_ref, payload=canonical_json(payload or {})))
+
+
 def append(session: Session, *, actor: str, action: str, payload: dict | None = None,
            subject_ref: str | None = None) -> AuditEvent:
-    """Append one event inside the caller's transaction (it commits or rolls back with it)."""
+    """Append one event inside the caller's transaction (it commits or rolls back with it),
+    after every event already waiting in the outbox."""
     _lock_writers(session)
     session.flush()
-    last_seq, last_hash = head(session)
-    seq = last_seq + 1
-    ts = utcnow().isoformat(timespec="microseconds")
-    body = canonical_json(payload or {})
-    event = AuditEvent(seq=seq, ts=ts, actor=actor, action=action, subject_ref=subject_ref,
-                       payload=body, prev_hash=last_hash,
-                       hash=compute_hash(last_hash, seq, ts, actor, action, subject_ref, body))
-    session.add(event)
+    _, last = _drain_locked(session, 1000)
+    event = _chain(session, last, utcnow().isoformat(timespec="microseconds"), actor, action, subject_ref,
+                   canonical_json(payload or {}))
     session.flush()
     return event
 
@@ -78,9 +145,10 @@ def _check_rows(rows, prev: str, expected_seq: int, count: int) -> tuple[dict | 
 
 
 def verify(session: Session, batch: int = 1000) -> dict:
-    """Recompute the whole chain in the caller's session. Returns {ok, entries, head,
-    first_bad_seq, reason}. The routes use ``verify_incremental``, which never holds the
-    write lock."""
+    """Drain the outbox, then recompute the whole chain in the caller's session. Returns
+    {ok, entries, head, first_bad_seq, reason}. The routes use ``verify_incremental``, which
+    never holds the write lock (after ``drain_pending``)."""
+    drain(session)
     prev, expected_seq, count, last_seq = GENESIS, 1, 0, 0
     while True:
         rows = session.execute(select(AuditEvent).where(AuditEvent.seq > last_seq)
@@ -180,3 +248,21 @@ def verify_lines(lines) -> dict:
             return {"ok": False, "entries": 0, "head": prev, "first_bad_seq": 1, "reason": "event 1 is not the genesis"}
         prev, expected_seq, count = ev["hash"], seq + 1, count + 1
     return {"ok": True, "entries": count, "head": prev, "first_bad_seq": None, "reason": None}
+
+
+def drain_pending(url: str) -> int:
+    """Chain what waits in the outbox, if anything (checked first on a read-only session, so an
+    empty outbox costs no write transaction — on SQLite, no write lock). Never waits for
+    another writer on Postgres: that one drains. Returns how many events were chained."""
+    with read_scope(url) as db:
+        if db.execute(select(AuditOutbox.id).limit(1)).first() is None:
+            return 0
+    with session_scope(url) as db:
+        return drain(db, wait=False)
+
+
+class AuditDrainer(PeriodicThread):
+    """The gateway's background writer: drains the outbox every ``LETHE_AUDIT_DRAIN_S``."""
+
+    def __init__(self, settings):
+        super().__init__("lethe-audit-drain", settings.audit_drain_s, lambda: drain_pending(settings.database_url))

@@ -25,6 +25,13 @@ def by_subject(session: Session, ref: str, model_name: str | None = None) -> lis
     return list(session.execute(q.order_by(TrainingInstance.model_name, TrainingInstance.instance_id)).scalars())
 
 
+def erased_among(session: Session, model_name: str, instance_ids: list[str]) -> list[str]:
+    """The ids among ``instance_ids`` already erased from the model (one indexed query)."""
+    return sorted(session.execute(select(TrainingInstance.instance_id).where(
+        TrainingInstance.model_name == model_name, TrainingInstance.instance_id.in_(instance_ids),
+        TrainingInstance.erased_at.is_not(None))).scalars())
+
+
 def by_ids(session: Session, model_name: str, instance_ids: list[str]) -> dict[str, TrainingInstance]:
     out: dict[str, TrainingInstance] = {}
     for i in range(0, len(instance_ids), 500):

@@ -68,3 +68,17 @@ class ErasureGroup(Base):
     models: Mapped[list] = mapped_column(JSON)
     created_by: Mapped[str] = mapped_column(String(128))
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PendingClaim(Base):
+    """One row per instance that an open (queued/running) request covers. The primary key
+    (model, instance) makes "already pending in another request" a unique-constraint
+    conflict: checking overlap costs one indexed insert, whatever the number of pending
+    requests (it was a scan of every pending request). Rows are taken when a request opens
+    (submit, retry) and released when it closes (``app/forget/status.py``)."""
+
+    __tablename__ = "forget_claims"
+
+    model_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    instance_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("forget_requests.id"), index=True)

@@ -28,8 +28,10 @@ SUBMIT_ERRORS = responses(
 UNKNOWN_REQUEST = responses(e404="unknown request")
 
 
-def _read(session, req: ForgetRequest) -> ForgetRead:
-    job = jobs.get(session, req.job_id) if req.job_id else None
+def _read(session, req: ForgetRequest, job=False) -> ForgetRead:
+    """``job``: the request's job when the caller already has it (False: look it up)."""
+    if job is False:
+        job = jobs.get(session, req.job_id) if req.job_id else None
     return ForgetRead(id=req.id, status=req.status, model=req.model_name, objective=req.objective,
                       method=req.method, external_id=req.external_id, instance_ids=req.instance_ids,
                       received_at=req.received_at, due_at=req.due_at, completed_at=req.completed_at,
@@ -184,22 +186,23 @@ def forget_webhooks(request_id: str, session: SessionDep):
             summary="A request: status, days left, job progress, versions before and after, metrics",
             dependencies=[Depends(require_scope(FORGET_READ))])
 def read_forget(request_id: str, session: SessionDep):
-    req = service.get(session, request_id)
-    if req is None:
+    found = service.get_with_job(session, request_id)  # one query: clients poll this
+    if found is None:
         raise LetheError(404, "unknown_request", f"forget request {request_id!r} not found")
-    return _read(session, req)
+    return _read(session, *found)
 
 
 @router.get("/jobs/{job_id}", response_model=JobRead, tags=["jobs"], responses=responses(e404="unknown job"),
             summary="A job: status, stage, progress, attempts, worker, timings, metrics, its requests",
             dependencies=[Depends(require_scope(FORGET_READ))])
 def read_job(job_id: str, session: SessionDep):
-    job = jobs.get(session, job_id)
-    if job is None:
+    found = jobs.get_with_request_ids(session, job_id)  # one query: clients poll this
+    if found is None:
         raise LetheError(404, "unknown_job", f"job {job_id!r} not found")
+    job, request_ids = found
     return JobRead(id=job.id, model=job.model_name, objective=job.objective, method=job.method,
                    status=job.status, stage=job.stage, progress=job.progress, attempts=job.attempts,
                    max_attempts=job.max_attempts, worker=job.worker, created_at=job.created_at,
                    started_at=job.started_at, finished_at=job.finished_at, base_version=job.base_version,
                    result_version=job.result_version, metrics=job.metrics, stats=job.stats, error=job.error,
-                   request_ids=[r.id for r in jobs.requests_of(session, job.id)])
+                   request_ids=request_ids)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import uuid
+from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -23,7 +24,9 @@ from ..jobs import service as jobs
 from ..registry import service as registry
 from ..settings import Settings
 from ..webhooks import service as webhooks
+from . import claims
 from . import models as fm
+from .status import set_status
 from .models import ForgetRequest
 from .status import set_status
 from .schemas import ForgetCreate
@@ -47,6 +50,13 @@ def get(session: Session, request_id: str) -> ForgetRequest | None:
     return session.get(ForgetRequest, request_id)
 
 
+def get_with_job(session: Session, request_id: str) -> tuple[ForgetRequest, jm.Job | None] | None:
+    """A request and its job in one query (primary keys): what a polling client reads."""
+    row = session.execute(select(ForgetRequest, jm.Job).outerjoin(jm.Job, jm.Job.id == ForgetRequest.job_id)
+                          .where(ForgetRequest.id == request_id)).first()
+    return (row[0], row[1]) if row else None
+
+
 def by_idempotency_key(session: Session, key: str) -> ForgetRequest | None:
     return session.execute(select(ForgetRequest).where(ForgetRequest.idempotency_key == key)).scalar_one_or_none()
 
@@ -59,25 +69,83 @@ def _replay(session: Session, key: str, fp: str) -> ForgetRequest:
     return existing
 
 
+@dataclass
+class _Selection:
+    """What a valid body resolves to: the model's method, the subject reference and the
+    catalogue rows of the instances to forget."""
+    method: str
+    subject_ref: str | None
+    rows: list  # catalogue rows, in the order asked
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.instance_id for r in self.rows]
+
+
 def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempotency_key: str | None,
            actor: str) -> tuple[ForgetRequest, str | None, bool]:
     """Validate and record a forget request. Returns (request, job_id to dispatch or None,
-    replayed). Raises ForgetError for every invalid input before anything is written."""
-    fp = fingerprint(body)
-    if idempotency_key is not None:
-        if not (1 <= len(idempotency_key) <= 200):
-            raise ForgetError(422, "bad_idempotency_key", "Idempotency-Key must be 1 to 200 characters")
-        if by_idempotency_key(session, idempotency_key) is not None:
-            return _replay(session, idempotency_key, fp), None, True
+    replayed). Raises ForgetError for every invalid input; the caller's transaction then
+    rolls back, so nothing is half-recorded.
 
-    model = registry.get_model(session, body.model, lock=True)
-    if model is not None and idempotency_key is not None and by_idempotency_key(session, idempotency_key):
-        return _replay(session, idempotency_key, fp), None, True  # a retry committed while we waited
+    The steps read top to bottom; none takes a model-wide lock or reads other pending
+    requests, so its cost does not grow with the backlog (overlap is a unique-key conflict
+    on ``forget_claims``, the audit event goes through the outbox)."""
+    fp = fingerprint(body)
+    replay = _idempotent_replay(session, idempotency_key, fp)
+    if replay is not None:
+        return replay, None, True
+    sel = _select(session, settings, body)
+    req = _new_request(session, body, sel, idempotency_key=idempotency_key, fingerprint=fp)
+    try:
+        session.flush()
+    except IntegrityError:  # a concurrent retry with the same Idempotency-Key won the race
+        session.rollback()
+        replay = _idempotent_replay(session, idempotency_key, fp)
+        if replay is None:
+            raise
+        return replay, None, True
+    _claim_instances(session, req)
+    job, created = jobs.attach(session, req, settings.max_attempts)
+    audit.record(session, actor=actor, action="forget.received", subject_ref=req.subject_ref,
+                 payload={"request_id": req.id, "model": req.model_name, "objective": req.objective,
+                          "method": req.method, "instances": len(req.instance_ids), "job_id": job.id,
+                          "due_at": req.due_at.isoformat()})
+    webhooks.status_changed(session, req, None)
+    return req, (job.id if created else None), False
+
+
+def _idempotent_replay(session: Session, key: str | None, fp: str) -> ForgetRequest | None:
+    """The earlier request recorded under ``key`` (409 if its body differs), or None."""
+    if key is None:
+        return None
+    if not (1 <= len(key) <= 200):
+        raise ForgetError(422, "bad_idempotency_key", "Idempotency-Key must be 1 to 200 characters")
+    return _replay(session, key, fp) if by_idempotency_key(session, key) is not None else None
+
+
+def _select(session: Session, settings: Settings, body: ForgetCreate) -> _Selection:
+    """Every check that needs no write: model, method, objective, ids, subject, erasures."""
+    model = registry.get_model(session, body.model)
     if model is None:
         known = [m.name for m in registry.list_models(session)]
         raise ForgetError(404, "unknown_model", f"model {body.model!r} is not registered; known models: {known}")
-    if body.subject_id is None and body.instance_ids is None:
-        raise ForgetError(422, "empty_selection", "give subject_id or instance_ids (or both)")
+    _check_shape(settings, body, model)
+    method = _check_method(body, model)
+    ref = catalogue.subject_ref(settings.subject_secret, body.subject_id) if body.subject_id is not None else None
+    rows = _catalogue_rows(session, body, ref)
+    erased = [r.instance_id for r in rows if r.erased_at is not None]
+    if erased:
+        raise ForgetError(409, "already_erased", f"already erased from model {body.model!r}: {_preview(erased)}")
+    if body.objective == "relabel" and body.target_label is not None:
+        same = [r.instance_id for r in rows if r.label == body.target_label]
+        if same:
+            raise ForgetError(422, "bad_target_label",
+                              f"target_label {body.target_label} is already the true label of: {_preview(same)}")
+    return _Selection(method, ref, rows)
+
+
+def _check_method(body: ForgetCreate, model) -> str:
     fits = unlearn.methods_for(model.family)
     method = body.method or fits[0]
     if method not in fits:
@@ -88,6 +156,13 @@ def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempote
         raise ForgetError(422, "objective_not_supported",
                           f"method {method!r} supports objectives {list(unlearn.method_info(method).objectives)}, "
                           f"not {body.objective!r} (see docs/methods.md)")
+    return method
+
+
+def _check_shape(settings: Settings, body: ForgetCreate, model) -> None:
+    """The selection and the target label, as given (before looking at the catalogue)."""
+    if body.subject_id is None and body.instance_ids is None:
+        raise ForgetError(422, "empty_selection", "give subject_id or instance_ids (or both)")
     if body.instance_ids is not None:
         if len(body.instance_ids) == 0:
             raise ForgetError(422, "empty_selection", "instance_ids is an empty list")
@@ -105,63 +180,54 @@ def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempote
     elif body.target_label is not None:
         raise ForgetError(422, "bad_target_label", "target_label is only meaningful with objective 'relabel'")
 
-    ref = catalogue.subject_ref(settings.subject_secret, body.subject_id) if body.subject_id is not None else None
-    if body.instance_ids is not None:
-        rows = catalogue.by_ids(session, body.model, body.instance_ids)
-        unknown = [i for i in body.instance_ids if i not in rows]
-        if unknown:
-            raise ForgetError(422, "unknown_instances",
-                              f"not in the catalogue of model {body.model!r}: {_preview(unknown)}")
-        if ref is not None:
-            foreign = [i for i in body.instance_ids if rows[i].subject_ref != ref]
-            if foreign:
-                raise ForgetError(422, "instances_not_of_subject",
-                                  f"these instances do not belong to subject {body.subject_id!r}: {_preview(foreign)}")
-        selected = [rows[i] for i in body.instance_ids]
-    else:
-        selected = catalogue.by_subject(session, ref, body.model)
-        if not selected:
+
+def _catalogue_rows(session: Session, body: ForgetCreate, ref: str | None) -> list:
+    """The catalogue rows selected by ids (all known, all of the subject when one is given)
+    or by subject."""
+    if body.instance_ids is None:
+        rows = catalogue.by_subject(session, ref, body.model)
+        if not rows:
             raise ForgetError(404, "unknown_subject",
                               f"subject {body.subject_id!r} has no instances in the catalogue of model {body.model!r}")
-    erased = [r.instance_id for r in selected if r.erased_at is not None]
-    if erased:
-        raise ForgetError(409, "already_erased", f"already erased from model {body.model!r}: {_preview(erased)}")
-    ids = [r.instance_id for r in selected]
-    if body.objective == "relabel" and body.target_label is not None:
-        same = [r.instance_id for r in selected if r.label == body.target_label]
-        if same:
-            raise ForgetError(422, "bad_target_label",
-                              f"target_label {body.target_label} is already the true label of: {_preview(same)}")
-    pending = session.execute(select(ForgetRequest).where(
-        ForgetRequest.model_name == body.model,
-        ForgetRequest.status.in_([fm.QUEUED, fm.RUNNING]))).scalars().all()
-    for p in pending:
-        overlap = set(p.instance_ids) & set(ids)
-        if overlap:
-            raise ForgetError(409, "already_pending",
-                              f"request {p.id} (status {p.status}) already covers: {_preview(sorted(overlap))}")
+        return rows
+    found = catalogue.by_ids(session, body.model, body.instance_ids)
+    unknown = [i for i in body.instance_ids if i not in found]
+    if unknown:
+        raise ForgetError(422, "unknown_instances", f"not in the catalogue of model {body.model!r}: {_preview(unknown)}")
+    if ref is not None:
+        foreign = [i for i in body.instance_ids if found[i].subject_ref != ref]
+        if foreign:
+            raise ForgetError(422, "instances_not_of_subject",
+                              f"these instances do not belong to subject {body.subject_id!r}: {_preview(foreign)}")
+    return [found[i] for i in body.instance_ids]
 
+
+def _new_request(session: Session, body: ForgetCreate, sel: _Selection, *, idempotency_key: str | None,
+                 fingerprint: str) -> ForgetRequest:
     now = utcnow()
     req = ForgetRequest(id=str(uuid.uuid4()), external_id=body.external_id, idempotency_key=idempotency_key,
-                        fingerprint=fp, subject_ref=ref, instance_ids=ids, model_name=body.model,
-                        objective=body.objective, method=method, target_label=body.target_label,
-                        status=fm.QUEUED, received_at=now, due_at=now + dt.timedelta(days=fm.DUE_DAYS),
-                        callback_url=body.callback_url, retries=0)
+                        fingerprint=fingerprint, subject_ref=sel.subject_ref, instance_ids=sel.ids,
+                        model_name=body.model, objective=body.objective, method=sel.method,
+                        target_label=body.target_label, status=fm.QUEUED, received_at=now,
+                        due_at=now + dt.timedelta(days=fm.DUE_DAYS), callback_url=body.callback_url, retries=0)
     session.add(req)
-    try:
-        session.flush()
-    except IntegrityError:  # a concurrent retry with the same Idempotency-Key won the race
-        session.rollback()
-        if idempotency_key is not None and by_idempotency_key(session, idempotency_key) is not None:
-            return _replay(session, idempotency_key, fp), None, True
-        raise
-    job, created = jobs.attach(session, req, settings.max_attempts)
-    audit.append(session, actor=actor, action="forget.received", subject_ref=ref,
-                 payload={"request_id": req.id, "model": body.model, "objective": body.objective,
-                          "method": method, "instances": len(ids), "job_id": job.id,
-                          "due_at": req.due_at.isoformat()})
-    webhooks.status_changed(session, req, None)
-    return req, (job.id if created else None), False
+    return req
+
+
+def _claim_instances(session: Session, req: ForgetRequest) -> None:
+    """409 when another open request covers one of the instances, or when a job erased one
+    of them since ``_select`` read the catalogue (that job's request held the claim until it
+    committed, so re-reading after the claim cannot miss it)."""
+    held = claims.take(session, req.model_name, req.id, req.instance_ids)
+    if held:
+        by_request: dict[tuple[str, str], list[str]] = {}
+        for iid, holder in sorted(held.items()):
+            by_request.setdefault(holder, []).append(iid)
+        (rid, status), ids = next(iter(by_request.items()))
+        raise ForgetError(409, "already_pending", f"request {rid} (status {status}) already covers: {_preview(ids)}")
+    erased = catalogue.erased_among(session, req.model_name, req.instance_ids)
+    if erased:
+        raise ForgetError(409, "already_erased", f"already erased from model {req.model_name!r}: {_preview(erased)}")
 
 
 # --- lifecycle: list, cancel, deny, retry ----------------------------------------------------
@@ -259,14 +325,7 @@ def retry(session: Session, settings: Settings, request_id: str, *, actor: str) 
     if erased:
         raise ForgetError(409, "already_erased", f"already erased from model {req.model_name!r} (by a later "
                                                  f"request): {_preview(erased)}; nothing to retry")
-    pending = session.execute(select(ForgetRequest).where(
-        ForgetRequest.model_name == req.model_name, ForgetRequest.id != req.id,
-        ForgetRequest.status.in_(fm.OPEN))).scalars().all()
-    for p in pending:
-        overlap = set(p.instance_ids) & set(req.instance_ids)
-        if overlap:
-            raise ForgetError(409, "already_pending",
-                              f"request {p.id} (status {p.status}) already covers: {_preview(sorted(overlap))}")
+    _claim_instances(session, req)
     previous_job, previous_error = req.job_id, req.error
     req.error, req.completed_at, req.metrics = None, None, None
     req.version_before = req.version_after = None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..db import Base, UTCDateTime, utcnow
@@ -14,6 +14,8 @@ CANCELED = "canceled"  # every request of a job not yet started was canceled or 
 
 class Job(Base):
     __tablename__ = "jobs"
+    # attach() looks up the model's queued job on every submission
+    __table_args__ = (Index("ix_jobs_model_status", "model_name", "status"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     model_name: Mapped[str] = mapped_column(ForeignKey("models.name"), index=True)
@@ -38,3 +40,6 @@ class Job(Base):
     # the sweeper (migration 0002): how often this job was found stuck and re-queued, and when last
     sweeps: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     swept_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # migration 0004: the fixed relabel target of the one request this job serves (such a job
+    # takes no other request); None for jobs that coalesce requests
+    target_label: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -28,6 +28,15 @@ def get(session: Session, job_id: str) -> Job | None:
     return session.get(Job, job_id)
 
 
+def get_with_request_ids(session: Session, job_id: str) -> tuple[Job, list[str]] | None:
+    """A job and the ids of its requests in one query (job primary key, requests' job_id index)."""
+    rows = session.execute(select(Job, ForgetRequest.id).outerjoin(ForgetRequest, ForgetRequest.job_id == Job.id)
+                           .where(Job.id == job_id).order_by(ForgetRequest.received_at, ForgetRequest.id)).all()
+    if not rows:
+        return None
+    return rows[0][0], [rid for _, rid in rows if rid is not None]
+
+
 def requests_of(session: Session, job_id: str, *, open_only: bool = False) -> list[ForgetRequest]:
     """The job's requests; ``open_only``: those still queued/running (not canceled/denied)."""
     q = select(ForgetRequest).where(ForgetRequest.job_id == job_id)
@@ -38,6 +47,9 @@ def requests_of(session: Session, job_id: str, *, open_only: bool = False) -> li
 
 def cancel_if_empty(session: Session, job: Job, actor: str) -> bool:
     """A job that has not started and has no open request left is canceled."""
+    if job.status != QUEUED:
+        return False
+    lock(session, job.id)  # a submission attaching to it right now commits first
     if job.status != QUEUED or requests_of(session, job.id, open_only=True):
         return False
     job.status, job.stage, job.finished_at, job.claim_token = CANCELED, "canceled", utcnow(), None
@@ -47,24 +59,34 @@ def cancel_if_empty(session: Session, job: Job, actor: str) -> bool:
     return True
 
 
+def lock(session: Session, job_id: str) -> Job | None:
+    """The job row, locked for update until the end of the transaction (Postgres; SQLite
+    transactions are already exclusive). Claiming or closing a queued job takes this lock,
+    so it waits for every submission attaching a request to the job (``attach``) to commit."""
+    return session.execute(select(Job).where(Job.id == job_id).with_for_update()
+                           .execution_options(populate_existing=True)).scalar_one_or_none()
+
+
 def attach(session: Session, req: ForgetRequest, max_attempts: int) -> tuple[Job, bool]:
-    """Coalesce: a request joins the model's job that has not started yet (same objective,
-    method and target), else a new job is created. Returns (job, created). The caller
-    holds the model lock, so this cannot race with a worker claiming that job."""
+    """Coalesce: a request joins the model's job that has not started yet (same objective and
+    method; a relabel request with a fixed target gets a job of its own), else a new job is
+    created. Returns (job, created).
+
+    No model-wide lock: the queued job is read ``FOR SHARE``, which submitters hold together
+    but which makes ``claim`` (``lock``: ``FOR UPDATE``) wait until they commit; a job claimed
+    first no longer matches ``status = queued`` when re-checked, so the request gets a new
+    job. The request row must already be flushed (it is updated here)."""
     job = None
     if req.target_label is None:
         job = session.execute(select(Job).where(
             Job.model_name == req.model_name, Job.status == QUEUED, Job.objective == req.objective,
-            Job.method == req.method).order_by(Job.created_at).limit(1)).scalar_one_or_none()
-        # a queued job serving a relabel request with a fixed target must not absorb others
-        if job is not None and any(r.target_label is not None
-                                   for r in requests_of(session, job.id, open_only=True)):
-            job = None
+            Job.method == req.method, Job.target_label.is_(None)).order_by(Job.created_at).limit(1)
+            .with_for_update(read=True)).scalar_one_or_none()
     created = job is None
     if created:
         job = Job(id=str(uuid.uuid4()), model_name=req.model_name, objective=req.objective, method=req.method,
                   status=QUEUED, progress=0.0, stage="queued", attempts=0, max_attempts=max_attempts,
-                  created_at=utcnow())
+                  created_at=utcnow(), target_label=req.target_label)
         session.add(job)
         session.flush()
     req.job_id = job.id
@@ -94,7 +116,7 @@ def claim(session: Session, job_id: str, *, worker: str, lease_s: int) -> Claim:
     if job is None:
         return Claim("missing", reason=f"job {job_id} not found")
     registry.get_model(session, job.model_name, lock=True)
-    session.refresh(job)
+    job = lock(session, job_id)  # waits for submissions attaching to it; then its requests are final
     if job.status in (COMPLETED, FAILED, CANCELED):
         return Claim("done", job, reason=f"job already {job.status}")
     if job.status == RUNNING and _fresh(job.heartbeat_at, lease_s):

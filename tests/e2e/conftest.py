@@ -12,6 +12,7 @@ import uuid
 
 import httpx
 import pytest
+from conftest import require_service  # noqa: F401 (tests/conftest.py; e2e tests import it from here)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
@@ -87,14 +88,3 @@ def start_gateway(env, tmp_path, name="gateway", timeout=420) -> tuple[Proc, str
     proc.stop()
     raise RuntimeError(f"gateway not ready after {timeout}s:\n{proc.tail()}")
 
-
-def require_service(name: str, host: str, port: int) -> None:
-    """Absent Postgres/Redis: skip locally, FAIL when CI=true."""
-    try:
-        with socket.create_connection((host, port), timeout=2):
-            return
-    except OSError as e:
-        msg = f"{name} is not reachable on {host}:{port} ({e})"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg + " and CI=true requires it")
-        pytest.skip(msg)

@@ -10,7 +10,7 @@ import pytest
 
 from . import flow
 from .conftest import BIN, Proc, auth, require_service, service_env, start_gateway
-from .test_postgres_celery import REDIS, pg_database  # noqa: F401 (fixture)
+from .test_postgres_celery import REDIS
 
 pytestmark = pytest.mark.slow
 MODEL = "digits-sisa"

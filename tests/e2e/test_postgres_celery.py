@@ -13,23 +13,7 @@ from .conftest import BIN, Proc, auth, require_service, service_env, start_gatew
 
 pytestmark = pytest.mark.slow
 
-PG = os.environ.get("LETHE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("LETHE_TEST_REDIS", "redis://127.0.0.1:6379/0")
-
-
-@pytest.fixture(scope="module")
-def pg_database():
-    require_service("Postgres", "127.0.0.1", 5432)
-    import psycopg
-
-    name = f"lethe_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG, autocommit=True) as con:
-        con.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", name
-    finally:
-        with psycopg.connect(PG, autocommit=True) as con:
-            con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")

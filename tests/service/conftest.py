@@ -42,10 +42,10 @@ class RecordingDispatcher:
 
 
 def make_settings(tmp_path, **kw) -> Settings:
-    return Settings(database_url=f"sqlite:///{tmp_path}/lethe.db", registry_dir=str(tmp_path / "registry"),
-                    data_dir=str(tmp_path / "data"), subject_secret=SECRET, broker_url="",
-                    bootstrap_demo=False, embedded_worker=False,
-                    **{"sweeper_interval_s": 0, "webhook_poll_s": 0, "audit_checkpoint_poll_s": 0, **kw})
+    return Settings(registry_dir=str(tmp_path / "registry"), data_dir=str(tmp_path / "data"), subject_secret=SECRET,
+                    broker_url="", bootstrap_demo=False, embedded_worker=False,
+                    **{"database_url": f"sqlite:///{tmp_path}/lethe.db", "sweeper_interval_s": 0,
+                       "webhook_poll_s": 0, "audit_checkpoint_poll_s": 0, "audit_drain_s": 0, **kw})
 
 
 def make_key(settings: Settings, scopes=None, name: str = "test") -> str:
@@ -82,9 +82,8 @@ def settings(tmp_path):
     return s
 
 
-@pytest.fixture
-def seeded(settings):
-    """Model toy-cnn v1 (production) and 12 catalogued instances with raw data."""
+def seed(settings: Settings, n: int = 12) -> Settings:
+    """Model toy-cnn v1 (production) and ``n`` catalogued instances with raw data."""
     sha, rel = save_net(settings, seed=1)
     rng = np.random.default_rng(0)
     with session_scope(settings.database_url) as db:
@@ -93,7 +92,7 @@ def seeded(settings):
                              job_id=None, metrics=None)
         registry.move_alias(db, model_name=MODEL, alias="production", to_version=1, actor="test")
         audit.append(db, actor="test", action="model.version_created", payload={"version": 1})
-        for i in range(12):
+        for i in range(n):
             x = rng.random(SHAPE, dtype=np.float32)
             iid = f"toy-{i:05d}"
             path = store.path_for(settings.data_dir, MODEL, iid)
@@ -102,6 +101,12 @@ def seeded(settings):
                                     subject_ref=catalogue.subject_ref(SECRET, subject_of(i)), label=i % 10,
                                     content_hash=store.content_hash(x), storage_uri=path))
     return settings
+
+
+@pytest.fixture
+def seeded(settings):
+    """Model toy-cnn v1 (production) and 12 catalogued instances with raw data."""
+    return seed(settings)
 
 
 @pytest.fixture
@@ -143,13 +148,15 @@ def error_contract(schema: dict):
 def counts(settings: Settings) -> dict:
     from sqlalchemy import func, select
 
-    from app.audit.models import AuditEvent
-    from app.forget.models import ForgetRequest
+    from app.audit.models import AuditEvent, AuditOutbox
+    from app.forget.models import ForgetRequest, PendingClaim
     from app.jobs.models import Job
 
     with session_scope(settings.database_url) as db:
-        return {t.__name__: db.execute(select(func.count()).select_from(t)).scalar()
-                for t in (ForgetRequest, Job, AuditEvent)}
+        n = {t.__name__: db.execute(select(func.count()).select_from(t)).scalar()
+             for t in (ForgetRequest, Job, AuditEvent, AuditOutbox, PendingClaim)}
+    n["AuditEvent"] += n.pop("AuditOutbox")  # recorded events, chained or still in the outbox
+    return n
 
 
 

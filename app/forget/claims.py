@@ -1,0 +1,44 @@
+"""Pending instance claims: which open request covers which instance of a model.
+
+``take`` inserts one row per instance with ``ON CONFLICT DO NOTHING`` (Postgres and SQLite
+alike) and reports the instances another open request already holds; the primary key
+(model, instance) decides, so two concurrent submissions of the same instance cannot both
+succeed (the second waits for the first to commit, then sees the conflict). Ids are
+inserted in sorted order so two requests over the same instances lock them in the same
+order and cannot deadlock. ``release`` deletes a request's rows when it closes.
+"""
+from __future__ import annotations
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from .models import ForgetRequest, PendingClaim
+
+_INSERT = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+def take(session: Session, model_name: str, request_id: str, instance_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """Claim ``instance_ids`` for ``request_id``. Returns {instance id: (holder request id,
+    holder status)} for the ids another open request holds; empty when all were claimed.
+    On a conflict the caller must roll back (the ids it did get are part of its transaction)."""
+    ids = sorted(set(instance_ids))
+    if not ids:
+        return {}
+    insert = _INSERT[session.get_bind().dialect.name]
+    stmt = (insert(PendingClaim).values([{"model_name": model_name, "instance_id": i, "request_id": request_id}
+                                         for i in ids])
+            .on_conflict_do_nothing(index_elements=["model_name", "instance_id"])
+            .returning(PendingClaim.instance_id))
+    got = set(session.execute(stmt).scalars())
+    if len(got) == len(ids):
+        return {}
+    taken = [i for i in ids if i not in got]
+    rows = session.execute(select(PendingClaim.instance_id, ForgetRequest.id, ForgetRequest.status)
+                           .join(ForgetRequest, ForgetRequest.id == PendingClaim.request_id)
+                           .where(PendingClaim.model_name == model_name, PendingClaim.instance_id.in_(taken)))
+    return {iid: (rid, status) for iid, rid, status in rows}
+
+
+def release(session: Session, request_id: str) -> None:
+    session.execute(delete(PendingClaim).where(PendingClaim.request_id == request_id))
