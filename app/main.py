@@ -185,3 +185,13 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.add_middleware(CookieBearer)  # /dashboard: the key cookie becomes a bearer token
     app.add_middleware(RequestContext, metrics=metrics)  # outermost: every response gets a request id
     return app
+
+
+def worker_process_app() -> FastAPI:
+    """The app of one gateway process when ``LETHE_WEB_CONCURRENCY`` > 1 (uvicorn's factory,
+    called in each worker process, which configures its own logging)."""
+    from .observability import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_format)
+    return create_app(settings)

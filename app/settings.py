@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # HTTP
     host: str = Field(default="127.0.0.1", description="address `lethe serve` listens on")
     port: int = Field(default=8000, description="port `lethe serve` listens on")
+    web_concurrency: int = Field(default=1, ge=1, description="gateway processes (uvicorn workers) of `lethe serve`; "
+                                                             "> 1 needs Celery (`LETHE_BROKER_URL`) or "
+                                                             "`LETHE_EMBEDDED_WORKER=false` and is refused otherwise")
     max_body_bytes: int = Field(default=1_000_000, description="request body limit (413 above it), except the weights "
                                                               "upload")
     max_instances_per_request: int = Field(default=256, description="instances one deletion request may name (422 "
@@ -151,6 +154,15 @@ class Settings(BaseSettings):
             raise InsecureSettings(f"{' and '.join(weak)} must be set to a secret of at least 16 characters "
                                    "(the development defaults are only accepted by the embedded demo: SQLite, no "
                                    "broker)")
+
+    def web_concurrency_problem(self) -> str | None:
+        """Why ``web_concurrency`` cannot be honoured, or None."""
+        if self.web_concurrency > 1 and not self.broker_url and self.embedded_worker:
+            return (f"LETHE_WEB_CONCURRENCY={self.web_concurrency}: the embedded worker runs inside the one gateway "
+                    "process (its in-memory queue and the reclaiming of jobs at start assume it is alone). Set "
+                    "LETHE_BROKER_URL (Celery workers) or LETHE_EMBEDDED_WORKER=false to run several gateway "
+                    "processes, or keep LETHE_WEB_CONCURRENCY=1")
+        return None
 
     def ensure_dirs(self) -> None:
         os.makedirs(self.registry_dir, exist_ok=True)

@@ -59,14 +59,23 @@ def cmd_serve(args) -> int:
     from ..main import create_app
 
     settings = server_settings()
+    problem = settings.web_concurrency_problem()
+    if problem:
+        raise CliError(problem, USAGE)
     if not args.no_migrate:
         migrate(settings)
     if settings.bootstrap_demo:
         _bootstrap(settings)
     # access_log off: the gateway logs each request itself, as JSON with the route
     # template (never the raw path, which can carry a subject id)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                access_log=False, log_config=None)
+    common = dict(host=settings.host, port=settings.port, log_level="info", access_log=False, log_config=None)
+    if settings.web_concurrency == 1:
+        uvicorn.run(create_app(settings), **common)
+        return OK
+    from .. import security
+
+    security.bootstrap_keys(settings)  # once, before the processes start (each would race to insert it)
+    uvicorn.run("app.main:worker_process_app", factory=True, workers=settings.web_concurrency, **common)
     return OK
 
 

@@ -65,3 +65,19 @@ def test_database_unreachable_answers_json_503(tmp_path):
         assert r.status_code == 503, (path, r.text)
         assert r.headers["retry-after"] == "5"
         assert r.json()["code"] == "database_unavailable" and "retry" in r.json()["detail"]
+
+
+def test_several_gateway_processes_need_celery(tmp_path):
+    """LETHE_WEB_CONCURRENCY > 1 with the embedded worker is refused before anything starts."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_")}
+    env.update(LETHE_WEB_CONCURRENCY="2", LETHE_DATABASE_URL=f"sqlite:///{tmp_path}/l.db",
+               LETHE_REGISTRY_DIR=str(tmp_path / "r"), LETHE_DATA_DIR=str(tmp_path / "d"))
+    r = subprocess.run([sys.executable, "-m", "app.cli", "serve"], env=env, capture_output=True, text=True,
+                       timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert r.returncode == 2, r.stderr
+    assert "LETHE_BROKER_URL" in r.stderr and "LETHE_EMBEDDED_WORKER=false" in r.stderr
+    assert not (tmp_path / "l.db").exists()  # refused before migrating
