@@ -78,7 +78,7 @@ def _erase_everywhere(body, session, settings, dispatcher, response, principal, 
                                                            actor=principal.actor)
     session.commit()  # the workers must see the requests before they are dispatched
     for job_id in to_dispatch:
-        dispatcher.dispatch(job_id)
+        send_after_commit(dispatcher, job_id)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/erasures/{group.id}"
