@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
@@ -88,11 +89,15 @@ def seed_lethe(url: str, tmp: str, n_instances: int, backlog: int) -> None:
                                "storage_uri) FROM STDIN") as copy:
             for i in range(n_instances):
                 copy.write_row((MODEL, instance_id(i), "digits", i % 10, "0" * 64, "none"))
-    for start in range(0, backlog, 250):
+
+    def batch(start: int) -> None:
         with session_scope(url) as db:
             for i in range(start, min(backlog, start + 250)):
                 forget.submit(db, settings, ForgetCreate(model=MODEL, instance_ids=[instance_id(i)]),
                               idempotency_key=None, actor="bench")
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(batch, range(0, backlog, 250)))
     with session_scope(url) as db:
         audit.drain(db)
 
