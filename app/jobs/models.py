@@ -40,6 +40,6 @@ class Job(Base):
     # the sweeper (migration 0002): how often this job was found stuck and re-queued, and when last
     sweeps: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     swept_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    # migration 0006: the fixed relabel target of the one request this job serves (such a job
+    # migration 0007: the fixed relabel target of the one request this job serves (such a job
     # takes no other request); None for jobs that coalesce requests
     target_label: Mapped[int | None] = mapped_column(Integer, nullable=True)
