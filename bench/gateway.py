@@ -42,7 +42,7 @@ PG_ADMIN = os.environ.get("LETHE_BENCH_PG", "postgresql://postgres@127.0.0.1:543
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
 MODEL = "bench-model"
 KEY = "bench-admin-" + uuid.uuid4().hex
-SECRET = "bench-secret"
+SECRET = "bench-subject-secret-" + uuid.uuid4().hex  # a deployment refuses short or default secrets
 
 
 # --- databases ---------------------------------------------------------------------------
@@ -158,6 +158,7 @@ def start_lethe(url: str, tmp: str, processes: int) -> tuple[Server, str]:
     env = _base_env()
     env.update(LETHE_DATABASE_URL=url, LETHE_REGISTRY_DIR=os.path.join(tmp, "registry"),
                LETHE_DATA_DIR=os.path.join(tmp, "data"), LETHE_SUBJECT_SECRET=SECRET, LETHE_BROKER_URL="",
+               LETHE_WEBHOOK_SECRET="bench-webhook-secret-" + uuid.uuid4().hex,
                LETHE_EMBEDDED_WORKER="false", LETHE_BOOTSTRAP_DEMO="false", LETHE_BOOTSTRAP_ADMIN_KEY=KEY,
                LETHE_PORT=str(port), LETHE_WEB_CONCURRENCY=str(processes))
     srv = Server([sys.executable, "-m", "app.cli", "serve", "--no-migrate"], env,

@@ -12,6 +12,9 @@ from app.main import create_app
 
 from .conftest import MODEL, RecordingDispatcher, bearer, make_key
 
+# a deployment (Postgres or a broker) refuses the development secrets (Settings.check_secrets)
+DEPLOYMENT_SECRETS = {"subject_secret": "a-deployment-secret-1", "webhook_secret": "a-deployment-webhook-secret-1"}
+
 
 class BrokenDispatcher(RecordingDispatcher):
     def dispatch(self, job_id: str) -> None:
@@ -39,12 +42,12 @@ def test_broker_down_answers_202_at_once(seeded):
     the request (it hung 19 s and answered a plain-text 500 before)."""
     from worker.celery_app import CeleryDispatcher
 
-    s = seeded.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
+    s = seeded.model_copy(update={"broker_url": "redis://127.0.0.1:1/0", **DEPLOYMENT_SECRETS})
     d = CeleryDispatcher(s)
     d.RETRY_S = (30.0,)  # keep the background retry out of this test
     with TestClient(create_app(s, dispatcher=d), headers=bearer(make_key(s))) as c:
         t0 = time.monotonic()
-        r = c.post("/v1/forget", json={"model": MODEL, "subject_id": "alice"})
+        r = c.post("/v1/forget", json={"model": MODEL, "instance_ids": ["toy-00001", "toy-00002"]})
         took = time.monotonic() - t0
     assert r.status_code == 202, r.text
     assert took < 2.0, f"POST took {took:.1f} s with the broker down"
@@ -57,7 +60,8 @@ def test_database_unreachable_answers_json_503(tmp_path):
     from app.settings import Settings
 
     s = Settings(database_url="postgresql+psycopg://postgres@127.0.0.1:1/none", registry_dir=str(tmp_path / "r"),
-                 data_dir=str(tmp_path / "d"), embedded_worker=False, sweeper_interval_s=0, webhook_poll_s=0)
+                 data_dir=str(tmp_path / "d"), embedded_worker=False, sweeper_interval_s=0, webhook_poll_s=0,
+                 **DEPLOYMENT_SECRETS)
     c = TestClient(create_app(s, dispatcher=RecordingDispatcher()))  # no lifespan: it would need the database
     for method, path, body in (("POST", "/v1/forget", {"model": MODEL, "subject_id": "alice"}),
                                ("GET", "/v1/forget/some-id", None), ("GET", "/v1/jobs/some-id", None)):
