@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PG_ADMIN = os.environ.get("LETHE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
 MODEL = "bench-model"
 KEY = "bench-admin-" + uuid.uuid4().hex
@@ -348,6 +348,18 @@ def run(args) -> dict:
             "rows": rows}
 
 
+def render(result: dict) -> str:
+    """The markdown table of docs/benchmarks.md, from the JSON this script wrote."""
+    out = ["| processes | endpoint | pending before | requests/s | p50 ms | p99 ms | floor req/s | x floor | non-2xx |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        ratio = f"{r['rps'] / r['floor_rps']:.2f}" if r.get("floor_rps") else "—"
+        out.append(f"| {r['processes']} | {r['endpoint']} | {r['backlog']:,} | {r['rps']:,.0f} | {r['p50_ms']:.0f} | "
+                   f"{r['p99_ms']:.0f} | {r['floor_rps'] or 0:,.0f} | {ratio} | {r['non_2xx']} |"
+                   .replace("| 0 | —", "| — | —"))
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=15.0, help="seconds per measured run")
@@ -358,7 +370,12 @@ def main(argv=None) -> int:
     ap.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--generator", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "gateway.json"))
+    ap.add_argument("--render", action="store_true", help="print the markdown table of --out and exit")
     args = ap.parse_args(argv)
+    if args.render:
+        with open(args.out) as f:
+            print(render(json.load(f)))
+        return 0
     result = run(args)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
