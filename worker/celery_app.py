@@ -178,7 +178,7 @@ class CeleryDispatcher:
 
     def dispatch_training(self, run_id: str) -> None:
         """A training run (POST /v1/models/{name}/train): task lethe.train_model in worker/training.py."""
-        self.celery.send_task("lethe.train_model", args=[run_id], queue=self.settings.queue_name)
+        self.celery.send_task("lethe.train_model", args=[run_id], queue=self.settings.queue_name, ignore_result=True)
 
     def ready(self) -> tuple[bool, str]:
         try:
