@@ -92,7 +92,6 @@ def run_training(run_id: str, *, settings: Settings | None = None, worker_name: 
 def _train(s: Settings, run_id: str, spec: dict, t0: float):
     import torch
 
-    from app.catalogue import store as raw_store
     from app.datasets import service as datasets
     from models.checkpoint import save_checkpoint
     from models.device import get_device
@@ -120,15 +119,24 @@ def _train(s: Settings, run_id: str, spec: dict, t0: float):
                           input_shape=spec["input_shape"], classes=spec["classes"], arch_params=spec["arch_params"],
                           extra={"training_run": run_id, "recipe": recipe.to_json()})
     rel = registry.publish_weights(s.registry_dir, spec["model"], tmp, sha)
+    rows = _catalogue_rows(s, spec, ids, x, y, refs)
+    metrics = {"ta": ta, "train_rows": len(ids), "test_rows": len(yte), "recipe": recipe.to_json(),
+               "train_seconds": round(time.perf_counter() - t0, 2)}
+    return sha, rel, metrics, rows
+
+
+def _catalogue_rows(s: Settings, spec: dict, ids, x, y, refs) -> list[dict]:
+    """The model's catalogue: which dataset rows (and whose) it was trained on, with where
+    a job reads their data."""
+    from app.catalogue import store as raw_store
+
     rows = []
-    for i, iid in enumerate(ids):  # the catalogue: which rows (and whose) the model was trained on
+    for i, iid in enumerate(ids):
         path = raw_store.path_for(s.data_dir, spec["model"], iid)
         raw_store.write(path, x[i])
         rows.append(dict(model_name=spec["model"], instance_id=iid, dataset=spec["dataset"], subject_ref=refs[i],
                          label=int(y[i]), content_hash=raw_store.content_hash(x[i]), storage_uri=path))
-    metrics = {"ta": ta, "train_rows": len(ids), "test_rows": len(yte), "recipe": recipe.to_json(),
-               "train_seconds": round(time.perf_counter() - t0, 2)}
-    return sha, rel, metrics, rows
+    return rows
 
 
 def _fail(s: Settings, run_id: str, spec: dict, error: str) -> None:
