@@ -33,7 +33,10 @@ class Settings(BaseSettings):
     queue_name: str = Field(default="lethe", description="Celery queue the gateway sends jobs to and `lethe worker` "
                                                         "consumes")
     visibility_timeout_s: int = Field(default=6 * 3600, description="Redis visibility timeout; > longest job")
-    job_lease_s: int = Field(default=900, description="a running job whose heartbeat is older than this may be reclaimed")
+    job_lease_s: int = Field(default=30, ge=3, le=86_400,
+                             description="a running job whose heartbeat is older than this may be reclaimed; the "
+                                         "worker beats every lease/6 s whatever the method does, so a dead "
+                                         "worker's job is taken over within lease + sweeper period")
     max_attempts: int = Field(default=3, description="attempts per job, counted in the database; then the job fails")
     # privacy
     subject_secret: str = Field(default=DEV_SUBJECT_SECRET,
@@ -110,9 +113,18 @@ class Settings(BaseSettings):
                                                         "callback_url may reach although not public "
                                                         "(e.g. 10.0.0.0/8,hooks.internal); empty = public only")
     # sweeper: re-queue requests stuck in queued/running (workers died, messages lost)
-    sweeper_interval_s: float = Field(default=60.0, description="period of the sweeper that re-queues jobs whose "
+    sweeper_interval_s: float = Field(default=5.0, description="period of the sweeper that re-queues jobs whose "
                                                                 "worker died; 0 = no sweeper thread")
-    stuck_queued_s: int = Field(default=900, description="a queued job untouched this long is dispatched again")
+    stuck_queued_s: int = Field(default=60, description="a queued job untouched this long while no job of its "
+                                                         "model runs is dispatched again (its message was lost)")
+    # the planner (app/jobs/planner.py) and pooling
+    max_job_instances: int = Field(default=2000, ge=1, description="a job takes at most this many instances; "
+                                                                   "later requests wait for the next job")
+    max_approx_instances: int = Field(default=64, ge=0, description="a job with more instances than this is "
+                                                                    "retrained from scratch (exact) instead of "
+                                                                    "unlearned approximately")
+    retrain_below_s: float = Field(default=10.0, ge=0, description="a model that trains in at most this many "
+                                                                   "seconds is always retrained (exact, as cheap)")
     # audit outbox: POST /v1/forget records its event in audit_outbox; this thread chains them
     audit_drain_s: float = Field(default=0.5, description="audit outbox drain period in the gateway; 0 = off "
                                                           "(reads and appends still drain)")

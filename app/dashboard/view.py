@@ -42,6 +42,7 @@ def job_row(j: Job, n_requests: int) -> dict:
             "stage": j.stage, "progress": round(float(j.progress or 0.0), 4), "attempts": j.attempts,
             "max_attempts": j.max_attempts, "created_at": j.created_at, "started_at": j.started_at,
             "finished_at": j.finished_at, "result_version": j.result_version, "requests": n_requests,
+            "plan": (f"{j.plan.get('method')}: {j.plan.get('reason')}" if j.plan else None),
             "error": (j.error or "").splitlines()[0][:200] if j.error else None}
 
 

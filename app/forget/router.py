@@ -204,5 +204,6 @@ def read_job(job_id: str, session: SessionDep):
                    status=job.status, stage=job.stage, progress=job.progress, attempts=job.attempts,
                    max_attempts=job.max_attempts, worker=job.worker, created_at=job.created_at,
                    started_at=job.started_at, finished_at=job.finished_at, base_version=job.base_version,
-                   result_version=job.result_version, metrics=job.metrics, stats=job.stats, error=job.error,
+                   result_version=job.result_version, metrics=job.metrics, stats=job.stats, plan=job.plan,
+                   error=job.error,
                    request_ids=request_ids)

@@ -106,7 +106,7 @@ def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempote
             raise
         return replay, None, True
     _claim_instances(session, req)
-    job, created = jobs.attach(session, req, settings.max_attempts)
+    job, created = jobs.attach(session, req, settings.max_attempts, settings.max_job_instances)
     audit.record(session, actor=actor, action="forget.received", subject_ref=req.subject_ref,
                  payload={"request_id": req.id, "model": req.model_name, "objective": req.objective,
                           "method": req.method, "instances": len(req.instance_ids), "job_id": job.id,
@@ -331,7 +331,7 @@ def retry(session: Session, settings: Settings, request_id: str, *, actor: str) 
     req.version_before = req.version_after = None
     req.retries = (req.retries or 0) + 1
     set_status(session, req, fm.QUEUED)
-    job, created = jobs.attach(session, req, settings.max_attempts)
+    job, created = jobs.attach(session, req, settings.max_attempts, settings.max_job_instances)
     audit.append(session, actor=actor, action="forget.retried", subject_ref=req.subject_ref,
                  payload={"request_id": req.id, "model": req.model_name, "retry": req.retries,
                           "previous_job_id": previous_job, "previous_error": (previous_error or "")[:500],

@@ -43,3 +43,5 @@ class Job(Base):
     # migration 0007: the fixed relabel target of the one request this job serves (such a job
     # takes no other request); None for jobs that coalesce requests
     target_label: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # the planner (migration 0008): which way this job forgets and why (app/jobs/planner.py)
+    plan: Mapped[dict | None] = mapped_column(JSON, nullable=True)

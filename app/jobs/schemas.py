@@ -23,5 +23,6 @@ class JobRead(BaseModel):
     result_version: int | None = None
     metrics: dict | None = None
     stats: dict | None = None
+    plan: dict | None = None  # which way the job forgets and why (method, exact, reason, inputs)
     error: str | None = None
     request_ids: list[str]

@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from ..audit import service as audit
@@ -67,21 +67,27 @@ def lock(session: Session, job_id: str) -> Job | None:
                            .execution_options(populate_existing=True)).scalar_one_or_none()
 
 
-def attach(session: Session, req: ForgetRequest, max_attempts: int) -> tuple[Job, bool]:
+def attach(session: Session, req: ForgetRequest, max_attempts: int,
+           max_instances: int | None = None) -> tuple[Job, bool]:
     """Coalesce: a request joins the model's job that has not started yet (same objective and
     method; a relabel request with a fixed target gets a job of its own), else a new job is
-    created. Returns (job, created).
+    created, and a queued job takes no more than ``max_instances`` instances in all
+    (LETHE_MAX_JOB_INSTANCES: later requests wait for the next job). Returns (job, created).
 
     No model-wide lock: the queued job is read ``FOR SHARE``, which submitters hold together
     but which makes ``claim`` (``lock``: ``FOR UPDATE``) wait until they commit; a job claimed
     first no longer matches ``status = queued`` when re-checked, so the request gets a new
     job. The request row must already be flushed (it is updated here)."""
     job = None
+    k = len(req.instance_ids or [])
     if req.target_label is None:
-        job = session.execute(select(Job).where(
-            Job.model_name == req.model_name, Job.status == QUEUED, Job.objective == req.objective,
-            Job.method == req.method, Job.target_label.is_(None)).order_by(Job.created_at).limit(1)
-            .with_for_update(read=True)).scalar_one_or_none()
+        q = select(Job).where(Job.model_name == req.model_name, Job.status == QUEUED,
+                              Job.objective == req.objective, Job.method == req.method, Job.target_label.is_(None))
+        if max_instances is not None:  # a read, not a counter on the job row: submitters share that row
+            held = (select(func.coalesce(func.sum(func.json_array_length(ForgetRequest.instance_ids)), 0))
+                    .where(ForgetRequest.job_id == Job.id).scalar_subquery())
+            q = q.where(held + k <= max_instances)
+        job = session.execute(q.order_by(Job.created_at).limit(1).with_for_update(read=True)).scalar_one_or_none()
     created = job is None
     if created:
         job = Job(id=str(uuid.uuid4()), model_name=req.model_name, objective=req.objective, method=req.method,
@@ -158,6 +164,49 @@ def heartbeat(session: Session, job_id: str, token: str, *, stage: str, fraction
     res = session.execute(update(Job).where(Job.id == job_id, Job.claim_token == token, Job.status == RUNNING)
                           .values(stage=stage[:128], progress=max(0.0, min(1.0, float(fraction))),
                                   heartbeat_at=utcnow()))
+    return bool(res.rowcount)
+
+
+def record_plan(session: Session, job_id: str, token: str, plan: dict, *, worker: str) -> bool:
+    """The planner's choice (or a fallback) on the job row and in the audit trail, while the
+    claim is ours. Returns False when the claim was lost."""
+    job = session.get(Job, job_id)
+    if job is None or job.claim_token != token or job.status != RUNNING:
+        return False
+    job.plan = plan
+    audit.append(session, actor=f"worker:{worker}", action="job.planned",
+                 payload={"job_id": job.id, "model": job.model_name, "attempt": job.attempts,
+                          **{k: plan.get(k) for k in ("method", "exact", "reason", "fallback_from")}})
+    session.flush()
+    return True
+
+
+def cost_history(session: Session, model_name: str, *, limit: int = 20) -> tuple[float | None, list]:
+    """What the planner knows of this model's costs: its training time (the first version's
+    ``train_seconds``, or the last exact retrain's seconds) and [k, seconds] of its recent
+    approximate jobs (a job that fell back to retraining counts as a retrain)."""
+    from .planner import RETRAIN
+
+    first = registry.get_version(session, model_name, 1)
+    train_s = (first.metrics or {}).get("train_seconds") if first is not None else None
+    approx: list = []
+    done = session.execute(select(Job.metrics).where(Job.model_name == model_name, Job.status == COMPLETED,
+                                                     Job.metrics.is_not(None))
+                           .order_by(Job.finished_at.desc()).limit(limit)).scalars().all()
+    for m in done:
+        if not isinstance(m, dict) or not m.get("seconds"):
+            continue
+        if m.get("method") == RETRAIN:
+            train_s = train_s if train_s is not None and train_s <= m["seconds"] else m["seconds"]
+        elif m.get("k"):
+            approx.append([int(m["k"]), float(m["seconds"])])
+    return (float(train_s) if train_s is not None else None), approx
+
+
+def touch(session: Session, job_id: str, token: str) -> bool:
+    """The lease's beat: only ``heartbeat_at``, only while the claim is ours."""
+    res = session.execute(update(Job).where(Job.id == job_id, Job.claim_token == token, Job.status == RUNNING)
+                          .values(heartbeat_at=utcnow()))
     return bool(res.rowcount)
 
 

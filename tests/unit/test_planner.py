@@ -1,0 +1,39 @@
+"""The planner as a table of cases: each row is the facts a job records and the way it must go."""
+import pytest
+
+from app.jobs.planner import RETRAIN, Facts, plan, predict_approx_seconds
+
+
+def facts(**kw):
+    base = dict(sharded=False, method="lethe", k=8, has_retained=True, train_seconds=60.0, approx_history=[],
+                max_approx_instances=64, retrain_below_s=10.0)
+    return Facts(**{**base, **kw})
+
+
+@pytest.mark.parametrize("kw, method, exact, why", [
+    (dict(sharded=True, method="sisa"), "sisa", True, "sharded"),
+    (dict(has_retained=False, method="paper_full"), "paper_full", False, "no retained data"),
+    (dict(k=65), RETRAIN, True, "exceed the approximate cap"),
+    (dict(k=1000, label_objective=True), RETRAIN, True, "exceed the approximate cap"),  # erasure first
+    (dict(train_seconds=3.0), RETRAIN, True, "retraining takes 3.0 s"),             # adult: retrain
+    (dict(train_seconds=3.0, label_objective=True), "lethe", False, "approximate"),  # a label promise
+    (dict(approx_history=[[8, 70.0]]), RETRAIN, True, "predicted 70.0 s approximate >= 60.0 s"),
+    (dict(approx_history=[[8, 4.0], [32, 12.0]]), "lethe", False, "predicted"),
+    (dict(train_seconds=None), "lethe", False, "no retraining time recorded"),
+    (dict(), "lethe", False, "no approximate history yet"),
+])
+def test_plan_table(kw, method, exact, why):
+    p = plan(facts(**kw))
+    assert (p.method, p.exact) == (method, exact) and why in p.reason, p
+
+
+def test_plan_records_its_inputs():
+    f = facts(k=3)
+    doc = plan(f).to_json(f)
+    assert doc["inputs"]["k"] == 3 and doc["inputs"]["train_seconds"] == 60.0 and doc["method"] == "lethe"
+
+
+def test_approximate_cost_scales_with_k_and_keeps_the_fixed_cost():
+    assert predict_approx_seconds([], 8) is None
+    assert predict_approx_seconds([[8, 8.0], [16, 16.0]], 32) == pytest.approx(32.0)
+    assert predict_approx_seconds([[8, 8.0]], 1) == pytest.approx(8.0)  # never below the cheapest job
