@@ -218,6 +218,8 @@ def _document_operation(op: dict) -> None:
         statuses += [400, 413, 422]
     elif res.get("422", {}).get("description") == "Validation Error" and not _can_be_invalid(op):
         del res["422"]  # FastAPI adds it for any parameter; a plain string in the path cannot be invalid
+    if any(p.get("in") == "path" for p in op.get("parameters", [])):
+        statuses.append(404)  # an id in the path that names nothing
     for s in statuses:
         res.setdefault(str(s), {"description": DESCRIPTIONS[s]})
     for status, r in res.items():

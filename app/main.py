@@ -6,7 +6,7 @@ import os
 import re
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import text
@@ -24,6 +24,8 @@ from .dashboard.router import router as dashboard_router
 from .db import get_engine
 from .forget.router import router as forget_router
 from .jobs.dispatch import Dispatcher
+from .limits import JsonDepthLimit
+from .security.ratelimit import EXPENSIVE, SUBMIT, RateLimiter
 from .metrics import Metrics
 from .observability import RequestContext
 from .jobs.sweeper import Sweeper
@@ -92,8 +94,8 @@ class Readiness(BaseModel):
     """The readiness probe's report, the same shape whether ready (200) or not (503)."""
 
     status: str = Field(examples=["ready"], description="ready | not ready")
-    checks: dict[str, str] = Field(examples=[{"database": "ok", "registry": "ok", "worker": "ok"}],
-                                   description="each dependency: ok, or error: <why>")
+    checks: dict[str, str] | None = Field(default=None, examples=[{"database": "ok", "registry": "ok", "worker": "ok"}],
+                                          description="each dependency: ok, or error: <why> (models:admin keys only)")
 
 
 def _default_dispatcher(settings: Settings) -> Dispatcher:
@@ -104,6 +106,48 @@ def _default_dispatcher(settings: Settings) -> Dispatcher:
     from worker.embedded import EmbeddedWorker
 
     return EmbeddedWorker(settings)
+
+
+class SecurityHeaders:
+    """Browser hardening on every answer: no framing (X-Frame-Options, frame-ancestors), no
+    MIME sniffing, no Referer leaving the site; the dashboard also gets a strict CSP (its one
+    inline script allowed by hash, nothing loaded from elsewhere)."""
+
+    COMMON = [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
+              (b"referrer-policy", b"no-referrer")]
+
+    def __init__(self, app):
+        from .dashboard.router import CSP
+
+        self.app, self.csp = app, CSP.encode("ascii")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        extra = list(self.COMMON)
+        if scope["path"] == "/dashboard" or scope["path"].startswith("/dashboard/"):
+            extra.append((b"content-security-policy", self.csp))
+
+        async def send_with_headers(msg):
+            if msg["type"] == "http.response.start":
+                have = {k.lower() for k, _ in msg.get("headers", [])}
+                msg = {**msg, "headers": [*msg.get("headers", []), *[(k, v) for k, v in extra if k not in have]]}
+            await send(msg)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _metrics_listener(settings: Settings, metrics: Metrics):
+    """``LETHE_METRICS_BIND=host:port``: Prometheus text on its own listener (an internal
+    address), not on the public API port."""
+    if not settings.metrics_bind:
+        return None
+    from prometheus_client import start_http_server
+
+    host, _, port = settings.metrics_bind.rpartition(":")
+    server, _thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=metrics.registry)
+    log.info("metrics on http://%s/metrics", settings.metrics_bind)
+    return server
 
 
 def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None) -> FastAPI:
@@ -124,9 +168,13 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
                       AuditDrainer(settings)]
         for b in background:
             b.start()
+        metrics_server = _metrics_listener(settings, app.state.metrics)
         try:
             yield
         finally:
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
             for b in background:
                 b.stop()
             stop = getattr(dispatcher, "stop", None)
@@ -136,6 +184,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app = FastAPI(title="Lethe", version="0.1.0", lifespan=lifespan,
                   description="Machine-unlearning service: takes deletion requests and makes the served model "
                               "forget, with a versioned registry and a hash-chained audit trail.")
+    app.state.limiter = RateLimiter({SUBMIT: settings.rate_submit_per_min, EXPENSIVE: settings.rate_expensive_per_min})
     app.state.settings, app.state.dispatcher, app.state.serving = settings, dispatcher, ServingCache()
     for r in (forget_router, models_router, architectures_router, datasets_router, subjects_router, audit_router,
               keys_router, dashboard_router):
@@ -149,10 +198,12 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], response_model=Readiness,
-             summary="Database, registry and broker or worker reachable (open)",
-             responses={503: {"model": Readiness, "description": "not ready: the failing check says why"}})
-    def readyz():
+    @app.get("/readyz", tags=["health"], response_model=Readiness, response_model_exclude_none=True,
+             summary="Database, registry and broker or worker reachable (open; the checks for an operator)",
+             responses={503: {"model": Readiness, "description": "not ready (the checks only for an operator's key)"}})
+    def readyz(request: Request):
+        """Open: ``{status: ready | not ready}`` (200 / 503). The checks and their errors are
+        shown only to an operator's key (models:admin): error text names hosts and paths."""
         checks: dict[str, str] = {}
         ok = True
         try:
@@ -168,21 +219,33 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         b_ok, b_msg = dispatcher.ready()
         checks["broker" if settings.broker_url else "worker"] = "ok" if b_ok else f"error: {b_msg}"
         ok = ok and b_ok
-        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+        answer: dict = {"status": "ready" if ok else "not ready"}
+        who = security.optional_principal(request)
+        if who is not None and security.MODELS_ADMIN in who.scopes:
+            answer["checks"] = checks
+        elif not ok:
+            log.warning("not ready: %s", checks)
+        return JSONResponse(answer, status_code=200 if ok else 503)
 
     app.state.metrics = metrics = Metrics(settings.database_url)
 
-    @app.get("/metrics", tags=["health"], include_in_schema=False)
-    def prometheus_metrics():  # AUTH: scraped by Prometheus on the internal network; no scope
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    if not settings.metrics_bind:  # else a separate listener serves them (lifespan)
+        guard = [] if settings.metrics_open else \
+            [Depends(security.require_scope(security.METRICS_READ, security.MODELS_ADMIN))]
 
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        @app.get("/metrics", tags=["health"], include_in_schema=False, dependencies=guard)
+        def prometheus_metrics():  # a Prometheus key holds metrics:read (bearer_token in the scrape config)
+            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+            return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(JsonDepthLimit)  # deep JSON is a 422 before anything parses it (inside BodyLimit)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes,
                        overrides={("POST", "/v1/models"): settings.max_upload_bytes,  # weights upload
                                   # a dataset and its evaluation file; each is checked against the limit
                                   ("POST", "/v1/datasets"): 2 * settings.max_dataset_bytes + 1_000_000})
     app.add_middleware(CookieBearer)  # /dashboard: the key cookie becomes a bearer token
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(RequestContext, metrics=metrics)  # outermost: every response gets a request id
     return app
 

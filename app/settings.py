@@ -91,6 +91,20 @@ class Settings(BaseSettings):
     signing_key_file: str = Field(default="", description="Ed25519 key that signs deletion certificates, created "
                                                          "on first use (0600); empty = audit-ed25519.pem next to "
                                                          "LETHE_REGISTRY_DIR")
+    # rate limits per caller (app/security/ratelimit.py); 0 = unlimited
+    rate_submit_per_min: float = Field(default=300, ge=0, description="POST /v1/forget and cancel, per caller")
+    rate_expensive_per_min: float = Field(default=300, ge=0, description="predict, subject lookups, audit "
+                                                                        "verify/export, uploads, per caller")
+    # dashboard sessions and the HTTP edge (app/dashboard/session.py, app/main.py)
+    dashboard_session_ttl_s: float = Field(default=8 * 3600, gt=0, le=7 * 86400,
+                                           description="a dashboard session cookie expires after this")
+    session_secret: str = Field(default="", description="HMAC key of dashboard session tokens; empty = random per "
+                                                        "process (sessions end on restart)")
+    trusted_proxies: str = Field(default="", description="comma-separated proxy addresses/CIDRs whose "
+                                                         "X-Forwarded-Proto is believed (Secure cookies behind TLS)")
+    metrics_bind: str = Field(default="", description="host:port for a separate /metrics listener (then not on "
+                                                      "the API port); empty = on the API port behind metrics:read")
+    metrics_open: bool = Field(default=False, description="serve /metrics on the API port without a key")
     # signed checkpoints of the audit chain head (app/audit/checkpoints.py)
     audit_checkpoint_events: int = Field(default=1000, ge=1, description="sign the head every N new events...")
     audit_checkpoint_interval_s: float = Field(default=3600.0, ge=0, description="...or when the last checkpoint "

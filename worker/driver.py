@@ -25,7 +25,7 @@ import logging
 import os
 import socket
 import time
-import traceback
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -218,10 +218,13 @@ def _failed(s: Settings, spec: JobSpec, worker: str, e: Exception) -> str:
     it is final too."""
     if isinstance(e, JobFailed):
         return fail_job(s, spec, f"{e.__class__.__name__}: {e}", worker, metrics=e.metrics)
-    log.exception("job %s failed", spec.job_id)
+    # the traceback stays in the worker's log; the job, its requests and their webhooks get a
+    # one-line reason and the reference that finds it there
+    ref = uuid.uuid4().hex[:12]
+    log.exception("job %s failed (reference %s)", spec.job_id, ref)
     retryable = isinstance(e, jobs.JobConflict) or not get_family(spec.family).sharded
-    detail = "" if isinstance(e, jobs.JobConflict) else "\n" + traceback.format_exc(limit=3)
-    return fail_job(s, spec, f"{e.__class__.__name__}: {e}{detail}", worker, retryable=retryable)
+    return fail_job(s, spec, f"{e.__class__.__name__}: {str(e)[:300]} (reference {ref}; traceback in the worker log)",
+                    worker, retryable=retryable)
 
 
 def fail_job(s: Settings, spec: JobSpec, error: str, worker: str, *, retryable: bool = False,

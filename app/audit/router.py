@@ -8,12 +8,15 @@ from pydantic import BaseModel, Field
 
 from ..db import read_scope
 from ..deps import SessionDep, SettingsDep
+from ..limits import MAX_DB_INT as MAX_SEQ  # a larger sequence number is a 422, not an overflow
 from ..security import AUDIT_READ, require_scope
+from ..security.ratelimit import EXPENSIVE
 from . import checkpoints, service, signing
 from .models import AuditEvent
 
-MAX_SEQ = 2**62  # sequence numbers are 64-bit integers in the database: larger is a 422, not an overflow
-router = APIRouter(prefix="/v1/audit", tags=["audit"], dependencies=[Depends(require_scope(AUDIT_READ))])
+router = APIRouter(prefix="/v1/audit", tags=["audit"])
+READ = [Depends(require_scope(AUDIT_READ))]
+HEAVY = [Depends(require_scope(AUDIT_READ, limit=EXPENSIVE))]  # they read the whole chain: rate limited
 # open on purpose: a public key is for anyone who wants to check a certificate
 keys_router = APIRouter(prefix="/v1/keys", tags=["audit"])
 
@@ -57,7 +60,7 @@ class CheckpointPage(BaseModel):
     next_after_seq: int | None
 
 
-@router.get("", response_model=AuditPage, summary="Audit events, oldest first, paged by sequence number")
+@router.get("", response_model=AuditPage, dependencies=READ, summary="Audit events, oldest first, paged by sequence number")
 def list_audit(session: SessionDep, settings: SettingsDep, after_seq: int = Query(default=0, ge=0, le=MAX_SEQ),
                limit: int = Query(default=100, ge=1, le=1000), action: str | None = Query(default=None, max_length=64)):
     service.drain_pending(settings.database_url)  # every event committed before this call is chained
@@ -67,7 +70,7 @@ def list_audit(session: SessionDep, settings: SettingsDep, after_seq: int = Quer
     return AuditPage(entries=entries, next_after_seq=rows[-1].seq if len(rows) == limit else None)
 
 
-@router.get("/verify", response_model=VerifyResult,
+@router.get("/verify", response_model=VerifyResult, dependencies=HEAVY,
             summary="Verify the hash chain (only what is new since the last call) and the signed checkpoints")
 def verify_audit(settings: SettingsDep, full: bool = Query(default=False, description="re-hash from the genesis")):
     """Never holds the database's write lock. ``full`` re-hashes every event (it still does
@@ -86,7 +89,7 @@ def verify_audit(settings: SettingsDep, full: bool = Query(default=False, descri
     return VerifyResult(**res)
 
 
-@router.get("/checkpoints", response_model=CheckpointPage,
+@router.get("/checkpoints", response_model=CheckpointPage, dependencies=READ,
             summary="Signed checkpoints of the chain head, oldest first (save them outside Lethe)")
 def list_checkpoints(session: SessionDep, after_seq: int = Query(default=0, ge=0, le=MAX_SEQ),
                      limit: int = Query(default=100, ge=1, le=1000)):
@@ -107,7 +110,7 @@ def checkpoint_line(cp) -> str:
     return service.canonical_json({"checkpoint": checkpoints.signed(cp)}) + "\n"
 
 
-@router.get("/export", summary="The whole chain as JSON lines (application/x-ndjson), oldest first",
+@router.get("/export", dependencies=HEAVY, summary="The whole chain as JSON lines (application/x-ndjson), oldest first",
             response_class=StreamingResponse,
             responses={200: {"content": {"application/x-ndjson": {}},
                              "description": "one event per line: {seq, ts, actor, action, subject_ref, payload "

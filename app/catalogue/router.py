@@ -8,9 +8,10 @@ from pydantic import BaseModel
 from ..deps import SessionDep, SettingsDep
 from ..errors import LetheError, responses
 from ..security import FORGET_READ, require_scope
+from ..security.ratelimit import EXPENSIVE
 from . import service
 
-router = APIRouter(prefix="/v1", tags=["subjects"], dependencies=[Depends(require_scope(FORGET_READ))])
+router = APIRouter(prefix="/v1", tags=["subjects"], dependencies=[Depends(require_scope(FORGET_READ, limit=EXPENSIVE))])
 
 
 class InstanceRead(BaseModel):

@@ -6,11 +6,14 @@ Auth: browsers cannot attach a bearer token to a page load, so an operator opens
 ``/dashboard?key=<api key>`` once. ``CookieBearer`` presents that key as the bearer token of
 this one request (a browser sends no Authorization header), so ``require_scope("audit:read")``
 checks it like any API call (unknown or revoked: 401; without audit:read: 403; no cookie is
-set). Once it passes, the key is stored in an HttpOnly, SameSite=Strict cookie scoped to
-``/dashboard`` and the answer redirects to the URL without it (the key does not stay in the
-address bar or history). From then on ``CookieBearer`` turns that cookie into an
-``Authorization: Bearer`` header for ``/dashboard`` paths only, so the same scope check that
-guards the API guards the page and its JSON.
+set). Once it passes, the answer sets a cookie holding an expiring **session token** (never
+the key; ``session.py``: HttpOnly, SameSite=Strict, Path=/dashboard, Max-Age, Secure behind
+TLS) and redirects to the URL without the key (it does not stay in the address bar or
+history). From then on ``CookieBearer`` turns that cookie into an ``Authorization: Bearer``
+header for ``/dashboard`` paths only, and ``security.principal_of`` accepts a session token
+there (and nowhere else) while it is unexpired and its key active. ``/dashboard/logout``
+clears the cookie. ``SecurityHeaders`` (``app/main.py``) adds CSP, X-Frame-Options, nosniff
+and Referrer-Policy to these pages.
 """
 from __future__ import annotations
 
@@ -23,10 +26,27 @@ from fastapi.templating import Jinja2Templates
 
 from ..deps import SessionDep, SettingsDep
 from ..security import require_scope
+from . import session as dashboard_session
 from . import view
 
-COOKIE = "lethe_dashboard_key"
+COOKIE = "lethe_dashboard_session"
 PREFIX = "/dashboard"
+
+def _script_hash(path: str) -> str:
+    """CSP source for the page's one inline script: 'sha256-<base64>' of its exact text."""
+    import base64
+    import hashlib
+    import re
+
+    with open(path, encoding="utf-8") as f:
+        scripts = re.findall(r"<script>(.*?)</script>", f.read(), re.S)
+    return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in scripts)
+
+
+CSP = ("default-src 'none'; script-src " + _script_hash(os.path.join(os.path.dirname(__file__), "templates",
+                                                                     "dashboard.html"))
+       + "; style-src 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; "
+         "base-uri 'none'; form-action 'self'")
 
 templates = Jinja2Templates(directory=os.path.join(os.path.dirname(__file__), "templates"))
 
@@ -44,15 +64,23 @@ def _filters(status: str | None, model: str | None) -> tuple[str | None, str | N
 def dashboard(request: Request, session: SessionDep, settings: SettingsDep, status: str | None = Query(default=None, max_length=16),
               model: str | None = Query(default=None, max_length=128),
               key: str | None = Query(default=None, max_length=512)):
-    if key is not None:  # store the key in a cookie, then drop it from the URL
+    if key is not None:  # exchange the key for a session cookie, then drop it from the URL
         rest = {k: v for k, v in (("status", status), ("model", model)) if v}
         resp = RedirectResponse(PREFIX + (f"?{urlencode(rest)}" if rest else ""), status_code=303)
-        resp.set_cookie(COOKIE, key, httponly=True, samesite="strict", path=PREFIX,
-                        secure=request.url.scheme == "https")
+        resp.set_cookie(COOKIE, dashboard_session.issue(settings, request.state.principal.key_id),
+                        max_age=int(settings.dashboard_session_ttl_s), httponly=True, samesite="strict",
+                        path=PREFIX, secure=dashboard_session.behind_tls(request, settings))
         return resp
     status, model = _filters(status, model)
     data = view.overview(session, status=status, model=model, database_url=settings.database_url)
     return templates.TemplateResponse(request, "dashboard.html", {"d": data}, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/logout")
+def logout():
+    resp = RedirectResponse(PREFIX, status_code=303)
+    resp.delete_cookie(COOKIE, path=PREFIX, httponly=True, samesite="strict")
+    return resp
 
 
 @router.get("/live.json")

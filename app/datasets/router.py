@@ -14,6 +14,8 @@ from pydantic import BaseModel, Field
 from ..deps import SessionDep, SettingsDep
 from ..errors import responses
 from ..security import AUDIT_READ, FORGET_READ, MODELS_ADMIN, Principal, require_scope
+from ..limits import check_depth
+from ..security.ratelimit import EXPENSIVE
 from ..settings import Settings
 from . import service
 from .formats import DatasetError, Source, Spec, bad, guess_format
@@ -63,6 +65,7 @@ def to_read(row: Dataset, models: list[str]) -> DatasetRead:
 def _json_field(raw: str | None, what: str, kind: type):
     if raw is None or raw == "":
         return None
+    check_depth(raw, what)  # json.loads recurses: deep nesting is a 422, not a RecursionError
     try:
         v = json.loads(raw)
     except ValueError:
@@ -122,7 +125,7 @@ def _open(settings: Settings, up: UploadFile | None, uri: str | None, fmt: str |
                                     e422="the file or a field is refused: the code says which check failed")})
 def create_dataset(
         session: SessionDep, settings: SettingsDep, response: Response,
-        principal: Annotated[Principal, Depends(require_scope(MODELS_ADMIN))],
+        principal: Annotated[Principal, Depends(require_scope(MODELS_ADMIN, limit=EXPENSIVE))],
         name: Annotated[str, Form(description="dataset name: a-z 0-9 . _ -")],
         file: Annotated[UploadFile | None, File(description="Parquet, Arrow IPC, CSV or .npz")] = None,
         uri: Annotated[str | None, Form(description="instead of a file: a path or URI under LETHE_DATASET_ROOTS")] = None,

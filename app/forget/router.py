@@ -6,11 +6,13 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Response
 
 from ..deps import DispatcherDep, SessionDep, SettingsDep
 from ..errors import LetheError, responses
+from ..limits import MAX_DB_INT
 from ..jobs import service as jobs
 from ..jobs.dispatch import send_after_commit
 from ..jobs.schemas import JobRead
 from ..audit import certificates
 from ..security import AUDIT_READ, FORGET_READ, FORGET_WRITE, MODELS_ADMIN, Principal, require_scope
+from ..security.ratelimit import SUBMIT
 from ..webhooks import outbound
 from ..webhooks import service as webhooks
 from . import groups, service
@@ -48,7 +50,7 @@ def _read(session, req: ForgetRequest, job=False) -> ForgetRead:
 @router.post("/forget", status_code=202, response_model=ForgetAccepted, responses=SUBMIT_ERRORS,
              summary="Ask the model to forget a subject's or a list of training instances")
 def create_forget(body: ForgetCreate, session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep,
-                  response: Response, principal: Annotated[Principal, Depends(require_scope(FORGET_WRITE))],
+                  response: Response, principal: Annotated[Principal, Depends(require_scope(FORGET_WRITE, limit=SUBMIT))],
                   idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None):
     if body.callback_url is not None:  # SSRF: public addresses only (app/webhooks/outbound.py)
         try:
@@ -116,8 +118,7 @@ def erasure_certificate(erasure_id: str, session: SessionDep, settings: Settings
 def list_forget(session: SessionDep, status: Annotated[str | None, Query(description=", ".join(fm.STATUSES))] = None,
                 model: Annotated[str | None, Query(max_length=128)] = None,
                 overdue: Annotated[bool, Query(description="only open requests past their due date")] = False,
-                limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                offset: Annotated[int, Query(ge=0, le=2**62)] = 0):  # a larger offset overflows the database driver
+                limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0, le=MAX_DB_INT)] = 0):
     if status is not None and status not in fm.STATUSES:
         raise LetheError(422, "invalid_request", f"status must be one of {', '.join(fm.STATUSES)}")
     rows, total = service.list_requests(session, status=status, model=model, overdue_only=overdue, limit=limit,
@@ -132,7 +133,7 @@ LIFECYCLE_ERRORS = responses(e404="unknown request", e409="the request is not in
 @router.post("/forget/{request_id}/cancel", response_model=ForgetRead, responses=LIFECYCLE_ERRORS,
              summary="Cancel a request that has not started (queued -> canceled)")
 def cancel_forget(request_id: str, session: SessionDep,
-                  principal: Annotated[Principal, Depends(require_scope(FORGET_WRITE))],
+                  principal: Annotated[Principal, Depends(require_scope(FORGET_WRITE, limit=SUBMIT))],
                   body: Annotated[CancelBody | None, Body()] = None):
     req = service.cancel(session, request_id, actor=principal.actor, reason=body.reason if body else None)
     return _read(session, req)

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models import unlearn
 
+from ..limits import MAX_DB_INT
+
 from .models import DENY_REASONS
 
 # both enums come from the method catalogue (models/unlearn/__init__.py, docs/methods.md)
@@ -34,7 +36,7 @@ class ForgetCreate(BaseModel):
     method: Method | None = Field(default=None, description="default: the model family's own ('instance' = Lethe's "
                                                             "instance-wise unlearning; 'sisa'/'arcane' for exact "
                                                             "models); every method: docs/methods.md")
-    target_label: int | None = Field(default=None, ge=0, description="objective 'relabel' only: the label to teach")
+    target_label: int | None = Field(default=None, ge=0, le=MAX_DB_INT, description="objective 'relabel' only: the label to teach")
     external_id: str | None = Field(default=None, max_length=256, description="your own reference (ticket id)")
     callback_url: str | None = Field(default=None, max_length=2048,
                                      description="http(s) URL: every status change is POSTed here, signed "

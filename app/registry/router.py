@@ -14,7 +14,9 @@ from ..catalogue import service as catalogue
 from ..catalogue import store
 from ..deps import DispatcherDep, ServingDep, SessionDep, SettingsDep
 from ..errors import LetheError, responses
+from ..limits import MAX_DB_INT
 from ..security import AUDIT_READ, FORGET_READ, MODELS_ADMIN, Principal, require_scope
+from ..security.ratelimit import EXPENSIVE
 from . import governance
 from . import service
 from .models import PRODUCTION
@@ -74,7 +76,7 @@ class AliasBody(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"version": 3, "reason": "v4 misbehaves on class 7; back to v3"}]})
 
-    version: int = Field(ge=1, le=2**31 - 1)  # a 32-bit column: larger is a 422, not an overflow
+    version: int = Field(ge=1, le=MAX_DB_INT)
     reason: str | None = Field(default=None, max_length=2000)
 
 
@@ -211,7 +213,7 @@ def put_alias(name: str, alias: str, body: AliasBody, session: SessionDep,
                                  e422="not safetensors, weights do not fit, bad manifest, unknown arch or dataset"),
              summary="Register your own model: safetensors weights + architecture + training-data manifest")
 def upload_model(session: SessionDep, settings: SettingsDep,
-                 principal: Annotated[Principal, Depends(require_scope(MODELS_ADMIN))],
+                 principal: Annotated[Principal, Depends(require_scope(MODELS_ADMIN, limit=EXPENSIVE))],
                  name: Annotated[str, Form(description="new model name")],
                  arch: Annotated[str, Form(description="architecture name: the zoo or an installed plug-in "
                                                        "(GET /v1/architectures)")],
@@ -233,12 +235,25 @@ def upload_model(session: SessionDep, settings: SettingsDep,
     return UploadRead(**out)
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _finite32(x: int | float) -> bool:
+    """Inputs are cast to float32: 1e300 becomes inf (and the softmax NaN); 10**400 does not
+    even fit a float (OverflowError)."""
+    try:
+        return math.isfinite(x) and abs(float(x)) <= _F32_MAX
+    except OverflowError:
+        return False
+
+
 def _numeric(x, path="inputs") -> None:
     if isinstance(x, list):
         for i, v in enumerate(x):
             _numeric(v, f"{path}[{i}]")
-    elif isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-        raise LetheError(422, "bad_input", f"{path} must be a finite number, got {x!r}")
+    elif isinstance(x, bool) or not isinstance(x, (int, float)) or not _finite32(x):
+        raise LetheError(422, "bad_input", f"{path} must be a finite number as float32 "
+                                           f"(|x| <= {_F32_MAX:.4g}), got {str(x)[:40]}")
 
 
 @router.post("/{name}/predict", response_model=PredictRead,
@@ -247,7 +262,7 @@ def _numeric(x, path="inputs") -> None:
                                  e410="raw data of a catalogued instance erased: send its inputs instead",
                                  e422="not exactly one of instance_ids/inputs, too many, wrong shape, not numbers",
                                  e500="the weights fail their sha256 check or are missing"),
-             dependencies=[Depends(require_scope(FORGET_READ, MODELS_ADMIN))])
+             dependencies=[Depends(require_scope(FORGET_READ, MODELS_ADMIN, limit=EXPENSIVE))])
 def predict(name: str, body: PredictBody, session: SessionDep, settings: SettingsDep, serving: ServingDep):
     m = _model_or_404(session, name)
     if (body.instance_ids is None) == (body.inputs is None):

@@ -17,6 +17,7 @@ from ..catalogue import service as catalogue
 from ..catalogue import store
 from ..catalogue.models import TrainingInstance
 from ..errors import LetheError
+from ..limits import check_depth
 from ..settings import Settings
 from . import service as registry
 from .models import PRODUCTION
@@ -37,6 +38,7 @@ def looks_pickled(data: bytes, filename: str | None) -> str | None:
 
 
 def parse_manifest(raw: str | bytes) -> list[dict]:
+    check_depth(raw, "manifest")  # json.loads recurses: 50,000 levels were a RecursionError (500)
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
@@ -64,6 +66,7 @@ def parse_json_field(raw: str | None, field: str) -> dict | None:
     """A JSON object sent as a form field (multipart cannot nest): None when absent."""
     if raw is None or raw.strip() == "":
         return None
+    check_depth(raw, field)
     try:
         doc = json.loads(raw)
     except ValueError as e:

@@ -4,7 +4,8 @@
   (``api_keys.key_hash``), the plaintext is shown once when the key is created.
 - Scopes (``scopes.py``): ``forget:write`` (portals submit and cancel), ``forget:read``
   (poll requests, subjects, certificates), ``audit:read`` (auditors), ``models:admin``
-  (register models, move aliases, and the operator actions deny / retry).
+  (register models, move aliases, and the operator actions deny / retry), ``metrics:read``
+  (Prometheus).
 - Every route under ``/v1`` depends on ``require_scope(...)`` (``guard.py``): 401 when the
   key is missing, malformed, unknown or revoked; 403 naming the missing scope. The scopes of
   each route are published in the OpenAPI schema as ``x-required-scopes``.
@@ -14,12 +15,12 @@
 """
 from __future__ import annotations
 
-from .guard import Principal, install, require_scope, route_scopes, scoped_routes
+from .guard import Principal, install, optional_principal, require_scope, route_scopes, scoped_routes
 from .keys import (KEY_PREFIX, MIN_KEY_LENGTH, admin_key_path, authenticate, bootstrap_keys, create_key, hash_key,
                    list_keys, revoke_key)
 from .models import ApiKey
-from .scopes import AUDIT_READ, FORGET_READ, FORGET_WRITE, MODELS_ADMIN, SCOPES
+from .scopes import AUDIT_READ, FORGET_READ, FORGET_WRITE, METRICS_READ, MODELS_ADMIN, SCOPES
 
-__all__ = ["SCOPES", "FORGET_WRITE", "FORGET_READ", "AUDIT_READ", "MODELS_ADMIN", "KEY_PREFIX", "MIN_KEY_LENGTH",
+__all__ = ["SCOPES", "FORGET_WRITE", "FORGET_READ", "AUDIT_READ", "MODELS_ADMIN", "METRICS_READ", "optional_principal", "KEY_PREFIX", "MIN_KEY_LENGTH",
            "ApiKey", "Principal", "require_scope", "create_key", "revoke_key", "list_keys", "hash_key",
            "authenticate", "bootstrap_keys", "admin_key_path", "route_scopes", "scoped_routes", "install"]

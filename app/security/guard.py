@@ -14,7 +14,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..db import session_scope
 from ..errors import LetheError
+from ..dashboard import session as dashboard_session
+from . import ratelimit
 from .keys import authenticate, unauthorized
+from .models import ApiKey
 from .scopes import check_scopes
 
 
@@ -27,6 +30,11 @@ class Principal:
     scopes: tuple[str, ...]
 
     @property
+    def caller(self) -> str:
+        """Who rate limits count (ratelimit.py)."""
+        return f"key:{self.key_id}"
+
+    @property
     def actor(self) -> str:
         """How the audit log names whoever used this key."""
         return f"key:{self.key_id}:{self.name}"[:128]
@@ -37,9 +45,11 @@ _bearer = HTTPBearer(auto_error=False, scheme_name="ApiKey",
                      description="API key with scopes: `Authorization: Bearer <key>`")
 
 
-def require_scope(scope: str, *alternatives: str):
+def require_scope(scope: str, *alternatives: str, limit: str | None = None):
     """A FastAPI dependency: the request must carry an active key holding ``scope`` (or one
-    of ``alternatives``). Returns the ``Principal``, so a route can record who acted."""
+    of ``alternatives``). Returns the ``Principal``, so a route can record who acted.
+    ``limit``: the route's rate-limit class (``ratelimit.SUBMIT`` / ``EXPENSIVE``), counted
+    per caller once the key is checked (429 ``rate_limited`` with Retry-After)."""
     allowed = tuple(check_scopes((scope, *alternatives)))
 
     def dependency(request: Request,
@@ -47,9 +57,12 @@ def require_scope(scope: str, *alternatives: str):
         principal = principal_of(request, bearer_token(request))
         check_allowed(principal, allowed)
         request.state.principal = principal
+        if limit:
+            check_rate(request, principal, limit)
         return principal
 
     dependency.required_scopes = allowed  # type: ignore[attr-defined]
+    dependency.rate_limit = limit  # type: ignore[attr-defined]
     dependency.__name__ = "require_scope_" + "_or_".join(s.replace(":", "_") for s in allowed)
     return dependency
 
@@ -66,10 +79,52 @@ def bearer_token(request: Request) -> str:
 
 
 def principal_of(request: Request, token: str) -> Principal:
-    """Step 2: the active key the token names (its own short transaction)."""
-    with session_scope(request.app.state.settings.database_url) as db:
-        key = authenticate(db, token)
+    """Step 2: the active key the token names (its own short transaction). On ``/dashboard``
+    paths the token may also be a dashboard session (app/dashboard/session.py)."""
+    settings = request.app.state.settings
+    with session_scope(settings.database_url) as db:
+        if dashboard_session.is_session(token) and _dashboard_path(request.url.path):
+            key = _session_key(db, settings, token)
+        else:
+            key = authenticate(db, token)
         return Principal(key.id, key.name, tuple(key.scopes))
+
+
+def optional_principal(request: Request) -> Principal | None:
+    """For open routes that say more to a known key (``/readyz``): None instead of 401."""
+    if not request.headers.get("authorization"):
+        return None
+    try:
+        return principal_of(request, bearer_token(request))
+    except LetheError:
+        return None
+
+
+def _dashboard_path(path: str) -> bool:
+    return path == "/dashboard" or path.startswith("/dashboard/")
+
+
+def _session_key(session, settings, token: str) -> ApiKey:
+    """The key behind a dashboard session token: valid, unexpired, key still active."""
+    key_id = dashboard_session.key_of(settings, token)
+    key = session.get(ApiKey, key_id) if key_id else None
+    if key is None:
+        raise unauthorized("session_expired", "the dashboard session expired or is invalid: open "
+                                              "/dashboard?key=<API key> again")
+    if key.revoked_at is not None:
+        raise unauthorized("revoked_api_key", f"API key {key.id} ({key.name}) was revoked at "
+                                              f"{key.revoked_at.isoformat()}")
+    return key
+
+
+def check_rate(request: Request, principal: Principal, kind: str) -> None:
+    """Step 4 on rate-limited routes: one token from the caller's bucket, else 429."""
+    limiter = getattr(request.app.state, "limiter", None)
+    wait = limiter.take(principal.caller, kind) if limiter is not None else 0
+    if wait:
+        after = ratelimit.retry_after(wait)
+        raise LetheError(429, "rate_limited", f"too many {kind} requests from {principal.caller}; retry in {after} s",
+                         {"Retry-After": after})
 
 
 def check_allowed(principal: Principal, allowed: tuple[str, ...]) -> None:
@@ -92,6 +147,29 @@ def route_scopes(route) -> tuple[str, ...] | None:
             return tuple(found)
         stack.extend(d.dependencies)
     return None
+
+
+def route_limit(route) -> str | None:
+    """The rate-limit class of a route (None: not limited)."""
+    stack = [route.dependant]
+    while stack:
+        d = stack.pop()
+        if getattr(d.call, "rate_limit", None):
+            return d.call.rate_limit
+        stack.extend(d.dependencies)
+    return None
+
+
+def limited_routes(app: FastAPI):
+    """(path, method, rate-limit class) for every rate-limited API route."""
+    from fastapi import routing
+
+    for ctx in routing.iter_route_contexts(app.routes):
+        if isinstance(ctx.original_route, APIRoute):
+            kind = route_limit(ctx)
+            if kind:
+                for method in sorted(ctx.methods or ()):
+                    yield ctx.path_format, method, kind
 
 
 def scoped_routes(app: FastAPI):
@@ -120,6 +198,13 @@ def install(app: FastAPI) -> None:
                     op["x-required-scopes"] = list(scopes)
                     op["description"] = (op.get("description") or "") + \
                         f"\n\nRequires an API key with scope: {' or '.join(scopes)}."
+            for path, method, kind in limited_routes(app):
+                op = schema.get("paths", {}).get(path, {}).get(method.lower())
+                if op is not None:
+                    op["x-rate-limit"] = kind
+                    op.setdefault("responses", {})["429"] = {
+                        "description": f"rate limited ({kind} class): retry after Retry-After seconds",
+                        "headers": {"Retry-After": {"schema": {"type": "integer"}}}}
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -1,4 +1,4 @@
-"""The four scopes an API key can hold, and the check of a list of them."""
+"""The scopes an API key can hold, and the check of a list of them."""
 from __future__ import annotations
 
 from typing import Iterable
@@ -7,7 +7,8 @@ FORGET_WRITE = "forget:write"  # portals: submit and cancel deletion requests
 FORGET_READ = "forget:read"  # poll requests, subjects, certificates
 AUDIT_READ = "audit:read"  # auditors: the audit log, the dashboard
 MODELS_ADMIN = "models:admin"  # operators: register models, move aliases, deny / retry requests
-SCOPES: tuple[str, ...] = (FORGET_WRITE, FORGET_READ, AUDIT_READ, MODELS_ADMIN)
+METRICS_READ = "metrics:read"  # Prometheus: GET /metrics and nothing else
+SCOPES: tuple[str, ...] = (FORGET_WRITE, FORGET_READ, AUDIT_READ, MODELS_ADMIN, METRICS_READ)
 
 
 def check_scopes(scopes: Iterable[str]) -> list[str]:

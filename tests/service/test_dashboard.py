@@ -77,9 +77,9 @@ def test_key_goes_into_an_httponly_cookie_and_out_of_the_url(client):
     r = client.get("/dashboard", params={"key": "lk_secret", "status": "queued"}, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/dashboard?status=queued"
     cookie = r.headers["set-cookie"]
-    assert cookie.startswith(f"{COOKIE}=lk_secret;")
+    assert cookie.startswith(f"{COOKIE}=lsess.") and "lk_secret" not in cookie  # a session, not the key
     low = cookie.lower()
-    assert "httponly" in low and "samesite=strict" in low and "path=/dashboard" in low
+    assert "httponly" in low and "samesite=strict" in low and "path=/dashboard" in low and "max-age=" in low
 
 
 def test_cookie_becomes_a_bearer_token_on_dashboard_paths_only():

@@ -60,7 +60,8 @@ def test_dashboard_in_headless_chromium(live_server, seeded, browser_page):
     page.goto(f"{live_server}/dashboard?key={api_key}")
     assert page.url == f"{live_server}/dashboard"  # the key left the address bar ...
     cookie = next(c for c in ctx.cookies() if c["name"] == COOKIE)  # ... for an HttpOnly cookie
-    assert cookie["value"] == api_key and cookie["httpOnly"] and cookie["path"] == "/dashboard"
+    assert cookie["value"].startswith("lsess.") and api_key not in cookie["value"]  # a session, not the key
+    assert cookie["httpOnly"] and cookie["path"] == "/dashboard" and cookie["sameSite"] == "Strict"
     assert page.evaluate("document.cookie") == ""  # not readable by scripts
 
     row = page.locator(f'tr[data-request="{rid}"]')
@@ -130,8 +131,8 @@ def test_login_with_a_key_in_the_url(live_server, seeded):
     key = make_key(seeded, ["audit:read"], name="auditor")
     r = login(key)
     assert r.status_code == 303 and r.headers["location"] == f"/dashboard?model={MODEL}"
-    assert r.headers["set-cookie"].startswith(f"{COOKIE}={key};")
-    with httpx.Client(base_url=live_server, cookies={COOKIE: key}) as browser:
+    assert r.headers["set-cookie"].startswith(f"{COOKIE}=lsess.") and key not in r.headers["set-cookie"]
+    with httpx.Client(base_url=live_server, cookies={COOKIE: r.cookies[COOKIE]}) as browser:
         assert browser.get("/dashboard").status_code == 200
         assert browser.get("/dashboard/live.json").status_code == 200
         assert browser.get("/v1/audit/verify").status_code == 401  # the cookie is for the dashboard only

@@ -181,7 +181,10 @@ def test_readyz_reports_an_unreachable_broker(seeded):
 
     s = seeded.model_copy(update={"broker_url": "redis://127.0.0.1:1/0", "subject_secret": "a-deployment-secret-1",
                                   "webhook_secret": "a-deployment-webhook-secret-1"})
+    from .conftest import bearer, make_key
+
     with TestClient(create_app(s, dispatcher=CeleryDispatcher(s))) as c:
-        r = c.get("/readyz")
+        assert c.get("/readyz").json() == {"status": "not ready"}  # no details without an operator's key
+        r = c.get("/readyz", headers=bearer(make_key(s, ["models:admin"], name="operator")))
     assert r.status_code == 503 and r.json()["checks"]["broker"].startswith("error")
     assert r.json()["checks"]["database"] == "ok"
