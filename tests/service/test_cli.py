@@ -342,7 +342,7 @@ def test_key_from_api_answers_and_bearer_header(live_server):
 def test_non_json_answers_come_back_as_text(live_server):
     from app.client import Api
 
-    api = Api(live_server)
+    api = Api(live_server, os.environ["LETHE_API_KEY"])  # /metrics needs metrics:read now
     assert isinstance(api.request("GET", "/healthz"), dict)
     assert api.request("GET", "/metrics").startswith("# HELP")
 
