@@ -355,7 +355,7 @@ def _run_read(r) -> TrainingRunRead:
                                  e422="bad name, architecture, parameters or recipe"),
              summary="Lethe trains a new model on a registered dataset (a job with progress)")
 def train_model(name: str, body: training.TrainBody, session: SessionDep, settings: SettingsDep,
-                dispatcher: DispatcherDep, principal: Annotated[Principal, Depends(require_scope(MODELS_ADMIN))]):
+                dispatcher: DispatcherDep, principal: Annotated[Principal, Depends(require_scope(MODELS_ADMIN, limit=EXPENSIVE))]):
     """Registers `name` (status `training`) with its architecture, parameters and recipe, and
     starts a training run on the dataset's training split; `GET /v1/models/{name}/training`
     shows its progress. When it completes, version 1 is `production` and every training row
