@@ -32,7 +32,7 @@ def test_every_setting_and_route_is_in_the_tables():
     for method, path in operations:
         assert f"| {method} | `{path}` |" in api
     assert "| GET | `/v1/keys/audit` |" in api and "| open |" in api
-    assert re.search(r"\| POST \| `/v1/forget` \| .* \| `forget:write` \| 400 401 403 404 409 413 422 503 \|", api)
+    assert re.search(r"\| POST \| `/v1/forget` \| .* \| `forget:write` \| 400 401 403 404 409 413 422 429 503 \|", api)
 
 
 def test_a_setting_without_description_is_refused():
