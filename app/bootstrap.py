@@ -1,6 +1,7 @@
-"""First-start demo: train the default model of LETHE_DEMO_DATASET, register it as
-version 1 under the alias ``production``, and catalogue every training instance (raw data
-in the per-instance store, subject ids as HMAC references)."""
+"""First-start demo: register the demo dataset (LETHE_DEMO_DATASET) through the same
+service a user's upload goes through, train its default model, register it as version 1
+under the alias ``production``, and catalogue every training instance (rows in the
+dataset's store, subject ids as HMAC references)."""
 from __future__ import annotations
 
 import logging
@@ -8,30 +9,15 @@ import time
 
 from .audit import service as audit
 from .catalogue import service as catalogue
-from .catalogue import store
 from .catalogue.models import TrainingInstance
+from .datasets import service as datasets
+from .datasets.demo import ensure_demo_dataset
 from .db import session_scope
 from .registry import service as registry
 from .registry.models import PRODUCTION
 from .settings import Settings
 
 log = logging.getLogger("lethe.bootstrap")
-
-# Named demo subjects and how many training instances each owns (the first instances of
-# the shuffled training split, in this order); every later group of 4 instances belongs
-# to "user-0000", "user-0001", ...
-DEMO_SUBJECTS: list[tuple[str, int]] = [("alice", 3), ("bob", 4), ("carol", 5), ("dave", 2),
-                                        ("erin", 6), ("frank", 3), ("grace", 4), ("heidi", 8)]
-GROUP = 4
-
-
-def demo_subject(index: int) -> str:
-    """Deterministic owner of the index-th training instance."""
-    for name, n in DEMO_SUBJECTS:
-        if index < n:
-            return name
-        index -= n
-    return f"user-{index // GROUP:04d}"
 
 
 def bootstrap_demo(settings: Settings) -> str | None:
@@ -44,6 +30,7 @@ def bootstrap_demo(settings: Settings) -> str | None:
     from models.train import accuracy, train_model
 
     t0 = time.perf_counter()
+    ensure_demo_dataset(settings, settings.demo_dataset)
     ds = load_dataset(settings.demo_dataset)
     arch = DEFAULT_ARCH[ds.name]
     name = f"{ds.name}-{arch}"
@@ -55,14 +42,7 @@ def bootstrap_demo(settings: Settings) -> str | None:
     sha = save_checkpoint(model.cpu(), tmp, arch=arch, dataset=ds.name, input_shape=ds.input_shape,
                           classes=ds.classes, extra={"seed": settings.demo_seed})
     rel = registry.publish_weights(settings.registry_dir, name, tmp, sha)
-    x, y = ds.x_train.numpy(), ds.y_train.numpy()
-    rows = []
-    for i, iid in enumerate(ds.ids_train):
-        path = store.path_for(settings.data_dir, name, iid)
-        store.write(path, x[i])
-        rows.append(dict(model_name=name, instance_id=iid, dataset=ds.name,
-                         subject_ref=catalogue.subject_ref(settings.subject_secret, demo_subject(i)),
-                         label=int(y[i]), content_hash=store.content_hash(x[i]), storage_uri=path))
+    rows = catalogue.rows_for_model(datasets.store_dir(settings, ds.name), name, ds.name, list(ds.ids_train))
     with session_scope(settings.database_url) as db:
         registry.register_model(db, name=name, dataset=ds.name, arch=arch, input_shape=ds.input_shape,
                                 classes=ds.classes)
@@ -94,6 +74,7 @@ def bootstrap_exact_demo(settings: Settings, kind: str = "sisa") -> str | None:
         if registry.get_model(db, name) is not None:
             return None
     t0 = time.perf_counter()
+    ensure_demo_dataset(settings, ds.name)
     n = settings.demo_exact_rows or len(ds.y_train)
     ids, x, y = ds.ids_train[:n], ds.x_train[:n], ds.y_train[:n]
     config = ExactConfig(kind=kind, arch=arch, dataset=ds.name, input_shape=ds.input_shape, classes=ds.classes,
@@ -121,15 +102,9 @@ def bootstrap_exact_demo(settings: Settings, kind: str = "sisa") -> str | None:
     sha = write_manifest(tmp, config, model.plan, members)
     rel = registry.publish_bundle(settings.registry_dir, name, tmp, sha)
     where = model.plan.locate()
-    xs, ys = x.numpy(), y.numpy()
-    rows = []
-    for i, iid in enumerate(ids):
-        path = store.path_for(settings.data_dir, name, iid)
-        store.write(path, xs[i])
-        rows.append(dict(model_name=name, instance_id=iid, dataset=ds.name,
-                         subject_ref=catalogue.subject_ref(settings.subject_secret, demo_subject(i)),
-                         label=int(ys[i]), content_hash=store.content_hash(xs[i]), storage_uri=path,
-                         shard=where[iid][0], slice=where[iid][1]))
+    rows = catalogue.rows_for_model(datasets.store_dir(settings, ds.name), name, ds.name, list(ids))
+    for r in rows:
+        r["shard"], r["slice"] = where[r["instance_id"]]
     metrics = {"ta": float(ta), "train_seconds": round(time.perf_counter() - t0, 2), "shards": config.shards,
                "slices": config.slices, "rows": n}
     with session_scope(settings.database_url) as db:

@@ -127,4 +127,5 @@ def migrate(settings) -> None:
     cfg = Config(os.path.join(ROOT, "alembic.ini"))
     cfg.set_main_option("script_location", os.path.join(ROOT, "migrations"))
     cfg.attributes["url"] = settings.database_url
+    cfg.attributes["data_dir"] = settings.data_dir  # data migrations (0005) move files there
     command.upgrade(cfg, "head")

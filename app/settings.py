@@ -27,7 +27,7 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL: sqlite:///path (embedded) or postgresql+psycopg://user@host/db",
     )
     registry_dir: str = Field(default="./var/registry", description="where model weights (safetensors) live")
-    data_dir: str = Field(default="./var/data", description="catalogue raw-data store, one file per instance")
+    data_dir: str = Field(default="./var/data", description="the dataset store: datasets/<name>/ (Parquet fragments + index)")
     # queue: empty => embedded in-process worker thread
     broker_url: str = Field(default="", description="redis://host:port/db for Celery; empty = embedded worker")
     queue_name: str = Field(default="lethe", description="Celery queue the gateway sends jobs to and `lethe worker` "
@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     dataset_roots: str = Field(default="", description="comma-separated local directories and URI prefixes "
                                                        "(s3://bucket/prefix/) POST /v1/datasets may read from; empty = "
                                                        "uploads only")
+    job_retain_rows: int = Field(default=8192, description="retained training rows a job reads at most (a random "
+                                                           "sample through the store when the model has more)")
+    job_holdout_rows: int = Field(default=10_000, description="held-out rows a job evaluates on at most")
     dataset_compression: Literal["none", "zstd", "snappy"] = Field(
         default="none", description="Parquet page compression of the store (none: an erasure test can see bytes)")
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from app.catalogue import service as catalogue
-from app.catalogue import store as raw_store
+from app.datasets import service as datasets
 from app.db import session_scope
 from app.jobs import service as jobs
 from app.observability import job_context
@@ -64,6 +64,7 @@ class JobSpec:
     t0: float = field(default_factory=time.time)
     affected: list[int] = field(default_factory=list)  # sharded: the members a deletion retrains
     recipe: dict | None = None   # the model's stored training recipe (models.train.Recipe): retraining uses it
+    dataset: str = ""            # the registered dataset whose store holds the model's rows
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -144,7 +145,7 @@ def _claim(s: Settings, job_id: str, worker: str) -> JobSpec | str:
         return JobSpec(job_id=job_id, token=c.token, model_name=job.model_name, family=model_row.family,
                        method=job.method, objective=job.objective, target_label=targets.pop() if targets else None,
                        base_path=base.storage_path, base_sha=base.sha256, base_version=base.version,
-                       forget_ids=[i for i in c.instance_ids if i in found],
+                       forget_ids=[i for i in c.instance_ids if i in found], dataset=model_row.dataset,
                        recipe=registry.recipe_of(model_row).to_json() if model_row.family == "instance" else None)
 
 
@@ -354,42 +355,40 @@ def _instance_wise(s: Settings, spec: JobSpec) -> Built:
     import torch
 
     from models.checkpoint import load_checkpoint, save_checkpoint
-    from models.data import load_dataset
     from models.device import get_device
     from models.metrics import evaluate
     from models.train import accuracy, predict
     from models.unlearn import UnlearnRequest
 
-    with session_scope(s.database_url) as db:
+    with session_scope(s.database_url) as db:  # read through the store: at most job_retain_rows retained rows
         found = catalogue.by_ids(db, spec.model_name, spec.forget_ids)
         forget_rows = [found[i] for i in spec.forget_ids]
-        retained_rows = catalogue.retained(db, spec.model_name, exclude=set(spec.forget_ids))
+        rx, ry = catalogue.retained_arrays(db, spec.model_name, exclude=set(spec.forget_ids), limit=s.job_retain_rows)
         train_s, history = jobs.cost_history(db, spec.model_name)
     fx, fy = catalogue.load_arrays(forget_rows, check_hash=True)
-    rx, ry = catalogue.load_arrays(retained_rows)
     t0 = time.perf_counter()
     model, meta = load_checkpoint(_base_file(s, spec), device=get_device())
     model.lethe_recipe = spec.recipe  # what retraining from scratch trains with
-    ds = load_dataset(meta["dataset"])
+    hx, hy = _holdout(s, spec)
     fx_t, fy_t = torch.from_numpy(fx), torch.from_numpy(fy)
     has_retained = len(ry) > 0
     rx_t = torch.from_numpy(rx) if has_retained else None
     ry_t = torch.from_numpy(ry) if has_retained else None
     targets = torch.full_like(fy_t, int(spec.target_label)) if spec.target_label is not None else None
     original_pred = predict(model, fx_t)
-    base_ta = accuracy(model, ds.x_test, ds.y_test)
-    retain = (rx_t, ry_t) if has_retained else (ds.x_test, ds.y_test)
+    base_ta = accuracy(model, hx, hy)
+    retain = (rx_t, ry_t) if has_retained else (hx, hy)
     progress = Progress(s, spec)
 
     def run(method: str):
         """One method on the base model, measured the same way whichever it is."""
         t = time.perf_counter()
         request = UnlearnRequest(forget_x=fx_t, forget_y=fy_t, objective=spec.objective, target_labels=targets,
-                                 retain_x=rx_t, retain_y=ry_t, holdout_x=ds.x_test, holdout_y=ds.y_test, seed=0)
+                                 retain_x=rx_t, retain_y=ry_t, holdout_x=hx, holdout_y=hy, seed=0)
         result = get_method(method)(copy.deepcopy(model), request, progress=progress)
         progress("verifying", 1.0)
         m = {k: float(v) for k, v in evaluate(result.model, forget=(fx_t, fy_t), retain=retain,
-                                               test=(ds.x_test, ds.y_test), original_pred=original_pred).items()}
+                                               test=(hx, hy), original_pred=original_pred).items()}
         m.update(base_ta=float(base_ta), ta_drop=float(base_ta - m["ta"]), k=int(len(fy)), method=method,
                  objective=spec.objective, seconds=round(time.perf_counter() - t, 3))
         return result, m
@@ -431,8 +430,17 @@ def _instance_wise(s: Settings, spec: JobSpec) -> Built:
 
 # --- sharded families (SISA, ARCANE): plan -> member retrains -> assemble ------------------------
 
+def _holdout(s: Settings, spec: JobSpec):
+    """The dataset's held-out rows (at most job_holdout_rows) as tensors."""
+    import torch
+
+    return tuple(torch.from_numpy(a) for a in datasets.holdout_arrays(s, spec.dataset, s.job_holdout_rows))
+
+
 def _data_fn(s: Settings, model_name: str):
-    """id -> (x, y) from the catalogue's raw-data store (content hash checked)."""
+    """id -> (x, y) read through the dataset store (only the row groups holding them;
+    content hash checked). What was read is kept for the job: a member's retrain reads its
+    shard's rows, so memory follows the shard, not the dataset."""
     import numpy as np
     import torch
 
@@ -443,15 +451,15 @@ def _data_fn(s: Settings, model_name: str):
         if missing:
             with session_scope(s.database_url) as db:
                 rows = catalogue.by_ids(db, model_name, missing)
-                found = {i: (r.storage_uri, r.content_hash, r.label, r.erased_at) for i, r in rows.items()}
-            for i in missing:
-                if i not in found or found[i][3] is not None:
-                    raise JobFailed(f"instance {i} is not a live catalogue entry of {model_name}")
-                uri, h, label, _ = found[i]
-                arr = raw_store.read(uri)
-                if raw_store.content_hash(arr) != h:
-                    raise JobFailed(f"raw data of {i} does not match its catalogued content hash")
-                cache[i] = (arr, label)
+            bad = [i for i in missing if i not in rows or rows[i].erased_at is not None]
+            if bad:
+                raise JobFailed(f"instance {bad[0]} is not a live catalogue entry of {model_name}")
+            try:
+                x, y = catalogue.load_arrays([rows[i] for i in missing], check_hash=True)
+            except RuntimeError as e:
+                raise JobFailed(str(e))
+            for i, a, label in zip(missing, x, y):
+                cache[i] = (a, int(label))
         x = torch.from_numpy(np.stack([cache[i][0] for i in ids]).astype(np.float32))
         y = torch.tensor([cache[i][1] for i in ids], dtype=torch.long)
         return x, y
@@ -504,7 +512,6 @@ def _sharded_assemble(s: Settings, spec: JobSpec, results: list[dict]) -> Built:
     import torch
 
     from models.checkpoint import file_sha256
-    from models.data import load_dataset
     from models.train import accuracy
     from models.unlearn.shards import DirStore, load_bundle, load_member, stale_keys, write_manifest
 
@@ -523,9 +530,9 @@ def _sharded_assemble(s: Settings, spec: JobSpec, results: list[dict]) -> Built:
         replaced[m] = load_member(path, config)
     old_model, _ = load_bundle(registry.absolute_path(s.registry_dir, spec.base_path), check=True)
     new_model = old_model.with_members(replaced, new_plan)
-    ds = load_dataset(config.dataset)
+    hx, hy = _holdout(s, spec)
     fx, fy = data(spec.forget_ids)
-    ta, base_ta = accuracy(new_model, ds.x_test, ds.y_test), accuracy(old_model, ds.x_test, ds.y_test)
+    ta, base_ta = accuracy(new_model, hx, hy), accuracy(old_model, hx, hy)
     metrics = {"ta": ta, "base_ta": base_ta, "ta_drop": base_ta - ta, "ua": 100.0 - accuracy(new_model, fx, fy),
                "k": len(spec.forget_ids), "method": spec.method, "objective": spec.objective,
                "seconds": round(time.time() - spec.t0, 3)}

@@ -1,15 +1,20 @@
-"""Catalogue services: subject references, selection of instances, erasure, raw-data purge."""
+"""Catalogue services: subject references, selection of instances, reading their data
+through the dataset store, erasure, physical removal of erased rows.
+
+A catalogue row says that a model was trained on one row of a dataset; ``storage_uri`` is
+that dataset's store directory (``app/datasets/store.py``), so the row's data is read with
+the store's verbs and never copied per instance."""
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from ..db import utcnow
-from . import store
 from .models import TrainingInstance
 
 
@@ -49,16 +54,94 @@ def retained(session: Session, model_name: str, exclude: set[str]) -> list[Train
     return [r for r in rows if r.instance_id not in exclude]
 
 
+def content_hash(arr: np.ndarray) -> str:
+    """sha256 of a row's features as float32 (shape included): checked when a job reads it."""
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    h = hashlib.sha256()
+    h.update(repr(tuple(arr.shape)).encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _store(root: str):
+    from ..datasets.store import DatasetStore
+
+    return DatasetStore(root)
+
+
 def load_arrays(rows: list[TrainingInstance], *, check_hash: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    xs = []
-    for r in rows:
-        arr = store.read(r.storage_uri)
-        if check_hash and store.content_hash(arr) != r.content_hash:
-            raise RuntimeError(f"raw data of {r.instance_id} does not match its catalogued content hash")
-        xs.append(arr)
-    x = np.stack(xs).astype(np.float32) if xs else np.zeros((0,), np.float32)
+    """Features and labels of ``rows`` (in that order), read from their dataset's store:
+    only the row groups that hold them. KeyError when the store no longer holds one."""
+    from ..datasets.formats import decode
+
+    if not rows:
+        return np.zeros((0,), np.float32), np.zeros((0,), np.int64)
+    by_store: dict[str, list[int]] = {}
+    for pos, r in enumerate(rows):
+        by_store.setdefault(r.storage_uri, []).append(pos)
+    x = None
+    for root, positions in by_store.items():
+        store = _store(root)
+        part, _ = decode(store.read([rows[p].instance_id for p in positions]), store.schema)
+        if x is None:
+            x = np.empty((len(rows), *part.shape[1:]), dtype=part.dtype)
+        x[positions] = part
+    if check_hash:
+        for r, arr in zip(rows, x):
+            if content_hash(arr) != r.content_hash:
+                raise RuntimeError(f"raw data of {r.instance_id} does not match its catalogued content hash")
     y = np.array([r.label for r in rows], dtype=np.int64)
     return x, y
+
+
+def retained_arrays(session: Session, model_name: str, exclude: set[str], limit: int,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Retained training data for a job, at most ``limit`` rows: all of it (in catalogue
+    order) when the model has no more, else a random sample drawn through the store (random
+    row groups, kept when the row is a live instance of this model), so a job's memory
+    follows ``limit``, not the size of the dataset."""
+    from ..datasets.formats import decode
+
+    live = TrainingInstance.model_name == model_name, TrainingInstance.erased_at.is_(None)
+    n = session.execute(select(func.count()).select_from(TrainingInstance).where(*live)).scalar()
+    if n - len(exclude) <= limit:
+        return load_arrays(retained(session, model_name, exclude))
+    root = session.execute(select(TrainingInstance.storage_uri).where(*live).limit(1)).scalar()
+
+    def is_live(ids: list[str]) -> list[bool]:
+        found: set[str] = set()
+        for i in range(0, len(ids), 500):
+            found.update(session.execute(select(TrainingInstance.instance_id).where(
+                *live, TrainingInstance.instance_id.in_(ids[i:i + 500]))).scalars())
+        return [i in found for i in ids]
+
+    store = _store(root)
+    return decode(store.sample(limit, seed=seed, exclude=exclude, where=is_live), store.schema)
+
+
+def rows_for_model(store_root: str, model_name: str, dataset: str, ids: list[str] | None = None,
+                   subject_refs: dict[str, str | None] | None = None) -> list[dict]:
+    """Catalogue rows (dicts for a bulk insert) of a model trained on ``ids`` of a
+    dataset's training split (all of it when None): subject and label from the store's
+    index (``subject_refs`` overrides the subject), content hash from the stored features."""
+    from ..datasets.formats import decode
+
+    store = _store(store_root)
+    index = store.index("train") if ids is None else store.index("train", ids=ids)
+    meta = {iid: (ref, label) for iid, ref, label in index}
+    order = [i for i, _, _ in index] if ids is None else ids
+    missing = [i for i in order if i not in meta]
+    if missing:
+        raise KeyError(f"not training rows of {dataset!r}: {', '.join(missing[:10])}")
+    rows = []
+    for k in range(0, len(order), 4096):
+        chunk = order[k:k + 4096]
+        x, y = decode(store.read(chunk), store.schema)
+        for iid, arr, label in zip(chunk, x, y):
+            ref = meta[iid][0] if subject_refs is None or subject_refs.get(iid) is None else subject_refs[iid]
+            rows.append(dict(model_name=model_name, instance_id=iid, dataset=dataset, subject_ref=ref,
+                             label=int(label), content_hash=content_hash(arr), storage_uri=store_root))
+    return rows
 
 
 def set_locations(session: Session, model_name: str, locations: dict[str, tuple[int, int | None]]) -> int:
@@ -84,16 +167,38 @@ def mark_erased(session: Session, model_name: str, instance_ids: list[str], job_
 
 
 def purge_erased_raw(session: Session, model_name: str | None = None) -> int:
-    """Delete the raw data of erased instances (after the erasure committed). Idempotent:
-    run after every job and at start-up, so a crash in between leaves nothing behind."""
+    """Physically remove erased instances from their dataset's store (after the erasure
+    committed): a row goes once no model's catalogue still holds it live, and then every
+    catalogue row of it is marked ``raw_deleted_at``. Idempotent: run after every job and at
+    start-up, so a crash in between leaves nothing behind. Returns rows removed."""
+    from ..datasets import service as datasets
+
     q = select(TrainingInstance).where(TrainingInstance.erased_at.is_not(None),
                                        TrainingInstance.raw_deleted_at.is_(None))
     if model_name:
         q = q.where(TrainingInstance.model_name == model_name)
-    rows = list(session.execute(q).scalars())
-    now = utcnow()
-    for r in rows:
-        store.delete(r.storage_uri)
-        r.raw_deleted_at = now
+    groups: dict[tuple[str, str], set[str]] = {}
+    for r in session.execute(q).scalars():
+        groups.setdefault((r.storage_uri, r.dataset), set()).add(r.instance_id)
+    removed, now = 0, utcnow()
+    for (root, dataset), ids in groups.items():
+        ids = sorted(ids)
+        still_live: set[str] = set()
+        for i in range(0, len(ids), 500):
+            still_live.update(session.execute(select(TrainingInstance.instance_id).where(
+                TrainingInstance.storage_uri == root, TrainingInstance.instance_id.in_(ids[i:i + 500]),
+                TrainingInstance.erased_at.is_(None))).scalars())
+        gone = [i for i in ids if i not in still_live]
+        if not gone:
+            continue
+        if os.path.isdir(root):
+            store = _store(root)
+            report = store.erase(gone)
+            datasets.record_erasure(session, dataset, store, report.rows)
+            removed += report.rows
+        for i in range(0, len(gone), 500):
+            session.execute(update(TrainingInstance).where(
+                TrainingInstance.storage_uri == root, TrainingInstance.instance_id.in_(gone[i:i + 500]),
+                TrainingInstance.raw_deleted_at.is_(None)).values(raw_deleted_at=now))
     session.flush()
-    return len(rows)
+    return removed

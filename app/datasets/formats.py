@@ -444,7 +444,7 @@ def decode(table: pa.Table, schema: dict) -> tuple[np.ndarray, np.ndarray]:
     if kind in ("tabular", "tensor"):
         col = table.column("x").combine_chunks()
         x = col.flatten().to_numpy(zero_copy_only=False).reshape(n, *shape) if n else np.zeros((0, *shape), np.float32)
-        return x.astype(np.float32, copy=False), y
+        return np.array(x, dtype=np.float32), y  # a writable copy (torch.from_numpy wants one)
     if kind == "image":
         from PIL import Image
 

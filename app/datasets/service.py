@@ -45,7 +45,7 @@ def open_store(settings: Settings, name: str) -> DatasetStore:
     path = store_dir(settings, name)
     if not os.path.isdir(path):
         raise DatasetError(404, "unknown_dataset", f"dataset {name!r} has no store")
-    return DatasetStore(path, settings.dataset_compression)
+    return DatasetStore(path)
 
 
 def get(session: Session, name: str) -> Dataset | None:
@@ -118,11 +118,36 @@ def begin(session: Session, name: str, *, source: str, actor: str) -> Dataset:
 def ingest(settings: Settings, name: str, source: Source, spec: Spec, eval_source: Source | None = None) -> dict:
     """Check and write every row into a staging store, then move it into place and mark
     the dataset ready. Raises DatasetError (the staging store is gone by then)."""
+    summary = build_store(settings, name, source, spec, eval_source)
+    from ..audit import service as audit
+
+    with session_scope(settings.database_url) as db:
+        row = db.get(Dataset, name)
+        apply_summary(row, summary)
+        audit.append(db, actor=row.created_by or "api", action="dataset.registered",
+                     payload={"dataset": name, "source": row.source, "kind": row.kind, "train_rows": row.train_rows,
+                              "test_rows": row.test_rows, "subjects": row.subjects, "split_rule": row.split_rule})
+    log.info("dataset %s ready: %d train + %d test rows in %.1f s", name, summary["train_rows"], summary["test_rows"],
+             summary["seconds"])
+    return summary
+
+
+def apply_summary(row: Dataset, summary: dict) -> None:
+    row.status, row.progress, row.kind = READY, 1.0, summary["schema"]["kind"]
+    row.schema, row.classes = summary["schema"], summary["schema"]["classes"]
+    row.train_rows, row.test_rows = summary["train_rows"], summary["test_rows"]
+    row.subjects, row.bytes, row.split_rule = summary["subjects"], summary["bytes"], summary["split_rule"]
+
+
+def build_store(settings: Settings, name: str, source: Source, spec: Spec, eval_source: Source | None = None,
+                *, progress: bool = True) -> dict:
+    """The store half of ``ingest`` (no dataset row touched but the progress; the data
+    migration uses it with ``progress=False``)."""
     staging = os.path.join(datasets_dir(settings), ".staging", f"{name}-{uuid.uuid4().hex[:8]}")
     os.makedirs(os.path.dirname(staging), exist_ok=True)
     t0 = time.perf_counter()
     try:
-        summary = _ingest_into(settings, name, staging, source, spec, eval_source)
+        summary = _ingest_into(settings, name, staging, source, spec, eval_source, progress)
         final = store_dir(settings, name)
         if os.path.exists(final):  # left by a crash after the move of an earlier, failed attempt
             shutil.rmtree(final)
@@ -131,18 +156,10 @@ def ingest(settings: Settings, name: str, source: Source, spec: Spec, eval_sourc
         shutil.rmtree(staging, ignore_errors=True)
         raise
     summary["seconds"] = round(time.perf_counter() - t0, 3)
-    with session_scope(settings.database_url) as db:
-        row = db.get(Dataset, name)
-        row.status, row.progress, row.kind = READY, 1.0, summary["schema"]["kind"]
-        row.schema, row.classes = summary["schema"], summary["schema"]["classes"]
-        row.train_rows, row.test_rows = summary["train_rows"], summary["test_rows"]
-        row.subjects, row.bytes, row.split_rule = summary["subjects"], summary["bytes"], summary["split_rule"]
-    log.info("dataset %s ready: %d train + %d test rows in %.1f s", name, summary["train_rows"], summary["test_rows"],
-             summary["seconds"])
     return summary
 
 
-def _ingest_into(settings, name, staging, source, spec, eval_source) -> dict:
+def _ingest_into(settings, name, staging, source, spec, eval_source, progress=True) -> dict:
     conv = Converter(spec)
     schema = conv.resolve(source, [eval_source] if eval_source is not None else [])
     has_split = "split" in source.schema.names
@@ -201,7 +218,7 @@ def _ingest_into(settings, name, staging, source, spec, eval_source) -> dict:
                     pending[split].append((table.take(pa.array(idx)), [refs[i] for i in idx]))
                     flush(split)
             done += n
-            if total and time.monotonic() - last > 1.0:
+            if progress and total and time.monotonic() - last > 1.0:
                 last = time.monotonic()
                 _progress(settings, name, min(0.99, done / total))
     if store is None:
@@ -211,8 +228,10 @@ def _ingest_into(settings, name, staging, source, spec, eval_source) -> dict:
     counts = store.counts()
     if not counts["train"] or not counts["test"]:
         raise bad("empty_split", f"both splits need rows; got {counts['train']} train and {counts['test']} test")
-    return {"schema": conv.schema, "train_rows": counts["train"], "test_rows": counts["test"],
-            "subjects": store.subject_count(), "bytes": store.disk_bytes(), "split_rule": rule}
+    summary = {"schema": conv.schema, "train_rows": counts["train"], "test_rows": counts["test"],
+               "subjects": store.subject_count(), "bytes": store.disk_bytes(), "split_rule": rule}
+    store.close()  # before the staging directory moves into place
+    return summary
 
 
 def _progress(settings: Settings, name: str, fraction: float) -> None:
@@ -235,9 +254,6 @@ def register(settings: Settings, name: str, source: Source, spec: Spec, *, sourc
     ``keep_failed``, a ``failed`` row that says why: what a background ingestion leaves)."""
     with session_scope(settings.database_url) as db:
         begin(db, name, source=source_desc, actor=actor)
-        from ..audit import service as audit
-
-        audit.append(db, actor=actor, action="dataset.registering", payload={"dataset": name, "source": source_desc})
     try:
         return ingest(settings, name, source, spec, eval_source)
     except BaseException as e:
@@ -283,13 +299,35 @@ def recover(settings: Settings) -> int:
 # --- erasure ------------------------------------------------------------------------------------
 def erase(settings: Settings, name: str, instance_ids: Iterable[str]) -> EraseReport:
     """Physically remove rows from the dataset's store and count them as erased."""
-    report = open_store(settings, name).erase(instance_ids)
-    if report.rows:
-        with session_scope(settings.database_url) as db:
-            row = db.get(Dataset, name)
-            if row is not None:
-                counts = open_store(settings, name).counts()
-                row.erased_rows += report.rows
-                row.train_rows, row.test_rows = counts["train"], counts["test"]
-                row.bytes = open_store(settings, name).disk_bytes()
+    store = open_store(settings, name)
+    report = store.erase(instance_ids)
+    with session_scope(settings.database_url) as db:
+        record_erasure(db, name, store, report.rows)
     return report
+
+
+def record_erasure(session: Session, name: str, store: DatasetStore, rows: int) -> None:
+    row = session.get(Dataset, name)
+    if row is not None and rows:
+        counts = store.counts()
+        row.erased_rows += rows
+        row.train_rows, row.test_rows, row.bytes = counts["train"], counts["test"], store.disk_bytes()
+
+
+def holdout_arrays(settings: Settings, name: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The dataset's held-out (test) rows as arrays, at most ``limit`` of them, in
+    instance-id order (for the demo datasets: the order of ``models/data.py``)."""
+    import pyarrow.compute as pc
+
+    from .formats import decode
+
+    store = open_store(settings, name)
+    parts, n = [], 0
+    for b in store.batches("test", batch_size=min(limit, 8192)):
+        parts.append(b)
+        n += b.num_rows
+        if n >= limit:
+            break
+    table = pa.concat_tables(parts) if parts else store.arrow_schema.empty_table()
+    table = table.take(pc.sort_indices(table, [("instance_id", "ascending")])).slice(0, limit)
+    return decode(table, store.schema)

@@ -39,8 +39,9 @@ import json
 import os
 import re
 import sqlite3
+import threading
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -73,10 +74,10 @@ def _fsync_dir(path: str) -> None:
 class DatasetStore:
     """One dataset's rows. ``root`` is the dataset's directory."""
 
-    def __init__(self, root: str, compression: str = "none"):
+    def __init__(self, root: str):
         self.root = root
-        self.compression = compression
         self._schema: dict | None = None
+        self._local = threading.local()  # one index connection per thread, opened on first use
 
     # --- creation ------------------------------------------------------------------------
     @classmethod
@@ -84,12 +85,12 @@ class DatasetStore:
         """A new, empty store; ``schema`` is the dataset's feature schema (JSON), and
         ``arrow_schema`` the columns each fragment holds (instance_id, label, features)."""
         os.makedirs(root, exist_ok=False)
-        doc = dict(schema, arrow_schema=arrow_schema.serialize().to_pybytes().hex())
+        doc = dict(schema, compression=compression, arrow_schema=arrow_schema.serialize().to_pybytes().hex())
         with open(os.path.join(root, "schema.json"), "w") as f:
             json.dump(doc, f)
             f.flush()
             os.fsync(f.fileno())
-        store = cls(root, compression)
+        store = cls(root)
         with store._db() as db:
             db.executescript("""
                 CREATE TABLE instances (instance_id TEXT PRIMARY KEY, split TEXT NOT NULL, subject_ref TEXT,
@@ -114,14 +115,20 @@ class DatasetStore:
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(os.path.join(self.root, "index.sqlite"), timeout=60, isolation_level=None)
-        try:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(os.path.join(self.root, "index.sqlite"), timeout=60, isolation_level=None)
             con.execute("PRAGMA secure_delete=ON")  # freed pages are zeroed: erased ids leave no trace
             con.execute("PRAGMA journal_mode=DELETE")  # no WAL file keeping old pages around
             con.execute("PRAGMA synchronous=FULL")
-            yield con
-        finally:
+            self._local.con = con
+        yield con
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
             con.close()
+            self._local.con = None
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -194,7 +201,8 @@ class DatasetStore:
     def _write_fragment(self, name: str, table: pa.Table) -> int:
         """Write, fsync, rename into place: a fragment file is either whole or absent."""
         path, tmp = self._path(name), self._path(name + ".tmp")
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP, compression=self.compression,
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP, compression=self.schema.get("compression", "none"),
+                       use_dictionary=False,  # PLAIN pages: a row's values stay contiguous, as the erasure test reads them
                        write_statistics=False)  # no min/max copies of values in the footer
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -300,11 +308,13 @@ class DatasetStore:
         inverse[np.asarray(order)] = np.arange(len(order))
         return table.take(pa.array(inverse))
 
-    def sample(self, n: int, *, seed: int = 0, split: str = "train", exclude: Iterable[str] = ()) -> pa.Table:
+    def sample(self, n: int, *, seed: int = 0, split: str = "train", exclude: Iterable[str] = (),
+               where: Callable[[list[str]], list[bool]] | None = None) -> pa.Table:
         """``n`` random rows of ``split`` (fewer if it holds fewer), ``exclude``d ids left
-        out. Reads random row groups until enough rows are in hand, so the cost and the
-        memory follow ``n``, not the dataset's size; rows are shuffled within each ingest
-        chunk, so a row group is itself a random draw."""
+        out, and only ids for which ``where`` says True (e.g. those a model was trained on).
+        Reads random row groups until enough rows are in hand, so the cost and the memory
+        follow ``n``, not the dataset's size; rows are shuffled within each ingest chunk, so
+        a row group is itself a random draw."""
         rng = np.random.default_rng(seed)
         exclude = set(exclude)
         groups = [(name, g) for name, _, rgs in self._fragments(split) for g in range(rgs)]
@@ -315,9 +325,10 @@ class DatasetStore:
                 t = pq.ParquetFile(self._path(name)).read_row_group(g)
             except FileNotFoundError:  # replaced by an erase meanwhile; other groups will do
                 continue
-            if exclude:
-                keep = [i not in exclude for i in t.column("instance_id").to_pylist()]
-                t = t.filter(pa.array(keep))
+            if exclude or where is not None:
+                ids = t.column("instance_id").to_pylist()
+                keep = where(ids) if where is not None else [True] * len(ids)
+                t = t.filter(pa.array([k and i not in exclude for k, i in zip(keep, ids)]))
             parts.append(t)
             have += t.num_rows
             if have >= n:

@@ -11,7 +11,6 @@ from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..catalogue import service as catalogue
-from ..catalogue import store
 from ..deps import DispatcherDep, ServingDep, SessionDep, SettingsDep
 from ..errors import LetheError, responses
 from ..limits import MAX_DB_INT
@@ -282,7 +281,7 @@ def predict(name: str, body: PredictBody, session: SessionDep, settings: Setting
         gone = [i for i in body.instance_ids if rows[i].raw_deleted_at is not None or rows[i].erased_at is not None]
         if gone:
             raise LetheError(410, "raw_data_erased", f"raw data erased for: {', '.join(gone[:10])}; send their inputs instead")
-        x = np.stack([store.read(rows[i].storage_uri) for i in body.instance_ids]).astype(np.float32)
+        x, _ = catalogue.load_arrays([rows[i] for i in body.instance_ids])
         ids = list(body.instance_ids)
     else:
         _numeric(body.inputs)

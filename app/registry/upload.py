@@ -1,8 +1,9 @@
 """Register a user's own model: safetensors weights + architecture name + training-data
 manifest. Pickled checkpoints (torch.save, .pt/.pth/.pkl/.ckpt) are refused: loading them
-can run arbitrary code. The manifest names the training instances (ids of one of the
-datasets Lethe ships, so the catalogue can hold their raw data and unlearning can use them)
-and, optionally, the subject each belongs to (stored only as a keyed hash)."""
+can run arbitrary code. The manifest names the training instances: ids of the training
+split of a registered dataset (``POST /v1/datasets``, or a shipped demo dataset, registered
+on first use), whose store holds their data for unlearning, and optionally the subject each
+belongs to (stored only as a keyed hash; default: the subject the dataset gives the row)."""
 from __future__ import annotations
 
 import hashlib
@@ -14,10 +15,12 @@ from sqlalchemy.orm import Session
 
 from ..audit import service as audit
 from ..catalogue import service as catalogue
-from ..catalogue import store
 from ..catalogue.models import TrainingInstance
 from ..errors import LetheError
 from ..limits import check_depth
+from ..datasets import service as datasets
+from ..datasets.demo import ensure_demo_dataset
+from ..datasets.models import READY
 from ..settings import Settings
 from . import service as registry
 from .models import PRODUCTION
@@ -97,13 +100,28 @@ def check_model_spec(arch: str, input_shape, num_classes: int, arch_params: dict
     return checked["params"], r.to_json()
 
 
+def _dataset(session: Session, settings: Settings, name: str):
+    """The registered dataset the model was trained on (a shipped demo dataset is
+    registered on first use, before this request's transaction writes anything)."""
+    try:
+        ensure_demo_dataset(settings, name)
+    except KeyError:
+        pass  # not a shipped dataset: it must have been registered with POST /v1/datasets
+    ds = datasets.get(session, name)
+    if ds is None or ds.status != READY:
+        raise LetheError(422, "unknown_dataset", f"dataset {name!r} is not registered and ready "
+                                                      f"(register it with POST /v1/datasets)")
+    return ds
+
+
 def register_upload(session: Session, settings: Settings, *, name: str, arch: str, dataset: str, weights: bytes,
                     filename: str | None, manifest_raw: str | bytes, actor: str, arch_params: dict | None = None,
                     recipe: dict | None = None) -> dict:
     from safetensors.torch import load as st_load
 
+    import torch
+
     from models.checkpoint import save_checkpoint
-    from models.data import load_dataset
     from models.nets import build_model
     from models.train import accuracy
 
@@ -120,45 +138,37 @@ def register_upload(session: Session, settings: Settings, *, name: str, arch: st
         state = st_load(weights)
     except Exception as e:  # noqa: BLE001 - any parse failure is the client's file
         raise LetheError(422, "not_safetensors", f"weights are not a readable safetensors file: {e}")
-    try:
-        ds = load_dataset(dataset)
-    except (KeyError, ValueError) as e:
-        raise LetheError(422, "unknown_dataset", f"dataset {dataset!r} unknown: {e}")
-    arch_params, recipe = check_model_spec(arch, ds.input_shape, len(ds.classes), arch_params, recipe)
-    model = build_model(arch, ds.input_shape, len(ds.classes), arch_params)
+    ds = _dataset(session, settings, dataset)
+    input_shape, classes = tuple(ds.schema["shape"]), list(ds.classes)
+    arch_params, recipe = check_model_spec(arch, input_shape, len(classes), arch_params, recipe)
+    model = build_model(arch, input_shape, len(classes), arch_params)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise LetheError(422, "weights_do_not_fit",
                          f"weights do not fit arch {arch!r} with parameters {arch_params} for dataset {dataset!r} "
-                         f"(input {list(ds.input_shape)}, {len(ds.classes)} classes): {str(e)[:800]}")
+                         f"(input {list(input_shape)}, {len(classes)} classes): {str(e)[:800]}")
     model.eval()
     items = parse_manifest(manifest_raw)
-    index = {iid: k for k, iid in enumerate(ds.ids_train)}
-    unknown = [it["instance_id"] for it in items if it["instance_id"] not in index]
-    if unknown:
-        raise LetheError(422, "unknown_instances", f"not training instances of {dataset!r}: "
-                                                   f"{', '.join(unknown[:10])}" + (" ..." if len(unknown) > 10 else ""))
+    refs = {it["instance_id"]: catalogue.subject_ref(settings.subject_secret, it["subject_id"])
+            for it in items if it["subject_id"]}
+    try:
+        rows = catalogue.rows_for_model(datasets.store_dir(settings, ds.name), name, ds.name,
+                                        [it["instance_id"] for it in items], subject_refs=refs)
+    except KeyError as e:
+        raise LetheError(422, "unknown_instances", str(e).strip("'\""))
     if registry.get_model(session, name) is not None:
         raise LetheError(409, "model_exists", f"model {name!r} is already registered")
 
-    ta = float(accuracy(model, ds.x_test, ds.y_test))
+    hx, hy = (torch.from_numpy(a) for a in datasets.holdout_arrays(settings, ds.name, settings.job_holdout_rows))
+    ta = float(accuracy(model, hx, hy))
     uploaded_sha = hashlib.sha256(weights).hexdigest()
     tmp = registry.weights_tmp_path(settings.registry_dir, name)
-    sha = save_checkpoint(model.cpu(), tmp, arch=arch, dataset=ds.name, input_shape=ds.input_shape,
-                          classes=ds.classes, extra={"uploaded_sha256": uploaded_sha}, arch_params=arch_params)
+    sha = save_checkpoint(model.cpu(), tmp, arch=arch, dataset=ds.name, input_shape=input_shape,
+                          classes=classes, extra={"uploaded_sha256": uploaded_sha}, arch_params=arch_params)
     rel = registry.publish_weights(settings.registry_dir, name, tmp, sha)
-    x, y = ds.x_train.numpy(), ds.y_train.numpy()
-    rows = []
-    for it in items:
-        i = index[it["instance_id"]]
-        path = store.path_for(settings.data_dir, name, it["instance_id"])
-        store.write(path, x[i])
-        ref = catalogue.subject_ref(settings.subject_secret, it["subject_id"]) if it["subject_id"] else None
-        rows.append(dict(model_name=name, instance_id=it["instance_id"], dataset=ds.name, subject_ref=ref,
-                         label=int(y[i]), content_hash=store.content_hash(x[i]), storage_uri=path))
-    registry.register_model(session, name=name, dataset=ds.name, arch=arch, input_shape=ds.input_shape,
-                            classes=ds.classes, arch_params=arch_params, recipe=recipe)
+    registry.register_model(session, name=name, dataset=ds.name, arch=arch, input_shape=input_shape,
+                            classes=classes, arch_params=arch_params, recipe=recipe)
     metrics = {"ta": ta, "uploaded_sha256": uploaded_sha, "seconds": round(time.perf_counter() - t0, 3)}
     v = registry.add_version(session, model_name=name, sha256=sha, storage_path=rel, parent_version=None,
                              job_id=None, metrics=metrics)

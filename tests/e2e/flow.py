@@ -12,6 +12,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+import numpy as np
 
 MODEL = "digits-cnn"
 
@@ -104,6 +105,17 @@ def check_evidence(c: httpx.Client, request_id: str) -> None:
     assert r.status_code == 409 and r.json()["code"] == "version_purged", r.text
 
 
+def files_holding(data_dir: str, pattern: bytes) -> list[str]:
+    """Every file under ``data_dir`` whose bytes contain ``pattern``."""
+    found = []
+    for root, _, files in os.walk(data_dir):
+        for f in files:
+            with open(os.path.join(root, f), "rb") as fh:
+                if pattern in fh.read():
+                    found.append(os.path.join(root, f))
+    return found
+
+
 def forget_subject_and_check(c: httpx.Client, data_dir: str, webhook_secret: str | None = None) -> dict:
     """Submit a deletion for 'alice', poll it to completed, and check the model forgot (and,
     given the service's webhook secret, that a real receiver got every status change signed)."""
@@ -117,6 +129,8 @@ def forget_subject_and_check(c: httpx.Client, data_dir: str, webhook_secret: str
     assert len(ids) == 3
     before = c.post(f"/v1/models/{MODEL}/predict", json={"inputs": x.tolist()}).json()
     assert before["version"] == 1
+    patterns = [np.ascontiguousarray(xi, dtype=np.float32).tobytes() for xi in x]
+    assert all(files_holding(data_dir, p) for p in patterns)  # the check can fail: the rows are on disk
 
     receiver = Receiver(webhook_secret) if webhook_secret else None
     body = {"model": MODEL, "subject_id": "alice", "objective": "misclassify"}
@@ -148,7 +162,7 @@ def forget_subject_and_check(c: httpx.Client, data_dir: str, webhook_secret: str
     # the catalogue marks them erased and their raw data is gone
     inst = c.get("/v1/subjects/alice/instances").json()["instances"]
     assert all(i["erased"] and i["raw_data_deleted"] for i in inst)
-    assert not any(os.path.exists(os.path.join(data_dir, MODEL, f"{i}.npy")) for i in ids)
+    assert [files_holding(data_dir, p) for p in patterns] == [[]] * len(patterns)  # bytes gone from every file
     gone = c.post(f"/v1/models/{MODEL}/predict", json={"instance_ids": ids})
     assert gone.status_code == 410
     again = c.post("/v1/forget", json={"model": MODEL, "subject_id": "alice"})

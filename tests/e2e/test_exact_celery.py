@@ -59,10 +59,13 @@ def test_sisa_job_fans_out_as_a_chord_and_a_failed_shard_fails_cleanly(stack):
 
         dsn = env["LETHE_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
         with psycopg.connect(dsn) as con:
-            uri = con.execute("SELECT storage_uri FROM catalogue_instances WHERE model_name = %s AND shard = %s "
-                              "AND instance_id <> ALL(%s) AND erased_at IS NULL LIMIT 1",
-                              (MODEL, shard, [i["instance_id"] for i in carol])).fetchone()[0]
-        os.unlink(uri)
+            uri, victim = con.execute(
+                "SELECT storage_uri, instance_id FROM catalogue_instances WHERE model_name = %s AND shard = %s "
+                "AND instance_id <> ALL(%s) AND erased_at IS NULL LIMIT 1",
+                (MODEL, shard, [i["instance_id"] for i in carol])).fetchone()
+        from app.datasets.store import DatasetStore
+
+        DatasetStore(uri).erase([victim])
         r = c.post("/v1/forget", json={"model": MODEL, "instance_ids": [carol[0]["instance_id"]]})
         done = flow.wait_done(c, r.json()["id"], timeout=300)
         assert done["status"] == "failed" and "member retrain failed" in done["error"], (done, worker.tail())

@@ -11,7 +11,6 @@ from fastapi.testclient import TestClient
 
 from app.audit import service as audit
 from app.catalogue import service as catalogue
-from app.catalogue import store
 from app.catalogue.models import TrainingInstance
 from app.cli import migrate
 from app.db import session_scope
@@ -67,7 +66,7 @@ def save_net(settings: Settings, seed: int) -> tuple[str, str]:
     torch.manual_seed(seed)
     net = build_model("cnn", SHAPE, len(CLASSES))
     tmp = registry.weights_tmp_path(settings.registry_dir, MODEL)
-    sha = save_checkpoint(net, tmp, arch="cnn", dataset="digits", input_shape=SHAPE, classes=CLASSES)
+    sha = save_checkpoint(net, tmp, arch="cnn", dataset="toy", input_shape=SHAPE, classes=CLASSES)
     return sha, registry.publish_weights(settings.registry_dir, MODEL, tmp, sha)
 
 
@@ -82,24 +81,44 @@ def settings(tmp_path):
     return s
 
 
+def register_toy_dataset(settings: Settings, n: int = 12) -> None:
+    """Dataset ``toy``: ``n`` random 8x8 training rows (subjects alice x3, bob x2, user-5..) and
+    the real digits test split as its held-out rows, registered through the service a
+    user's upload goes through."""
+    import pyarrow as pa
+
+    from app.datasets import service as datasets
+    from app.datasets.formats import Spec
+    from models.data import load_dataset
+
+    x = np.random.default_rng(0).random((n, *SHAPE), dtype=np.float32)
+    d = load_dataset("digits")
+    xt, yt = d.x_test.numpy(), d.y_test.numpy()
+    feats = np.concatenate([x.reshape(n, -1), xt.reshape(len(xt), -1)])
+    table = pa.table({"instance_id": [f"toy-{i:05d}" for i in range(n)] + [f"toy-test-{i:05d}" for i in range(len(xt))],
+                      "label": [i % 10 for i in range(n)] + yt.tolist(),
+                      "subject_id": [subject_of(i) for i in range(n)] + [None] * len(xt),
+                      "split": ["train"] * n + ["test"] * len(xt),
+                      "features": pa.FixedSizeListArray.from_arrays(pa.array(feats.ravel()), feats.shape[1])})
+    datasets.register(settings, "toy", datasets.TableSource(table), Spec(kind="tensor", shape=list(SHAPE),
+                      classes=CLASSES), source_desc="test", actor="test")
+
+
 def seed(settings: Settings, n: int = 12) -> Settings:
-    """Model toy-cnn v1 (production) and ``n`` catalogued instances with raw data."""
+    """Model toy-cnn v1 (production) trained (nominally) on the ``n`` rows of dataset toy."""
+    from app.datasets import service as datasets
+
+    register_toy_dataset(settings, n)
     sha, rel = save_net(settings, seed=1)
-    rng = np.random.default_rng(0)
+    rows = catalogue.rows_for_model(datasets.store_dir(settings, "toy"), MODEL, "toy",
+                                    [f"toy-{i:05d}" for i in range(n)])
     with session_scope(settings.database_url) as db:
-        registry.register_model(db, name=MODEL, dataset="digits", arch="cnn", input_shape=SHAPE, classes=CLASSES)
+        registry.register_model(db, name=MODEL, dataset="toy", arch="cnn", input_shape=SHAPE, classes=CLASSES)
         registry.add_version(db, model_name=MODEL, sha256=sha, storage_path=rel, parent_version=None,
                              job_id=None, metrics=None)
         registry.move_alias(db, model_name=MODEL, alias="production", to_version=1, actor="test")
         audit.append(db, actor="test", action="model.version_created", payload={"version": 1})
-        for i in range(n):
-            x = rng.random(SHAPE, dtype=np.float32)
-            iid = f"toy-{i:05d}"
-            path = store.path_for(settings.data_dir, MODEL, iid)
-            store.write(path, x)
-            db.add(TrainingInstance(model_name=MODEL, instance_id=iid, dataset="digits",
-                                    subject_ref=catalogue.subject_ref(SECRET, subject_of(i)), label=i % 10,
-                                    content_hash=store.content_hash(x), storage_uri=path))
+        db.bulk_insert_mappings(TrainingInstance, rows)
     return settings
 
 

@@ -60,7 +60,7 @@ def test_deleting_a_row_breaks_verification(settings):
 
 
 def test_api_pages_and_verifies(client, settings):
-    _append(settings, 5)  # plus the seeding event and the client's key.created = 7
+    _append(settings, 4)  # plus the seeding events (dataset.registered, model.version_created) and key.created = 7
     page1 = client.get("/v1/audit", params={"limit": 4}).json()
     assert [e["seq"] for e in page1["entries"]] == [1, 2, 3, 4] and page1["next_after_seq"] == 4
     page2 = client.get("/v1/audit", params={"after_seq": 4, "limit": 4}).json()

@@ -52,7 +52,7 @@ def test_register_parquet_then_read_it_back(client, seeded):
     assert body["splits"] == {"train": 32, "test": 8} and body["rows"] == 40 and body["subjects"] == 20
     assert body["schema"]["columns"] == ["amount", "age"] and body["classes"] == ["ok", "fraud"]
     assert body["split_rule"] == "split_column" and body["models"] == []
-    assert [d["name"] for d in client.get("/v1/datasets").json()] == ["customers"]
+    assert [d["name"] for d in client.get("/v1/datasets").json()] == ["customers", "toy"]  # toy: the fixture's
     assert client.get("/v1/datasets/customers").json()["rows"] == 40
     store = datasets.open_store(seeded, "customers")
     from app.catalogue.service import subject_ref
@@ -187,3 +187,107 @@ def test_counts_after_registration(client, seeded):
     _post(client, "customers", _parquet(_tabular()), classes=["ok", "fraud"])
     with session_scope(seeded.database_url) as db:
         assert datasets.get_ready(db, "customers").train_rows == 32
+
+
+def _png(arr: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_arrow_ipc_and_csv_and_npz(client, seeded):
+    t = _tabular()
+    buf = io.BytesIO()
+    with pa.ipc.new_file(buf, t.schema) as w:
+        w.write_table(t)
+    assert _post(client, "ipc", buf.getvalue(), filename="d.arrow").json()["splits"] == {"train": 32, "test": 8}
+    stream = io.BytesIO()
+    with pa.ipc.new_stream(stream, t.schema) as w:
+        w.write_table(t)
+    assert _post(client, "ipc-stream", stream.getvalue(), filename="d.arrows").status_code == 201
+    csv = t.to_pandas().to_csv(index=False).encode()
+    r = _post(client, "csv", csv, filename="d.csv")
+    assert r.status_code == 201 and r.json()["schema"]["columns"] == ["amount", "age"], r.text
+    x = np.random.default_rng(0).random((20, 2, 3), dtype=np.float32)
+    npz = io.BytesIO()
+    np.savez(npz, instance_id=np.array([f"n{i}" for i in range(20)]), label=np.arange(20) % 4, x=x,
+             split=np.array(["train"] * 15 + ["test"] * 5))
+    r = _post(client, "npz", npz.getvalue(), filename="d.npz")
+    assert r.status_code == 201 and r.json()["kind"] == "tensor" and r.json()["schema"]["shape"] == [2, 3], r.text
+    store = datasets.open_store(seeded, "npz")
+    from app.datasets.formats import decode
+
+    got, y = decode(store.read(["n3", "n17"]), store.schema)
+    np.testing.assert_array_equal(got, x[[3, 17]])
+    assert y.tolist() == [3, 1]
+    obj = io.BytesIO()
+    np.savez(obj, instance_id=np.array([{"a": 1}] * 3, dtype=object), label=np.arange(3), x=np.zeros((3, 2)))
+    r = _post(client, "npz-pickle", obj.getvalue(), filename="d.npz")
+    assert r.status_code == 422 and r.json()["code"] == "unreadable_file"
+
+
+def test_tensor_kind_refuses_ragged_and_nonfinite(client, seeded):
+    ok = {"instance_id": ["a", "b", "c", "d"], "label": [0, 1, 0, 1], "split": ["train", "train", "train", "test"]}
+    r = _post(client, "t", _parquet(pa.table({**ok, "features": [[0.0] * 6] * 4})), shape=[2, 3])
+    assert r.status_code == 201 and r.json()["schema"]["shape"] == [2, 3], r.text
+    r = _post(client, "t2", _parquet(pa.table({**ok, "features": [[0.0] * 6] * 3 + [[0.0] * 5]})), shape=[2, 3])
+    assert r.status_code == 422 and r.json()["code"] == "ragged_tensor" and "row 3" in r.json()["detail"]
+    r = _post(client, "t3", _parquet(pa.table({**ok, "features": [[0.0] * 6] * 3 + [[float("inf")] * 6]})))
+    assert r.status_code == 422 and r.json()["code"] == "non_finite"
+    r = _post(client, "t4", _parquet(pa.table({**ok, "features": [[0.0] * 6] * 4})), shape=[2, 0])
+    assert r.status_code == 422 and r.json()["code"] == "bad_shape"
+    _nothing_registered(client, seeded, "t2")
+
+
+def test_image_kind_decodes_and_refuses_bad_images(client, seeded):
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, (5, 4), dtype=np.uint8) for _ in range(6)]
+    base = {"instance_id": [f"img{i}" for i in range(6)], "label": ["cat", "dog"] * 3,
+            "subject_id": [f"owner{i % 2}" for i in range(6)], "split": ["train"] * 5 + ["test"]}
+    r = _post(client, "pics", _parquet(pa.table({**base, "image": [_png(a) for a in imgs]})))
+    assert r.status_code == 201 and r.json()["kind"] == "image" and r.json()["schema"]["shape"] == [1, 5, 4], r.text
+    store = datasets.open_store(seeded, "pics")
+    from app.datasets.formats import decode
+
+    x, y = decode(store.read(["img2"]), store.schema)
+    np.testing.assert_allclose(x[0, 0], imgs[2] / 255.0, atol=1e-6)
+    bad = [_png(a) for a in imgs[:5]] + [b"\x89PNG\r\n\x1a\n but truncated"]
+    r = _post(client, "pics2", _parquet(pa.table({**base, "image": bad})))
+    assert r.status_code == 422 and r.json()["code"] == "undecodable_image" and "row 5" in r.json()["detail"]
+    odd = [_png(a) for a in imgs[:5]] + [_png(rng.integers(0, 256, (6, 4), dtype=np.uint8))]
+    r = _post(client, "pics3", _parquet(pa.table({**base, "image": odd})))
+    assert r.status_code == 422 and r.json()["code"] == "image_size_mismatch"
+    _nothing_registered(client, seeded, "pics2")
+
+
+def test_tokens_kind_pads_on_read(client, seeded):
+    t = pa.table({"instance_id": ["s0", "s1", "s2"], "label": ["pos", "neg", "pos"],
+                  "tokens": [[5, 7, 9], [3], [1, 2]], "split": ["train", "train", "test"]})
+    r = _post(client, "texts", _parquet(t))
+    assert r.status_code == 201 and r.json()["schema"]["shape"] == [3] and r.json()["schema"]["vocab_size"] == 10
+    store = datasets.open_store(seeded, "texts")
+    from app.datasets.formats import decode
+
+    x, y = decode(store.read(["s1", "s0"]), store.schema)
+    assert x.tolist() == [[3, 0, 0], [5, 7, 9]] and y.tolist() == [0, 1]  # classes sorted: neg, pos
+    r = _post(client, "texts2", _parquet(t.set_column(2, "tokens", pa.array([[5, -1], [3], [1]]))))
+    assert r.status_code == 422 and r.json()["code"] == "bad_features"
+
+
+def test_evaluation_file_and_test_fraction(client, seeded):
+    t = _tabular(n=50).drop(["split"])
+    ev = _tabular(n=10, seed=1, instance_id=[f"ev-{i}" for i in range(10)]).drop(["split"])
+    r = client.post("/v1/datasets", data={"name": "two-files"},
+                    files={"file": ("a.parquet", _parquet(t)), "eval_file": ("b.parquet", _parquet(ev))})
+    assert r.status_code == 201 and r.json()["splits"] == {"train": 50, "test": 10}, r.text
+    assert r.json()["split_rule"] == "eval_file"
+    clash = _tabular(n=10, seed=1).drop(["split"])  # ids cust-0000.. repeat the training file's
+    r = client.post("/v1/datasets", data={"name": "clash"},
+                    files={"file": ("a.parquet", _parquet(t)), "eval_file": ("b.parquet", _parquet(clash))})
+    assert r.status_code == 422 and r.json()["code"] == "duplicate_instance_ids"
+    r = _post(client, "frac", _parquet(t), test_fraction=0.3, seed=4)
+    body = r.json()
+    assert r.status_code == 201 and body["rows"] == 50 and 5 <= body["splits"]["test"] <= 25, body
+    assert body["split_rule"] == "random:0.3:seed=4"

@@ -85,7 +85,9 @@ def test_sisa_and_arcane_forget_through_the_worker(exact_service):
     # slice checkpoints trained on alice's data are gone; the new plan's ones replace them (S x R = 6)
     assert len(os.listdir(registry.slices_dir(s.registry_dir, "digits-sisa"))) == 6
     gone = c.get("/v1/subjects/alice/instances", params={"model": "digits-sisa"}).json()["instances"]
-    assert all(i["erased"] and i["raw_data_deleted"] for i in gone)
+    # digits-arcane was trained on the same rows of dataset digits and still holds them: the
+    # rows stay in the store until no model holds them (then every model's entry says deleted)
+    assert all(i["erased"] and not i["raw_data_deleted"] for i in gone)
 
     # ARCANE: bob's instances; only their classes' sub-models are retrained
     bob = c.get("/v1/subjects/bob/instances", params={"model": "digits-arcane"}).json()["instances"]
@@ -124,16 +126,17 @@ def test_a_failed_shard_retrain_fails_the_job_and_the_alias_stays(exact_service)
     shard = inst[0]["shard"]
     # lose the raw data of another instance of the same shard: its retrain cannot read it
     from app.catalogue.models import TrainingInstance
+    from app.datasets.store import DatasetStore
     from sqlalchemy import select
 
     with session_scope(s.database_url) as db:
         victim = db.execute(select(TrainingInstance).where(
             TrainingInstance.model_name == "digits-sisa", TrainingInstance.shard == shard,
             TrainingInstance.instance_id.not_in([i["instance_id"] for i in inst]))).scalars().first()
-        os.unlink(victim.storage_uri)
+        DatasetStore(victim.storage_uri).erase([victim.instance_id])
     r = c.post("/v1/forget", json={"model": "digits-sisa", "instance_ids": [inst[0]["instance_id"]]})
     done = _wait(c, r.json()["id"])
-    assert done["status"] == "failed" and "FileNotFoundError" in done["error"], done
+    assert done["status"] == "failed" and "not in the store" in done["error"], done
     versions = c.get("/v1/models/digits-sisa/versions").json()
     assert versions["aliases"] == {"production": 1} and len(versions["versions"]) == 1
     assert not c.get("/v1/subjects/carol/instances", params={"model": "digits-sisa"}).json()["instances"][0]["erased"]

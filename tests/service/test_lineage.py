@@ -5,13 +5,12 @@ import torch
 
 from app.audit import signing
 from app.catalogue import service as catalogue
-from app.catalogue import store
 from app.catalogue.models import TrainingInstance
 from app.db import session_scope
 from app.jobs import service as jobs
 from app.registry import service as registry
 
-from .conftest import CLASSES, MODEL, SECRET, SHAPE, counts, subject_of
+from .conftest import CLASSES, MODEL, SHAPE, counts
 
 OTHER = "toy-cnn-b"
 
@@ -22,28 +21,24 @@ def _net_file(settings, name: str, seed: int):
 
     torch.manual_seed(seed)
     tmp = registry.weights_tmp_path(settings.registry_dir, name)
-    sha = save_checkpoint(build_model("cnn", SHAPE, len(CLASSES)), tmp, arch="cnn", dataset="digits",
+    sha = save_checkpoint(build_model("cnn", SHAPE, len(CLASSES)), tmp, arch="cnn", dataset="toy",
                           input_shape=SHAPE, classes=CLASSES)
     return sha, registry.publish_weights(settings.registry_dir, name, tmp, sha)
 
 
 def _second_model(settings, n: int = 8):
-    """toy-cnn-b: trained on the first n instances of the same data as toy-cnn."""
+    """toy-cnn-b: trained on the first n rows of dataset toy, as toy-cnn was."""
+    from app.datasets import service as datasets
+
     sha, rel = _net_file(settings, OTHER, 5)
+    rows = catalogue.rows_for_model(datasets.store_dir(settings, "toy"), OTHER, "toy",
+                                    [f"toy-{i:05d}" for i in range(n)])
     with session_scope(settings.database_url) as db:
-        registry.register_model(db, name=OTHER, dataset="digits", arch="cnn", input_shape=SHAPE, classes=CLASSES)
+        registry.register_model(db, name=OTHER, dataset="toy", arch="cnn", input_shape=SHAPE, classes=CLASSES)
         registry.add_version(db, model_name=OTHER, sha256=sha, storage_path=rel, parent_version=None, job_id=None,
                              metrics=None)
         registry.move_alias(db, model_name=OTHER, alias="production", to_version=1, actor="test")
-        src = catalogue.by_ids(db, MODEL, [f"toy-{i:05d}" for i in range(n)])
-        for i in range(n):
-            iid = f"toy-{i:05d}"
-            x = store.read(src[iid].storage_uri)
-            path = store.path_for(settings.data_dir, OTHER, iid)
-            store.write(path, x)
-            db.add(TrainingInstance(model_name=OTHER, instance_id=iid, dataset="digits",
-                                    subject_ref=catalogue.subject_ref(SECRET, subject_of(i)), label=i % 10,
-                                    content_hash=store.content_hash(x), storage_uri=path))
+        db.bulk_insert_mappings(TrainingInstance, rows)
 
 
 def _run(settings, job_id: str, model: str, seed: int) -> None:

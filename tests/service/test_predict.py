@@ -2,6 +2,7 @@
 import numpy as np
 import torch
 
+from app.catalogue import service as catalogue
 from app.db import session_scope
 from app.registry import service as registry
 
@@ -13,7 +14,8 @@ def test_predict_by_ids_and_inputs_agree(client, seeded):
     assert a.status_code == 200, a.text
     body = a.json()
     assert body["version"] == 1 and len(body["predictions"]) == 2
-    x = np.load(f"{seeded.data_dir}/{MODEL}/toy-00000.npy")
+    with session_scope(seeded.database_url) as db:
+        x = catalogue.load_arrays([catalogue.by_ids(db, MODEL, ["toy-00000"])["toy-00000"]])[0][0]
     b = client.post(f"/v1/models/{MODEL}/predict", json={"inputs": [x.tolist()]}).json()
     flat = client.post(f"/v1/models/{MODEL}/predict", json={"inputs": [x.reshape(-1).tolist()]}).json()
     assert b["predictions"][0]["label"] == flat["predictions"][0]["label"] == body["predictions"][0]["label"]
