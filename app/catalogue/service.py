@@ -171,7 +171,7 @@ def purge_erased_raw(session: Session, model_name: str | None = None) -> int:
     committed): a row goes once no model's catalogue still holds it live, and then every
     catalogue row of it is marked ``raw_deleted_at``. Idempotent: run after every job and at
     start-up, so a crash in between leaves nothing behind. Returns rows removed."""
-    from ..datasets import service as datasets
+    from ..datasets.models import Dataset
 
     q = select(TrainingInstance).where(TrainingInstance.erased_at.is_not(None),
                                        TrainingInstance.raw_deleted_at.is_(None))
@@ -194,7 +194,9 @@ def purge_erased_raw(session: Session, model_name: str | None = None) -> int:
         if os.path.isdir(root):
             store = _store(root)
             report = store.erase(gone)
-            datasets.record_erasure(session, dataset, store, report.rows)
+            ds = session.get(Dataset, dataset)
+            if ds is not None:
+                ds.record_erasure(store, report.rows)
             removed += report.rows
         for i in range(0, len(gone), 500):
             session.execute(update(TrainingInstance).where(

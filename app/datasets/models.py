@@ -36,3 +36,10 @@ class Dataset(Base):
     created_by: Mapped[str] = mapped_column(String(128), default="")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    def record_erasure(self, store, rows: int) -> None:
+        """Count ``rows`` physically removed from ``store`` (a DatasetStore)."""
+        if rows:
+            counts = store.counts()
+            self.erased_rows += rows
+            self.train_rows, self.test_rows, self.bytes = counts["train"], counts["test"], store.disk_bytes()

@@ -302,16 +302,10 @@ def erase(settings: Settings, name: str, instance_ids: Iterable[str]) -> EraseRe
     store = open_store(settings, name)
     report = store.erase(instance_ids)
     with session_scope(settings.database_url) as db:
-        record_erasure(db, name, store, report.rows)
+        row = db.get(Dataset, name)
+        if row is not None:
+            row.record_erasure(store, report.rows)
     return report
-
-
-def record_erasure(session: Session, name: str, store: DatasetStore, rows: int) -> None:
-    row = session.get(Dataset, name)
-    if row is not None and rows:
-        counts = store.counts()
-        row.erased_rows += rows
-        row.train_rows, row.test_rows, row.bytes = counts["train"], counts["test"], store.disk_bytes()
 
 
 def holdout_arrays(settings: Settings, name: str, limit: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 
 import numpy as np
@@ -20,18 +19,10 @@ from app.db import migrate
 from app.main import create_app
 from app.settings import Settings
 
+from .flow import files_holding
+
 
 pytestmark = pytest.mark.slow
-
-
-def _files_holding(root_dir: str, pattern: bytes) -> list[str]:
-    out = []
-    for root, _, files in os.walk(root_dir):
-        for f in files:
-            with open(os.path.join(root, f), "rb") as fh:
-                if pattern in fh.read():
-                    out.append(os.path.join(root, f))
-    return out
 
 
 def _wait(c, url, done, timeout=300):
@@ -93,14 +84,15 @@ def test_register_parquet_forget_a_subject_bytes_gone(tmp_path):
 
         victim = int(np.nonzero(tr)[0][7])
         pattern = x[victim].tobytes()  # the row's 30 float32 features, as the store holds them
-        assert _files_holding(s.data_dir, pattern)  # the check can fail: the bytes are on disk now
-        r = c.post("/v1/forget", json={"model": "clinic-mlp", "subject_id": f"person-{victim}"})
+        assert files_holding(s.data_dir, pattern)  # the check can fail: the bytes are on disk now
+        r = c.post("/v1/forget", json={"model": "clinic-mlp", "subject_id": f"person-{victim}",
+                                       "objective": "misclassify"})
         assert r.status_code == 202, r.text
         done = _wait(c, f"/v1/forget/{r.json()['id']}", lambda b: b["status"] in ("completed", "failed"))
         assert done["status"] == "completed", done
         assert done["metrics"]["ua"] == 100.0
         inst = c.get(f"/v1/subjects/person-{victim}/instances").json()["instances"]
         assert [(i["erased"], i["raw_data_deleted"]) for i in inst] == [(True, True)]
-        assert _files_holding(s.data_dir, pattern) == []  # erased: in no file under the data directory
+        assert files_holding(s.data_dir, pattern) == []  # erased: in no file under the data directory
         after = c.get("/v1/datasets/clinic").json()
         assert after["erased_rows"] == 1 and after["splits"]["train"] == info["splits"]["train"] - 1
