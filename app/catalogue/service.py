@@ -20,7 +20,7 @@ from .models import TrainingInstance
 
 def subject_ref(secret: str, subject_id: str) -> str:
     """Keyed hash of a subject id; the raw id is never stored."""
-    return hmac.new(secret.encode("utf-8"), subject_id.encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.digest(secret.encode("utf-8"), subject_id.encode("utf-8"), "sha256").hex()  # = HMAC-SHA256
 
 
 def by_subject(session: Session, ref: str, model_name: str | None = None) -> list[TrainingInstance]:

@@ -58,6 +58,7 @@ def import_npy_catalogue(data_dir: str, rows: list[dict], classes_of: dict[str, 
                              "x": pa.FixedSizeListArray.from_arrays(pa.array(xt.ravel()), xt.shape[1])})
             store.ingest("test", test.cast(store.arrow_schema))
             rule = "split_column"
+        store.seal()
         counts = store.counts()
         out.append({"name": name, "kind": "tensor", "schema": conv.schema, "classes": classes,
                     "train_rows": counts["train"], "test_rows": counts["test"], "subjects": store.subject_count(),

@@ -207,8 +207,11 @@ def _ingest_into(settings, name, staging, source, spec, eval_source, progress=Tr
                 is_test = np.ones(n, bool) if is_test is None else is_test
             elif is_test is None:
                 is_test = rng.random(n) < spec.test_fraction if rule.startswith("random") else np.zeros(n, bool)
-            refs = [subject_ref(settings.subject_secret, s) if s else None for s in subjects] if subjects \
-                else [None] * n
+            if subjects:  # one HMAC per distinct subject of the batch
+                uniq = {sid: subject_ref(settings.subject_secret, sid) for sid in set(subjects) if sid}
+                refs = [uniq.get(sid) if sid else None for sid in subjects]
+            else:
+                refs = [None] * n
             order = rng.permutation(n)  # rows of a chunk shuffled: a row group is a random draw (store.sample)
             table, is_test = table.take(pa.array(order)), is_test[order]
             refs = [refs[i] for i in order]
@@ -225,6 +228,7 @@ def _ingest_into(settings, name, staging, source, spec, eval_source, progress=Tr
         raise bad("empty_dataset", "the file holds no rows")
     for split in ("train", "test"):
         flush(split, force=True)
+    store.seal()
     counts = store.counts()
     if not counts["train"] or not counts["test"]:
         raise bad("empty_split", f"both splits need rows; got {counts['train']} train and {counts['test']} test")

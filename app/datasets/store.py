@@ -94,13 +94,21 @@ class DatasetStore:
         with store._db() as db:
             db.executescript("""
                 CREATE TABLE instances (instance_id TEXT PRIMARY KEY, split TEXT NOT NULL, subject_ref TEXT,
-                                        label INTEGER NOT NULL, fragment TEXT NOT NULL, pos INTEGER NOT NULL);
-                CREATE INDEX instances_subject ON instances(subject_ref) WHERE subject_ref IS NOT NULL;
-                CREATE INDEX instances_fragment ON instances(fragment, pos);
+                                        label INTEGER NOT NULL, fragment TEXT NOT NULL, pos INTEGER NOT NULL)
+                    WITHOUT ROWID;
                 CREATE TABLE fragments (name TEXT PRIMARY KEY, split TEXT NOT NULL, n_rows INTEGER NOT NULL,
                                         row_groups INTEGER NOT NULL, bytes INTEGER NOT NULL);
             """)
         return store
+
+    def seal(self) -> None:
+        """Build the secondary indexes (subject, fragment position) once the first bulk
+        ingestion is done: one sort is several times faster than updating them row by row.
+        Idempotent; ``create`` + ``ingest`` + ``seal`` is how a dataset is written."""
+        with self._db() as db:
+            db.execute("CREATE INDEX IF NOT EXISTS instances_subject ON instances(subject_ref) "
+                       "WHERE subject_ref IS NOT NULL")
+            db.execute("CREATE INDEX IF NOT EXISTS instances_fragment ON instances(fragment, pos)")
 
     @property
     def schema(self) -> dict:
@@ -121,6 +129,7 @@ class DatasetStore:
             con.execute("PRAGMA secure_delete=ON")  # freed pages are zeroed: erased ids leave no trace
             con.execute("PRAGMA journal_mode=DELETE")  # no WAL file keeping old pages around
             con.execute("PRAGMA synchronous=FULL")
+            con.execute("PRAGMA cache_size=-65536")  # 64 MiB: a bulk insert's index pages stay in memory
             self._local.con = con
         yield con
 
@@ -167,9 +176,10 @@ class DatasetStore:
                     nbytes = self._write_fragment(name, part)
                     written.append(name)
                     end = start + part.num_rows
-                    db.executemany("INSERT INTO instances VALUES (?,?,?,?,?,?)", zip(
+                    # in id order: appending to the B-tree is several times faster than random inserts
+                    db.executemany("INSERT INTO instances VALUES (?,?,?,?,?,?)", sorted(zip(
                         ids[start:end], [split] * part.num_rows, refs[start:end],
-                        labels[start:end].tolist(), [name] * part.num_rows, range(part.num_rows)))
+                        labels[start:end].tolist(), [name] * part.num_rows, range(part.num_rows))))
                     db.execute("INSERT INTO fragments VALUES (?,?,?,?,?)",
                                (name, split, part.num_rows, -(-part.num_rows // ROW_GROUP), nbytes))
                     seq += 1

@@ -36,6 +36,7 @@ def filled(tmp_path, monkeypatch):
     store.ingest("train", t, [f"s{i // 4}" for i in range(n)])
     xt, tt = _table(50, start=n, seed=1)
     store.ingest("test", tt)
+    store.seal()
     return store, x, n
 
 
