@@ -126,17 +126,15 @@ def _train(s: Settings, run_id: str, spec: dict, t0: float):
 
 
 def _catalogue_rows(s: Settings, spec: dict, ids, x, y, refs) -> list[dict]:
-    """The model's catalogue: which dataset rows (and whose) it was trained on, with where
-    a job reads their data."""
-    from app.catalogue import store as raw_store
+    """The model's catalogue: which dataset rows (and whose) it was trained on; a job reads
+    their data from the dataset's store (``storage_uri``), nothing is copied."""
+    from app.catalogue import service as catalogue
+    from app.datasets import service as datasets
 
-    rows = []
-    for i, iid in enumerate(ids):
-        path = raw_store.path_for(s.data_dir, spec["model"], iid)
-        raw_store.write(path, x[i])
-        rows.append(dict(model_name=spec["model"], instance_id=iid, dataset=spec["dataset"], subject_ref=refs[i],
-                         label=int(y[i]), content_hash=raw_store.content_hash(x[i]), storage_uri=path))
-    return rows
+    root = datasets.store_dir(s, spec["dataset"])
+    return [dict(model_name=spec["model"], instance_id=iid, dataset=spec["dataset"], subject_ref=refs[i],
+                 label=int(y[i]), content_hash=catalogue.content_hash(x[i]), storage_uri=root)
+            for i, iid in enumerate(ids)]
 
 
 def _fail(s: Settings, run_id: str, spec: dict, error: str) -> None:
