@@ -1,7 +1,7 @@
-"""Carry an installation from the per-instance ``.npy`` catalogue (before migration 0008)
+"""Carry an installation from the per-instance ``.npy`` catalogue (before migration 0009)
 into the dataset store: one store per dataset named in the catalogue, holding every live
 instance whose file is still there (deduplicated across models) and, for the shipped
-datasets, their held-out split; called by ``migrations/versions/0008_catalogue_store.py``."""
+datasets, their held-out split; called by ``migrations/versions/0009_catalogue_store.py``."""
 from __future__ import annotations
 
 import logging

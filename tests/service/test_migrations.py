@@ -43,7 +43,7 @@ def test_each_migration_says_what_it_revises():
 
 
 def test_npy_catalogue_moves_into_the_store(tmp_path):
-    """An installation from before 0008 (one .npy file per instance) is carried forward: a
+    """An installation from before 0009 (one .npy file per instance) is carried forward: a
     registered dataset whose store holds the live rows (and the shipped test split), the
     catalogue pointing to it, the per-instance files gone, the erased one's bytes nowhere."""
     import os
@@ -60,7 +60,7 @@ def test_npy_catalogue_moves_into_the_store(tmp_path):
     s.ensure_dirs()
     cfg = Config(f"{ROOT}/alembic.ini")
     cfg.attributes["url"] = s.database_url
-    command.upgrade(cfg, "0007")
+    command.upgrade(cfg, "0008")
     ds = load_dataset("digits")
     x = ds.x_train.numpy()
     engine = create_engine(s.database_url)
@@ -78,7 +78,7 @@ def test_npy_catalogue_moves_into_the_store(tmp_path):
                 {"iid": f"digits-{i:05d}", "ref": f"ref{i // 2}", "label": int(ds.y_train[i]),
                  "h": catalogue.content_hash(x[i]), "uri": path, "erased": "2026-11-02" if i == 5 else None})
     engine.dispose()
-    migrate(s)  # 0007 -> head
+    migrate(s)  # 0008 -> head
     from app.datasets import service as datasets
 
     assert not os.path.exists(os.path.join(s.data_dir, "old-cnn"))

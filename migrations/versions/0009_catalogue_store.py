@@ -4,8 +4,8 @@ Every dataset named by the catalogue becomes a registered dataset whose rows liv
 columnar store (app/datasets/store.py); catalogue rows point to the store; the .npy files
 are deleted. A fresh database has nothing to move.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-02
 """
 import datetime as dt
@@ -14,8 +14,8 @@ import os
 import sqlalchemy as sa
 from alembic import context, op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
@@ -47,7 +47,7 @@ def upgrade() -> None:
         bind.execute(sa.insert(datasets).values(
             name=d["name"], status="ready", kind=d["kind"], schema=d["schema"], classes=d["classes"],
             train_rows=d["train_rows"], test_rows=d["test_rows"], erased_rows=erased, subjects=d["subjects"],
-            bytes=d["bytes"], source="migration 0008 (per-instance .npy catalogue)", split_rule=d["split_rule"],
+            bytes=d["bytes"], source="migration 0009 (per-instance .npy catalogue)", split_rule=d["split_rule"],
             progress=1.0, created_by="migration", created_at=now, updated_at=now))
         bind.execute(sa.text("UPDATE catalogue_instances SET storage_uri = :root WHERE dataset = :name"),
                      {"root": d["root"], "name": d["name"]})
