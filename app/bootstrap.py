@@ -35,8 +35,12 @@ def bootstrap_demo(settings: Settings) -> str | None:
     arch = DEFAULT_ARCH[ds.name]
     name = f"{ds.name}-{arch}"
     log.info("bootstrap: training %s on %d %s instances", arch, len(ds.y_train), ds.name)
+    t_train = time.perf_counter()
     model = train_model(arch, ds.x_train, ds.y_train, input_shape=ds.input_shape, num_classes=len(ds.classes),
                         seed=settings.demo_seed, epochs=settings.demo_epochs)
+    # the planner weighs this against an approximate job: the training alone, as a retrain
+    # repeats it, not the dataset load or the catalogue writes below
+    train_s = round(time.perf_counter() - t_train, 2)
     ta = accuracy(model, ds.x_test, ds.y_test)
     tmp = registry.weights_tmp_path(settings.registry_dir, name)
     sha = save_checkpoint(model.cpu(), tmp, arch=arch, dataset=ds.name, input_shape=ds.input_shape,
@@ -46,8 +50,7 @@ def bootstrap_demo(settings: Settings) -> str | None:
     with session_scope(settings.database_url) as db:
         registry.register_model(db, name=name, dataset=ds.name, arch=arch, input_shape=ds.input_shape,
                                 classes=ds.classes)
-        _first_version(db, name, sha, rel, {"ta": float(ta), "train_seconds": round(time.perf_counter() - t0, 2)},
-                       rows, ds.name)
+        _first_version(db, name, sha, rel, {"ta": float(ta), "train_seconds": train_s}, rows, ds.name)
     log.info("bootstrap: %s v1 (test accuracy %.2f %%) ready in %.1f s", name, ta, time.perf_counter() - t0)
     return name
 

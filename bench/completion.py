@@ -1,0 +1,269 @@
+"""Every request completes, at volume (issue 13). A script, not a test:
+
+    flock /tmp/lethe-bench.lock python -m bench.completion [--n 2000] [--dataset mnist5k]
+
+Part 1 (service): a fresh Postgres database, a Redis queue of its own, one Celery worker
+(``--pool=solo``) and ``lethe serve`` (whose first start trains and catalogues the demo model
+on ``--dataset``), all with the default lease, sweeper and planner settings. ``--n``
+single-instance ``POST /v1/forget`` from ``--threads`` clients; then polls until every
+request is final. Row: requests, completed, failed, seconds (first POST to last final state),
+and ``plans``: per job, its method, exactness, k and the planner's reason.
+
+Part 2 (planner): the pure planner (``app.jobs.planner.plan``) for digits, mnist5k and adult
+at k in {1, 8, 32, 128, 1000}, with each demo model's training time (the service run's
+recorded ``train_seconds`` for its dataset; the others timed here with the default recipe,
+seed 0, ``models.train.train_model``) and no approximate history (a model's first job),
+default settings. Rows go to ``bench/results/completion.json``, and a table to
+``docs/benchmarks.md`` (the block between the ``completion`` markers, rewritten from the JSON).
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import httpx
+
+from bench.gateway import create_db, drop_db, free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
+OUT = os.path.join(ROOT, "bench", "results", "completion.json")
+KS = (1, 8, 32, 128, 1000)
+
+
+def service_env(tmp: str, db_url: str, queue: str, dataset: str, key: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_")}
+    env.update(LETHE_DATABASE_URL=db_url, LETHE_BROKER_URL=REDIS, LETHE_QUEUE_NAME=queue,
+               LETHE_REGISTRY_DIR=os.path.join(tmp, "registry"), LETHE_DATA_DIR=os.path.join(tmp, "data"),
+               LETHE_DEMO_DATASET=dataset, LETHE_DEMO_EXACT_DATASET="", LETHE_DEVICE="cpu",
+               LETHE_SUBJECT_SECRET="bench-subject-secret-" + uuid.uuid4().hex, LETHE_BOOTSTRAP_ADMIN_KEY=key,
+               LETHE_WEBHOOK_SECRET="bench-whsec-" + uuid.uuid4().hex,
+               PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+    return env
+
+
+def spawn(args, env, log_path) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+
+
+def stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
+
+
+def run_service(n: int, dataset: str, threads: int, timeout: float) -> dict:
+    db_url, db_name = create_db()
+    tmp = tempfile.mkdtemp(prefix="lethe-completion-")
+    queue = f"lethe-bench-{uuid.uuid4().hex[:8]}"
+    key = "bench-admin-" + uuid.uuid4().hex
+    env = service_env(tmp, db_url, queue, dataset, key)
+    port = free_port()
+    procs = [spawn([os.path.join(BIN, "celery"), "-A", "worker.celery_app", "worker", "--pool=solo",
+                    "--loglevel=WARNING", "-n", f"{queue}@%h", "-Q", queue], env, os.path.join(tmp, "celery.log")),
+             spawn([sys.executable, "-m", "app.cli", "serve"], {**env, "LETHE_PORT": str(port)},
+                   os.path.join(tmp, "gateway.log"))]
+    url = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {key}"}
+    try:
+        deadline = time.time() + 900  # the first start trains the demo model
+        while True:
+            if procs[1].poll() is not None or time.time() > deadline:
+                raise RuntimeError(open(os.path.join(tmp, "gateway.log")).read()[-4000:])
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as c:
+            model = c.get("/v1/models").json()[0]["name"]
+            v1 = c.get(f"/v1/models/{model}/versions").json()["versions"][0]
+        ids = [f"{dataset}-{i:05d}" for i in range(n)]
+
+        def post(chunk):
+            with httpx.Client(base_url=url, headers=headers, timeout=60) as c:
+                return [c.post("/v1/forget", json={"model": model, "instance_ids": [i]}) for i in chunk]
+
+        t0 = time.perf_counter()
+        chunks = [ids[i::threads] for i in range(threads)]
+        with cf.ThreadPoolExecutor(threads) as pool:
+            responses = [r for rs in pool.map(post, chunks) for r in rs]
+        submitted = time.perf_counter() - t0
+        accepted = [r.json()["id"] for r in responses if r.status_code == 202]
+        rejected = [r.text for r in responses if r.status_code != 202]
+        final: dict[str, dict] = {}
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as c:
+            deadline = time.time() + timeout
+            while len(final) < len(accepted) and time.time() < deadline:
+                for rid in accepted:
+                    if rid not in final:
+                        body = c.get(f"/v1/forget/{rid}").json()
+                        if body["status"] in ("completed", "failed", "rejected"):
+                            final[rid] = body
+                        else:
+                            break  # jobs finish roughly in order: poll again later
+                time.sleep(0.5)
+            seconds = time.perf_counter() - t0
+            job_ids = sorted({b["job"]["id"] for b in final.values() if b.get("job")})
+            plans = []
+            for j in job_ids:
+                job = c.get(f"/v1/jobs/{j}").json()
+                p = job.get("plan") or {}
+                plans.append({"job": j, "status": job["status"], "attempts": job["attempts"],
+                              "method": p.get("method"), "exact": p.get("exact"),
+                              "k": (p.get("inputs") or {}).get("k"), "reason": p.get("reason"),
+                              "fallback_from": p.get("fallback_from"),
+                              "job_seconds": (job.get("metrics") or {}).get("job_seconds")})
+            verify = c.get("/v1/audit/verify", params={"full": "true"}).json()
+        statuses = [b["status"] for b in final.values()]
+        return {"dataset": dataset, "model": model, "requests": n, "threads": threads,
+                "accepted": len(accepted), "rejected_at_submit": len(rejected),
+                "completed": statuses.count("completed"), "failed": statuses.count("failed"),
+                "not_final": len(accepted) - len(final), "seconds": round(seconds, 1),
+                "submit_seconds": round(submitted, 1), "train_seconds_v1": (v1.get("metrics") or {}).get("train_seconds"),
+                "jobs": len(job_ids), "audit_ok": verify.get("ok"), "plans": plans}
+    finally:
+        for p in reversed(procs):
+            stop(p)
+        drop_db(db_name)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def recorded_train_seconds(service_row: dict | None) -> dict:
+    """Each demo dataset's training time on record: the median ``retrain_seconds`` of
+    ``bench/results/instance.json`` (the demo recipe, measured under the bench lock), else the
+    service run's version 1 ``train_seconds``. {dataset: (seconds, source)}."""
+    import statistics
+
+    out = {}
+    path = os.path.join(ROOT, "bench", "results", "instance.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            rows = json.load(f)["rows"]
+        for name in ("digits", "mnist5k", "adult"):
+            times = [r["retrain_seconds"] for r in rows if r["dataset"] == name and r["method"] == "retrain"]
+            if times:
+                out[name] = (round(statistics.median(times), 2), f"median retrain_seconds of {len(times)} "
+                                                                 "bench/results/instance.json rows")
+    if service_row and service_row.get("train_seconds_v1") and service_row["dataset"] not in out:
+        out[service_row["dataset"]] = (service_row["train_seconds_v1"], "this run's v1 train_seconds (bootstrap)")
+    return out
+
+
+def planner_table(recorded: dict) -> list[dict]:
+    """The pure planner's choice per demo dataset and k, from the training time on record
+    (``recorded``), else one timed here (default recipe, seed 0)."""
+    from app.jobs import planner
+    from app.settings import Settings
+    from models.data import DEFAULT_ARCH, load_dataset
+    from models.train import train_model
+    from models.unlearn import get_family, resolve
+
+    s = Settings()
+    method = resolve(get_family("instance").default_method, has_retained_data=True).name
+    rows = []
+    for name in ("digits", "mnist5k", "adult"):
+        train_s, source = recorded.get(name, (None, None))
+        if train_s is None:
+            ds = load_dataset(name)
+            t0 = time.perf_counter()
+            train_model(DEFAULT_ARCH[ds.name], ds.x_train, ds.y_train, input_shape=ds.input_shape,
+                        num_classes=len(ds.classes), seed=0)
+            train_s, source = round(time.perf_counter() - t0, 2), "train_model timed here"
+        for k in KS:
+            f = planner.Facts(sharded=False, method=method, k=k, has_retained=True, train_seconds=train_s,
+                              max_approx_instances=s.max_approx_instances, retrain_below_s=s.retrain_below_s)
+            p = planner.plan(f)
+            rows.append({"dataset": name, "train_seconds": train_s, "train_seconds_from": source, "k": k,
+                         "method": p.method, "exact": p.exact, "reason": p.reason})
+    return rows
+
+
+DOCS = os.path.join(ROOT, "docs", "benchmarks.md")
+BEGIN, END = "<!-- completion:begin (python -m bench.completion writes this block) -->", "<!-- completion:end -->"
+
+
+def markdown(doc: dict) -> str:
+    """The docs block, from the JSON only."""
+    lines = [BEGIN, "", f"Run of {doc['date']} (commit {doc['commit']}); {doc['machine']}.",
+             *([f"Note: {doc['note']}"] if doc.get("note") else []), "",
+             "| dataset | requests | completed | failed | not final | seconds | jobs (method, k, attempts) | audit |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        jobs = "; ".join(f"{p['method']} k={p['k']} x{p['attempts']}"
+                         + (f" (fallback from {p['fallback_from']})" if p.get("fallback_from") else "")
+                         for p in r["plans"])
+        lines.append(f"| {r['dataset']} | {r['requests']} | {r['completed']} | {r['failed']} | {r['not_final']} | "
+                     f"{r['seconds']} | {jobs} | {'ok' if r['audit_ok'] else 'FAILED'} |")
+    if doc.get("planner"):
+        lines += ["", "The pure planner (`app.jobs.planner.plan`, default settings, a model's first job: no "
+                  "approximate history) for each demo model's training time on record:", "",
+                  "| dataset | training s (source) | k | method | reason |", "|---|---|---|---|---|"]
+        for p in doc["planner"]:
+            lines.append(f"| {p['dataset']} | {p['train_seconds']} ({p['train_seconds_from']}) | {p['k']} | "
+                         f"{p['method']} | {p['reason']} |")
+    return "\n".join(lines + ["", END])
+
+
+def render_docs(doc: dict) -> None:
+    with open(DOCS) as f:
+        text = f.read()
+    block = markdown(doc)
+    if BEGIN in text:
+        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = (text.rstrip("\n") + "\n\n## Every request completes (`python -m bench.completion`, issue 13)\n\n"
+                + block + "\n")
+    with open(DOCS, "w") as f:
+        f.write(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--dataset", default="mnist5k")
+    ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds to wait for every request to be final")
+    ap.add_argument("--skip-planner", action="store_true")
+    ap.add_argument("--planner-only", action="store_true", help="only the planner table; keep the stored service rows")
+    ap.add_argument("--note", default="", help="recorded with the results (e.g. why N is smaller than asked)")
+    args = ap.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    doc = {"commit": commit, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+           "machine": f"{os.cpu_count()} CPU cores, shared with other sessions while measured (timings are noisy)",
+           "note": args.note, "rows": []}
+    if args.planner_only and os.path.exists(OUT):
+        with open(OUT) as f:
+            old = json.load(f)
+        doc.update({k: old[k] for k in ("commit", "date", "note", "rows") if k in old})
+    else:
+        row = run_service(args.n, args.dataset, args.threads, args.timeout)
+        print(json.dumps({k: v for k, v in row.items() if k != "plans"}), flush=True)
+        doc["rows"] = [row]
+    doc["planner"] = [] if args.skip_planner else planner_table(recorded_train_seconds((doc["rows"] or [None])[0]))
+    os.makedirs(os.path.dirname(OUT), exist_ok=True)
+    with open(OUT, "w") as f:
+        json.dump(doc, f, indent=1)
+    render_docs(doc)
+    for r in doc["planner"]:
+        print(f"{r['dataset']:8} train {r['train_seconds']:6.1f} s  k={r['k']:5}  {r['method']:12} {r['reason']}")
+    print(f"wrote {OUT} and the block in {DOCS}")
+
+
+if __name__ == "__main__":
+    main()
