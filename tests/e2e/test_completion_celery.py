@@ -69,15 +69,18 @@ def test_killed_worker_mid_job_is_replaced_and_the_request_completes_once(stack)
         assert f"job {job_id}: done" not in workers[0].tail(200_000)
 
         workers.append(start_worker(env, tmp, queue, "w2"))
-        # the defaults bound the takeover: the lease (30 s) runs out, the sweeper (every 5 s)
-        # re-queues the job, the new worker claims it (attempt 2)
-        while c.get(f"/v1/jobs/{job_id}").json()["attempts"] < 2 and time.time() - killed_at < 60:
+        # the defaults bound the takeover: the lease (30 s) runs out and the sweeper (every 5 s)
+        # re-queues the job (or the new worker, if already listening, claims it: attempt 2)
+        while time.time() - killed_at < 60:
+            job = c.get(f"/v1/jobs/{job_id}").json()
+            if job["status"] != "running" or job["attempts"] >= 2:
+                break
             time.sleep(0.2)
-        claimed = time.time() - killed_at
-        assert claimed <= 45, (claimed, workers[1].tail())
-        # the job itself then runs at the machine's speed: about 10 s on a quiet 2-core machine,
-        # over 60 s on the shared one this was written on (docs/benchmarks.md, issue 13 note)
-        done = flow.wait_done(c, rid, timeout=240)
+        requeued = time.time() - killed_at
+        assert requeued <= 45, (requeued, job)
+        # the new worker's start and the job then run at the machine's speed: seconds on a quiet
+        # machine, minutes on the shared 2-core one this was written on (issue 13 note)
+        done = flow.wait_done(c, rid, timeout=300)
         took = time.time() - killed_at
         assert done["status"] == "completed", (done, workers[1].tail())
         job = c.get(f"/v1/jobs/{job_id}").json()
@@ -94,7 +97,7 @@ def test_killed_worker_mid_job_is_replaced_and_the_request_completes_once(stack)
         assert v["ok"] is True, v
         completed = c.get("/v1/audit", params={"action": "forget.completed", "limit": 100}).json()["entries"]
         assert [e["payload"]["request_id"] for e in completed] == [rid]
-        print(f"\nkilled worker replaced: job re-claimed {claimed:.1f} s and completed {took:.1f} s after SIGKILL")
+        print(f"\nkilled worker replaced: job re-queued {requeued:.1f} s and completed {took:.1f} s after SIGKILL")
 
 
 def test_burst_of_single_instance_requests_all_complete(stack):
