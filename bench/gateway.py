@@ -102,6 +102,14 @@ def seed_lethe(url: str, tmp: str, n_instances: int, backlog: int) -> None:
         audit.drain(db)
 
 
+def open_requests(url: str) -> int:
+    """How many requests are pending (queued or running) now: the backlog a run starts with."""
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as con:
+        return con.execute("SELECT count(*) FROM forget_requests WHERE status IN ('queued', 'running')").fetchone()[0]
+
+
 def _settings(url: str, tmp: str):
     from app.settings import Settings
 
@@ -184,7 +192,9 @@ class Ids:
         self.next, self.last = first, last
 
     def take(self, used: int) -> None:
-        self.next += used + 64
+        # wrk threads interleave ids (start + thread + n * threads) and may not run in step: the
+        # highest id used is below start + threads * used
+        self.next += 2 * used + 64
         if self.next >= self.last:
             raise RuntimeError("catalogue too small for this many requests: raise --instances")
 
@@ -299,6 +309,7 @@ def run(args) -> dict:
     tmp = tempfile.mkdtemp(prefix="lethe-bench-gw-")
     auth = {"Authorization": f"Bearer {KEY}"}
     rows = []
+    backlog_db, backlog_ids = None, None
     for p in args.processes:
         # the floor
         url, name = create_db()
@@ -315,27 +326,37 @@ def run(args) -> dict:
             drop_db(name)
         rows.append(row("floor: POST one-row insert", 0, p, f_post, None, args))
         rows.append(row("floor: GET one row by key", 0, p, f_get, None, args))
-        # Lethe, with 0 and with `backlog` requests pending
+        # Lethe, with nothing pending (a fresh database) and with `backlog` requests pending (one
+        # database seeded once; later process counts also find the requests earlier runs added)
         for backlog in (0, args.backlog):
-            url, name = create_db()
+            if backlog and backlog_db is None:
+                backlog_db = create_db()
+                seed_lethe(backlog_db[0], tmp, backlog + args.instances * len(args.processes), backlog)
+                backlog_ids = Ids(backlog, backlog + args.instances * len(args.processes))
+            url, name = backlog_db if backlog else create_db()
             try:
-                seed_lethe(url, tmp, backlog + args.instances, backlog)
+                if not backlog:
+                    seed_lethe(url, tmp, args.instances, 0)
                 srv, base = start_lethe(url, tmp, p)
                 try:
-                    ids = Ids(backlog, backlog + args.instances)
+                    ids = backlog_ids if backlog else Ids(0, args.instances)
+                    pending = open_requests(url)
                     r = measure(gen, ids, base, "POST", "/v1/forget", args, auth, tmp)
-                    rows.append(row("POST /v1/forget", backlog, p, r, f_post["rps"], args))
-                    if backlog == 0:
+                    rows.append(row("POST /v1/forget", pending, p, r, f_post["rps"], args))
+                    if not backlog:
                         got = httpx.post(base + "/v1/forget", headers=auth,
                                          json={"model": MODEL, "instance_ids": [instance_id(ids.next)]})
                         ids.take(1)
                         got.raise_for_status()
                         r = measure(gen, None, base, "GET", f"/v1/forget/{got.json()['id']}", args, auth, tmp)
-                        rows.append(row("GET /v1/forget/{id}", backlog, p, r, f_get["rps"], args))
+                        rows.append(row("GET /v1/forget/{id}", open_requests(url), p, r, f_get["rps"], args))
                 finally:
                     srv.stop()
             finally:
-                drop_db(name)
+                if not backlog:
+                    drop_db(name)
+    if backlog_db is not None:
+        drop_db(backlog_db[1])
     shutil.rmtree(tmp, ignore_errors=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
@@ -343,8 +364,9 @@ def run(args) -> dict:
             "commit": commit, "generator": args.generator, "duration_s": args.duration, "warmup_s": args.warmup,
             "cpus": os.cpu_count(),
             "note": "loopback, one machine: Postgres, the server(s) and the load generator share its CPUs, and the "
-                    "machine was shared with other work during the run; compare ratios within one run",
-            "command": "flock /tmp/lethe-bench.lock python -m bench.gateway " + " ".join(sys.argv[1:]),
+                    "machine was shared with other work during the run; compare ratios within one run"
+                    + (f". {args.note}" if args.note else ""),
+            "command": "python -m bench.gateway " + " ".join(sys.argv[1:]),
             "rows": rows}
 
 
@@ -370,6 +392,7 @@ def main(argv=None) -> int:
     ap.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--generator", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "gateway.json"))
+    ap.add_argument("--note", default="", help="added to the result's note (how this run deviated)")
     ap.add_argument("--render", action="store_true", help="print the markdown table of --out and exit")
     args = ap.parse_args(argv)
     if args.render:
