@@ -44,10 +44,6 @@ class LetheError(Exception):
         super().__init__(detail)
         self.status, self.code, self.detail, self.headers = status, code, detail, headers
 
-    @property
-    def message(self) -> str:  # the older name of ``detail``
-        return self.detail
-
     def __repr__(self) -> str:
         return f"LetheError({self.status}, {self.code!r}, {self.detail!r})"
 
