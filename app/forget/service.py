@@ -32,9 +32,6 @@ from .status import set_status
 from .schemas import ForgetCreate
 
 
-ForgetError = LetheError  # older name, kept while callers move to LetheError
-
-
 def _preview(ids, n: int = 10) -> str:
     ids = list(ids)
     return ", ".join(ids[:n]) + (f" (and {len(ids) - n} more)" if len(ids) > n else "")
@@ -64,8 +61,8 @@ def by_idempotency_key(session: Session, key: str) -> ForgetRequest | None:
 def _replay(session: Session, key: str, fp: str) -> ForgetRequest:
     existing = by_idempotency_key(session, key)
     if existing.fingerprint != fp:
-        raise ForgetError(409, "idempotency_key_reused",
-                          f"Idempotency-Key {key!r} was already used for request {existing.id} with a different body")
+        raise LetheError(409, "idempotency_key_reused",
+                         f"Idempotency-Key {key!r} was already used for request {existing.id} with a different body")
     return existing
 
 
@@ -85,7 +82,7 @@ class _Selection:
 def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempotency_key: str | None,
            actor: str) -> tuple[ForgetRequest, str | None, bool]:
     """Validate and record a forget request. Returns (request, job_id to dispatch or None,
-    replayed). Raises ForgetError for every invalid input; the caller's transaction then
+    replayed). Raises LetheError for every invalid input; the caller's transaction then
     rolls back, so nothing is half-recorded.
 
     The steps read top to bottom; none takes a model-wide lock or reads other pending
@@ -120,7 +117,7 @@ def _idempotent_replay(session: Session, key: str | None, fp: str) -> ForgetRequ
     if key is None:
         return None
     if not (1 <= len(key) <= 200):
-        raise ForgetError(422, "bad_idempotency_key", "Idempotency-Key must be 1 to 200 characters")
+        raise LetheError(422, "bad_idempotency_key", "Idempotency-Key must be 1 to 200 characters")
     return _replay(session, key, fp) if by_idempotency_key(session, key) is not None else None
 
 
@@ -129,19 +126,19 @@ def _select(session: Session, settings: Settings, body: ForgetCreate) -> _Select
     model = registry.get_model(session, body.model)
     if model is None:
         known = [m.name for m in registry.list_models(session)]
-        raise ForgetError(404, "unknown_model", f"model {body.model!r} is not registered; known models: {known}")
+        raise LetheError(404, "unknown_model", f"model {body.model!r} is not registered; known models: {known}")
     _check_shape(settings, body, model)
     method = _check_method(body, model)
     ref = catalogue.subject_ref(settings.subject_secret, body.subject_id) if body.subject_id is not None else None
     rows = _catalogue_rows(session, body, ref)
     erased = [r.instance_id for r in rows if r.erased_at is not None]
     if erased:
-        raise ForgetError(409, "already_erased", f"already erased from model {body.model!r}: {_preview(erased)}")
+        raise LetheError(409, "already_erased", f"already erased from model {body.model!r}: {_preview(erased)}")
     if body.objective == "relabel" and body.target_label is not None:
         same = [r.instance_id for r in rows if r.label == body.target_label]
         if same:
-            raise ForgetError(422, "bad_target_label",
-                              f"target_label {body.target_label} is already the true label of: {_preview(same)}")
+            raise LetheError(422, "bad_target_label",
+                             f"target_label {body.target_label} is already the true label of: {_preview(same)}")
     return _Selection(method, ref, rows)
 
 
@@ -149,36 +146,36 @@ def _check_method(body: ForgetCreate, model) -> str:
     fits = unlearn.methods_for(model.family)
     method = body.method or fits[0]
     if method not in fits:
-        raise ForgetError(422, "method_not_supported",
-                          f"model {body.model!r} is a {model.family!r} model; it supports methods {list(fits)}, "
-                          f"not {method!r}")
+        raise LetheError(422, "method_not_supported",
+                         f"model {body.model!r} is a {model.family!r} model; it supports methods {list(fits)}, "
+                         f"not {method!r}")
     if body.objective not in unlearn.method_info(method).objectives:
-        raise ForgetError(422, "objective_not_supported",
-                          f"method {method!r} supports objectives {list(unlearn.method_info(method).objectives)}, "
-                          f"not {body.objective!r} (see docs/methods.md)")
+        raise LetheError(422, "objective_not_supported",
+                         f"method {method!r} supports objectives {list(unlearn.method_info(method).objectives)}, "
+                         f"not {body.objective!r} (see docs/methods.md)")
     return method
 
 
 def _check_shape(settings: Settings, body: ForgetCreate, model) -> None:
     """The selection and the target label, as given (before looking at the catalogue)."""
     if body.subject_id is None and body.instance_ids is None:
-        raise ForgetError(422, "empty_selection", "give subject_id or instance_ids (or both)")
+        raise LetheError(422, "empty_selection", "give subject_id or instance_ids (or both)")
     if body.instance_ids is not None:
         if len(body.instance_ids) == 0:
-            raise ForgetError(422, "empty_selection", "instance_ids is an empty list")
+            raise LetheError(422, "empty_selection", "instance_ids is an empty list")
         if len(body.instance_ids) > settings.max_instances_per_request:
-            raise ForgetError(422, "too_many_instances",
-                              f"instance_ids has {len(body.instance_ids)} ids; at most "
-                              f"{settings.max_instances_per_request} per request")
+            raise LetheError(422, "too_many_instances",
+                             f"instance_ids has {len(body.instance_ids)} ids; at most "
+                             f"{settings.max_instances_per_request} per request")
         dups = sorted({i for i in body.instance_ids if body.instance_ids.count(i) > 1})
         if dups:
-            raise ForgetError(422, "duplicate_instance_ids", f"instance_ids repeats: {_preview(dups)}")
+            raise LetheError(422, "duplicate_instance_ids", f"instance_ids repeats: {_preview(dups)}")
     if body.objective == "relabel":
         if body.target_label is not None and body.target_label >= len(model.classes):
-            raise ForgetError(422, "bad_target_label",
-                              f"target_label {body.target_label} out of range; model has {len(model.classes)} classes")
+            raise LetheError(422, "bad_target_label",
+                             f"target_label {body.target_label} out of range; model has {len(model.classes)} classes")
     elif body.target_label is not None:
-        raise ForgetError(422, "bad_target_label", "target_label is only meaningful with objective 'relabel'")
+        raise LetheError(422, "bad_target_label", "target_label is only meaningful with objective 'relabel'")
 
 
 def _catalogue_rows(session: Session, body: ForgetCreate, ref: str | None) -> list:
@@ -187,18 +184,18 @@ def _catalogue_rows(session: Session, body: ForgetCreate, ref: str | None) -> li
     if body.instance_ids is None:
         rows = catalogue.by_subject(session, ref, body.model)
         if not rows:
-            raise ForgetError(404, "unknown_subject",
-                              f"subject {body.subject_id!r} has no instances in the catalogue of model {body.model!r}")
+            raise LetheError(404, "unknown_subject",
+                             f"subject {body.subject_id!r} has no instances in the catalogue of model {body.model!r}")
         return rows
     found = catalogue.by_ids(session, body.model, body.instance_ids)
     unknown = [i for i in body.instance_ids if i not in found]
     if unknown:
-        raise ForgetError(422, "unknown_instances", f"not in the catalogue of model {body.model!r}: {_preview(unknown)}")
+        raise LetheError(422, "unknown_instances", f"not in the catalogue of model {body.model!r}: {_preview(unknown)}")
     if ref is not None:
         foreign = [i for i in body.instance_ids if found[i].subject_ref != ref]
         if foreign:
-            raise ForgetError(422, "instances_not_of_subject",
-                              f"these instances do not belong to subject {body.subject_id!r}: {_preview(foreign)}")
+            raise LetheError(422, "instances_not_of_subject",
+                             f"these instances do not belong to subject {body.subject_id!r}: {_preview(foreign)}")
     return [found[i] for i in body.instance_ids]
 
 
@@ -224,10 +221,10 @@ def _claim_instances(session: Session, req: ForgetRequest) -> None:
         for iid, holder in sorted(held.items()):
             by_request.setdefault(holder, []).append(iid)
         (rid, status), ids = next(iter(by_request.items()))
-        raise ForgetError(409, "already_pending", f"request {rid} (status {status}) already covers: {_preview(ids)}")
+        raise LetheError(409, "already_pending", f"request {rid} (status {status}) already covers: {_preview(ids)}")
     erased = catalogue.erased_among(session, req.model_name, req.instance_ids)
     if erased:
-        raise ForgetError(409, "already_erased", f"already erased from model {req.model_name!r}: {_preview(erased)}")
+        raise LetheError(409, "already_erased", f"already erased from model {req.model_name!r}: {_preview(erased)}")
 
 
 # --- lifecycle: list, cancel, deny, retry ----------------------------------------------------
@@ -269,7 +266,7 @@ def _locked(session: Session, request_id: str) -> ForgetRequest:
     """The request, with its model locked (serialises with submissions and job claims)."""
     req = get(session, request_id)
     if req is None:
-        raise ForgetError(404, "unknown_request", f"forget request {request_id!r} not found")
+        raise LetheError(404, "unknown_request", f"forget request {request_id!r} not found")
     registry.get_model(session, req.model_name, lock=True)
     session.refresh(req)
     return req
@@ -279,7 +276,7 @@ def _close(session: Session, req: ForgetRequest, status: str, actor: str, *, rea
            reason: str | None) -> None:
     job = jobs.get(session, req.job_id) if req.job_id else None
     if req.status == fm.QUEUED and job is not None and job.status == jm.RUNNING:
-        raise ForgetError(409, "request_running", f"request {req.id} is being processed by job {job.id}")
+        raise LetheError(409, "request_running", f"request {req.id} is being processed by job {job.id}")
     req.reason_code, req.reason, req.closed_at, req.closed_by = reason_code, reason, utcnow(), actor[:128]
     set_status(session, req, status)
     session.flush()
@@ -291,8 +288,8 @@ def cancel(session: Session, request_id: str, *, actor: str, reason: str | None 
     """queued -> canceled. Only before it runs: a running or closed request answers 409."""
     req = _locked(session, request_id)
     if req.status != fm.QUEUED:
-        raise ForgetError(409, "not_cancelable",
-                          f"request {req.id} is {req.status}; only a queued request can be canceled")
+        raise LetheError(409, "not_cancelable",
+                         f"request {req.id} is {req.status}; only a queued request can be canceled")
     _close(session, req, fm.CANCELED, actor, reason_code=None, reason=reason)
     audit.append(session, actor=actor, action="forget.canceled", subject_ref=req.subject_ref,
                  payload={"request_id": req.id, "model": req.model_name, "job_id": req.job_id, "reason": reason})
@@ -302,11 +299,11 @@ def cancel(session: Session, request_id: str, *, actor: str, reason: str | None 
 def deny(session: Session, request_id: str, *, actor: str, reason_code: str, reason: str) -> ForgetRequest:
     """queued | failed -> denied, with a reason code (fm.DENY_REASONS) and a free-text reason."""
     if reason_code not in fm.DENY_REASONS:
-        raise ForgetError(422, "bad_reason_code", f"reason_code must be one of {', '.join(fm.DENY_REASONS)}")
+        raise LetheError(422, "bad_reason_code", f"reason_code must be one of {', '.join(fm.DENY_REASONS)}")
     req = _locked(session, request_id)
     if req.status not in (fm.QUEUED, fm.FAILED):
-        raise ForgetError(409, "not_deniable",
-                          f"request {req.id} is {req.status}; only a queued or failed request can be denied")
+        raise LetheError(409, "not_deniable",
+                         f"request {req.id} is {req.status}; only a queued or failed request can be denied")
     _close(session, req, fm.DENIED, actor, reason_code=reason_code, reason=reason)
     audit.append(session, actor=actor, action="forget.denied", subject_ref=req.subject_ref,
                  payload={"request_id": req.id, "model": req.model_name, "reason_code": reason_code,
@@ -319,12 +316,12 @@ def retry(session: Session, settings: Settings, request_id: str, *, actor: str) 
     job id to dispatch or None)."""
     req = _locked(session, request_id)
     if req.status != fm.FAILED:
-        raise ForgetError(409, "not_retryable", f"request {req.id} is {req.status}; only a failed request can be retried")
+        raise LetheError(409, "not_retryable", f"request {req.id} is {req.status}; only a failed request can be retried")
     rows = catalogue.by_ids(session, req.model_name, list(req.instance_ids))
     erased = [i for i in req.instance_ids if i in rows and rows[i].erased_at is not None]
     if erased:
-        raise ForgetError(409, "already_erased", f"already erased from model {req.model_name!r} (by a later "
-                                                 f"request): {_preview(erased)}; nothing to retry")
+        raise LetheError(409, "already_erased", f"already erased from model {req.model_name!r} (by a later "
+                                                f"request): {_preview(erased)}; nothing to retry")
     _claim_instances(session, req)
     previous_job, previous_error = req.job_id, req.error
     req.error, req.completed_at, req.metrics = None, None, None

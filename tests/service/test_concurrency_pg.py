@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from app.audit import service as audit
 from app.audit.models import AuditEvent, AuditOutbox
 from app.cli import migrate
+from app.errors import LetheError
 from app.db import session_scope
 from app.forget import service as forget
 from app.forget.models import ForgetRequest, PendingClaim
@@ -58,13 +59,13 @@ def _run(n_threads: int, fn) -> list:
 
 
 def _submit(settings, body: dict, key: str | None = None):
-    """One POST's transaction: (request id, job id to dispatch, replayed) or the ForgetError."""
+    """One POST's transaction: (request id, job id to dispatch, replayed) or the LetheError."""
     try:
         with session_scope(settings.database_url) as db:
             req, job_id, replayed = forget.submit(db, settings, ForgetCreate(**body), idempotency_key=key,
                                                   actor="test")
             return req.id, job_id, replayed
-    except forget.ForgetError as e:
+    except LetheError as e:
         return e
 
 
@@ -119,7 +120,7 @@ def test_same_idempotency_key_at_once_records_one_request(pg):
     assert len({rid for rid, _, _ in results}) == 1
     assert sorted(replayed for _, _, replayed in results) == [False] + [True] * 7
     other = _submit(pg, {**body, "external_id": "changed"}, key="burst-key-1")
-    assert isinstance(other, forget.ForgetError) and other.code == "idempotency_key_reused"
+    assert isinstance(other, LetheError) and other.code == "idempotency_key_reused"
 
 
 def test_claiming_while_requests_arrive_strands_none(pg):
@@ -167,12 +168,12 @@ def test_claiming_while_requests_arrive_strands_none(pg):
 def test_claims_follow_the_request_lifecycle(pg):
     _reset(pg)
     first = _submit(pg, {"model": MODEL, "instance_ids": [_ids(1), _ids(2)]})
-    assert isinstance(_submit(pg, {"model": MODEL, "instance_ids": [_ids(2)]}), forget.ForgetError)
+    assert isinstance(_submit(pg, {"model": MODEL, "instance_ids": [_ids(2)]}), LetheError)
     with session_scope(pg.database_url) as db:
         c = jobs.claim(db, first[1], worker="test", lease_s=0)
     publish(pg, first[1], c.token, c.instance_ids)  # erased: the claim is gone, the erasure answers
     again = _submit(pg, {"model": MODEL, "instance_ids": [_ids(2)]})
-    assert isinstance(again, forget.ForgetError) and again.code == "already_erased"
+    assert isinstance(again, LetheError) and again.code == "already_erased"
     with session_scope(pg.database_url) as db:
         assert db.execute(select(PendingClaim).where(PendingClaim.instance_id.in_([_ids(1), _ids(2)]))).first() is None
 
