@@ -1,57 +1,51 @@
-"""First-start demo: register the demo dataset (LETHE_DEMO_DATASET) through the same
-service a user's upload goes through, train its default model, register it as version 1
-under the alias ``production``, and catalogue every training instance (rows in the
-dataset's store, subject ids as HMAC references)."""
+"""First-start demo, through the path a user takes: the demo dataset (LETHE_DEMO_DATASET) is
+registered with the service behind ``POST /v1/datasets`` and its default model trained with
+the service behind ``POST /v1/models/{name}/train`` (version 1 under ``production``, every
+training row catalogued with its subject as an HMAC reference)."""
 from __future__ import annotations
 
 import logging
 import time
 
-from .audit import service as audit
 from .catalogue import service as catalogue
-from .catalogue.models import TrainingInstance
 from .datasets import service as datasets
 from .datasets.demo import ensure_demo_dataset
 from .db import session_scope
 from .registry import service as registry
-from .registry.models import PRODUCTION
+from .registry import training
 from .settings import Settings
 
 log = logging.getLogger("lethe.bootstrap")
 
 
 def bootstrap_demo(settings: Settings) -> str | None:
-    """Returns the registered model name, or None when a model is already registered."""
+    """The first start's demo, through the path a user takes: the demo dataset is registered
+    with the service behind ``POST /v1/datasets`` and its model trained with the service
+    behind ``POST /v1/models/{name}/train`` (``registry.training.start``, then the run the
+    worker would run, here in this thread). Returns the model name, or None when a model is
+    already registered."""
     with session_scope(settings.database_url) as db:
         if registry.list_models(db):
             return None
-    from models.checkpoint import save_checkpoint
-    from models.data import DEFAULT_ARCH, load_dataset
-    from models.train import accuracy, train_model
+    from models.data import DEFAULT_ARCH
+    from models.train import default_recipe
+    from worker.training import run_training
 
     t0 = time.perf_counter()
     ensure_demo_dataset(settings, settings.demo_dataset)
-    ds = load_dataset(settings.demo_dataset)
-    arch = DEFAULT_ARCH[ds.name]
-    name = f"{ds.name}-{arch}"
-    log.info("bootstrap: training %s on %d %s instances", arch, len(ds.y_train), ds.name)
-    t_train = time.perf_counter()
-    model = train_model(arch, ds.x_train, ds.y_train, input_shape=ds.input_shape, num_classes=len(ds.classes),
-                        seed=settings.demo_seed, epochs=settings.demo_epochs)
-    # the planner weighs this against an approximate job: the training alone, as a retrain
-    # repeats it, not the dataset load or the catalogue writes below
-    train_s = round(time.perf_counter() - t_train, 2)
-    ta = accuracy(model, ds.x_test, ds.y_test)
-    tmp = registry.weights_tmp_path(settings.registry_dir, name)
-    sha = save_checkpoint(model.cpu(), tmp, arch=arch, dataset=ds.name, input_shape=ds.input_shape,
-                          classes=ds.classes, extra={"seed": settings.demo_seed})
-    rel = registry.publish_weights(settings.registry_dir, name, tmp, sha)
-    rows = catalogue.rows_for_model(datasets.store_dir(settings, ds.name), name, ds.name, list(ds.ids_train))
+    arch = DEFAULT_ARCH[settings.demo_dataset]
+    name = f"{settings.demo_dataset}-{arch}"
+    recipe = default_recipe(arch, seed=settings.demo_seed, **({"epochs": settings.demo_epochs}
+                                                              if settings.demo_epochs else {}))
     with session_scope(settings.database_url) as db:
-        registry.register_model(db, name=name, dataset=ds.name, arch=arch, input_shape=ds.input_shape,
-                                classes=ds.classes)
-        _first_version(db, name, sha, rel, {"ta": float(ta), "train_seconds": train_s}, rows, ds.name)
-    log.info("bootstrap: %s v1 (test accuracy %.2f %%) ready in %.1f s", name, ta, time.perf_counter() - t0)
+        run = training.start(db, settings, name, training.TrainBody(dataset=settings.demo_dataset, arch=arch,
+                                                                    recipe=recipe.to_json()), actor="bootstrap")
+        run_id = run.id
+    log.info("bootstrap: training %s on %s (run %s)", arch, settings.demo_dataset, run_id)
+    if run_training(run_id, settings=settings, worker_name="bootstrap") != training.COMPLETED:
+        with session_scope(settings.database_url) as db:
+            raise RuntimeError(f"bootstrap: training {name} failed: {training.get(db, run_id).error}")
+    log.info("bootstrap: %s v1 ready in %.1f s", name, time.perf_counter() - t0)
     return name
 
 
@@ -122,15 +116,6 @@ def bootstrap_exact_demo(settings: Settings, kind: str = "sisa") -> str | None:
 
 def _first_version(db, name: str, sha: str, rel: str, metrics: dict, rows: list[dict], dataset: str,
                    **version_extra) -> None:
-    """Version 1, the production alias on it and the catalogue, each audited (one transaction)."""
-    v = registry.add_version(db, model_name=name, sha256=sha, storage_path=rel, parent_version=None,
-                             job_id=None, metrics=metrics)
-    audit.append(db, actor="bootstrap", action="model.version_created",
-                 payload={"model": name, "version": v.version, "sha256": sha, "parent_version": None,
-                          **version_extra, "metrics": metrics})
-    registry.move_alias(db, model_name=name, alias=PRODUCTION, to_version=v.version, actor="bootstrap")
-    audit.append(db, actor="bootstrap", action="alias.moved",
-                 payload={"model": name, "alias": PRODUCTION, "from_version": None, "to_version": v.version})
-    db.bulk_insert_mappings(TrainingInstance, rows)
-    audit.append(db, actor="bootstrap", action="catalogue.loaded",
-                 payload={"model": name, "dataset": dataset, "instances": len(rows)})
+    """Version 1, the production alias on it and the catalogue, each audited (one transaction):
+    the publishing step of a training run (``registry.training.publish_first_version``)."""
+    training.publish_first_version(db, name, sha, rel, metrics, rows, dataset, actor="bootstrap", **version_extra)
