@@ -1,6 +1,6 @@
 """API keys, server side (straight on the configured database, migrated first):
 
-    lethe keys create --name portal --scopes forget:write,forget:read [--json]
+    lethe keys create --name portal --scopes forget:write,forget:read [--tenant acme] [--json]
     lethe keys revoke k_0123456789ab
     lethe keys list
 
@@ -20,7 +20,9 @@ def register(cmds: Commands) -> None:
     s = keys.local("create", cmd_create, "create a key and print it once")
     s.add_argument("--name", required=True)
     s.add_argument("--scopes", required=True, help=f"comma-separated, of: {','.join(SCOPES)}")
-    s.add_argument("--json", action="store_true", help="print {key_id, key, scopes} as JSON")
+    s.add_argument("--tenant", default="default",
+                   help="whose forget requests the key sees (forget:* keys); operators and auditors see all")
+    s.add_argument("--json", action="store_true", help="print {key_id, key, scopes, tenant} as JSON")
     s = keys.local("revoke", cmd_revoke, "revoke a key by id (effective at once)")
     s.add_argument("key_id")
     keys.local("list", cmd_list, "list keys (never the keys themselves)")
@@ -45,11 +47,12 @@ def cmd_create(args) -> int:
     from ..security import create_key
 
     scopes = args.scopes.split(",")
-    key_id, plaintext = _on_database(lambda db: create_key(db, args.name, scopes, actor="cli"))
+    key_id, plaintext = _on_database(lambda db: create_key(db, args.name, scopes, actor="cli",
+                                                                      tenant=args.tenant))
     if args.json:
-        print(json.dumps({"key_id": key_id, "key": plaintext, "scopes": scopes}))
+        print(json.dumps({"key_id": key_id, "key": plaintext, "scopes": scopes, "tenant": args.tenant}))
     else:
-        print(f"key_id: {key_id}\nkey:    {plaintext}\n(shown once; only its sha256 is stored)")
+        print(f"key_id: {key_id}\ntenant: {args.tenant}\nkey:    {plaintext}\n(shown once; only its sha256 is stored)")
     return OK
 
 
@@ -68,7 +71,7 @@ def cmd_list(args) -> int:
     from ..security import list_keys
 
     def rows(db):
-        return [f"{k.id}\t{k.name}\t{','.join(k.scopes)}\t{k.prefix}...\t"
+        return [f"{k.id}\t{k.name}\t{k.tenant}\t{','.join(k.scopes)}\t{k.prefix}...\t"
                 + (f"revoked {k.revoked_at.isoformat()}" if k.revoked_at else "active") for k in list_keys(db)]
 
     print("\n".join(_on_database(rows)) or "no keys")

@@ -20,6 +20,7 @@ from ..audit.signing import sign_document
 from ..catalogue import service as catalogue
 from ..db import utcnow
 from ..errors import LetheError
+from ..security import tenants
 from ..settings import Settings
 from . import models as fm
 from . import service
@@ -49,7 +50,7 @@ def holders(session: Session, ref: str) -> dict[str, list]:
 
 
 def submit_all(session: Session, settings: Settings, body: ForgetCreate, *, idempotency_key: str | None,
-               actor: str) -> tuple[ErasureGroup, list[ForgetRequest], list[str], bool]:
+               actor: str, tenant: str = tenants.DEFAULT) -> tuple[ErasureGroup, list[ForgetRequest], list[str], bool]:
     """Record one request per model holding the subject's data. Returns (group, requests,
     job ids to dispatch, replayed). Raises LetheError before anything is written."""
     if body.subject_id is None:
@@ -59,10 +60,9 @@ def submit_all(session: Session, settings: Settings, body: ForgetCreate, *, idem
     if body.instance_ids is not None:
         raise LetheError(422, "model_required", "instance_ids need a model; without a model give subject_id only")
     fp = service.fingerprint(body)
-    if idempotency_key is not None:
-        if not (1 <= len(idempotency_key) <= 200):
-            raise LetheError(422, "bad_idempotency_key", "Idempotency-Key must be 1 to 200 characters")
-        old = session.execute(select(ErasureGroup).where(ErasureGroup.idempotency_key == idempotency_key)
+    stored_key = service.stored_idempotency_key(tenant, idempotency_key)  # in the caller's tenant's namespace
+    if stored_key is not None:
+        old = session.execute(select(ErasureGroup).where(ErasureGroup.idempotency_key == stored_key)
                               ).scalar_one_or_none()
         if old is not None:
             if old.fingerprint != fp:
@@ -76,7 +76,7 @@ def submit_all(session: Session, settings: Settings, body: ForgetCreate, *, idem
             raise LetheError(409, "already_erased",
                               f"subject {body.subject_id!r} is already erased from every model that held their data")
         raise LetheError(404, "unknown_subject", f"subject {body.subject_id!r} has no instances in any model's catalogue")
-    group = ErasureGroup(id=str(uuid.uuid4()), subject_ref=ref, idempotency_key=idempotency_key, fingerprint=fp,
+    group = ErasureGroup(id=str(uuid.uuid4()), subject_ref=ref, idempotency_key=stored_key, fingerprint=fp,
                          models=sorted(held), created_by=actor[:128], received_at=utcnow())
     session.add(group)
     session.flush()
@@ -88,7 +88,8 @@ def submit_all(session: Session, settings: Settings, body: ForgetCreate, *, idem
         sub = body.model_copy(update={"model": model, "external_id": body.external_id,
                                       "instance_ids": [r.instance_id for r in rows] if partly_erased else None})
         try:
-            req, job_id, _ = service.submit(session, settings, sub, idempotency_key=None, actor=actor)
+            req, job_id, _ = service.submit(session, settings, sub, idempotency_key=None, actor=actor,
+                                               tenant=tenant)
         except LetheError as e:
             raise LetheError(e.status, e.code, f"model {model!r}: {e.detail}") from e
         req.group_id = group.id

@@ -30,6 +30,13 @@ SUBMIT_ERRORS = responses(
 UNKNOWN_REQUEST = responses(e404="unknown request")
 
 
+def _visible(principal: Principal, reqs) -> bool:
+    """Whether the caller may see something that serves ``reqs`` (a job, an erasure):
+    operators and auditors always; a tenant when one of them is its own."""
+    tenant = principal.sees_tenant
+    return tenant is None or any(r.tenant == tenant for r in reqs)
+
+
 def _read(session, req: ForgetRequest, job=False) -> ForgetRead:
     """``job``: the request's job when the caller already has it (False: look it up)."""
     if job is False:
@@ -60,7 +67,7 @@ def create_forget(body: ForgetCreate, session: SessionDep, settings: SettingsDep
     if body.model is None:  # the subject, from every model trained on their data
         return _erase_everywhere(body, session, settings, dispatcher, response, principal, idempotency_key)
     req, job_to_dispatch, replayed = service.submit(session, settings, body, idempotency_key=idempotency_key,
-                                                    actor=principal.actor)
+                                                    actor=principal.actor, tenant=principal.tenant)
     session.commit()  # the worker must see the request before it is dispatched
     send_after_commit(dispatcher, job_to_dispatch)
     if replayed:
@@ -77,7 +84,7 @@ def _member(r: ForgetRequest) -> ErasureMember:
 
 def _erase_everywhere(body, session, settings, dispatcher, response, principal, idempotency_key) -> ForgetAccepted:
     group, reqs, to_dispatch, replayed = groups.submit_all(session, settings, body, idempotency_key=idempotency_key,
-                                                           actor=principal.actor)
+                                                           actor=principal.actor, tenant=principal.tenant)
     session.commit()  # the workers must see the requests before they are dispatched
     for job_id in to_dispatch:
         send_after_commit(dispatcher, job_id)
@@ -90,39 +97,43 @@ def _erase_everywhere(body, session, settings, dispatcher, response, principal, 
 
 
 @router.get("/erasures/{erasure_id}", response_model=ErasureRead, responses=responses(e404="unknown erasure"),
-            dependencies=[Depends(require_scope(FORGET_READ))],
             summary="A subject's erasure from every model: one request per model and its versions")
-def read_erasure(erasure_id: str, session: SessionDep):
+def read_erasure(erasure_id: str, session: SessionDep,
+                 principal: Annotated[Principal, Depends(require_scope(FORGET_READ))]):
     group = groups.get(session, erasure_id)
-    if group is None:
+    reqs = groups.requests_of(session, erasure_id) if group is not None else []
+    if group is None or not _visible(principal, reqs):
         raise LetheError(404, "unknown_erasure", f"erasure {erasure_id!r} not found")
-    reqs = groups.requests_of(session, erasure_id)
     state = groups.status(reqs)
     return ErasureRead(id=group.id, status=state, models=group.models, received_at=group.received_at,
                        requests=[_member(r) for r in reqs],
                        certificate_url=f"/v1/erasures/{group.id}/certificate" if state == fm.COMPLETED else None)
 
 
-@router.get("/erasures/{erasure_id}/certificate", dependencies=[Depends(require_scope(FORGET_READ, AUDIT_READ))],
+@router.get("/erasures/{erasure_id}/certificate",
             responses=responses(e404="unknown erasure", e409="not every request completed"),
             summary="One signed certificate naming every model and version the subject was forgotten from")
-def erasure_certificate(erasure_id: str, session: SessionDep, settings: SettingsDep):
+def erasure_certificate(erasure_id: str, session: SessionDep, settings: SettingsDep,
+                        principal: Annotated[Principal, Depends(require_scope(FORGET_READ, AUDIT_READ))]):
     """Same envelope as a request's certificate (`{certificate, canonical, signature}`); the
     certificate's `models` lists, per model, the request, the versions before and after
     (number + sha256), the verification metrics and the audit entry."""
+    if not _visible(principal, groups.requests_of(session, erasure_id)):
+        raise LetheError(404, "unknown_erasure", f"erasure {erasure_id!r} not found")
     return groups.certificate(session, settings, erasure_id)
 
 
-@router.get("/forget", response_model=ForgetPage, dependencies=[Depends(require_scope(FORGET_READ))],
-            summary="List requests, newest first; filter by status, model, overdue")
-def list_forget(session: SessionDep, status: Annotated[str | None, Query(description=", ".join(fm.STATUSES))] = None,
+@router.get("/forget", response_model=ForgetPage,
+            summary="List requests, newest first; filter by status, model, overdue (a portal: its tenant's only)")
+def list_forget(session: SessionDep, principal: Annotated[Principal, Depends(require_scope(FORGET_READ))],
+                status: Annotated[str | None, Query(description=", ".join(fm.STATUSES))] = None,
                 model: Annotated[str | None, Query(max_length=128)] = None,
                 overdue: Annotated[bool, Query(description="only open requests past their due date")] = False,
                 limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0, le=MAX_DB_INT)] = 0):
     if status is not None and status not in fm.STATUSES:
         raise LetheError(422, "invalid_request", f"status must be one of {', '.join(fm.STATUSES)}")
     rows, total = service.list_requests(session, status=status, model=model, overdue_only=overdue, limit=limit,
-                                        offset=offset)
+                                        offset=offset, tenant=principal.sees_tenant)
     return ForgetPage(items=[_read(session, r) for r in rows], total=total, limit=limit, offset=offset,
                       next_offset=offset + len(rows) if offset + len(rows) < total else None)
 
@@ -135,7 +146,8 @@ LIFECYCLE_ERRORS = responses(e404="unknown request", e409="the request is not in
 def cancel_forget(request_id: str, session: SessionDep,
                   principal: Annotated[Principal, Depends(require_scope(FORGET_WRITE, limit=SUBMIT))],
                   body: Annotated[CancelBody | None, Body()] = None):
-    req = service.cancel(session, request_id, actor=principal.actor, reason=body.reason if body else None)
+    req = service.cancel(session, request_id, actor=principal.actor, reason=body.reason if body else None,
+                         tenant=principal.sees_tenant)
     return _read(session, req)
 
 
@@ -157,24 +169,25 @@ def retry_forget(request_id: str, session: SessionDep, settings: SettingsDep, di
     return _read(session, req)
 
 
-@router.get("/forget/{request_id}/certificate", dependencies=[Depends(require_scope(FORGET_READ, AUDIT_READ))],
+@router.get("/forget/{request_id}/certificate",
             responses=responses(e404="unknown request", e409="not completed"),
             summary="Deletion certificate of a completed request, signed with the service's Ed25519 key")
-def forget_certificate(request_id: str, session: SessionDep, settings: SettingsDep):
+def forget_certificate(request_id: str, session: SessionDep, settings: SettingsDep,
+                       principal: Annotated[Principal, Depends(require_scope(FORGET_READ, AUDIT_READ))]):
     """`{certificate, canonical, signature: {alg, key_id, value}}`: `canonical` is the exact
     text signed (sorted keys, no spaces, ASCII); verify it with the public key from
     `GET /v1/keys/audit` (recipe in docs/service.md)."""
-    req = service.get(session, request_id)
+    req = service.get(session, request_id, principal.sees_tenant)
     if req is None:
         raise LetheError(404, "unknown_request", f"forget request {request_id!r} not found")
     return certificates.issue(session, settings, req)
 
 
 @router.get("/forget/{request_id}/webhooks", response_model=list[WebhookDeliveryRead], responses=UNKNOWN_REQUEST,
-            dependencies=[Depends(require_scope(FORGET_READ))],
             summary="Webhook deliveries of a request (one per status change) and their attempts")
-def forget_webhooks(request_id: str, session: SessionDep):
-    if service.get(session, request_id) is None:
+def forget_webhooks(request_id: str, session: SessionDep,
+                    principal: Annotated[Principal, Depends(require_scope(FORGET_READ))]):
+    if service.get(session, request_id, principal.sees_tenant) is None:
         raise LetheError(404, "unknown_request", f"forget request {request_id!r} not found")
     return [WebhookDeliveryRead(id=d.id, event=d.event, url=d.url, payload=d.payload, status=d.status,
                                 attempts=d.attempts, next_attempt_at=d.next_attempt_at,
@@ -184,20 +197,22 @@ def forget_webhooks(request_id: str, session: SessionDep):
 
 
 @router.get("/forget/{request_id}", response_model=ForgetRead, responses=UNKNOWN_REQUEST,
-            summary="A request: status, days left, job progress, versions before and after, metrics",
-            dependencies=[Depends(require_scope(FORGET_READ))])
-def read_forget(request_id: str, session: SessionDep):
-    found = service.get_with_job(session, request_id)  # one query: clients poll this
+            summary="A request: status, days left, job progress, versions before and after, metrics")
+def read_forget(request_id: str, session: SessionDep,
+                principal: Annotated[Principal, Depends(require_scope(FORGET_READ))]):
+    found = service.get_with_job(session, request_id, principal.sees_tenant)  # one query: clients poll this
     if found is None:
         raise LetheError(404, "unknown_request", f"forget request {request_id!r} not found")
     return _read(session, *found)
 
 
 @router.get("/jobs/{job_id}", response_model=JobRead, tags=["jobs"], responses=responses(e404="unknown job"),
-            summary="A job: status, stage, progress, attempts, worker, timings, metrics, its requests",
-            dependencies=[Depends(require_scope(FORGET_READ))])
-def read_job(job_id: str, session: SessionDep):
-    found = jobs.get_with_request_ids(session, job_id)  # one query: clients poll this
+            summary="A job: status, stage, progress, attempts, worker, timings, metrics, its requests")
+def read_job(job_id: str, session: SessionDep,
+             principal: Annotated[Principal, Depends(require_scope(FORGET_READ))]):
+    """A portal sees a job only while it serves one of its tenant's requests, and only
+    those requests' ids."""
+    found = jobs.get_with_request_ids(session, job_id, principal.sees_tenant)  # one query: clients poll this
     if found is None:
         raise LetheError(404, "unknown_job", f"job {job_id!r} not found")
     job, request_ids = found

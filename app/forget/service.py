@@ -22,6 +22,7 @@ from ..errors import LetheError
 from ..jobs import models as jm
 from ..jobs import service as jobs
 from ..registry import service as registry
+from ..security import tenants
 from ..settings import Settings
 from ..webhooks import service as webhooks
 from . import claims
@@ -43,18 +44,26 @@ def fingerprint(body: ForgetCreate) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def get(session: Session, request_id: str) -> ForgetRequest | None:
-    return session.get(ForgetRequest, request_id)
+def get(session: Session, request_id: str, tenant: str | None = None) -> ForgetRequest | None:
+    """The request; ``tenant`` (a tenant-bound caller): None unless the request is that
+    tenant's, so another tenant's id reads exactly like an unknown one."""
+    req = session.get(ForgetRequest, request_id)
+    return req if req is not None and tenant in (None, req.tenant) else None
 
 
-def get_with_job(session: Session, request_id: str) -> tuple[ForgetRequest, jm.Job | None] | None:
+def get_with_job(session: Session, request_id: str,
+                 tenant: str | None = None) -> tuple[ForgetRequest, jm.Job | None] | None:
     """A request and its job in one query (primary keys): what a polling client reads."""
-    row = session.execute(select(ForgetRequest, jm.Job).outerjoin(jm.Job, jm.Job.id == ForgetRequest.job_id)
-                          .where(ForgetRequest.id == request_id)).first()
+    q = (select(ForgetRequest, jm.Job).outerjoin(jm.Job, jm.Job.id == ForgetRequest.job_id)
+         .where(ForgetRequest.id == request_id))
+    if tenant is not None:
+        q = q.where(ForgetRequest.tenant == tenant)
+    row = session.execute(q).first()
     return (row[0], row[1]) if row else None
 
 
 def by_idempotency_key(session: Session, key: str) -> ForgetRequest | None:
+    """By the stored (tenant-namespaced, ``tenants.namespaced_key``) key."""
     return session.execute(select(ForgetRequest).where(ForgetRequest.idempotency_key == key)).scalar_one_or_none()
 
 
@@ -80,25 +89,27 @@ class _Selection:
 
 
 def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempotency_key: str | None,
-           actor: str) -> tuple[ForgetRequest, str | None, bool]:
+           actor: str, tenant: str = tenants.DEFAULT) -> tuple[ForgetRequest, str | None, bool]:
     """Validate and record a forget request. Returns (request, job_id to dispatch or None,
     replayed). Raises LetheError for every invalid input; the caller's transaction then
     rolls back, so nothing is half-recorded.
 
     The steps read top to bottom; none takes a model-wide lock or reads other pending
     requests, so its cost does not grow with the backlog (overlap is a unique-key conflict
-    on ``forget_claims``, the audit event goes through the outbox)."""
+    on ``forget_claims``, the audit event goes through the outbox). ``tenant``: the caller's;
+    the request belongs to it and ``idempotency_key`` lives in its namespace."""
     fp = fingerprint(body)
-    replay = _idempotent_replay(session, idempotency_key, fp)
+    key = stored_idempotency_key(tenant, idempotency_key)
+    replay = _idempotent_replay(session, key, fp)
     if replay is not None:
         return replay, None, True
     sel = _select(session, settings, body)
-    req = _new_request(session, body, sel, idempotency_key=idempotency_key, fingerprint=fp)
+    req = _new_request(session, body, sel, idempotency_key=key, fingerprint=fp, tenant=tenant)
     try:
         session.flush()
     except IntegrityError:  # a concurrent retry with the same Idempotency-Key won the race
         session.rollback()
-        replay = _idempotent_replay(session, idempotency_key, fp)
+        replay = _idempotent_replay(session, key, fp)
         if replay is None:
             raise
         return replay, None, True
@@ -112,12 +123,20 @@ def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempote
     return req, (job.id if created else None), False
 
 
-def _idempotent_replay(session: Session, key: str | None, fp: str) -> ForgetRequest | None:
-    """The earlier request recorded under ``key`` (409 if its body differs), or None."""
+def stored_idempotency_key(tenant: str, key: str | None) -> str | None:
+    """The Idempotency-Key as sent, checked, in ``tenant``'s namespace."""
     if key is None:
         return None
-    if not (1 <= len(key) <= 200):
-        raise LetheError(422, "bad_idempotency_key", "Idempotency-Key must be 1 to 200 characters")
+    if not (1 <= len(key) <= 200) or any(ord(c) < 32 for c in key):
+        raise LetheError(422, "bad_idempotency_key",
+                          "Idempotency-Key must be 1 to 200 characters, no control characters")
+    return tenants.namespaced_key(tenant, key)
+
+
+def _idempotent_replay(session: Session, key: str | None, fp: str) -> ForgetRequest | None:
+    """The earlier request recorded under the stored ``key`` (409 if its body differs), or None."""
+    if key is None:
+        return None
     return _replay(session, key, fp) if by_idempotency_key(session, key) is not None else None
 
 
@@ -200,13 +219,14 @@ def _catalogue_rows(session: Session, body: ForgetCreate, ref: str | None) -> li
 
 
 def _new_request(session: Session, body: ForgetCreate, sel: _Selection, *, idempotency_key: str | None,
-                 fingerprint: str) -> ForgetRequest:
+                 fingerprint: str, tenant: str) -> ForgetRequest:
     now = utcnow()
     req = ForgetRequest(id=str(uuid.uuid4()), external_id=body.external_id, idempotency_key=idempotency_key,
                         fingerprint=fingerprint, subject_ref=sel.subject_ref, instance_ids=sel.ids,
                         model_name=body.model, objective=body.objective, method=sel.method,
                         target_label=body.target_label, status=fm.QUEUED, received_at=now,
-                        due_at=now + dt.timedelta(days=fm.DUE_DAYS), callback_url=body.callback_url, retries=0)
+                        due_at=now + dt.timedelta(days=fm.DUE_DAYS), callback_url=body.callback_url, retries=0,
+                        tenant=tenant)
     session.add(req)
     return req
 
@@ -221,7 +241,11 @@ def _claim_instances(session: Session, req: ForgetRequest) -> None:
         for iid, holder in sorted(held.items()):
             by_request.setdefault(holder, []).append(iid)
         (rid, status), ids = next(iter(by_request.items()))
-        raise LetheError(409, "already_pending", f"request {rid} (status {status}) already covers: {_preview(ids)}")
+        holder = get(session, rid)
+        if holder is not None and holder.tenant == req.tenant:
+            raise LetheError(409, "already_pending", f"request {rid} (status {status}) already covers: {_preview(ids)}")
+        # another tenant's request: no id, no status (nothing to read about another portal)
+        raise LetheError(409, "already_pending", f"already pending in another request: {_preview(ids)}")
     erased = catalogue.erased_among(session, req.model_name, req.instance_ids)
     if erased:
         raise LetheError(409, "already_erased", f"already erased from model {req.model_name!r}: {_preview(erased)}")
@@ -247,9 +271,13 @@ def overdue(req: ForgetRequest, now: dt.datetime | None = None) -> bool:
 
 
 def list_requests(session: Session, *, status: str | None = None, model: str | None = None,
-                  overdue_only: bool = False, limit: int = 50, offset: int = 0) -> tuple[list[ForgetRequest], int]:
-    """Newest first. ``overdue_only``: open requests past their due date."""
+                  overdue_only: bool = False, limit: int = 50, offset: int = 0,
+                  tenant: str | None = None) -> tuple[list[ForgetRequest], int]:
+    """Newest first. ``overdue_only``: open requests past their due date. ``tenant``: only
+    that tenant's (None: every tenant)."""
     q = select(ForgetRequest)
+    if tenant is not None:
+        q = q.where(ForgetRequest.tenant == tenant)
     if status:
         q = q.where(ForgetRequest.status == status)
     if model:
@@ -262,9 +290,9 @@ def list_requests(session: Session, *, status: str | None = None, model: str | N
     return list(rows), int(total)
 
 
-def _locked(session: Session, request_id: str) -> ForgetRequest:
+def _locked(session: Session, request_id: str, tenant: str | None = None) -> ForgetRequest:
     """The request, with its model locked (serialises with submissions and job claims)."""
-    req = get(session, request_id)
+    req = get(session, request_id, tenant)
     if req is None:
         raise LetheError(404, "unknown_request", f"forget request {request_id!r} not found")
     registry.get_model(session, req.model_name, lock=True)
@@ -284,9 +312,11 @@ def _close(session: Session, req: ForgetRequest, status: str, actor: str, *, rea
         jobs.cancel_if_empty(session, job, actor)
 
 
-def cancel(session: Session, request_id: str, *, actor: str, reason: str | None = None) -> ForgetRequest:
-    """queued -> canceled. Only before it runs: a running or closed request answers 409."""
-    req = _locked(session, request_id)
+def cancel(session: Session, request_id: str, *, actor: str, reason: str | None = None,
+           tenant: str | None = None) -> ForgetRequest:
+    """queued -> canceled. Only before it runs: a running or closed request answers 409.
+    ``tenant``: only that tenant's request (another's answers 404 like an unknown id)."""
+    req = _locked(session, request_id, tenant)
     if req.status != fm.QUEUED:
         raise LetheError(409, "not_cancelable",
                          f"request {req.id} is {req.status}; only a queued request can be canceled")

@@ -28,11 +28,16 @@ def get(session: Session, job_id: str) -> Job | None:
     return session.get(Job, job_id)
 
 
-def get_with_request_ids(session: Session, job_id: str) -> tuple[Job, list[str]] | None:
-    """A job and the ids of its requests in one query (job primary key, requests' job_id index)."""
-    rows = session.execute(select(Job, ForgetRequest.id).outerjoin(ForgetRequest, ForgetRequest.job_id == Job.id)
+def get_with_request_ids(session: Session, job_id: str,
+                         tenant: str | None = None) -> tuple[Job, list[str]] | None:
+    """A job and the ids of its requests in one query (job primary key, requests' job_id
+    index). ``tenant``: only that tenant's requests, and None when the job serves none."""
+    on = ForgetRequest.job_id == Job.id
+    if tenant is not None:
+        on = on & (ForgetRequest.tenant == tenant)
+    rows = session.execute(select(Job, ForgetRequest.id).outerjoin(ForgetRequest, on)
                            .where(Job.id == job_id).order_by(ForgetRequest.received_at, ForgetRequest.id)).all()
-    if not rows:
+    if not rows or (tenant is not None and rows[0][1] is None):
         return None
     return rows[0][0], [rid for _, rid in rows if rid is not None]
 

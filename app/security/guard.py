@@ -15,7 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ..db import session_scope
 from ..errors import LetheError
 from ..dashboard import session as dashboard_session
-from . import ratelimit
+from . import ratelimit, tenants
 from .keys import authenticate, unauthorized
 from .models import ApiKey
 from .scopes import check_scopes
@@ -28,6 +28,13 @@ class Principal:
     key_id: str
     name: str
     scopes: tuple[str, ...]
+    tenant: str = tenants.DEFAULT
+
+    @property
+    def sees_tenant(self) -> str | None:
+        """The tenant this caller's forget reads are limited to; None for operators and
+        auditors, who see every tenant (app/security/tenants.py)."""
+        return tenants.visible_tenant(self.tenant, self.scopes)
 
     @property
     def caller(self) -> str:
@@ -87,7 +94,7 @@ def principal_of(request: Request, token: str) -> Principal:
             key = _session_key(db, settings, token)
         else:
             key = authenticate(db, token)
-        return Principal(key.id, key.name, tuple(key.scopes))
+        return Principal(key.id, key.name, tuple(key.scopes), key.tenant or tenants.DEFAULT)
 
 
 def optional_principal(request: Request) -> Principal | None:

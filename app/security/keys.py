@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from ..db import session_scope, utcnow
 from ..errors import LetheError
+from . import tenants
 from .models import ApiKey
 from .scopes import SCOPES, check_scopes
 
@@ -36,25 +37,29 @@ def unauthorized(code: str, detail: str) -> LetheError:
 
 # --- lifecycle ---------------------------------------------------------------------------------
 
-def create_key(session: Session, name: str, scopes: Iterable[str], *, actor: str = "cli") -> tuple[str, str]:
-    """Create a key inside the caller's transaction. Returns (key_id, plaintext); the
-    plaintext is not stored anywhere and cannot be shown again."""
+def create_key(session: Session, name: str, scopes: Iterable[str], *, actor: str = "cli",
+               tenant: str = tenants.DEFAULT) -> tuple[str, str]:
+    """Create a key of ``tenant`` inside the caller's transaction. Returns (key_id,
+    plaintext); the plaintext is not stored anywhere and cannot be shown again."""
     plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
-    return _insert(session, name, scopes, plaintext, actor), plaintext
+    return _insert(session, name, scopes, plaintext, actor, tenant), plaintext
 
 
-def _insert(session: Session, name: str, scopes: Iterable[str], plaintext: str, actor: str) -> str:
+def _insert(session: Session, name: str, scopes: Iterable[str], plaintext: str, actor: str,
+            tenant: str = tenants.DEFAULT) -> str:
     from ..audit import service as audit
 
     name = name.strip()
     if not (1 <= len(name) <= 128):
         raise ValueError("a key name must be 1 to 128 characters")
     scopes = check_scopes(scopes)
+    tenant = tenants.check_name(tenant)
     key_id = "k_" + secrets.token_hex(6)
     session.add(ApiKey(id=key_id, name=name, key_hash=hash_key(plaintext), prefix=plaintext[:12], scopes=scopes,
-                       created_at=utcnow()))
+                       created_at=utcnow(), tenant=tenant))
     session.flush()
-    audit.append(session, actor=actor, action="key.created", payload={"key_id": key_id, "name": name, "scopes": scopes})
+    audit.append(session, actor=actor, action="key.created", payload={"key_id": key_id, "name": name, "scopes": scopes,
+                                                                                "tenant": tenant})
     return key_id
 
 

@@ -47,12 +47,12 @@ def make_settings(tmp_path, **kw) -> Settings:
                        "webhook_poll_s": 0, "audit_checkpoint_poll_s": 0, "audit_drain_s": 0, **kw})
 
 
-def make_key(settings: Settings, scopes=None, name: str = "test") -> str:
+def make_key(settings: Settings, scopes=None, name: str = "test", tenant: str = "default") -> str:
     """A real API key (created the way `python -m app.security keys create` does)."""
     from app import security
 
     with session_scope(settings.database_url) as db:
-        return security.create_key(db, name, scopes or security.SCOPES, actor="test")[1]
+        return security.create_key(db, name, scopes or security.SCOPES, actor="test", tenant=tenant)[1]
 
 
 def bearer(key: str) -> dict:
