@@ -160,6 +160,14 @@ def test_command_line(settings):
     assert "revoked" in run("list").stdout
     bad = run("create", "--name", "x", "--scopes", "root")
     assert bad.returncode == 2 and "unknown scope" in bad.stderr
+    # a portal of tenant acme (tests/service/test_tenants.py: what the tenant changes)
+    r = run("create", "--name", "acme-portal", "--scopes", "forget:read", "--tenant", "acme", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout.strip().splitlines()[-1])["tenant"] == "acme", r.stderr
+    with session_scope(settings.database_url) as db:
+        assert security.authenticate(db, json.loads(r.stdout.strip().splitlines()[-1])["key"]).tenant == "acme"
+    assert made["key_id"] in run("list").stdout and "\tacme\t" in run("list").stdout
+    bad = run("create", "--name", "x", "--scopes", "forget:read", "--tenant", "Acme Corp")
+    assert bad.returncode == 2 and "tenant 'Acme Corp'" in bad.stderr
 
 
 def test_subject_ids_in_paths_are_redacted_from_the_access_log():
