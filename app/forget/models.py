@@ -53,7 +53,7 @@ class ForgetRequest(Base):
     callback_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)  # signed webhooks go here
     # migration 0005: one request of an erasure group (a subject forgotten from every model)
     group_id: Mapped[str | None] = mapped_column(ForeignKey("erasure_groups.id"), index=True, nullable=True)
-    # migration 0009: the tenant of the key that submitted it (app/security/tenants.py)
+    # migration 0010: the tenant of the key that submitted it (app/security/tenants.py)
     tenant: Mapped[str] = mapped_column(String(64), default="default", server_default="default", index=True)
 
 

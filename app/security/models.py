@@ -21,5 +21,5 @@ class ApiKey(Base):
     scopes: Mapped[list] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    # migration 0009: whose requests this key sees (app/security/tenants.py)
+    # migration 0010: whose requests this key sees (app/security/tenants.py)
     tenant: Mapped[str] = mapped_column(String(64), default="default", server_default="default")
