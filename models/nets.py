@@ -186,18 +186,9 @@ def _token_ids(x: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return x.round().long().clamp_(0, vocab_size - 1)
 
 
-class TextBag(nn.Module):
-    """Mean of token embeddings (id 0 = padding, ignored) + one hidden layer."""
-
-    def __init__(self, input_shape, num_classes, vocab_size: int, embed_dim: int = 64, hidden: int = 64):
-        super().__init__()
-        self.vocab_size = vocab_size
-        self.embed = nn.EmbeddingBag(vocab_size, embed_dim, mode="mean", padding_idx=0)
-        self.fc = nn.Linear(embed_dim, hidden)
-        self.head = nn.Linear(hidden, num_classes)
-
-    def trunk(self, x):
-        return self.embed(_token_ids(x, self.vocab_size))
+class _TextHead(nn.Module):
+    """What both text classifiers put after their trunk (a pooled sequence vector): one
+    hidden layer ``fc`` and the ``head``; the unlearning code edits these two as the tail."""
 
     def tail(self, z):
         return self.head(F.relu(self.fc(z)))
@@ -212,7 +203,21 @@ class TextBag(nn.Module):
         return self.tail(self.trunk(x))
 
 
-class TextTransformer(nn.Module):
+class TextBag(_TextHead):
+    """Mean of token embeddings (id 0 = padding, ignored) + one hidden layer."""
+
+    def __init__(self, input_shape, num_classes, vocab_size: int, embed_dim: int = 64, hidden: int = 64):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.embed = nn.EmbeddingBag(vocab_size, embed_dim, mode="mean", padding_idx=0)
+        self.fc = nn.Linear(embed_dim, hidden)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def trunk(self, x):
+        return self.embed(_token_ids(x, self.vocab_size))
+
+
+class TextTransformer(_TextHead):
     """Token + learned position embeddings, a pre-norm Transformer encoder, the mean over
     non-padding positions, one hidden layer and the head."""
 
@@ -236,17 +241,6 @@ class TextTransformer(nn.Module):
         keep = (~pad).unsqueeze(-1).float()
         return (h * keep).sum(1) / keep.sum(1).clamp_min(1.0)
 
-    def tail(self, z):
-        return self.head(F.relu(self.fc(z)))
-
-    def tail_modules(self) -> list[nn.Module]:
-        return [self.fc, self.head]
-
-    def features(self, x):
-        return F.relu(self.fc(self.trunk(x)))
-
-    def forward(self, x):
-        return self.tail(self.trunk(x))
 
 
 def _resnet(depth: int):
