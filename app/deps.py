@@ -16,7 +16,9 @@ def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _session(request: Request) -> Iterator[Session]:
+def request_session(request: Request) -> Iterator[Session]:
+    """The request's one transaction (commit on success). FastAPI caches it per request, so
+    the route and the scope check (app/security/guard.py) share it."""
     with session_scope(request.app.state.settings.database_url) as session:
         yield session
 
@@ -30,6 +32,6 @@ def _serving(request: Request) -> ServingCache:
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
-SessionDep = Annotated[Session, Depends(_session)]
+SessionDep = Annotated[Session, Depends(request_session)]
 DispatcherDep = Annotated[Dispatcher, Depends(_dispatcher)]
 ServingDep = Annotated[ServingCache, Depends(_serving)]

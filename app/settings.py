@@ -133,7 +133,8 @@ class Settings(BaseSettings):
                                                          "model runs is dispatched again (its message was lost)")
     # the planner (app/jobs/planner.py) and pooling
     max_job_instances: int = Field(default=2000, ge=1, description="a job takes at most this many instances; "
-                                                                   "later requests wait for the next job")
+                                                                   "as it starts, the requests over the cap "
+                                                                   "move to the next job")
     max_approx_instances: int = Field(default=64, ge=0, description="a job with more instances than this is "
                                                                     "retrained from scratch (exact) instead of "
                                                                     "unlearned approximately")

@@ -75,7 +75,8 @@ def _name(task) -> str:
 @celery_app.task(name="lethe.run_job", bind=True, acks_late=True, max_retries=None)
 def run_job(self, job_id: str) -> str:
     s = get_settings()
-    outcome = driver.execute_job(job_id, worker_name=_name(self), fan_out=_chord if s.exact_fan_out else None)
+    outcome = driver.execute_job(job_id, worker_name=_name(self), fan_out=_chord if s.exact_fan_out else None,
+                                 dispatch=lambda next_job: run_job.apply_async((next_job,), countdown=3))
     if outcome == "defer":
         raise self.retry(countdown=3)
     if outcome == "retry":

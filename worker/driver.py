@@ -109,16 +109,18 @@ def default_worker_name() -> str:
 # --- the driver ------------------------------------------------------------------------------
 
 def execute_job(job_id: str, *, settings: Settings | None = None, worker_name: str | None = None,
-                fan_out: Callable[[dict], None] | None = None) -> str:
+                fan_out: Callable[[dict], None] | None = None,
+                dispatch: Callable[[str], None] | None = None) -> str:
     """Run one job end to end. Returns "completed", "done" (already finished: no-op),
     "defer" (another job of the model runs; try later), "retry" (attempt failed, job queued
     again), "failed" (final), "missing", or "fanned_out" (a sharded model's member retrains
     were handed to ``fan_out`` — Celery's chord — whose callback completes the job). Every log
-    line written meanwhile carries the job id."""
+    line written meanwhile carries the job id. ``dispatch``: how to send a job split off this
+    one at its claim (over LETHE_MAX_JOB_INSTANCES); without it the sweeper sends it."""
     s = settings or get_settings()
     worker = worker_name or default_worker_name()
     with job_context(job_id):
-        spec = _claim(s, job_id, worker)
+        spec = _claim(s, job_id, worker, dispatch)
         if isinstance(spec, str):
             return spec
         try:
@@ -131,9 +133,9 @@ def execute_job(job_id: str, *, settings: Settings | None = None, worker_name: s
             return _failed(s, spec, worker, e)
 
 
-def _claim(s: Settings, job_id: str, worker: str) -> JobSpec | str:
+def _claim(s: Settings, job_id: str, worker: str, dispatch: Callable[[str], None] | None = None) -> JobSpec | str:
     with session_scope(s.database_url) as db:
-        c = jobs.claim(db, job_id, worker=worker, lease_s=s.job_lease_s)
+        c = jobs.claim(db, job_id, worker=worker, lease_s=s.job_lease_s, max_instances=s.max_job_instances)
         if c.outcome != "run":
             log.info("job %s: %s (%s)", job_id, c.outcome, c.reason)
             return c.outcome
@@ -142,11 +144,20 @@ def _claim(s: Settings, job_id: str, worker: str) -> JobSpec | str:
         base = registry.resolve_alias(db, job.model_name)
         targets = {r.target_label for r in c.requests if r.target_label is not None}
         found = catalogue.by_ids(db, job.model_name, c.instance_ids)  # an earlier job may have erased some
-        return JobSpec(job_id=job_id, token=c.token, model_name=job.model_name, family=model_row.family,
+        spec = JobSpec(job_id=job_id, token=c.token, model_name=job.model_name, family=model_row.family,
                        method=job.method, objective=job.objective, target_label=targets.pop() if targets else None,
                        base_path=base.storage_path, base_sha=base.sha256, base_version=base.version,
                        forget_ids=[i for i in c.instance_ids if i in found], dataset=model_row.dataset,
                        recipe=registry.recipe_of(model_row).to_json() if model_row.family == "instance" else None)
+    if c.spilled:  # committed: the requests over the cap wait in the next job
+        log.info("job %s: requests over LETHE_MAX_JOB_INSTANCES=%d moved to job %s", job_id, s.max_job_instances,
+                 c.spilled)
+        try:
+            if dispatch is not None:
+                dispatch(c.spilled)
+        except Exception as e:  # noqa: BLE001 - the job is recorded; the sweeper sends it later
+            log.warning("dispatch of job %s failed (%s); the sweeper will send it", c.spilled, e)
+    return spec
 
 
 def _build(s: Settings, spec: JobSpec, fan_out) -> Built | None:

@@ -67,7 +67,7 @@ class EmbeddedWorker:
             if job_id is _STOP:
                 return
             try:
-                outcome = execute_job(job_id, settings=self.settings, worker_name=self.name)
+                outcome = execute_job(job_id, settings=self.settings, worker_name=self.name, dispatch=self.dispatch)
             except Exception:  # noqa: BLE001 - never let the thread die
                 log.exception("embedded worker: job %s crashed", job_id)
                 outcome = "retry"

@@ -27,7 +27,6 @@ from ..settings import Settings
 from ..webhooks import service as webhooks
 from . import claims
 from . import models as fm
-from .status import set_status
 from .models import ForgetRequest
 from .status import set_status
 from .schemas import ForgetCreate
@@ -104,7 +103,9 @@ def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempote
     if replay is not None:
         return replay, None, True
     sel = _select(session, settings, body)
-    req = _new_request(session, body, sel, idempotency_key=key, fingerprint=fp, tenant=tenant)
+    req = _new_request(body, sel, idempotency_key=key, fingerprint=fp, tenant=tenant)
+    job, created = jobs.attach(session, req, settings.max_attempts)  # before the INSERT, which carries job_id
+    session.add(req)
     try:
         session.flush()
     except IntegrityError:  # a concurrent retry with the same Idempotency-Key won the race
@@ -114,7 +115,6 @@ def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempote
             raise
         return replay, None, True
     _claim_instances(session, req)
-    job, created = jobs.attach(session, req, settings.max_attempts, settings.max_job_instances)
     audit.record(session, actor=actor, action="forget.received", subject_ref=req.subject_ref,
                  payload={"request_id": req.id, "model": req.model_name, "objective": req.objective,
                           "method": req.method, "instances": len(req.instance_ids), "job_id": job.id,
@@ -218,8 +218,9 @@ def _catalogue_rows(session: Session, body: ForgetCreate, ref: str | None) -> li
     return [found[i] for i in body.instance_ids]
 
 
-def _new_request(session: Session, body: ForgetCreate, sel: _Selection, *, idempotency_key: str | None,
-                 fingerprint: str, tenant: str) -> ForgetRequest:
+def _new_request(body: ForgetCreate, sel: _Selection, *, idempotency_key: str | None, fingerprint: str,
+                 tenant: str) -> ForgetRequest:
+    """The request row, not yet in the session (``attach`` gives it its job first)."""
     now = utcnow()
     req = ForgetRequest(id=str(uuid.uuid4()), external_id=body.external_id, idempotency_key=idempotency_key,
                         fingerprint=fingerprint, subject_ref=sel.subject_ref, instance_ids=sel.ids,
@@ -227,7 +228,6 @@ def _new_request(session: Session, body: ForgetCreate, sel: _Selection, *, idemp
                         target_label=body.target_label, status=fm.QUEUED, received_at=now,
                         due_at=now + dt.timedelta(days=fm.DUE_DAYS), callback_url=body.callback_url, retries=0,
                         tenant=tenant)
-    session.add(req)
     return req
 
 
@@ -358,7 +358,8 @@ def retry(session: Session, settings: Settings, request_id: str, *, actor: str) 
     req.version_before = req.version_after = None
     req.retries = (req.retries or 0) + 1
     set_status(session, req, fm.QUEUED)
-    job, created = jobs.attach(session, req, settings.max_attempts, settings.max_job_instances)
+    job, created = jobs.attach(session, req, settings.max_attempts)
+    session.flush()
     audit.append(session, actor=actor, action="forget.retried", subject_ref=req.subject_ref,
                  payload={"request_id": req.id, "model": req.model_name, "retry": req.retries,
                           "previous_job_id": previous_job, "previous_error": (previous_error or "")[:500],

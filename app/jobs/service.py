@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ..audit import service as audit
@@ -72,37 +72,64 @@ def lock(session: Session, job_id: str) -> Job | None:
                            .execution_options(populate_existing=True)).scalar_one_or_none()
 
 
-def attach(session: Session, req: ForgetRequest, max_attempts: int,
-           max_instances: int | None = None) -> tuple[Job, bool]:
+def attach(session: Session, req: ForgetRequest, max_attempts: int) -> tuple[Job, bool]:
     """Coalesce: a request joins the model's job that has not started yet (same objective and
     method; a relabel request with a fixed target gets a job of its own), else a new job is
-    created, and a queued job takes no more than ``max_instances`` instances in all
-    (LETHE_MAX_JOB_INSTANCES: later requests wait for the next job). Returns (job, created).
+    created. Sets ``req.job_id`` (call before the request row is first flushed: the INSERT
+    then carries it). Returns (job, created).
 
-    No model-wide lock: the queued job is read ``FOR SHARE``, which submitters hold together
+    One indexed read per submission, whatever the backlog: no model-wide lock, and no count
+    of the job's instances (the cap, LETHE_MAX_JOB_INSTANCES, is applied when the job is
+    claimed: ``_spill``). The queued job is read ``FOR SHARE``, which submitters hold together
     but which makes ``claim`` (``lock``: ``FOR UPDATE``) wait until they commit; a job claimed
-    first no longer matches ``status = queued`` when re-checked, so the request gets a new
-    job. The request row must already be flushed (it is updated here)."""
+    first no longer matches ``status = queued`` when re-checked, so the request gets a new job."""
     job = None
-    k = len(req.instance_ids or [])
     if req.target_label is None:
-        q = select(Job).where(Job.model_name == req.model_name, Job.status == QUEUED,
-                              Job.objective == req.objective, Job.method == req.method, Job.target_label.is_(None))
-        if max_instances is not None:  # a read, not a counter on the job row: submitters share that row
-            held = (select(func.coalesce(func.sum(func.json_array_length(ForgetRequest.instance_ids)), 0))
-                    .where(ForgetRequest.job_id == Job.id).scalar_subquery())
-            q = q.where(held + k <= max_instances)
-        job = session.execute(q.order_by(Job.created_at).limit(1).with_for_update(read=True)).scalar_one_or_none()
+        job = session.execute(
+            select(Job).where(Job.model_name == req.model_name, Job.status == QUEUED, Job.objective == req.objective,
+                              Job.method == req.method, Job.target_label.is_(None))
+            .order_by(Job.created_at).limit(1).with_for_update(read=True)).scalar_one_or_none()
     created = job is None
     if created:
-        job = Job(id=str(uuid.uuid4()), model_name=req.model_name, objective=req.objective, method=req.method,
-                  status=QUEUED, progress=0.0, stage="queued", attempts=0, max_attempts=max_attempts,
-                  created_at=utcnow(), target_label=req.target_label)
-        session.add(job)
-        session.flush()
+        job = _new_job(session, req.model_name, req.objective, req.method, max_attempts, req.target_label)
     req.job_id = job.id
-    session.flush()
     return job, created
+
+
+def _new_job(session: Session, model_name: str, objective: str, method: str, max_attempts: int,
+             target_label: int | None) -> Job:
+    job = Job(id=str(uuid.uuid4()), model_name=model_name, objective=objective, method=method, status=QUEUED,
+              progress=0.0, stage="queued", attempts=0, max_attempts=max_attempts, created_at=utcnow(),
+              target_label=target_label)
+    session.add(job)
+    session.flush()  # before the request rows that reference it
+    return job
+
+
+def _spill(session: Session, job: Job, reqs: list[ForgetRequest], max_instances: int | None,
+           actor: str) -> tuple[list[ForgetRequest], str | None]:
+    """Bounded pooling, applied as the job starts: it keeps its oldest requests up to
+    ``max_instances`` instances in all (LETHE_MAX_JOB_INSTANCES; always at least one
+    request), and the rest move to a new queued job of the same kind, the next in line.
+    Returns (the requests kept, the new job's id or None)."""
+    kept, n = [], 0
+    for r in reqs:
+        k = len(r.instance_ids or [])
+        if max_instances is not None and kept and n + k > max_instances:
+            break
+        kept.append(r)
+        n += k
+    rest = reqs[len(kept):]
+    if not rest:
+        return kept, None
+    nxt = _new_job(session, job.model_name, job.objective, job.method, job.max_attempts, job.target_label)
+    for r in rest:
+        r.job_id = nxt.id
+    audit.append(session, actor=actor, action="job.split",
+                 payload={"job_id": job.id, "model": job.model_name, "kept_instances": n,
+                          "max_instances": max_instances, "next_job_id": nxt.id,
+                          "moved_requests": len(rest), "moved_instances": sum(len(r.instance_ids) for r in rest)})
+    return kept, nxt.id
 
 
 @dataclass
@@ -113,16 +140,18 @@ class Claim:
     requests: list[ForgetRequest] = field(default_factory=list)
     instance_ids: list[str] = field(default_factory=list)
     reason: str = ""
+    spilled: str | None = None  # a new queued job holding the requests over the instance cap
 
 
 def _fresh(heartbeat: dt.datetime | None, lease_s: int) -> bool:
     return heartbeat is not None and (utcnow() - heartbeat).total_seconds() < lease_s
 
 
-def claim(session: Session, job_id: str, *, worker: str, lease_s: int) -> Claim:
+def claim(session: Session, job_id: str, *, worker: str, lease_s: int, max_instances: int | None = None) -> Claim:
     """Take a job for running. One running job per model (the lineage never forks); a
     finished job is a no-op (a redelivered message publishes nothing twice); attempts are
-    counted here and capped."""
+    counted here and capped; requests over ``max_instances`` move to the next job (``_spill``:
+    ``Claim.spilled`` is its id, to dispatch)."""
     job = session.get(Job, job_id)
     if job is None:
         return Claim("missing", reason=f"job {job_id} not found")
@@ -143,6 +172,7 @@ def claim(session: Session, job_id: str, *, worker: str, lease_s: int) -> Claim:
     if job.attempts >= job.max_attempts:
         _finish_failed(session, job, reqs, f"gave up after {job.attempts} attempts; last error: {job.error}")
         return Claim("failed", job, reason="attempts exhausted")
+    reqs, spilled = _spill(session, job, reqs, max_instances, actor=f"worker:{worker}")
     job.attempts += 1
     job.status, job.worker, job.claim_token = RUNNING, worker, str(uuid.uuid4())
     job.started_at = job.started_at or utcnow()
@@ -162,7 +192,7 @@ def claim(session: Session, job_id: str, *, worker: str, lease_s: int) -> Claim:
                           "requests": [r.id for r in reqs], "instances": len(live),
                           "base_version": job.base_version})
     session.flush()
-    return Claim("run", job, job.claim_token, reqs, live)
+    return Claim("run", job, job.claim_token, reqs, live, spilled=spilled)
 
 
 def heartbeat(session: Session, job_id: str, token: str, *, stage: str, fraction: float) -> bool:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from fastapi import FastAPI, Request, Security
+from fastapi import Depends, FastAPI, Request, Security
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
 
-from ..db import session_scope
+from ..db import read_scope
+from ..deps import request_session
 from ..errors import LetheError
 from ..dashboard import session as dashboard_session
 from . import ratelimit, tenants
@@ -59,9 +61,9 @@ def require_scope(scope: str, *alternatives: str, limit: str | None = None):
     per caller once the key is checked (429 ``rate_limited`` with Retry-After)."""
     allowed = tuple(check_scopes((scope, *alternatives)))
 
-    def dependency(request: Request,
+    def dependency(request: Request, session: Session = Depends(request_session),
                    _credentials: HTTPAuthorizationCredentials | None = Security(_bearer)) -> Principal:
-        principal = principal_of(request, bearer_token(request))
+        principal = principal_of(request, bearer_token(request), session)
         check_allowed(principal, allowed)
         request.state.principal = principal
         if limit:
@@ -85,16 +87,28 @@ def bearer_token(request: Request) -> str:
     return parts[1].strip()
 
 
-def principal_of(request: Request, token: str) -> Principal:
-    """Step 2: the active key the token names (its own short transaction). On ``/dashboard``
-    paths the token may also be a dashboard session (app/dashboard/session.py)."""
+def principal_of(request: Request, token: str, session: Session | None = None) -> Principal:
+    """Step 2: the active key the token names. On ``/dashboard`` paths the token may also be
+    a dashboard session (app/dashboard/session.py).
+
+    On Postgres the key is read in the request's own session (``session``, the one its
+    route uses: one connection checkout, one transaction per request, which matters on the
+    submit path, issue 16). On SQLite a transaction that begins in the request's session
+    takes the database-wide write lock (BEGIN IMMEDIATE) until the response, so the key is
+    read in a short read-only session instead."""
     settings = request.app.state.settings
-    with session_scope(settings.database_url) as db:
-        if dashboard_session.is_session(token) and _dashboard_path(request.url.path):
-            key = _session_key(db, settings, token)
-        else:
-            key = authenticate(db, token)
-        return Principal(key.id, key.name, tuple(key.scopes), key.tenant or tenants.DEFAULT)
+    if session is not None and session.get_bind().dialect.name == "postgresql":
+        return _principal(request, settings, session, token)
+    with read_scope(settings.database_url) as db:
+        return _principal(request, settings, db, token)
+
+
+def _principal(request: Request, settings, db: Session, token: str) -> Principal:
+    if dashboard_session.is_session(token) and _dashboard_path(request.url.path):
+        key = _session_key(db, settings, token)
+    else:
+        key = authenticate(db, token)
+    return Principal(key.id, key.name, tuple(key.scopes), key.tenant or tenants.DEFAULT)
 
 
 def optional_principal(request: Request) -> Principal | None:

@@ -70,14 +70,23 @@ def test_more_instances_than_the_cap_go_straight_to_exact_retraining(seeded):
 
 
 def test_pooling_stops_at_the_job_instance_cap(seeded):
+    """Submitters only join the queued job (no count on the hot path); as the job starts it
+    keeps its oldest requests up to the cap and the rest move to the next job."""
     s = seeded.model_copy(update={"max_job_instances": 4})
     _, a = _submit(s, subject_id="alice")                            # 3 instances: a new job
-    _, b = _submit(s, instance_ids=["toy-00005"])                    # 3 + 1 <= 4: joins it
-    _, c = _submit(s, subject_id="bob")                              # 4 + 2 > 4: the next job
-    assert a == b != c
+    _, b = _submit(s, instance_ids=["toy-00005"])                    # 3 + 1 <= 4
+    _, c = _submit(s, subject_id="bob")                              # 4 + 2 > 4
+    assert a == b == c
+    sent = []
+    spec = driver._claim(s, a, "w1", sent.append)
+    assert len(sent) == 1 and sent[0] != a
     with session_scope(s.database_url) as db:
-        held = {j: sum(len(r.instance_ids) for r in jobs.requests_of(db, j)) for j in (a, c)}
-        assert held == {a: 4, c: 2}
+        held = {j: sum(len(r.instance_ids) for r in jobs.requests_of(db, j)) for j in (a, sent[0])}
+        assert held == {a: 4, sent[0]: 2}
+        assert db.get(Job, sent[0]).status == "queued"
+        split = db.execute(select(AuditEvent).where(AuditEvent.action == "job.split")).scalars().all()
+        assert len(split) == 1 and json.loads(split[0].payload)["next_job_id"] == sent[0]
+    assert len(spec.forget_ids) == 4
 
 
 def test_lease_beats_while_a_method_is_silent_and_notices_a_lost_claim(seeded):
