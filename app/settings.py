@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     rate_submit_per_min: float = Field(default=300, ge=0, description="POST /v1/forget and cancel, per caller")
     rate_expensive_per_min: float = Field(default=300, ge=0, description="predict, subject lookups, audit "
                                                                         "verify/export, uploads, per caller")
+    # tenant quotas (app/tenants/service.py): a tenant's own limit (PUT /v1/tenants/{t}) wins; 0 = unlimited
+    tenant_max_open_requests: int = Field(default=0, ge=0, le=2**31 - 1,
+                                          description="queued + running forget requests a tenant may have "
+                                                      "(429 tenant_quota_exceeded beyond)")
+    tenant_max_requests_per_day: int = Field(default=0, ge=0, le=2**31 - 1,
+                                             description="forget requests a tenant may submit in any 24 h")
     # dashboard sessions and the HTTP edge (app/dashboard/session.py, app/main.py)
     dashboard_session_ttl_s: float = Field(default=8 * 3600, gt=0, le=7 * 86400,
                                            description="a dashboard session cookie expires after this")

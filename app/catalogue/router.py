@@ -1,17 +1,20 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
 from ..deps import SessionDep, SettingsDep
 from ..errors import LetheError, responses
-from ..security import FORGET_READ, require_scope
+from ..security import FORGET_READ, Principal, require_scope
+from ..tenants import service as tenant_policy
 from ..security.ratelimit import EXPENSIVE
 from . import service
 
-router = APIRouter(prefix="/v1", tags=["subjects"], dependencies=[Depends(require_scope(FORGET_READ, limit=EXPENSIVE))])
+router = APIRouter(prefix="/v1", tags=["subjects"])
+Reader = Annotated[Principal, Depends(require_scope(FORGET_READ, limit=EXPENSIVE))]
 
 
 class InstanceRead(BaseModel):
@@ -34,10 +37,12 @@ class SubjectInstances(BaseModel):
 @router.get("/subjects/{subject_id}/instances", response_model=SubjectInstances,
             responses=responses(e404="the catalogue holds nothing for this subject"),
             summary="What the catalogue holds for a subject (also answers an access request)")
-def subject_instances(subject_id: str, session: SessionDep, settings: SettingsDep,
+def subject_instances(subject_id: str, session: SessionDep, settings: SettingsDep, principal: Reader,
                       model: str | None = Query(default=None, max_length=128)):
+    """A tenant's key sees only the models granted to it (app/tenants)."""
     ref = service.subject_ref(settings.subject_secret, subject_id)
-    rows = service.by_subject(session, ref, model)
+    seen = tenant_policy.visible_models(session, principal, settings)
+    rows = [r for r in service.by_subject(session, ref, model) if seen is None or r.model_name in seen]
     if not rows:
         raise LetheError(404, "unknown_subject", f"the catalogue holds no instances for subject {subject_id!r}"
                          + (f" in model {model!r}" if model else ""))

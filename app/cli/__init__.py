@@ -4,6 +4,7 @@
 - ``server``: ``serve`` (``make run``), ``migrate``, ``bootstrap``, ``worker`` — on the
   configured database and storage (``LETHE_*`` settings, docs/configuration.md);
 - ``keys``: API keys, server side (``keys create | revoke | list``);
+- ``tenants``: tenants, server side (``tenants list | show | grant | revoke | set``);
 - ``forget``: ``forget``, ``watch``, ``status``, ``list``, ``cancel``, ``deny``, ``retry``;
 - ``registry``: ``models``, ``versions``, ``history``, ``rollback``;
 - ``audit``: ``audit verify | export | verify-export`` (the last one offline);
@@ -19,12 +20,12 @@ import argparse
 import sys
 
 from ..db import ROOT, migrate
-from . import audit, certificate, docs, forget, keys, registry, server
+from . import audit, certificate, docs, forget, keys, registry, server, tenants
 from .common import Commands, connection_options
 
 __all__ = ["ROOT", "build_parser", "main", "migrate"]
 
-GROUPS = (forget, registry, audit, certificate, keys, server, docs)
+GROUPS = (forget, registry, audit, certificate, keys, tenants, server, docs)
 
 EPILOG = ("Exit codes: 0 ok; 1 negative answer (request failed, denied or canceled, chain broken, certificate "
           "invalid); 2 usage; 3 API error, refusal (401/403/404/409) or unreachable; 4 watch timeout.")

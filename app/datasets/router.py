@@ -17,6 +17,7 @@ from ..security import AUDIT_READ, FORGET_READ, MODELS_ADMIN, Principal, require
 from ..limits import check_depth
 from ..security.ratelimit import EXPENSIVE
 from ..settings import Settings
+from ..tenants import service as tenant_policy
 from . import service
 from .formats import DatasetError, Source, Spec, bad, guess_format
 from .models import Dataset
@@ -191,17 +192,35 @@ def _suppress():
     return contextlib.suppress(FileNotFoundError)
 
 
-@router.get("", response_model=list[DatasetRead], dependencies=[READ], summary="Registered datasets")
-def list_datasets(session: SessionDep):
-    return [to_read(r, service.models_using(session, r.name)) for r in service.list_all(session)]
+def _seen(session, settings, principal, name: str) -> list[str] | None:
+    """The models trained on dataset ``name`` that the caller may see; None when a tenant's
+    key may see none of them (then the dataset is not shown to it: app/tenants)."""
+    models = service.models_using(session, name)
+    seen = tenant_policy.visible_models(session, principal, settings)
+    if seen is None:
+        return models
+    mine = [m for m in models if m in seen]
+    return mine or None
 
 
-@router.get("/{name}", response_model=DatasetRead, dependencies=[READ],
+@router.get("", response_model=list[DatasetRead], summary="Registered datasets (a tenant's key: those its "
+                                                          "granted models were trained on)")
+def list_datasets(session: SessionDep, settings: SettingsDep, principal: Annotated[Principal, READ]):
+    out = []
+    for r in service.list_all(session):
+        models = _seen(session, settings, principal, r.name)
+        if models is not None:
+            out.append(to_read(r, models))
+    return out
+
+
+@router.get("/{name}", response_model=DatasetRead,
             summary="One dataset: status, schema, splits, rows, erased rows, models trained on it",
             responses=responses(e404="no dataset of that name"))
-def get_dataset(name: str, session: SessionDep):
+def get_dataset(name: str, session: SessionDep, settings: SettingsDep, principal: Annotated[Principal, READ]):
     row = service.get(session, name)
-    if row is None:
+    models = _seen(session, settings, principal, name) if row is not None else None
+    if models is None:
         raise DatasetError(404, "unknown_dataset", f"dataset {name!r} is not registered")
-    return to_read(row, service.models_using(session, name))
+    return to_read(row, models)
 

@@ -39,20 +39,22 @@ def requests_of(session: Session, group_id: str) -> list[ForgetRequest]:
                                 .order_by(ForgetRequest.model_name)).scalars())
 
 
-def holders(session: Session, ref: str) -> dict[str, list]:
+def holders(session: Session, ref: str, policy=None) -> dict[str, list]:
     """{model name: the subject's catalogued instances in it not yet erased}, every model that
-    still holds some of the subject's data."""
+    still holds some of the subject's data (and that ``policy``, a tenant's, may target)."""
     out: dict[str, list] = {}
     for r in catalogue.by_subject(session, ref):
-        if r.erased_at is None:
+        if r.erased_at is None and (policy is None or policy.may_target(r.model_name)):
             out.setdefault(r.model_name, []).append(r)
     return out
 
 
 def submit_all(session: Session, settings: Settings, body: ForgetCreate, *, idempotency_key: str | None,
-               actor: str, tenant: str = tenants.DEFAULT) -> tuple[ErasureGroup, list[ForgetRequest], list[str], bool]:
-    """Record one request per model holding the subject's data. Returns (group, requests,
-    job ids to dispatch, replayed). Raises LetheError before anything is written."""
+               actor: str, tenant: str = tenants.DEFAULT,
+               policy=None) -> tuple[ErasureGroup, list[ForgetRequest], list[str], bool]:
+    """Record one request per model holding the subject's data (``policy``, a tenant's: per
+    model it may target). Returns (group, requests, job ids to dispatch, replayed). Raises
+    LetheError before anything is written."""
     if body.subject_id is None:
         raise LetheError(422, "model_required",
                           "instance ids belong to one model: name the model, or give subject_id (without model) to "
@@ -70,9 +72,9 @@ def submit_all(session: Session, settings: Settings, body: ForgetCreate, *, idem
                                                                  f"used for erasure {old.id} with a different body")
             return old, requests_of(session, old.id), [], True
     ref = catalogue.subject_ref(settings.subject_secret, body.subject_id)
-    held = holders(session, ref)
+    held = holders(session, ref, policy)
     if not held:
-        if catalogue.by_subject(session, ref):
+        if any(policy is None or policy.may_target(r.model_name) for r in catalogue.by_subject(session, ref)):
             raise LetheError(409, "already_erased",
                               f"subject {body.subject_id!r} is already erased from every model that held their data")
         raise LetheError(404, "unknown_subject", f"subject {body.subject_id!r} has no instances in any model's catalogue")
@@ -89,7 +91,7 @@ def submit_all(session: Session, settings: Settings, body: ForgetCreate, *, idem
                                       "instance_ids": [r.instance_id for r in rows] if partly_erased else None})
         try:
             req, job_id, _ = service.submit(session, settings, sub, idempotency_key=None, actor=actor,
-                                               tenant=tenant)
+                                            tenant=tenant, policy=policy)
         except LetheError as e:
             raise LetheError(e.status, e.code, f"model {model!r}: {e.detail}") from e
         req.group_id = group.id

@@ -13,6 +13,7 @@ from ..jobs.schemas import JobRead
 from ..audit import certificates
 from ..security import AUDIT_READ, FORGET_READ, FORGET_WRITE, MODELS_ADMIN, Principal, require_scope
 from ..security.ratelimit import SUBMIT
+from ..tenants import service as tenant_policy
 from ..webhooks import outbound
 from ..webhooks import service as webhooks
 from . import groups, service
@@ -64,10 +65,11 @@ def create_forget(body: ForgetCreate, session: SessionDep, settings: SettingsDep
             outbound.check(body.callback_url, settings.callback_allow)
         except outbound.UnsafeCallback as e:
             raise LetheError(422, "callback_url_refused", str(e))
+    policy = tenant_policy.of(session, principal, settings)  # models, methods, quotas (app/tenants)
     if body.model is None:  # the subject, from every model trained on their data
-        return _erase_everywhere(body, session, settings, dispatcher, response, principal, idempotency_key)
+        return _erase_everywhere(body, session, settings, dispatcher, response, principal, idempotency_key, policy)
     req, job_to_dispatch, replayed = service.submit(session, settings, body, idempotency_key=idempotency_key,
-                                                    actor=principal.actor, tenant=principal.tenant)
+                                                    actor=principal.actor, tenant=principal.tenant, policy=policy)
     session.commit()  # the worker must see the request before it is dispatched
     send_after_commit(dispatcher, job_to_dispatch)
     if replayed:
@@ -82,9 +84,11 @@ def _member(r: ForgetRequest) -> ErasureMember:
                          version_before=r.version_before, version_after=r.version_after, error=r.error)
 
 
-def _erase_everywhere(body, session, settings, dispatcher, response, principal, idempotency_key) -> ForgetAccepted:
+def _erase_everywhere(body, session, settings, dispatcher, response, principal, idempotency_key,
+                      policy) -> ForgetAccepted:
     group, reqs, to_dispatch, replayed = groups.submit_all(session, settings, body, idempotency_key=idempotency_key,
-                                                           actor=principal.actor, tenant=principal.tenant)
+                                                           actor=principal.actor, tenant=principal.tenant,
+                                                           policy=policy)
     session.commit()  # the workers must see the requests before they are dispatched
     for job_id in to_dispatch:
         send_after_commit(dispatcher, job_id)

@@ -24,6 +24,7 @@ from ..jobs import service as jobs
 from ..registry import service as registry
 from ..security import tenants
 from ..settings import Settings
+from ..tenants import service as tenant_policy
 from ..webhooks import service as webhooks
 from . import claims
 from . import models as fm
@@ -88,7 +89,8 @@ class _Selection:
 
 
 def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempotency_key: str | None,
-           actor: str, tenant: str = tenants.DEFAULT) -> tuple[ForgetRequest, str | None, bool]:
+           actor: str, tenant: str = tenants.DEFAULT,
+           policy: tenant_policy.Policy | None = None) -> tuple[ForgetRequest, str | None, bool]:
     """Validate and record a forget request. Returns (request, job_id to dispatch or None,
     replayed). Raises LetheError for every invalid input; the caller's transaction then
     rolls back, so nothing is half-recorded.
@@ -96,13 +98,14 @@ def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempote
     The steps read top to bottom; none takes a model-wide lock or reads other pending
     requests, so its cost does not grow with the backlog (overlap is a unique-key conflict
     on ``forget_claims``, the audit event goes through the outbox). ``tenant``: the caller's;
-    the request belongs to it and ``idempotency_key`` lives in its namespace."""
+    the request belongs to it and ``idempotency_key`` lives in its namespace. ``policy``: what
+    a tenant-bound caller may do (models, methods, quotas: app/tenants); None for operators."""
     fp = fingerprint(body)
     key = stored_idempotency_key(tenant, idempotency_key)
     replay = _idempotent_replay(session, key, fp)
     if replay is not None:
         return replay, None, True
-    sel = _select(session, settings, body)
+    sel = _select(session, settings, body, policy)
     req = _new_request(body, sel, idempotency_key=key, fingerprint=fp, tenant=tenant)
     job, created = jobs.attach(session, req, settings.max_attempts)  # before the INSERT, which carries job_id
     session.add(req)
@@ -140,14 +143,17 @@ def _idempotent_replay(session: Session, key: str | None, fp: str) -> ForgetRequ
     return _replay(session, key, fp) if by_idempotency_key(session, key) is not None else None
 
 
-def _select(session: Session, settings: Settings, body: ForgetCreate) -> _Selection:
-    """Every check that needs no write: model, method, objective, ids, subject, erasures."""
+def _select(session: Session, settings: Settings, body: ForgetCreate,
+            policy: tenant_policy.Policy | None = None) -> _Selection:
+    """Every check that needs no write: model (granted to the tenant), method, objective,
+    ids, subject, erasures; the tenant's quotas."""
     model = registry.get_model(session, body.model)
-    if model is None:
-        known = [m.name for m in registry.list_models(session)]
-        raise LetheError(404, "unknown_model", f"model {body.model!r} is not registered; known models: {known}")
+    if model is None or (policy is not None and not policy.may_target(model.name)):
+        known = [m.name for m in registry.list_models(session) if policy is None or policy.may_target(m.name)]
+        raise tenant_policy.unknown_model(body.model, known)
     _check_shape(settings, body, model)
-    method = _check_method(body, model)
+    method = _check_method(body, model, policy)
+    tenant_policy.check_quota(session, policy)
     ref = catalogue.subject_ref(settings.subject_secret, body.subject_id) if body.subject_id is not None else None
     rows = _catalogue_rows(session, body, ref)
     erased = [r.instance_id for r in rows if r.erased_at is not None]
@@ -161,9 +167,11 @@ def _select(session: Session, settings: Settings, body: ForgetCreate) -> _Select
     return _Selection(method, ref, rows)
 
 
-def _check_method(body: ForgetCreate, model) -> str:
+def _check_method(body: ForgetCreate, model, policy: tenant_policy.Policy | None = None) -> str:
+    """The method asked for, or the family's default (for a tenant limited to some methods:
+    the first of the family's that it may use)."""
     fits = unlearn.methods_for(model.family)
-    method = body.method or fits[0]
+    method = body.method or next((m for m in fits if policy is None or policy.may_use(m)), fits[0])
     if method not in fits:
         raise LetheError(422, "method_not_supported",
                          f"model {body.model!r} is a {model.family!r} model; it supports methods {list(fits)}, "
@@ -172,6 +180,7 @@ def _check_method(body: ForgetCreate, model) -> str:
         raise LetheError(422, "objective_not_supported",
                          f"method {method!r} supports objectives {list(unlearn.method_info(method).objectives)}, "
                          f"not {body.objective!r} (see docs/methods.md)")
+    tenant_policy.check_method(policy, method)
     return method
 
 

@@ -16,6 +16,7 @@ from ..errors import LetheError, responses
 from ..limits import MAX_DB_INT
 from ..security import AUDIT_READ, FORGET_READ, MODELS_ADMIN, Principal, require_scope
 from ..security.ratelimit import EXPENSIVE
+from ..tenants import service as tenant_policy
 from . import governance
 from . import service
 from .models import PRODUCTION
@@ -26,6 +27,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 architectures_router = APIRouter(prefix="/v1/architectures", tags=["models"])
 # reading the registry: any key that has a reason to look
 READ = Depends(require_scope(FORGET_READ, AUDIT_READ, MODELS_ADMIN))
+Reader = Annotated[Principal, READ]  # a tenant's key sees only the models granted to it (app/tenants)
 UNKNOWN_MODEL = responses(e404="unknown model")
 
 
@@ -131,18 +133,25 @@ class PredictRead(BaseModel):
     predictions: list[Prediction]
 
 
-def _model_or_404(session, name):
+def _model_or_404(session, name, settings=None, principal=None):
+    """The model; 404 when it is not registered or, for a tenant's key, not granted (the
+    same answer: app/tenants/service.py)."""
     m = service.get_model(session, name)
-    if m is None:
+    seen = tenant_policy.visible_models(session, principal, settings) if principal is not None else None
+    if m is None or (seen is not None and name not in seen):
         raise LetheError(404, "unknown_model", f"model {name!r} is not registered")
     return m
 
 
-@router.get("", response_model=list[ModelRead], dependencies=[READ],
-            summary="The registered models: family, dataset, classes, latest version, aliases")
-def list_models(session: SessionDep):
+@router.get("", response_model=list[ModelRead],
+            summary="The registered models: family, dataset, classes, latest version, aliases (a tenant's key: "
+                    "those granted to it)")
+def list_models(session: SessionDep, settings: SettingsDep, principal: Reader):
     out = []
+    seen = tenant_policy.visible_models(session, principal, settings)
     for m in service.list_models(session):
+        if seen is not None and m.name not in seen:
+            continue
         vs = service.versions(session, m.name)
         out.append(_model_read(session, m, vs))
     return out
@@ -157,18 +166,18 @@ def _model_read(session, m, vs) -> ModelRead:
                      tainted=held > 0, erased_elsewhere=held)
 
 
-@router.get("/{name}", response_model=ModelRead, dependencies=[READ], responses=UNKNOWN_MODEL,
+@router.get("/{name}", response_model=ModelRead, responses=UNKNOWN_MODEL,
             summary="One model: architecture, recipe, "
             "status, aliases, and whether it still holds data erased elsewhere")
-def read_model(name: str, session: SessionDep):
-    m = _model_or_404(session, name)
+def read_model(name: str, session: SessionDep, settings: SettingsDep, principal: Reader):
+    m = _model_or_404(session, name, settings, principal)
     return _model_read(session, m, service.versions(session, name))
 
 
-@router.get("/{name}/versions", response_model=VersionsRead, dependencies=[READ], responses=UNKNOWN_MODEL,
+@router.get("/{name}/versions", response_model=VersionsRead, responses=UNKNOWN_MODEL,
             summary="A model's versions (sha256, parent, job, metrics, tainted, purged), aliases and alias moves")
-def list_versions(name: str, session: SessionDep):
-    _model_or_404(session, name)
+def list_versions(name: str, session: SessionDep, settings: SettingsDep, principal: Reader):
+    _model_or_404(session, name, settings, principal)
     erased = governance.erased_by_job(session, name)
     versions = []
     for v in service.versions(session, name):
@@ -186,11 +195,11 @@ def _move(a) -> AliasMoveRead:
                          actor=a.actor, moved_at=a.moved_at, reason=a.reason)
 
 
-@router.get("/{name}/aliases/history", response_model=list[AliasMoveRead], dependencies=[READ], responses=UNKNOWN_MODEL,
+@router.get("/{name}/aliases/history", response_model=list[AliasMoveRead], responses=UNKNOWN_MODEL,
             summary="Every move of the model's aliases, oldest first (who, when, from, to, why)")
-def alias_history(name: str, session: SessionDep,
+def alias_history(name: str, session: SessionDep, settings: SettingsDep, principal: Reader,
                   alias: Annotated[str | None, Query(max_length=64, description="only this alias")] = None):
-    _model_or_404(session, name)
+    _model_or_404(session, name, settings, principal)
     return [_move(a) for a in governance.alias_history(session, name, alias)]
 
 
@@ -260,10 +269,10 @@ def _numeric(x, path="inputs") -> None:
              responses=responses(e404="unknown model", e409="no 'production' alias",
                                  e410="raw data of a catalogued instance erased: send its inputs instead",
                                  e422="not exactly one of instance_ids/inputs, too many, wrong shape, not numbers",
-                                 e500="the weights fail their sha256 check or are missing"),
-             dependencies=[Depends(require_scope(FORGET_READ, MODELS_ADMIN, limit=EXPENSIVE))])
-def predict(name: str, body: PredictBody, session: SessionDep, settings: SettingsDep, serving: ServingDep):
-    m = _model_or_404(session, name)
+                                 e500="the weights fail their sha256 check or are missing"))
+def predict(name: str, body: PredictBody, session: SessionDep, settings: SettingsDep, serving: ServingDep,
+            principal: Annotated[Principal, Depends(require_scope(FORGET_READ, MODELS_ADMIN, limit=EXPENSIVE))]):
+    m = _model_or_404(session, name, settings, principal)
     if (body.instance_ids is None) == (body.inputs is None):
         raise LetheError(422, "bad_selection", "give exactly one of instance_ids or inputs")
     n = len(body.instance_ids if body.instance_ids is not None else body.inputs)
@@ -365,8 +374,8 @@ def train_model(name: str, body: training.TrainBody, session: SessionDep, settin
     return _run_read(run)
 
 
-@router.get("/{name}/training", response_model=list[TrainingRunRead], dependencies=[READ], responses=UNKNOWN_MODEL,
+@router.get("/{name}/training", response_model=list[TrainingRunRead], responses=UNKNOWN_MODEL,
             summary="The model's training runs (status, stage, progress, metrics), oldest first")
-def training_runs(name: str, session: SessionDep):
-    _model_or_404(session, name)
+def training_runs(name: str, session: SessionDep, settings: SettingsDep, principal: Reader):
+    _model_or_404(session, name, settings, principal)
     return [_run_read(r) for r in training.runs_of(session, name)]

@@ -53,7 +53,9 @@ def _insert(session: Session, name: str, scopes: Iterable[str], plaintext: str, 
     if not (1 <= len(name) <= 128):
         raise ValueError("a key name must be 1 to 128 characters")
     scopes = check_scopes(scopes)
-    tenant = tenants.check_name(tenant)
+    from ..tenants import service as tenant_policy
+
+    tenant = tenant_policy.ensure(session, tenant).name  # a new tenant starts with no models granted
     key_id = "k_" + secrets.token_hex(6)
     session.add(ApiKey(id=key_id, name=name, key_hash=hash_key(plaintext), prefix=plaintext[:12], scopes=scopes,
                        created_at=utcnow(), tenant=tenant))

@@ -70,6 +70,27 @@ def save_net(settings: Settings, seed: int) -> tuple[str, str]:
     return sha, registry.publish_weights(settings.registry_dir, MODEL, tmp, sha)
 
 
+def add_model(settings: Settings, name: str, *, n: int = 12, seed: int = 5) -> None:
+    """Model ``name`` v1 (production): another untrained CNN, trained (nominally) on the first
+    ``n`` rows of dataset toy, as toy-cnn was."""
+    from app.datasets import service as datasets
+    from models.checkpoint import save_checkpoint
+    from models.nets import build_model
+
+    torch.manual_seed(seed)
+    tmp = registry.weights_tmp_path(settings.registry_dir, name)
+    sha = save_checkpoint(build_model("cnn", SHAPE, len(CLASSES)), tmp, arch="cnn", dataset="toy", input_shape=SHAPE,
+                          classes=CLASSES)
+    rel = registry.publish_weights(settings.registry_dir, name, tmp, sha)
+    rows = catalogue.rows_for_model(datasets.store_dir(settings, "toy"), name, "toy", [f"toy-{i:05d}" for i in range(n)])
+    with session_scope(settings.database_url) as db:
+        registry.register_model(db, name=name, dataset="toy", arch="cnn", input_shape=SHAPE, classes=CLASSES)
+        registry.add_version(db, model_name=name, sha256=sha, storage_path=rel, parent_version=None, job_id=None,
+                             metrics=None)
+        registry.move_alias(db, model_name=name, alias="production", to_version=1, actor="test")
+        db.bulk_insert_mappings(TrainingInstance, rows)
+
+
 def subject_of(i: int) -> str:
     return ["alice", "alice", "alice", "bob", "bob"][i] if i < 5 else f"user-{i}"
 

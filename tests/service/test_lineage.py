@@ -4,13 +4,11 @@ import numpy as np
 import torch
 
 from app.audit import signing
-from app.catalogue import service as catalogue
-from app.catalogue.models import TrainingInstance
 from app.db import session_scope
 from app.jobs import service as jobs
 from app.registry import service as registry
 
-from .conftest import CLASSES, MODEL, SHAPE, counts
+from .conftest import CLASSES, MODEL, SHAPE, add_model, counts
 
 OTHER = "toy-cnn-b"
 
@@ -28,17 +26,7 @@ def _net_file(settings, name: str, seed: int):
 
 def _second_model(settings, n: int = 8):
     """toy-cnn-b: trained on the first n rows of dataset toy, as toy-cnn was."""
-    from app.datasets import service as datasets
-
-    sha, rel = _net_file(settings, OTHER, 5)
-    rows = catalogue.rows_for_model(datasets.store_dir(settings, "toy"), OTHER, "toy",
-                                    [f"toy-{i:05d}" for i in range(n)])
-    with session_scope(settings.database_url) as db:
-        registry.register_model(db, name=OTHER, dataset="toy", arch="cnn", input_shape=SHAPE, classes=CLASSES)
-        registry.add_version(db, model_name=OTHER, sha256=sha, storage_path=rel, parent_version=None, job_id=None,
-                             metrics=None)
-        registry.move_alias(db, model_name=OTHER, alias="production", to_version=1, actor="test")
-        db.bulk_insert_mappings(TrainingInstance, rows)
+    add_model(settings, OTHER, n=n, seed=5)
 
 
 def _run(settings, job_id: str, model: str, seed: int) -> None:

@@ -18,6 +18,8 @@ def gw(seeded, dispatcher):
             "operator": bearer(make_key(seeded, ["models:admin", "forget:read"], "ops")),
             "auditor": bearer(make_key(seeded, ["audit:read", "forget:read"], "audit"))}
     with TestClient(create_app(seeded, dispatcher=dispatcher)) as c:
+        for tenant in ("acme", "globex"):  # a new tenant may target no model until granted
+            assert c.put(f"/v1/tenants/{tenant}/models/{MODEL}", headers=keys["operator"]).status_code == 200
         yield c, keys
 
 
