@@ -146,6 +146,17 @@ class Settings(BaseSettings):
                                                                     "unlearned approximately")
     retrain_below_s: float = Field(default=10.0, ge=0, description="a model that trains in at most this many "
                                                                    "seconds is always retrained (exact, as cheap)")
+    # consolidation (app/jobs/consolidation.py): approximate now, exact before the deadline
+    consolidate_after_instances: int = Field(default=256, ge=0, description="retrain from scratch (a consolidation "
+                                                                           "job, exact) once this many instances "
+                                                                           "were unlearned approximately since the "
+                                                                           "last exact version; 0 = no such threshold")
+    consolidate_after_versions: int = Field(default=16, ge=0, description="...or once this many approximate "
+                                                                          "versions were published since; 0 = none")
+    consolidate_margin_s: float = Field(default=86_400.0, ge=0, description="...or when the earliest due date of a "
+                                                                            "request served approximately is nearer "
+                                                                            "than twice the model's training time "
+                                                                            "plus this margin (checked by the sweeper)")
     # audit outbox: POST /v1/forget records its event in audit_outbox; this thread chains them
     audit_drain_s: float = Field(default=0.5, description="audit outbox drain period in the gateway; 0 = off "
                                                           "(reads and appends still drain)")
@@ -158,8 +169,9 @@ class Settings(BaseSettings):
     dataset_roots: str = Field(default="", description="comma-separated local directories and URI prefixes "
                                                        "(s3://bucket/prefix/) POST /v1/datasets may read from; empty = "
                                                        "uploads only")
-    job_retain_rows: int = Field(default=8192, description="retained training rows a job reads at most (a random "
-                                                           "sample through the store when the model has more)")
+    job_retain_rows: int = Field(default=8192, description="retained training rows an approximate job reads at "
+                                                           "most (a random sample through the store when the model "
+                                                           "has more); exact retraining reads every retained row")
     job_holdout_rows: int = Field(default=10_000, description="held-out rows a job evaluates on at most")
     dataset_compression: Literal["none", "zstd", "snappy"] = Field(
         default="none", description="Parquet page compression of the store (none: an erasure test can see bytes)")

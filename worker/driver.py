@@ -38,8 +38,9 @@ from app.registry import governance
 from app.registry import service as registry
 from app.settings import Settings, get_settings
 from app.jobs import planner
+from app.jobs.models import CONSOLIDATE
 from models.unlearn.registry import LABEL_OBJECTIVES
-from models.unlearn import get_family, get_method, must_reach, resolve
+from models.unlearn import DEFAULT_OBJECTIVE, get_family, get_method, must_reach, resolve
 
 log = logging.getLogger("lethe.worker")
 
@@ -65,6 +66,7 @@ class JobSpec:
     affected: list[int] = field(default_factory=list)  # sharded: the members a deletion retrains
     recipe: dict | None = None   # the model's stored training recipe (models.train.Recipe): retraining uses it
     dataset: str = ""            # the registered dataset whose store holds the model's rows
+    plan: dict | None = None     # a consolidation job's plan as requested (why it retrains)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -148,7 +150,8 @@ def _claim(s: Settings, job_id: str, worker: str, dispatch: Callable[[str], None
                        method=job.method, objective=job.objective, target_label=targets.pop() if targets else None,
                        base_path=base.storage_path, base_sha=base.sha256, base_version=base.version,
                        forget_ids=[i for i in c.instance_ids if i in found], dataset=model_row.dataset,
-                       recipe=registry.recipe_of(model_row).to_json() if model_row.family == "instance" else None)
+                       recipe=registry.recipe_of(model_row).to_json() if model_row.family == "instance" else None,
+                       plan=job.plan if job.objective == CONSOLIDATE else None)
     if c.spilled:  # committed: the requests over the cap wait in the next job
         log.info("job %s: requests over LETHE_MAX_JOB_INSTANCES=%d moved to job %s", job_id, s.max_job_instances,
                  c.spilled)
@@ -161,7 +164,7 @@ def _claim(s: Settings, job_id: str, worker: str, dispatch: Callable[[str], None
 
 
 def _build(s: Settings, spec: JobSpec, fan_out) -> Built | None:
-    if not spec.forget_ids:  # everything was erased by an earlier job: complete, no new version
+    if not spec.forget_ids and spec.objective != CONSOLIDATE:  # all erased by an earlier job: no new version
         return Built(metrics=None, stats={"note": "all instances were already erased"})
     if not get_family(spec.family).sharded:
         return _instance_wise(s, spec)
@@ -363,6 +366,7 @@ def _base_file(s: Settings, spec: JobSpec) -> str:
 # --- instance-wise family: one checkpoint, one method call ---------------------------------------
 
 def _instance_wise(s: Settings, spec: JobSpec) -> Built:
+    import numpy as np
     import torch
 
     from models.checkpoint import load_checkpoint, save_checkpoint
@@ -375,8 +379,11 @@ def _instance_wise(s: Settings, spec: JobSpec) -> Built:
         found = catalogue.by_ids(db, spec.model_name, spec.forget_ids)
         forget_rows = [found[i] for i in spec.forget_ids]
         rx, ry = catalogue.retained_arrays(db, spec.model_name, exclude=set(spec.forget_ids), limit=s.job_retain_rows)
+        n_retained = catalogue.retained_count(db, spec.model_name, set(spec.forget_ids))
         train_s, history = jobs.cost_history(db, spec.model_name)
     fx, fy = catalogue.load_arrays(forget_rows, check_hash=True)
+    if not len(fy):  # a consolidation that serves no request: nothing to forget, only to retrain
+        fx = np.zeros((0, *rx.shape[1:]), np.float32)
     t0 = time.perf_counter()
     model, meta = load_checkpoint(_base_file(s, spec), device=get_device())
     model.lethe_recipe = spec.recipe  # what retraining from scratch trains with
@@ -386,30 +393,53 @@ def _instance_wise(s: Settings, spec: JobSpec) -> Built:
     rx_t = torch.from_numpy(rx) if has_retained else None
     ry_t = torch.from_numpy(ry) if has_retained else None
     targets = torch.full_like(fy_t, int(spec.target_label)) if spec.target_label is not None else None
-    original_pred = predict(model, fx_t)
+    original_pred = predict(model, fx_t) if len(fy) else None
     base_ta = accuracy(model, hx, hy)
     retain = (rx_t, ry_t) if has_retained else (hx, hy)
     progress = Progress(s, spec)
 
     def run(method: str):
-        """One method on the base model, measured the same way whichever it is."""
+        """One method on the base model, measured the same way whichever it is. Exact
+        retraining trains on every retained row, not the job's bounded sample."""
         t = time.perf_counter()
-        request = UnlearnRequest(forget_x=fx_t, forget_y=fy_t, objective=spec.objective, target_labels=targets,
-                                 retain_x=rx_t, retain_y=ry_t, holdout_x=hx, holdout_y=hy, seed=0)
-        result = get_method(method)(copy.deepcopy(model), request, progress=progress)
+        train_x, train_y = rx_t, ry_t
+        if method == planner.RETRAIN and n_retained > len(ry):
+            progress(f"reading all {n_retained} retained rows", 0.0)
+            with session_scope(s.database_url) as db:
+                ax, ay = catalogue.all_retained_arrays(db, spec.model_name, exclude=set(spec.forget_ids))
+            train_x, train_y = torch.from_numpy(ax), torch.from_numpy(ay)
+        if len(fy):
+            objective = DEFAULT_OBJECTIVE if spec.objective == CONSOLIDATE else spec.objective  # what it serves
+            request = UnlearnRequest(forget_x=fx_t, forget_y=fy_t, objective=objective, target_labels=targets,
+                                     retain_x=train_x, retain_y=train_y, holdout_x=hx, holdout_y=hy, seed=0)
+            result = get_method(method)(copy.deepcopy(model), request, progress=progress)
+        else:  # a consolidation serving no new request: retrain, nothing more to leave out
+            from models.unlearn.baselines import retrain_from_scratch
+
+            result = retrain_from_scratch(copy.deepcopy(model), train_x, train_y, progress=progress)
         progress("verifying", 1.0)
-        m = {k: float(v) for k, v in evaluate(result.model, forget=(fx_t, fy_t), retain=retain,
-                                               test=(hx, hy), original_pred=original_pred).items()}
+        if len(fy):
+            m = {k: float(v) for k, v in evaluate(result.model, forget=(fx_t, fy_t), retain=retain,
+                                                   test=(hx, hy), original_pred=original_pred).items()}
+        else:
+            m = {"ta": float(accuracy(result.model, hx, hy)), "ra": float(accuracy(result.model, *retain)),
+                 "forget_size": 0}
         m.update(base_ta=float(base_ta), ta_drop=float(base_ta - m["ta"]), k=int(len(fy)), method=method,
-                 objective=spec.objective, seconds=round(time.perf_counter() - t, 3))
+                 objective=spec.objective, seconds=round(time.perf_counter() - t, 3),
+                 train_rows=int(len(train_y)) if train_y is not None else 0)
         return result, m
 
     facts = planner.Facts(sharded=False, method=resolve(spec.method, has_retained_data=has_retained).name,
                           k=int(len(fy)), has_retained=has_retained, train_seconds=train_s,
                           approx_history=history, label_objective=spec.objective in LABEL_OBJECTIVES,
                           max_approx_instances=s.max_approx_instances, retrain_below_s=s.retrain_below_s)
-    chosen = planner.plan(facts)
-    plan_doc = chosen.to_json(facts)
+    if spec.objective == CONSOLIDATE:  # the plan was made when the consolidation was asked for
+        if not has_retained:
+            raise JobFailed(f"{spec.model_name} has no retained data left to retrain on")
+        chosen = planner.Plan(planner.RETRAIN, True, (spec.plan or {}).get("reason", "consolidation"), None, train_s)
+    else:
+        chosen = planner.plan(facts)
+    plan_doc = {**(spec.plan or {}), **chosen.to_json(facts)}
     record_plan(s, spec, plan_doc)
     result, metrics = run(chosen.method)
     metrics["exact"] = bool(plan_doc["exact"])

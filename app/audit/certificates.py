@@ -24,6 +24,21 @@ def completion_event(session: Session, request_id: str) -> AuditEvent | None:
                            .order_by(AuditEvent.seq.desc()).limit(1)).scalar_one_or_none()
 
 
+def consolidation_event(session: Session, req) -> AuditEvent | None:
+    """The ``model.consolidated`` entry naming the request (served approximately, then made
+    exact by a later retrain), if any."""
+    if req.exact_version is None or req.exact_version == req.version_after:
+        return None
+    needle = f'%{json.dumps(req.id)}%'
+    return session.execute(select(AuditEvent).where(AuditEvent.action == "model.consolidated",
+                                                    AuditEvent.payload.like(needle))
+                           .order_by(AuditEvent.seq.desc()).limit(1)).scalar_one_or_none()
+
+
+def _entry(event: AuditEvent | None) -> dict | None:
+    return {"seq": event.seq, "action": event.action, "hash": event.hash} if event is not None else None
+
+
 def _version(session: Session, model: str, number: int | None) -> dict | None:
     if number is None:
         return None
@@ -47,10 +62,14 @@ def build(session: Session, req) -> dict:
         "objective": req.objective, "method": metrics.get("method", req.method), "requested_method": req.method,
         "version_before": _version(session, req.model_name, req.version_before),
         "version_after": _version(session, req.model_name, req.version_after),
+        # the exact version holding the erasure: version_after when the job retrained, else the
+        # consolidation that retrained later (None until then), and that step's audit entry
+        "exact_version": _version(session, req.model_name, req.exact_version),
+        "consolidation_entry": _entry(consolidation_event(session, req)),
         "verification": metrics,
         "received_at": req.received_at.isoformat(), "completed_at": req.completed_at.isoformat(),
         "due_at": req.due_at.isoformat(), "completed_within_due": req.completed_at <= req.due_at,
-        "audit_entry": {"seq": event.seq, "action": event.action, "hash": event.hash},
+        "audit_entry": _entry(event),
     }
 
 

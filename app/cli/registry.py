@@ -2,12 +2,16 @@
 (``/v1/models`` routes)."""
 from __future__ import annotations
 
-from ..client import OK, Api
+from ..client import OK, USAGE, Api, CliError
 from .common import Commands, emit
 
 
 def register(cmds: Commands) -> None:
-    cmds.http("models", cmd_models, "the registered models: family, dataset, latest version, aliases")
+    s = cmds.http("models", cmd_models, "the registered models: family, dataset, latest version, aliases; "
+                                        "`models consolidate NAME` retrains NAME from scratch now (models:admin)")
+    s.add_argument("action", nargs="?", choices=["consolidate"],
+                   help="consolidate: a job that retrains from scratch; the next version is exact")
+    s.add_argument("model", nargs="?", help="the model to consolidate")
 
     s = cmds.http("versions", cmd_versions,
                   "a model's versions (state: ready, tainted, purged), aliases and alias moves")
@@ -26,6 +30,12 @@ def register(cmds: Commands) -> None:
 
 
 def cmd_models(api: Api, args) -> int:
+    if args.action == "consolidate":
+        if not args.model:
+            raise CliError("usage: lethe models consolidate NAME", code=USAGE)
+        r = api.request("POST", f"/v1/models/{args.model}/consolidate")
+        emit(args, r, f"consolidation job {r['id']} ({r['status']}): {(r.get('plan') or {}).get('reason', '')}")
+        return OK
     r = api.request("GET", "/v1/models")
     lines = [f"{m['name']}  {m.get('family', '-'):<8} {m['dataset']:<10} {m['arch']:<10} "
              f"latest v{m['latest_version']}  "
@@ -37,7 +47,16 @@ def cmd_models(api: Api, args) -> int:
 def _state(v: dict) -> str:
     if v.get("status") == "PURGED":
         return "purged"
+    if v.get("superseded_by"):
+        return "superseded"
     return "tainted" if v.get("tainted") else "ready"
+
+
+def _exactness(v: dict) -> str:
+    if v.get("exact", True):
+        return "exact"
+    d = v.get("debt") or {}
+    return f"approx:{d.get('instances', 0)}i/{d.get('versions', 0)}v"  # the debt: instances / versions
 
 
 def _move_text(a: dict) -> str:
@@ -50,12 +69,13 @@ def cmd_versions(api: Api, args) -> int:
     by_version: dict[int, list[str]] = {}
     for a, v in r["aliases"].items():
         by_version.setdefault(v, []).append(a)
-    lines = [f"{'version':>7}  {'parent':>6}  {'sha256':<12}  {'UA':>6}  {'TA':>6}  {'state':<7}  aliases"]
+    lines = [f"{'version':>7}  {'parent':>6}  {'sha256':<12}  {'UA':>6}  {'TA':>6}  {'exact':<16}  {'state':<10}"
+             f"  aliases"]
     for v in r["versions"]:
         m = v.get("metrics") or {}
         fmt = (lambda k: f"{m[k]:6.1f}" if isinstance(m.get(k), (int, float)) else f"{'-':>6}")
         lines.append(f"{'v' + str(v['version']):>7}  {('v' + str(v['parent_version'])) if v['parent_version'] else '-':>6}"
-                     f"  {v['sha256'][:12]:<12}  {fmt('ua')}  {fmt('ta')}  {_state(v):<7}"
+                     f"  {v['sha256'][:12]:<12}  {fmt('ua')}  {fmt('ta')}  {_exactness(v):<16}  {_state(v):<10}"
                      f"  {', '.join(sorted(by_version.get(v['version'], [])))}".rstrip())
     lines.append("alias moves: " + "; ".join(_move_text(a) for a in r["alias_moves"]))
     emit(args, r, "\n".join(lines))

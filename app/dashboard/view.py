@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from ..audit import service as audit
 from ..forget.models import COMPLETED, FAILED, QUEUED, REJECTED, RUNNING, ForgetRequest
 from ..jobs.models import Job
+from ..registry import governance
 from ..registry import service as registry
 
 STATUSES = (QUEUED, RUNNING, COMPLETED, FAILED, REJECTED)
@@ -100,9 +101,13 @@ def chart(versions: list[dict], width: int = 560, height: int = 220) -> dict:
 def model_views(session: Session) -> list[dict]:
     out = []
     for m in registry.list_models(session):
+        rows = registry.versions(session, m.name)
         versions = [{"version": v.version, "parent_version": v.parent_version, "sha256": v.sha256,
-                     "job_id": v.job_id, "status": v.status, "created_at": v.created_at, "metrics": v.metrics}
-                    for v in registry.versions(session, m.name)]
+                     "job_id": v.job_id, "status": v.status, "created_at": v.created_at, "metrics": v.metrics,
+                     "exact": v.exact, "debt_instances": v.debt_instances, "debt_versions": v.debt_versions,
+                     "debt_due_at": v.debt_due_at,
+                     "superseded_by": governance.superseded_by(session, m.name, v.version, rows)}
+                    for v in rows]
         aliases = registry.aliases(session, m.name)
         moves = [{"alias": a.alias, "from_version": a.from_version, "to_version": a.to_version, "actor": a.actor,
                   "job_id": a.job_id, "moved_at": a.moved_at} for a in registry.alias_moves(session, m.name)]

@@ -131,8 +131,8 @@ def certificate(session: Session, settings: Settings, group_id: str) -> dict:
     for r in reqs:
         c = certificates.build(session, r)
         models.append({k: c[k] for k in ("model", "request_id", "instances", "instances_sha256", "method",
-                                         "version_before", "version_after", "verification", "completed_at",
-                                         "audit_entry")})
+                                         "version_before", "version_after", "exact_version", "verification",
+                                         "completed_at", "audit_entry", "consolidation_entry")})
     completed = max(r.completed_at for r in reqs)
     due = min(r.due_at for r in reqs)
     doc = {"type": CERTIFICATE_TYPE, "format_version": 1, "issuer": "lethe", "erasure_id": group.id,

@@ -55,6 +55,10 @@ class ForgetRequest(Base):
     group_id: Mapped[str | None] = mapped_column(ForeignKey("erasure_groups.id"), index=True, nullable=True)
     # migration 0010: the tenant of the key that submitted it (app/security/tenants.py)
     tenant: Mapped[str] = mapped_column(String(64), default="default", server_default="default", index=True)
+    # migration 0012: the exact version that holds this erasure exactly: version_after when the
+    # job retrained, else the consolidation that retrained later (None: served approximately,
+    # not consolidated yet)
+    exact_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class ErasureGroup(Base):

@@ -46,7 +46,7 @@ def _read(session, req: ForgetRequest, job=False) -> ForgetRead:
                       method=req.method, external_id=req.external_id, instance_ids=req.instance_ids,
                       received_at=req.received_at, due_at=req.due_at, completed_at=req.completed_at,
                       error=req.error, version_before=req.version_before, version_after=req.version_after,
-                      metrics=req.metrics,
+                      exact_version=req.exact_version, metrics=req.metrics,
                       job=JobProgress(id=job.id, status=job.status, stage=job.stage, progress=job.progress,
                                       attempts=job.attempts) if job else None,
                       days_left=service.days_left(req), overdue=service.overdue(req), reason_code=req.reason_code,
@@ -219,11 +219,4 @@ def read_job(job_id: str, session: SessionDep,
     found = jobs.get_with_request_ids(session, job_id, principal.sees_tenant)  # one query: clients poll this
     if found is None:
         raise LetheError(404, "unknown_job", f"job {job_id!r} not found")
-    job, request_ids = found
-    return JobRead(id=job.id, model=job.model_name, objective=job.objective, method=job.method,
-                   status=job.status, stage=job.stage, progress=job.progress, attempts=job.attempts,
-                   max_attempts=job.max_attempts, worker=job.worker, created_at=job.created_at,
-                   started_at=job.started_at, finished_at=job.finished_at, base_version=job.base_version,
-                   result_version=job.result_version, metrics=job.metrics, stats=job.stats, plan=job.plan,
-                   error=job.error,
-                   request_ids=request_ids)
+    return JobRead.of(*found)

@@ -75,6 +75,9 @@ class ForgetRead(BaseModel):
     error: str | None = None
     version_before: int | None = None
     version_after: int | None = None
+    exact_version: int | None = Field(default=None, description="the exact version holding the erasure: "
+                                                                "version_after when retrained, else the later "
+                                                                "consolidation (None until then)")
     metrics: dict | None = None
     job: JobProgress | None = None
     days_left: int | None = Field(default=None, description="whole days to due_at while open (negative: past due)")

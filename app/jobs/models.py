@@ -10,6 +10,9 @@ from ..db import Base, UTCDateTime, utcnow
 
 QUEUED, RUNNING, COMPLETED, FAILED = "queued", "running", "completed", "failed"
 CANCELED = "canceled"  # every request of a job not yet started was canceled or denied
+# the objective of a consolidation job (app/jobs/consolidation.py): retrain from scratch to
+# pay the approximation debt; never a request's objective, so no request attaches to it
+CONSOLIDATE = "consolidate"
 
 
 class Job(Base):

@@ -17,7 +17,8 @@ from ..forget.models import ForgetRequest
 from ..registry import service as registry
 from ..registry.models import PRODUCTION
 from ..forget.status import set_status
-from .models import CANCELED, COMPLETED, FAILED, QUEUED, RUNNING, Job
+from . import consolidation
+from .models import CANCELED, COMPLETED, CONSOLIDATE, FAILED, QUEUED, RUNNING, Job
 
 
 class JobConflict(Exception):
@@ -51,8 +52,9 @@ def requests_of(session: Session, job_id: str, *, open_only: bool = False) -> li
 
 
 def cancel_if_empty(session: Session, job: Job, actor: str) -> bool:
-    """A job that has not started and has no open request left is canceled."""
-    if job.status != QUEUED:
+    """A job that has not started and has no open request left is canceled (a consolidation
+    job has none of its own: it stays)."""
+    if job.status != QUEUED or job.objective == CONSOLIDATE:
         return False
     lock(session, job.id)  # a submission attaching to it right now commits first
     if job.status != QUEUED or requests_of(session, job.id, open_only=True):
@@ -166,13 +168,16 @@ def claim(session: Session, job_id: str, *, worker: str, lease_s: int, max_insta
     if any(_fresh(o.heartbeat_at, lease_s) for o in other):
         return Claim("defer", job, reason="another job of this model is running")
     reqs = requests_of(session, job.id, open_only=True)
-    if not reqs:  # every request was canceled or denied before the job started
+    if not reqs and job.objective != CONSOLIDATE:  # every request was canceled or denied before the job started
         cancel_if_empty(session, job, actor=f"worker:{worker}")
         return Claim("done", job, reason="no open request left")
     if job.attempts >= job.max_attempts:
         _finish_failed(session, job, reqs, f"gave up after {job.attempts} attempts; last error: {job.error}")
         return Claim("failed", job, reason="attempts exhausted")
-    reqs, spilled = _spill(session, job, reqs, max_instances, actor=f"worker:{worker}")
+    if job.objective == CONSOLIDATE:  # the queued requests a retrain serves go with it (no cap: it retrains)
+        reqs, spilled = reqs + absorb(session, job, actor=f"worker:{worker}"), None
+    else:
+        reqs, spilled = _spill(session, job, reqs, max_instances, actor=f"worker:{worker}")
     job.attempts += 1
     job.status, job.worker, job.claim_token = RUNNING, worker, str(uuid.uuid4())
     job.started_at = job.started_at or utcnow()
@@ -193,6 +198,36 @@ def claim(session: Session, job_id: str, *, worker: str, lease_s: int, max_insta
                           "base_version": job.base_version})
     session.flush()
     return Claim("run", job, job.claim_token, reqs, live, spilled=spilled)
+
+
+def absorb(session: Session, job: Job, actor: str) -> list[ForgetRequest]:
+    """A consolidation job starts (``claim``): the model's queued forget requests that
+    retraining serves (objective ``retrain_like``, no fixed label) move to it, and their
+    emptied jobs are canceled. Each queued job is locked first (``lock``), so a submission
+    attaching to it commits before and is taken too, and one attaching after finds it no
+    longer queued and gets a new job."""
+    from models.unlearn import DEFAULT_OBJECTIVE
+
+    taken: list[ForgetRequest] = []
+    queued = session.execute(select(Job.id).where(Job.model_name == job.model_name, Job.status == QUEUED,
+                                                  Job.id != job.id, Job.objective == DEFAULT_OBJECTIVE,
+                                                  Job.target_label.is_(None))
+                             .order_by(Job.created_at)).scalars().all()
+    for other_id in queued:
+        other = lock(session, other_id)
+        if other is None or other.status != QUEUED:
+            continue
+        reqs = requests_of(session, other.id, open_only=True)
+        for r in reqs:
+            r.job_id = job.id
+        taken += reqs
+        other.status, other.stage, other.finished_at, other.claim_token = CANCELED, "canceled", utcnow(), None
+        audit.append(session, actor=actor, action="job.canceled",
+                     payload={"job_id": other.id, "model": other.model_name,
+                              "reason": f"its {len(reqs)} request(s) are served by consolidation job {job.id}",
+                              "requests": [r.id for r in reqs]})
+    session.flush()
+    return taken
 
 
 def heartbeat(session: Session, job_id: str, token: str, *, stage: str, fraction: float) -> bool:
@@ -249,11 +284,14 @@ def complete(session: Session, *, job_id: str, token: str, worker: str, instance
              sha256: str | None, storage_path: str | None, metrics: dict | None, stats: dict | None) -> Job:
     """THE publishing transaction: version row, alias move, instances erased, requests
     completed, audit events — all or nothing. ``sha256=None`` completes without a new
-    version (every instance was already erased)."""
+    version (every instance was already erased). A new version records whether it is exact
+    and its approximation debt; an exact one consolidates (``consolidation.on_version``)."""
+    from models.unlearn import get_family
+
     job = session.get(Job, job_id)
     if job is None:
         raise JobConflict(f"job {job_id} vanished")
-    registry.get_model(session, job.model_name, lock=True)
+    model = registry.get_model(session, job.model_name, lock=True)
     session.refresh(job)
     if job.status != RUNNING or job.claim_token != token:
         raise JobConflict(f"job {job_id} is no longer ours (status {job.status})")
@@ -279,16 +317,22 @@ def complete(session: Session, *, job_id: str, token: str, worker: str, instance
         audit.append(session, actor=actor, action="alias.moved",
                      payload={"model": job.model_name, "alias": PRODUCTION, "from_version": current,
                               "to_version": v.version, "job_id": job.id})
-        erased = catalogue.mark_erased(session, job.model_name, instance_ids, job.id)
-        audit.append(session, actor=actor, action="instances.erased",
-                     payload={"model": job.model_name, "job_id": job.id, "count": erased,
-                              "instance_ids": sorted(instance_ids)})
+        if instance_ids:  # a consolidation that served no request erases nothing
+            erased = catalogue.mark_erased(session, job.model_name, instance_ids, job.id)
+            audit.append(session, actor=actor, action="instances.erased",
+                         payload={"model": job.model_name, "job_id": job.id, "count": erased,
+                                  "instance_ids": sorted(instance_ids)})
+        exact = bool((metrics or {}).get("exact")) or get_family(model.family).sharded
+        consolidation.on_version(session, job=job, version=v, parent=prod, exact=exact,
+                                 instances=len(instance_ids), reqs=reqs, actor=actor)
     for r in reqs:
         r.completed_at = now
         r.version_before, r.version_after, r.metrics = current, new_version, metrics
         set_status(session, r, fm.COMPLETED)
         if sha256 is None:
             r.error = None
+            if prod is not None and prod.exact:  # nothing new to erase, and what serves is exact
+                r.exact_version = current
         audit.append(session, actor=actor, action="forget.completed", subject_ref=r.subject_ref,
                      payload={"request_id": r.id, "model": job.model_name, "job_id": job.id,
                               "version_before": current, "version_after": new_version,

@@ -8,7 +8,8 @@ was lost) and puts them back on the queue, counting it (``jobs.sweeps``) and the
   its message was probably lost; dispatched again (claiming makes duplicates harmless).
 
 ``sweep`` runs in one transaction and returns the job ids to dispatch; ``Sweeper`` is the
-daemon thread in the gateway that calls it every ``LETHE_SWEEPER_INTERVAL_S``.
+daemon thread in the gateway that calls it every ``LETHE_SWEEPER_INTERVAL_S``, followed by
+``consolidate_due`` (a consolidation job for each model whose approximation debt is due).
 """
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ from ..forget import models as fm
 from ..registry import governance
 from ..registry import service as registry
 from ..forget.status import set_status
+from . import consolidation
 from . import service as jobs
 from .dispatch import send_after_commit
-from .models import QUEUED, RUNNING, Job
+from .models import CONSOLIDATE, QUEUED, RUNNING, Job
 
 log = logging.getLogger("lethe.sweeper")
 
@@ -68,7 +70,7 @@ def sweep(session: Session, *, lease_s: int, stuck_queued_s: int, now: dt.dateti
                                                         Job.id != job.id)).first()
             if busy is not None:
                 continue  # waiting its turn behind a running job of the same model: not stuck
-            if not jobs.requests_of(session, job.id, open_only=True):
+            if job.objective != CONSOLIDATE and not jobs.requests_of(session, job.id, open_only=True):
                 jobs.cancel_if_empty(session, job, actor="sweeper")
                 continue
             job.sweeps, job.swept_at = (job.sweeps or 0) + 1, now
@@ -80,16 +82,41 @@ def sweep(session: Session, *, lease_s: int, stuck_queued_s: int, now: dt.dateti
     return to_dispatch
 
 
+def consolidate_due(session: Session, settings, *, now: dt.datetime | None = None) -> list[str]:
+    """A consolidation job for every model whose production version's approximation debt is
+    due (``consolidation.due``). Returns the ids of the jobs created (dispatched after the
+    commit)."""
+    now = now or utcnow()
+    created = []
+    for v in consolidation.approximate_production(session):
+        train_s, _ = jobs.cost_history(session, v.model_name)
+        why = consolidation.due(consolidation.Debt.of(v), exact=v.exact, now=now, train_seconds=train_s,
+                                after_instances=settings.consolidate_after_instances,
+                                after_versions=settings.consolidate_after_versions,
+                                margin_s=settings.consolidate_margin_s)
+        if why is None or consolidation.open_job(session, v.model_name) is not None:
+            continue
+        job, new = consolidation.request(session, v.model_name, actor="sweeper", reason=why,
+                                         max_attempts=settings.max_attempts)
+        if new:
+            created.append(job.id)
+    return created
+
+
 def sweep_and_dispatch(settings, dispatcher) -> list[str]:
     with session_scope(settings.database_url) as db:
         ids = sweep(db, lease_s=settings.job_lease_s, stuck_queued_s=settings.stuck_queued_s)
+    with session_scope(settings.database_url) as db:  # approximation debt due: a consolidation job
+        started = consolidate_due(db, settings)
     with session_scope(settings.database_url) as db:  # a crash after a publish may have left weights to purge
         governance.purge_all(db, settings.registry_dir, actor="sweeper")
-    for job_id in ids:
+    for job_id in ids + started:
         send_after_commit(dispatcher, job_id)
     if ids:
         log.warning("sweeper re-queued %d stuck job(s): %s", len(ids), ", ".join(ids))
-    return ids
+    if started:
+        log.info("sweeper started %d consolidation job(s): %s", len(started), ", ".join(started))
+    return ids + started
 
 
 class Sweeper(PeriodicThread):

@@ -7,6 +7,11 @@ the jobs in its own lineage (itself and its ancestors through ``parent_version``
 instance erased by any other job is therefore still *in* that version: the version is
 tainted, must not serve again, and its weights file is deleted once a newer version serves
 (the row and its sha256 stay, status ``PURGED``).
+
+A version published by an approximate method only approximately lacks what its job erased.
+Once an exact version descends from it (a consolidation, app/jobs/consolidation.py), it is
+*superseded*: rollback to it is refused like a tainted one, and its weights are purged the
+same way.
 """
 from __future__ import annotations
 
@@ -56,6 +61,26 @@ def taint(session: Session, model_name: str, version: int, erased: dict[str, int
     return {"tainted": bool(held), "erased_instances": sum(held.values()), "jobs": sorted(held)}
 
 
+def superseded_by(session: Session, model_name: str, version: int, versions: list | None = None) -> int | None:
+    """The first exact version descending from an approximate ``version`` (None: not
+    superseded, or exact itself)."""
+    versions = versions if versions is not None else registry.versions(session, model_name)
+    by_number = {v.version: v for v in versions}
+    me = by_number.get(version)
+    if me is None or me.exact:
+        return None
+    for w in versions:
+        if w.version <= version or not w.exact:
+            continue
+        seen, p = set(), w.parent_version
+        while p is not None and p not in seen and p >= version:
+            if p == version:
+                return w.version
+            seen.add(p)
+            p = by_number[p].parent_version if p in by_number else None
+    return None
+
+
 def data_taint(session: Session, model_name: str) -> int:
     """How many of the model's live (not erased) training instances were erased from another
     model trained on the same data (same dataset and instance id): a model is *tainted*
@@ -102,6 +127,11 @@ def set_alias(session: Session, *, model_name: str, alias: str, version: int, ac
                          f"({t['erased_instances']} instance(s) erased by job(s) {', '.join(t['jobs'])}); "
                          f"serving it would bring erased data back. Choose a version created after those "
                          f"erasures.")
+    later = superseded_by(session, model_name, version)
+    if later is not None:
+        raise LetheError(409, "version_superseded",
+                         f"refused: {model_name} v{version} forgot approximately and was consolidated by the exact "
+                         f"v{later}; serving it would bring the approximation back. Choose v{later} or later.")
     current = registry.aliases(session, model_name).get(alias)
     if current == version:
         return None
@@ -115,21 +145,23 @@ def set_alias(session: Session, *, model_name: str, alias: str, version: int, ac
 
 
 def purge_superseded(session: Session, registry_dir: str, model_name: str, *, actor: str = "system") -> list[int]:
-    """Delete the weights of every version that holds erased data and is not what
-    ``production`` serves now; keep the row (sha256, metrics, lineage), mark it PURGED and
-    audit it. Idempotent. Returns the purged version numbers."""
+    """Delete the weights of every version that holds erased data, or was superseded by an
+    exact consolidation, and is not what ``production`` serves now; keep the row (sha256,
+    metrics, lineage), mark it PURGED and audit it. Idempotent. Returns the purged version
+    numbers."""
     registry.get_model(session, model_name, lock=True)
     prod = registry.resolve_alias(session, model_name, PRODUCTION)
     erased = erased_by_job(session, model_name)
-    if not erased:
-        return []
     versions = registry.versions(session, model_name)
+    if not erased and all(v.exact for v in versions):
+        return []
     purged: list[int] = []
     for v in versions:
         if v.status != READY or (prod is not None and v.version == prod.version):
             continue
         t = taint(session, model_name, v.version, erased)
-        if not t["tainted"]:
+        later = superseded_by(session, model_name, v.version, versions)
+        if not t["tainted"] and later is None:
             continue
         v.status, v.purged_at = PURGED, utcnow()
         session.flush()
@@ -142,7 +174,7 @@ def purge_superseded(session: Session, registry_dir: str, model_name: str, *, ac
         audit.append(session, actor=actor, action="model.version_purged",
                      payload={"model": model_name, "version": v.version, "sha256": v.sha256,
                               "erased_instances_held": t["erased_instances"], "jobs": t["jobs"],
-                              "serving_version": prod.version if prod else None})
+                              "superseded_by": later, "serving_version": prod.version if prod else None})
         purged.append(v.version)
     session.flush()
     return purged

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..db import Base, UTCDateTime, utcnow
@@ -51,6 +51,14 @@ class ModelVersion(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     # weights deleted because they still held erased data (status PURGED; row and sha256 stay)
     purged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # migration 0012, consolidation (app/jobs/consolidation.py): whether the weights are what
+    # training from scratch on the retained data gives (version 1, a retrain, a sharded model),
+    # and else the approximation debt since the last exact version in the lineage: instances
+    # and versions unlearned approximately, and the earliest due date among their requests
+    exact: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    debt_instances: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    debt_versions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    debt_due_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class ModelAlias(Base):

@@ -13,6 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..catalogue import service as catalogue
 from ..deps import DispatcherDep, ServingDep, SessionDep, SettingsDep
 from ..errors import LetheError, responses
+from ..jobs import consolidation
+from ..jobs import service as jobs
+from ..jobs.consolidation import Debt
+from ..jobs.dispatch import send_after_commit
+from ..jobs.schemas import JobRead
 from ..limits import MAX_DB_INT
 from ..security import AUDIT_READ, FORGET_READ, MODELS_ADMIN, Principal, require_scope
 from ..security.ratelimit import EXPENSIVE
@@ -61,6 +66,13 @@ class VersionRead(BaseModel):
     purged_at: dt.datetime | None = None
     tainted: bool = Field(default=False, description="holds data erased since: never served again")
     erased_instances_held: int = 0
+    exact: bool = Field(default=True, description="what training from scratch on the retained data gives (version 1, "
+                                                  "a retrain, a sharded model); false: forgot approximately")
+    debt: dict = Field(default_factory=dict, description="approximation debt since the last exact version: "
+                                                         "instances, versions, due_at (earliest due date of a "
+                                                         "request served approximately)")
+    superseded_by: int | None = Field(default=None, description="the exact version that consolidated this "
+                                                                "approximate one: never served again")
 
 
 class AliasMoveRead(BaseModel):
@@ -180,12 +192,15 @@ def list_versions(name: str, session: SessionDep, settings: SettingsDep, princip
     _model_or_404(session, name, settings, principal)
     erased = governance.erased_by_job(session, name)
     versions = []
-    for v in service.versions(session, name):
+    rows = service.versions(session, name)
+    for v in rows:
         t = governance.taint(session, name, v.version, erased)
         versions.append(VersionRead(version=v.version, sha256=v.sha256, storage_path=v.storage_path,
                                     parent_version=v.parent_version, job_id=v.job_id, status=v.status,
                                     metrics=v.metrics, created_at=v.created_at, purged_at=v.purged_at,
-                                    tainted=t["tainted"], erased_instances_held=t["erased_instances"]))
+                                    tainted=t["tainted"], erased_instances_held=t["erased_instances"],
+                                    exact=v.exact, debt=Debt.of(v).to_json(),
+                                    superseded_by=governance.superseded_by(session, name, v.version, rows)))
     return VersionsRead(model=name, aliases=service.aliases(session, name), versions=versions,
                         alias_moves=[_move(a) for a in service.alias_moves(session, name)])
 
@@ -193,6 +208,25 @@ def list_versions(name: str, session: SessionDep, settings: SettingsDep, princip
 def _move(a) -> AliasMoveRead:
     return AliasMoveRead(alias=a.alias, from_version=a.from_version, to_version=a.to_version, job_id=a.job_id,
                          actor=a.actor, moved_at=a.moved_at, reason=a.reason)
+
+
+@router.post("/{name}/consolidate", response_model=JobRead, status_code=202,
+             responses=responses(e404="unknown model",
+                                 e409="a sharded model (always exact) or no 'production' version"),
+             summary="Retrain from scratch now (a consolidation job): the next version is exact and "
+                     "consolidates every request served approximately")
+def consolidate(name: str, session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep,
+                principal: Annotated[Principal, Depends(require_scope(MODELS_ADMIN))]):
+    """The job retrains with the model's recipe on every retained row and takes over the
+    model's queued forget requests it serves; the sweeper starts one by itself when the
+    approximation debt passes `LETHE_CONSOLIDATE_AFTER_*` or a due date nears. A
+    consolidation already queued or running is answered instead of a second one."""
+    job, created = consolidation.request(session, name, actor=principal.actor, reason=f"asked by {principal.actor}",
+                                         max_attempts=settings.max_attempts)
+    session.commit()
+    if created:
+        send_after_commit(dispatcher, job.id)
+    return JobRead.of(*jobs.get_with_request_ids(session, job.id))
 
 
 @router.get("/{name}/aliases/history", response_model=list[AliasMoveRead], responses=UNKNOWN_MODEL,

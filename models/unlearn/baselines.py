@@ -286,13 +286,21 @@ def retrain(model, req, progress: ProgressFn | None = None):
     epochs override it). Exact by construction when the served model was trained by that
     recipe; otherwise it is still a model that never saw D_f."""
     _needs_retained(req, "retrain")
+    return retrain_from_scratch(model, req.retain_x, req.retain_y, options=req.options, progress=progress)
+
+
+def retrain_from_scratch(model, retain_x, retain_y, *, options: dict | None = None,
+                         progress: ProgressFn | None = None) -> UnlearnResult:
+    """``retrain`` without a forget set: what a consolidation runs when it serves no new
+    request (the data to leave out is already out of ``retain_x``)."""
+    options = options or {}
     t0 = time.perf_counter()
     arch = _arch_of(model)
     stored = getattr(model, "lethe_recipe", None)
     recipe = Recipe.from_dict(stored, arch=arch) if stored else default_recipe(arch)
-    overrides = {k: req.options[o] for k, o in (("seed", "train_seed"), ("epochs", "epochs")) if o in req.options}
+    overrides = {k: options[o] for k, o in (("seed", "train_seed"), ("epochs", "epochs")) if o in options}
     recipe = dataclasses.replace(recipe, **overrides)
-    new = train_model(arch, req.retain_x, req.retain_y, input_shape=tuple(req.retain_x.shape[1:]),
+    new = train_model(arch, retain_x, retain_y, input_shape=tuple(retain_x.shape[1:]),
                       num_classes=model.head.out_features, recipe=recipe,
                       arch_params=getattr(model, "lethe_arch_params", None),
                       device=next(model.parameters()).device, progress=progress)

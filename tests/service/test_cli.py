@@ -123,7 +123,7 @@ def test_versions_and_commands_of_the_governance_api(live_server, seeded, capsys
     code, out, _ = run(capsys, "versions", "--url", live_server, MODEL)
     assert code == 0
     lines = out.splitlines()
-    assert lines[1].split() == ["v1", "-", lines[1].split()[2], "-", "-", "ready", "production"]
+    assert lines[1].split() == ["v1", "-", lines[1].split()[2], "-", "-", "exact", "ready", "production"]
     assert lines[-1] == "alias moves: production: (new) -> v1"
     code, out, _ = run(capsys, "versions", "--url", live_server, MODEL, "--json")
     assert json.loads(out)["aliases"] == {"production": 1}
@@ -138,6 +138,12 @@ def test_versions_and_commands_of_the_governance_api(live_server, seeded, capsys
     assert code == 0 and out.strip() == f"{MODEL}@production -> v1 (already there)"
     code, out, _ = run(capsys, "rollback", "--url", live_server, MODEL, "1", "--alias", "staging", "--json")
     assert code == 0 and json.loads(out)["aliases"] == {"production": 1, "staging": 1}
+
+    # models consolidate NAME = POST /v1/models/{name}/consolidate: a consolidation job (models:admin)
+    code, out, err = run(capsys, "models", "--url", live_server, "consolidate", MODEL, "--json")
+    assert code == 0 and json.loads(out)["objective"] == "consolidate", err
+    code, out, err = run(capsys, "models", "--url", live_server, "consolidate")
+    assert code == 2 and "usage" in err
     # ... needs models:admin: a key without it is refused with the scope named (--api-key beats LETHE_API_KEY)
     reader = make_key(seeded, ["forget:read"], name="reader")
     code, _, err = run(capsys, "rollback", "--url", live_server, "--api-key", reader, MODEL, "2")

@@ -106,6 +106,7 @@ NOT_FOUND = {
     ("GET", "/v1/models/{name}/training"): {},
     ("POST", "/v1/models"): None,
     ("GET", "/v1/models/{name}/versions"): {},
+    ("POST", "/v1/models/{name}/consolidate"): {},
     ("GET", "/v1/models/{name}/aliases/history"): {},
     ("PUT", "/v1/models/{name}/aliases/{alias}"): {"json": {"version": 1}},
     ("POST", "/v1/models/{name}/predict"): {"json": {"inputs": [[0.0]]}},
