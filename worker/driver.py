@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from app.catalogue import service as catalogue
+from app.catalogue.retained import all_retained_arrays, retained_count
 from app.datasets import service as datasets
 from app.db import session_scope
 from app.jobs import service as jobs
@@ -379,7 +380,7 @@ def _instance_wise(s: Settings, spec: JobSpec) -> Built:
         found = catalogue.by_ids(db, spec.model_name, spec.forget_ids)
         forget_rows = [found[i] for i in spec.forget_ids]
         rx, ry = catalogue.retained_arrays(db, spec.model_name, exclude=set(spec.forget_ids), limit=s.job_retain_rows)
-        n_retained = catalogue.retained_count(db, spec.model_name, set(spec.forget_ids))
+        n_retained = retained_count(db, spec.model_name, set(spec.forget_ids))
         train_s, history = jobs.cost_history(db, spec.model_name)
     fx, fy = catalogue.load_arrays(forget_rows, check_hash=True)
     if not len(fy):  # a consolidation that serves no request: nothing to forget, only to retrain
@@ -406,7 +407,7 @@ def _instance_wise(s: Settings, spec: JobSpec) -> Built:
         if method == planner.RETRAIN and n_retained > len(ry):
             progress(f"reading all {n_retained} retained rows", 0.0)
             with session_scope(s.database_url) as db:
-                ax, ay = catalogue.all_retained_arrays(db, spec.model_name, exclude=set(spec.forget_ids))
+                ax, ay = all_retained_arrays(db, spec.model_name, exclude=set(spec.forget_ids))
             train_x, train_y = torch.from_numpy(ax), torch.from_numpy(ay)
         if len(fy):
             objective = DEFAULT_OBJECTIVE if spec.objective == CONSOLIDATE else spec.objective  # what it serves
