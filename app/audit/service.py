@@ -109,9 +109,11 @@ def pending(session: Session) -> int:
 def record(session: Session, *, actor: str, action: str, payload: dict | None = None,
            subject_ref: str | None = None) -> None:
     """Record one event through the outbox, inside the caller's transaction, without the
-    writers' lock; it is chained by the next ``drain`` (in order of recording)."""
-    session.add(AuditOutbox(ts=utcnow().isoformat(timespec="microseconds"), actor=actor, action=action,
-                            subject_ref=subject_ref, payload=canonical_json(payload or {})))
+    writers' lock; it is chained by the next ``drain`` (in order of recording). A Core insert
+    on the session's connection: it runs on every submission."""
+    session.connection().execute(AuditOutbox.__table__.insert().values(
+        ts=utcnow().isoformat(timespec="microseconds"), actor=actor, action=action, subject_ref=subject_ref,
+        payload=canonical_json(payload or {})))
 
 
 def append(session: Session, *, actor: str, action: str, payload: dict | None = None,

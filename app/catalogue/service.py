@@ -31,10 +31,11 @@ def by_subject(session: Session, ref: str, model_name: str | None = None) -> lis
 
 
 def erased_among(session: Session, model_name: str, instance_ids: list[str]) -> list[str]:
-    """The ids among ``instance_ids`` already erased from the model (one indexed query)."""
-    return sorted(session.execute(select(TrainingInstance.instance_id).where(
-        TrainingInstance.model_name == model_name, TrainingInstance.instance_id.in_(instance_ids),
-        TrainingInstance.erased_at.is_not(None))).scalars())
+    """The ids among ``instance_ids`` already erased from the model (one indexed query; Core,
+    on the session's connection: every submission runs it)."""
+    t = TrainingInstance.__table__
+    return sorted(session.connection().execute(select(t.c.instance_id).where(
+        t.c.model_name == model_name, t.c.instance_id.in_(instance_ids), t.c.erased_at.is_not(None))).scalars())
 
 
 def by_ids(session: Session, model_name: str, instance_ids: list[str]) -> dict[str, TrainingInstance]:

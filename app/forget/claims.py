@@ -26,11 +26,11 @@ def take(session: Session, model_name: str, request_id: str, instance_ids: list[
     if not ids:
         return {}
     insert = _INSERT[session.get_bind().dialect.name]
-    stmt = (insert(PendingClaim).values([{"model_name": model_name, "instance_id": i, "request_id": request_id}
-                                         for i in ids])
+    t = PendingClaim.__table__  # Core, on the session's connection: this runs on every submission
+    stmt = (insert(t).values([{"model_name": model_name, "instance_id": i, "request_id": request_id} for i in ids])
             .on_conflict_do_nothing(index_elements=["model_name", "instance_id"])
-            .returning(PendingClaim.instance_id))
-    got = set(session.execute(stmt).scalars())
+            .returning(t.c.instance_id))
+    got = set(session.connection().execute(stmt).scalars())
     if len(got) == len(ids):
         return {}
     taken = [i for i in ids if i not in got]
