@@ -29,6 +29,7 @@ from .security.ratelimit import EXPENSIVE, SUBMIT, RateLimiter
 from .metrics import Metrics
 from .observability import RequestContext
 from .jobs.sweeper import Sweeper
+from .forget.nodata import NoDataResolver
 from .registry.router import architectures_router, router as models_router
 from .tenants.router import router as tenants_router
 from .registry.service import ServingCache
@@ -166,7 +167,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             start()
         # each off when its period is 0
         background = [Sweeper(settings, dispatcher), WebhookPump(settings), Checkpointer(settings),
-                      AuditDrainer(settings)]
+                      AuditDrainer(settings), NoDataResolver(settings)]
         for b in background:
             b.start()
         metrics_server = _metrics_listener(settings, app.state.metrics)

@@ -101,6 +101,9 @@ class Settings(BaseSettings):
                                                       "(429 tenant_quota_exceeded beyond)")
     tenant_max_requests_per_day: int = Field(default=0, ge=0, le=2**31 - 1,
                                              description="forget requests a tenant may submit in any 24 h")
+    no_data_hold_s: float = Field(default=30.0, ge=0, le=86400,
+                                  description="a tenant's request that selects nothing the model holds is closed "
+                                              "(completed, reason_code no_data) once this old (docs/service.md)")
     # dashboard sessions and the HTTP edge (app/dashboard/session.py, app/main.py)
     dashboard_session_ttl_s: float = Field(default=8 * 3600, gt=0, le=7 * 86400,
                                            description="a dashboard session cookie expires after this")

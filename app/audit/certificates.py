@@ -54,7 +54,9 @@ def build(session: Session, req) -> dict:
     if event is None:
         raise LetheError(409, "no_completion_entry", f"request {req.id} has no forget.completed audit entry")
     metrics = dict(req.metrics or {})
-    return {
+    # a tenant's request that found nothing to erase (app/forget/nodata.py) says so
+    outcome = {"outcome": "no_data"} if req.reason_code == "no_data" else {}
+    return {**outcome,
         "type": CERTIFICATE_TYPE, "format_version": 1, "issuer": "lethe",
         "request_id": req.id, "external_id": req.external_id, "subject_ref": req.subject_ref,
         "model": req.model_name, "instances": len(req.instance_ids),

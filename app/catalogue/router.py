@@ -8,13 +8,14 @@ from pydantic import BaseModel
 
 from ..deps import SessionDep, SettingsDep
 from ..errors import LetheError, responses
-from ..security import FORGET_READ, Principal, require_scope
+from ..security import MODELS_ADMIN, SUBJECTS_READ, Principal, require_scope
 from ..tenants import service as tenant_policy
 from ..security.ratelimit import EXPENSIVE
 from . import service
 
 router = APIRouter(prefix="/v1", tags=["subjects"])
-Reader = Annotated[Principal, Depends(require_scope(FORGET_READ, limit=EXPENSIVE))]
+# an oracle by nature (does a model hold this person's data?): its own scope (app/security/scopes.py)
+Reader = Annotated[Principal, Depends(require_scope(SUBJECTS_READ, MODELS_ADMIN, limit=EXPENSIVE))]
 
 
 class InstanceRead(BaseModel):
@@ -39,7 +40,8 @@ class SubjectInstances(BaseModel):
             summary="What the catalogue holds for a subject (also answers an access request)")
 def subject_instances(subject_id: str, session: SessionDep, settings: SettingsDep, principal: Reader,
                       model: str | None = Query(default=None, max_length=128)):
-    """A tenant's key sees only the models granted to it (app/tenants)."""
+    """Needs `subjects:read` (or `models:admin`): the answer tells whether a model holds the
+    person's data. A tenant's key sees only the models granted to it (app/tenants)."""
     ref = service.subject_ref(settings.subject_secret, subject_id)
     seen = tenant_policy.visible_models(session, principal, settings)
     rows = [r for r in service.by_subject(session, ref, model) if seen is None or r.model_name in seen]

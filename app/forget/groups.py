@@ -39,22 +39,50 @@ def requests_of(session: Session, group_id: str) -> list[ForgetRequest]:
                                 .order_by(ForgetRequest.model_name)).scalars())
 
 
-def holders(session: Session, ref: str, policy=None) -> dict[str, list]:
+def holders(session: Session, ref: str) -> dict[str, list]:
     """{model name: the subject's catalogued instances in it not yet erased}, every model that
-    still holds some of the subject's data (and that ``policy``, a tenant's, may target)."""
+    still holds some of the subject's data."""
     out: dict[str, list] = {}
     for r in catalogue.by_subject(session, ref):
-        if r.erased_at is None and (policy is None or policy.may_target(r.model_name)):
+        if r.erased_at is None:
             out.setdefault(r.model_name, []).append(r)
     return out
+
+
+def _targets(session: Session, body: ForgetCreate, ref: str) -> dict[str, list[str] | None]:
+    """An operator's erasure: {model: the instance ids to name, None for all the subject's}
+    per model holding the subject's data; 404/409 when none does."""
+    held = holders(session, ref)
+    if not held:
+        if catalogue.by_subject(session, ref):
+            raise LetheError(409, "already_erased",
+                             f"subject {body.subject_id!r} is already erased from every model that held their data")
+        raise LetheError(404, "unknown_subject", f"subject {body.subject_id!r} has no instances in any model's catalogue")
+    # a model that already forgot part of the subject: the rest by id (submit refuses erased ids)
+    return {model: [r.instance_id for r in rows] if len(catalogue.by_subject(session, ref, model)) != len(rows)
+            else None for model, rows in held.items()}
+
+
+def _tenant_targets(session: Session, policy) -> dict[str, None]:
+    """A tenant's erasure: every ready model it may target, whether or not it holds the
+    subject's data (a model that holds none gets a no-data request): what is accepted says
+    nothing about where the subject is (docs/service.md, *No oracle*)."""
+    from ..registry import service as registry
+
+    models = {m.name: None for m in registry.list_models(session)
+              if policy.may_target(m.name) and (m.status or "ready") == "ready"}
+    if not models:
+        raise LetheError(404, "unknown_model", "there is no model to forget from: no model is granted to tenant "
+                                               f"{policy.tenant!r}; known models: []")
+    return models
 
 
 def submit_all(session: Session, settings: Settings, body: ForgetCreate, *, idempotency_key: str | None,
                actor: str, tenant: str = tenants.DEFAULT,
                policy=None) -> tuple[ErasureGroup, list[ForgetRequest], list[str], bool]:
     """Record one request per model holding the subject's data (``policy``, a tenant's: per
-    model it may target). Returns (group, requests, job ids to dispatch, replayed). Raises
-    LetheError before anything is written."""
+    model it may target, see ``_tenant_targets``). Returns (group, requests, job ids to
+    dispatch, replayed). Raises LetheError before anything is written."""
     if body.subject_id is None:
         raise LetheError(422, "model_required",
                           "instance ids belong to one model: name the model, or give subject_id (without model) to "
@@ -72,23 +100,14 @@ def submit_all(session: Session, settings: Settings, body: ForgetCreate, *, idem
                                                                  f"used for erasure {old.id} with a different body")
             return old, requests_of(session, old.id), [], True
     ref = catalogue.subject_ref(settings.subject_secret, body.subject_id)
-    held = holders(session, ref, policy)
-    if not held:
-        if any(policy is None or policy.may_target(r.model_name) for r in catalogue.by_subject(session, ref)):
-            raise LetheError(409, "already_erased",
-                              f"subject {body.subject_id!r} is already erased from every model that held their data")
-        raise LetheError(404, "unknown_subject", f"subject {body.subject_id!r} has no instances in any model's catalogue")
+    held = _targets(session, body, ref) if policy is None else _tenant_targets(session, policy)
     group = ErasureGroup(id=str(uuid.uuid4()), subject_ref=ref, idempotency_key=stored_key, fingerprint=fp,
                          models=sorted(held), created_by=actor[:128], received_at=utcnow())
     session.add(group)
     session.flush()
     requests, to_dispatch = [], []
     for model in sorted(held):
-        rows = held[model]
-        partly_erased = len(catalogue.by_subject(session, ref, model)) != len(rows)
-        # a model that already forgot part of the subject: the rest by id (submit refuses erased ids)
-        sub = body.model_copy(update={"model": model, "external_id": body.external_id,
-                                      "instance_ids": [r.instance_id for r in rows] if partly_erased else None})
+        sub = body.model_copy(update={"model": model, "external_id": body.external_id, "instance_ids": held[model]})
         try:
             req, job_id, _ = service.submit(session, settings, sub, idempotency_key=None, actor=actor,
                                             tenant=tenant, policy=policy)

@@ -38,12 +38,24 @@ def _visible(principal: Principal, reqs) -> bool:
     return tenant is None or any(r.tenant == tenant for r in reqs)
 
 
-def _read(session, req: ForgetRequest, job=False) -> ForgetRead:
+def _hides(principal: Principal | None, req: ForgetRequest) -> bool:
+    """Whether the caller must not see the request's selection (instance ids, job) yet: a
+    tenant's key, until the request has run (completed or failed). Otherwise an accepted
+    request would tell, at once, whether the model holds what it names — and cancelling it
+    before it runs would make that a free probe (app/forget/nodata.py)."""
+    return principal is not None and principal.sees_tenant is not None and req.status not in (fm.COMPLETED, fm.FAILED)
+
+
+def _read(session, req: ForgetRequest, job=False, principal: Principal | None = None) -> ForgetRead:
     """``job``: the request's job when the caller already has it (False: look it up)."""
-    if job is False:
+    hide = _hides(principal, req)
+    if hide:
+        job = None
+    elif job is False:
         job = jobs.get(session, req.job_id) if req.job_id else None
     return ForgetRead(id=req.id, status=req.status, model=req.model_name, objective=req.objective,
-                      method=req.method, external_id=req.external_id, instance_ids=req.instance_ids,
+                      method=req.method, external_id=req.external_id,
+                      instance_ids=None if hide else req.instance_ids,
                       received_at=req.received_at, due_at=req.due_at, completed_at=req.completed_at,
                       error=req.error, version_before=req.version_before, version_after=req.version_after,
                       exact_version=req.exact_version, metrics=req.metrics,
@@ -75,12 +87,14 @@ def create_forget(body: ForgetCreate, session: SessionDep, settings: SettingsDep
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/forget/{req.id}"
-    return ForgetAccepted(id=req.id, status=req.status, due_at=req.due_at, job_id=req.job_id,
+    return ForgetAccepted(id=req.id, status=req.status, due_at=req.due_at,
+                          job_id=None if _hides(principal, req) else req.job_id,
                           days_left=service.days_left(req))
 
 
-def _member(r: ForgetRequest) -> ErasureMember:
-    return ErasureMember(request_id=r.id, model=r.model_name, status=r.status, job_id=r.job_id,
+def _member(r: ForgetRequest, principal: Principal | None = None) -> ErasureMember:
+    return ErasureMember(request_id=r.id, model=r.model_name, status=r.status,
+                         job_id=None if _hides(principal, r) else r.job_id,
                          version_before=r.version_before, version_after=r.version_after, error=r.error)
 
 
@@ -97,7 +111,7 @@ def _erase_everywhere(body, session, settings, dispatcher, response, principal, 
     response.headers["Location"] = f"/v1/erasures/{group.id}"
     return ForgetAccepted(id=group.id, erasure_id=group.id, status=groups.status(reqs),
                           due_at=min(r.due_at for r in reqs), days_left=min(service.days_left(r) or 0 for r in reqs),
-                          requests=[_member(r) for r in reqs])
+                          requests=[_member(r, principal) for r in reqs])
 
 
 @router.get("/erasures/{erasure_id}", response_model=ErasureRead, responses=responses(e404="unknown erasure"),
@@ -110,7 +124,7 @@ def read_erasure(erasure_id: str, session: SessionDep,
         raise LetheError(404, "unknown_erasure", f"erasure {erasure_id!r} not found")
     state = groups.status(reqs)
     return ErasureRead(id=group.id, status=state, models=group.models, received_at=group.received_at,
-                       requests=[_member(r) for r in reqs],
+                       requests=[_member(r, principal) for r in reqs],
                        certificate_url=f"/v1/erasures/{group.id}/certificate" if state == fm.COMPLETED else None)
 
 
@@ -138,7 +152,8 @@ def list_forget(session: SessionDep, principal: Annotated[Principal, Depends(req
         raise LetheError(422, "invalid_request", f"status must be one of {', '.join(fm.STATUSES)}")
     rows, total = service.list_requests(session, status=status, model=model, overdue_only=overdue, limit=limit,
                                         offset=offset, tenant=principal.sees_tenant)
-    return ForgetPage(items=[_read(session, r) for r in rows], total=total, limit=limit, offset=offset,
+    return ForgetPage(items=[_read(session, r, principal=principal) for r in rows], total=total, limit=limit,
+                      offset=offset,
                       next_offset=offset + len(rows) if offset + len(rows) < total else None)
 
 
@@ -152,7 +167,7 @@ def cancel_forget(request_id: str, session: SessionDep,
                   body: Annotated[CancelBody | None, Body()] = None):
     req = service.cancel(session, request_id, actor=principal.actor, reason=body.reason if body else None,
                          tenant=principal.sees_tenant)
-    return _read(session, req)
+    return _read(session, req, principal=principal)
 
 
 @router.post("/forget/{request_id}/deny", response_model=ForgetRead, responses=LIFECYCLE_ERRORS,
@@ -207,7 +222,7 @@ def read_forget(request_id: str, session: SessionDep,
     found = service.get_with_job(session, request_id, principal.sees_tenant)  # one query: clients poll this
     if found is None:
         raise LetheError(404, "unknown_request", f"forget request {request_id!r} not found")
-    return _read(session, *found)
+    return _read(session, *found, principal=principal)
 
 
 @router.get("/jobs/{job_id}", response_model=JobRead, tags=["jobs"], responses=responses(e404="unknown job"),

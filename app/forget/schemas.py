@@ -68,7 +68,8 @@ class ForgetRead(BaseModel):
     objective: str
     method: str
     external_id: str | None = None
-    instance_ids: list[str]
+    instance_ids: list[str] | None = Field(description="the instances the request covers; null to a tenant's key "
+                                                       "until the request has run (completed or failed)")
     received_at: dt.datetime
     due_at: dt.datetime
     completed_at: dt.datetime | None = None

@@ -107,7 +107,9 @@ def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempote
         return replay, None, True
     sel = _select(session, settings, body, policy)
     req = _new_request(body, sel, idempotency_key=key, fingerprint=fp, tenant=tenant)
-    job, created = jobs.attach(session, req, settings.max_attempts)  # before the INSERT, which carries job_id
+    # before the INSERT, which carries job_id; a tenant's request that selects nothing has no
+    # job (a no-data request: nodata.py closes it)
+    job, created = jobs.attach(session, req, settings.max_attempts) if sel.rows else (None, False)
     session.add(req)
     try:
         session.flush()
@@ -120,7 +122,7 @@ def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempote
     _claim_instances(session, req)
     audit.record(session, actor=actor, action="forget.received", subject_ref=req.subject_ref,
                  payload={"request_id": req.id, "model": req.model_name, "objective": req.objective,
-                          "method": req.method, "instances": len(req.instance_ids), "job_id": job.id,
+                          "method": req.method, "instances": len(req.instance_ids), "job_id": job and job.id,
                           "due_at": req.due_at.isoformat()})
     webhooks.status_changed(session, req, None)
     return req, (job.id if created else None), False
@@ -155,6 +157,8 @@ def _select(session: Session, settings: Settings, body: ForgetCreate,
     method = _check_method(body, model, policy)
     tenant_policy.check_quota(session, policy)
     ref = catalogue.subject_ref(settings.subject_secret, body.subject_id) if body.subject_id is not None else None
+    if policy is not None:  # a tenant's key: no answer may tell what the catalogue holds
+        return _Selection(method, ref, _held_rows(session, body, ref))
     rows = _catalogue_rows(session, body, ref)
     erased = [r.instance_id for r in rows if r.erased_at is not None]
     if erased:
@@ -225,6 +229,19 @@ def _catalogue_rows(session: Session, body: ForgetCreate, ref: str | None) -> li
             raise LetheError(422, "instances_not_of_subject",
                              f"these instances do not belong to subject {body.subject_id!r}: {_preview(foreign)}")
     return [found[i] for i in body.instance_ids]
+
+
+def _held_rows(session: Session, body: ForgetCreate, ref: str | None) -> list:
+    """A tenant's selection, with no oracle (docs/service.md, *No oracle*): of the named
+    instances, or the subject's, those the model still holds (catalogued, not erased) and
+    that belong to the named subject. The rest is left out without a word — an unknown
+    subject or instance, another subject's instance, one erased already — and the request is
+    accepted all the same; with nothing left it is a no-data request (``nodata.py``)."""
+    if body.instance_ids is None:
+        return [r for r in catalogue.by_subject(session, ref, body.model) if r.erased_at is None]
+    found = catalogue.by_ids(session, body.model, body.instance_ids)
+    return [found[i] for i in body.instance_ids
+            if i in found and found[i].erased_at is None and (ref is None or found[i].subject_ref == ref)]
 
 
 def _new_request(body: ForgetCreate, sel: _Selection, *, idempotency_key: str | None, fingerprint: str,

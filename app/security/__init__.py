@@ -3,7 +3,7 @@
 - Keys are 256-bit random tokens (``lethe_...``); only ``sha256(key)`` is stored
   (``api_keys.key_hash``), the plaintext is shown once when the key is created.
 - Scopes (``scopes.py``): ``forget:write`` (portals submit and cancel), ``forget:read``
-  (poll requests, subjects, certificates), ``audit:read`` (auditors), ``models:admin``
+  (poll requests, certificates), ``subjects:read`` (what the catalogue holds for a subject), ``audit:read`` (auditors), ``models:admin``
   (register models, move aliases, and the operator actions deny / retry), ``metrics:read``
   (Prometheus).
 - Every route under ``/v1`` depends on ``require_scope(...)`` (``guard.py``): 401 when the
@@ -19,8 +19,8 @@ from .guard import Principal, install, optional_principal, require_scope, route_
 from .keys import (KEY_PREFIX, MIN_KEY_LENGTH, admin_key_path, authenticate, bootstrap_keys, create_key, hash_key,
                    list_keys, revoke_key)
 from .models import ApiKey
-from .scopes import AUDIT_READ, FORGET_READ, FORGET_WRITE, METRICS_READ, MODELS_ADMIN, SCOPES
+from .scopes import AUDIT_READ, FORGET_READ, FORGET_WRITE, METRICS_READ, MODELS_ADMIN, SCOPES, SUBJECTS_READ
 
-__all__ = ["SCOPES", "FORGET_WRITE", "FORGET_READ", "AUDIT_READ", "MODELS_ADMIN", "METRICS_READ", "optional_principal", "KEY_PREFIX", "MIN_KEY_LENGTH",
+__all__ = ["SCOPES", "FORGET_WRITE", "FORGET_READ", "SUBJECTS_READ", "AUDIT_READ", "MODELS_ADMIN", "METRICS_READ", "optional_principal", "KEY_PREFIX", "MIN_KEY_LENGTH",
            "ApiKey", "Principal", "require_scope", "create_key", "revoke_key", "list_keys", "hash_key",
            "authenticate", "bootstrap_keys", "admin_key_path", "route_scopes", "scoped_routes", "install"]

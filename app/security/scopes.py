@@ -8,7 +8,11 @@ FORGET_READ = "forget:read"  # poll requests, subjects, certificates
 AUDIT_READ = "audit:read"  # auditors: the audit log, the dashboard
 MODELS_ADMIN = "models:admin"  # operators: register models, move aliases, deny / retry requests
 METRICS_READ = "metrics:read"  # Prometheus: GET /metrics and nothing else
-SCOPES: tuple[str, ...] = (FORGET_WRITE, FORGET_READ, AUDIT_READ, MODELS_ADMIN, METRICS_READ)
+# access requests: what the catalogue holds for a subject. An oracle by nature (it tells
+# whether a model holds someone's data), so not part of forget:read: for portals that verify
+# the person first (migration 0011 gave it to the keys that had forget:read)
+SUBJECTS_READ = "subjects:read"
+SCOPES: tuple[str, ...] = (FORGET_WRITE, FORGET_READ, SUBJECTS_READ, AUDIT_READ, MODELS_ADMIN, METRICS_READ)
 
 
 def check_scopes(scopes: Iterable[str]) -> list[str]:

@@ -8,7 +8,7 @@ A tenant-bound caller (a ``forget:*`` key without ``models:admin``/``audit:read`
   install, and every tenant that existed before grants did: migration 0011). A model it may
   not target answers exactly like one that is not registered (404 ``unknown_model``), and
   the list of known models in that answer holds only the models it may target.
-- **methods**: ``methods`` (None: every method) — others answer 403 ``method_not_allowed``;
+- **methods**: ``methods`` (None: every method) — others answer 403 ``tenant_method_refused``;
 - **quotas**: at most ``max_open_requests`` queued/running requests and
   ``max_requests_per_day`` submissions in any 24 h (None: the ``LETHE_TENANT_MAX_*``
   setting; 0: unlimited) — 429 ``tenant_quota_exceeded`` with ``Retry-After``.
@@ -87,7 +87,7 @@ def unknown_model(name: str, known: list[str]) -> LetheError:
 
 def check_method(p: Policy | None, method: str) -> None:
     if p is not None and not p.may_use(method):
-        raise LetheError(403, "method_not_allowed",
+        raise LetheError(403, "tenant_method_refused",
                          f"tenant {p.tenant!r} may not use method {method!r}; allowed: {list(p.methods or ())} "
                          "(an operator sets them: PUT /v1/tenants/{tenant})")
 

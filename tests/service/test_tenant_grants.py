@@ -10,7 +10,7 @@ from app.main import create_app
 from .conftest import MODEL, add_model, bearer, make_key
 
 OTHER = "secret-cnn"  # a second model on the same dataset, not granted to acme
-PORTAL = ["forget:write", "forget:read"]
+PORTAL = ["forget:write", "forget:read", "subjects:read"]
 
 
 def register_other(settings, name: str = OTHER) -> None:

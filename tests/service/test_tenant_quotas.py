@@ -1,5 +1,5 @@
 """Per-tenant methods and quotas (app/tenants/service.py): a tenant limited to cheap methods
-is refused the others (403 method_not_allowed, and a default that fits its list); at most N
+is refused the others (403 tenant_method_refused, and a default that fits its list); at most N
 open requests and N submissions a day (429 tenant_quota_exceeded with Retry-After naming
 the limit). Other tenants and operators are not counted against them."""
 import datetime as dt
@@ -33,7 +33,7 @@ def test_a_tenant_limited_to_cheap_methods(gw):
     assert r.status_code == 200 and r.json()["methods"] == ["finetune", "lethe"], r.text
     for method in ("retrain", "paper_full"):
         r = c.post("/v1/forget", json={"model": MODEL, "subject_id": "alice", "method": method}, headers=k["acme"])
-        assert (r.status_code, r.json()["code"]) == (403, "method_not_allowed"), r.text
+        assert (r.status_code, r.json()["code"]) == (403, "tenant_method_refused"), r.text
         assert f"may not use method {method!r}" in r.json()["detail"] and "['finetune', 'lethe']" in r.json()["detail"]
     # no method named: the family's first method the tenant may use, not the family default ("instance")
     r = c.post("/v1/forget", json={"model": MODEL, "subject_id": "alice"}, headers=k["acme"])
