@@ -10,7 +10,7 @@ MODELS_ADMIN = "models:admin"  # operators: register models, move aliases, deny 
 METRICS_READ = "metrics:read"  # Prometheus: GET /metrics and nothing else
 # access requests: what the catalogue holds for a subject. An oracle by nature (it tells
 # whether a model holds someone's data), so not part of forget:read: for portals that verify
-# the person first (migration 0011 gave it to the keys that had forget:read)
+# the person first (migration 0013 gave it to the keys that had forget:read)
 SUBJECTS_READ = "subjects:read"
 SCOPES: tuple[str, ...] = (FORGET_WRITE, FORGET_READ, SUBJECTS_READ, AUDIT_READ, MODELS_ADMIN, METRICS_READ)
 

@@ -139,7 +139,7 @@ def test_migration_gives_forget_read_keys_subjects_read(tmp_path):
     s = make_settings(tmp_path)
     cfg = Config(f"{ROOT}/alembic.ini")
     cfg.attributes["url"] = s.database_url
-    command.upgrade(cfg, "0011")
+    command.upgrade(cfg, "0012")
     engine = create_engine(s.database_url)
     with engine.begin() as conn:
         for key_id, scopes in (("k_portal", '["forget:write", "forget:read"]'), ("k_audit", '["audit:read"]')):
@@ -149,7 +149,7 @@ def test_migration_gives_forget_read_keys_subjects_read(tmp_path):
     with engine.connect() as conn:
         got = dict(conn.execute(text("SELECT id, scopes FROM api_keys")).all())
     assert got == {"k_portal": '["forget:write", "forget:read", "subjects:read"]', "k_audit": '["audit:read"]'}
-    command.downgrade(cfg, "0011")
+    command.downgrade(cfg, "0012")
     with engine.connect() as conn:
         assert "subjects" not in conn.execute(text("SELECT scopes FROM api_keys WHERE id = 'k_portal'")).scalar()
     engine.dispose()

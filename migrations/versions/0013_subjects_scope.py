@@ -1,15 +1,15 @@
 """subjects:read: subject reads leave forget:read for a scope of their own; keys that hold
 forget:read get it, so nothing an existing key could do changes
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-03
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
