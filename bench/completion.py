@@ -15,6 +15,16 @@ recorded ``train_seconds`` for its dataset; the others timed here with the defau
 seed 0, ``models.train.train_model``) and no approximate history (a model's first job),
 default settings. Rows go to ``bench/results/completion.json``, and a table to
 ``docs/benchmarks.md`` (the block between the ``completion`` markers, rewritten from the JSON).
+
+Part 3 (``--consolidation``; ``--consolidation-only`` keeps the stored rows of parts 1-2): the
+continual sequence with consolidation against retraining, in process (SQLite, the driver the
+workers run): the demo model of ``--cons-dataset`` is trained (``bootstrap_demo``), then
+``--cons-requests`` requests of ``--cons-k`` random instances (forget-set seed ``--cons-seed``)
+are each served approximately (the planner kept from retraining: ``LETHE_RETRAIN_BELOW_S=0``),
+then one consolidation job (``POST /v1/models/{name}/consolidate``'s service) retrains from
+scratch. Test accuracy and the accuracy on every instance forgotten so far, of the served model
+after the sequence and after the consolidation, against retraining from scratch on the same
+retained rows with two other training seeds.
 """
 from __future__ import annotations
 
@@ -144,6 +154,111 @@ def run_service(n: int, dataset: str, threads: int, timeout: float) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def run_consolidation(dataset: str, requests: int, k: int, seed: int) -> dict:
+    """Part 3: approximate sequence, then consolidation, against retraining (see the docstring)."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from app.bootstrap import bootstrap_demo
+    from app.catalogue import service as catalogue
+    from app.catalogue.retained import all_retained_arrays
+    from app.cli import migrate
+    from app.db import session_scope
+    from app.forget.schemas import ForgetCreate
+    from app.forget.service import submit
+    from app.jobs import consolidation
+    from app.registry import service as registry
+    from app.settings import Settings
+    from models.data import load_dataset
+    from models.train import Recipe, accuracy, train_model
+    from worker import driver
+
+    tmp = tempfile.mkdtemp(prefix="lethe-consolidation-")
+    s = Settings(database_url=f"sqlite:///{tmp}/lethe.db", registry_dir=os.path.join(tmp, "registry"),
+                 data_dir=os.path.join(tmp, "data"), broker_url="", embedded_worker=False, demo_dataset=dataset,
+                 demo_exact_dataset="", retrain_below_s=0, consolidate_after_instances=0,
+                 consolidate_after_versions=0, sweeper_interval_s=0, webhook_poll_s=0)
+    try:
+        migrate(s)
+        t0 = time.perf_counter()
+        model = bootstrap_demo(s)
+        boot_s = time.perf_counter() - t0
+        ds = load_dataset(dataset)
+        xt, yt = ds.x_test, ds.y_test
+
+        def served():
+            with session_scope(s.database_url) as db:
+                v = registry.resolve_alias(db, model)
+                net, _ = registry.load_version(s.registry_dir, v)
+                return v.version, v.exact, net
+
+        def forgotten_arrays(ids):
+            with session_scope(s.database_url) as db:
+                rows = catalogue.by_ids(db, model, ids)
+                return catalogue.load_arrays([rows[i] for i in ids])
+
+        with session_scope(s.database_url) as db:
+            live = [r.instance_id for r in catalogue.retained(db, model, set())]
+        rng = np.random.default_rng(seed)
+        chosen = [str(i) for i in rng.choice(live, requests * k, replace=False)]
+        # keep the forget rows before they are erased from the store (a job deletes raw data)
+        fx, fy = forgotten_arrays(chosen)
+        fx, fy = torch.from_numpy(fx), torch.from_numpy(fy)
+        steps = []
+        t_seq = time.perf_counter()
+        for n in range(requests):
+            ids = chosen[n * k:(n + 1) * k]
+            with session_scope(s.database_url) as db:
+                req, _, _ = submit(db, s, ForgetCreate(model=model, instance_ids=ids), idempotency_key=None,
+                                   actor="bench")
+                job_id = req.job_id
+            t = time.perf_counter()
+            outcome = driver.execute_job(job_id, settings=s, worker_name="bench")
+            version, exact, net = served()
+            steps.append({"request": n + 1, "outcome": outcome, "version": version, "exact": exact,
+                          "seconds": round(time.perf_counter() - t, 2),
+                          "ta": round(accuracy(net, xt, yt), 2),
+                          "forgotten_acc": round(accuracy(net, fx[:(n + 1) * k], fy[:(n + 1) * k]), 2)})
+            print(f"  request {n + 1}: {outcome} v{version} exact={exact} ta={steps[-1]['ta']}", flush=True)
+        seq_s = time.perf_counter() - t_seq
+        with session_scope(s.database_url) as db:
+            debt = consolidation.Debt.of(registry.resolve_alias(db, model)).to_json()
+            job, _ = consolidation.request(db, model, actor="bench", reason="bench: after the sequence")
+            cons_id = job.id
+        t = time.perf_counter()
+        outcome = driver.execute_job(cons_id, settings=s, worker_name="bench")
+        cons_s = time.perf_counter() - t
+        version, exact, net = served()
+        after = {"outcome": outcome, "version": version, "exact": exact, "seconds": round(cons_s, 2),
+                 "ta": round(accuracy(net, xt, yt), 2), "forgotten_acc": round(accuracy(net, fx, fy), 2)}
+        # retraining from scratch on the same retained rows, two other training seeds
+        with session_scope(s.database_url) as db:
+            m = registry.get_model(db, model)
+            recipe, arch, shape, classes = registry.recipe_of(m), m.arch, tuple(m.input_shape), len(m.classes)
+            rx, ry = all_retained_arrays(db, model, exclude=set())
+        refs = []
+        for train_seed in (recipe.seed + 1, recipe.seed + 2):
+            t = time.perf_counter()
+            ref = train_model(arch, torch.from_numpy(rx), torch.from_numpy(ry), input_shape=shape,
+                              num_classes=classes, recipe=dataclasses.replace(recipe, seed=train_seed))
+            refs.append({"train_seed": train_seed, "seconds": round(time.perf_counter() - t, 2),
+                         "ta": round(accuracy(ref, xt, yt), 2), "forgotten_acc": round(accuracy(ref, fx, fy), 2)})
+        ref_ta = sum(r["ta"] for r in refs) / len(refs)
+        last = steps[-1]
+        return {"dataset": dataset, "model": model, "requests": requests, "k": k, "forget_seed": seed,
+                "retained_rows": int(len(ry)), "bootstrap_seconds": round(boot_s, 1),
+                "sequence_seconds": round(seq_s, 1), "debt_before": debt, "steps": steps,
+                "approximate": {"ta": last["ta"], "forgotten_acc": last["forgotten_acc"],
+                                "gap_pt": round(last["ta"] - ref_ta, 2)},
+                "consolidated": {**after, "gap_pt": round(after["ta"] - ref_ta, 2)},
+                "retrain": refs, "retrain_ta_mean": round(ref_ta, 2),
+                "within_1pt": abs(after["ta"] - ref_ta) <= 1.0}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def recorded_train_seconds(service_row: dict | None) -> dict:
     """Each demo dataset's training time on record: the median ``retrain_seconds`` of
     ``bench/results/instance.json`` (the demo recipe, measured under the bench lock), else the
@@ -210,6 +325,22 @@ def markdown(doc: dict) -> str:
                          for p in r["plans"])
         lines.append(f"| {r['dataset']} | {r['requests']} | {r['completed']} | {r['failed']} | {r['not_final']} | "
                      f"{r['seconds']} | {jobs} | {'ok' if r['audit_ok'] else 'FAILED'} |")
+    if doc.get("consolidation"):
+        lines += ["", "The continual sequence with consolidation (`--consolidation`, in process): requests "
+                  "served approximately one after another, then one consolidation job; test accuracy (TA) and "
+                  "accuracy on every instance forgotten so far (D_f acc.) of the served model, against retraining "
+                  "from scratch on the same retained rows (mean of two other training seeds):", "",
+                  "| dataset | requests x k (seed) | served after the sequence: TA (vs retrain), D_f acc. | "
+                  "after consolidation: TA (vs retrain), D_f acc., exact | retrain TA, D_f acc. | "
+                  "sequence s | consolidation s | within 1 pt |", "|---|---|---|---|---|---|---|---|"]
+        for r in doc["consolidation"]:
+            a, c = r["approximate"], r["consolidated"]
+            ref_f = sum(x["forgotten_acc"] for x in r["retrain"]) / len(r["retrain"])
+            lines.append(f"| {r['dataset']} | {r['requests']} x {r['k']} ({r['forget_seed']}) | "
+                         f"{a['ta']:.2f} ({a['gap_pt']:+.2f} pt), {a['forgotten_acc']:.1f} | "
+                         f"{c['ta']:.2f} ({c['gap_pt']:+.2f} pt), {c['forgotten_acc']:.1f}, "
+                         f"{'yes' if c['exact'] else 'no'} | {r['retrain_ta_mean']:.2f}, {ref_f:.1f} | "
+                         f"{r['sequence_seconds']} | {c['seconds']} | {'yes' if r['within_1pt'] else 'NO'} |")
     if doc.get("planner"):
         lines += ["", "The pure planner (`app.jobs.planner.plan`, default settings, a model's first job: no "
                   "approximate history) for each demo model's training time on record:", "",
@@ -242,14 +373,36 @@ def main() -> None:
     ap.add_argument("--skip-planner", action="store_true")
     ap.add_argument("--planner-only", action="store_true", help="only the planner table; keep the stored service rows")
     ap.add_argument("--note", default="", help="recorded with the results (e.g. why N is smaller than asked)")
+    ap.add_argument("--consolidation", action="store_true", help="also part 3: the sequence with consolidation")
+    ap.add_argument("--consolidation-only", action="store_true",
+                    help="only part 3 (its row replaces the stored one of its dataset); keep the other stored rows")
+    ap.add_argument("--cons-dataset", default="digits")
+    ap.add_argument("--cons-requests", type=int, default=16)
+    ap.add_argument("--cons-k", type=int, default=8)
+    ap.add_argument("--cons-seed", type=int, default=0)
     args = ap.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     doc = {"commit": commit, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
            "machine": f"{os.cpu_count()} CPU cores, shared with other sessions while measured (timings are noisy)",
            "note": args.note, "rows": []}
-    if args.planner_only and os.path.exists(OUT):
+    old = {}
+    if os.path.exists(OUT):
         with open(OUT) as f:
             old = json.load(f)
+    doc["consolidation"] = old.get("consolidation", [])
+    if args.consolidation or args.consolidation_only:
+        row = run_consolidation(args.cons_dataset, args.cons_requests, args.cons_k, args.cons_seed)
+        row.update(commit=commit, date=doc["date"])
+        print(json.dumps({k: v for k, v in row.items() if k != "steps"}), flush=True)
+        doc["consolidation"] = [r for r in doc["consolidation"] if r["dataset"] != row["dataset"]] + [row]
+    if args.consolidation_only:
+        doc.update({k: old[k] for k in ("commit", "date", "note", "rows", "planner", "machine") if k in old})
+        with open(OUT, "w") as f:
+            json.dump(doc, f, indent=1)
+        render_docs(doc)
+        print(f"wrote {OUT} and the block in {DOCS}")
+        return
+    if args.planner_only and old:
         doc.update({k: old[k] for k in ("commit", "date", "note", "rows") if k in old})
     else:
         row = run_service(args.n, args.dataset, args.threads, args.timeout)
