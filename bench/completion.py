@@ -329,7 +329,9 @@ def markdown(doc: dict) -> str:
         lines += ["", "The continual sequence with consolidation (`--consolidation`, in process): requests "
                   "served approximately one after another, then one consolidation job; test accuracy (TA) and "
                   "accuracy on every instance forgotten so far (D_f acc.) of the served model, against retraining "
-                  "from scratch on the same retained rows (mean of two other training seeds):", "",
+                  "from scratch on the same retained rows (mean of two other training seeds). Runs: "
+                  + "; ".join(f"{r['dataset']} {r.get('date', '?')} (commit {r.get('commit', '?')}, demo "
+                              f"bootstrap {r['bootstrap_seconds']} s)" for r in doc["consolidation"]) + ".", "",
                   "| dataset | requests x k (seed) | served after the sequence: TA (vs retrain), D_f acc. | "
                   "after consolidation: TA (vs retrain), D_f acc., exact | retrain TA, D_f acc. | "
                   "sequence s | consolidation s | within 1 pt |", "|---|---|---|---|---|---|---|---|"]
