@@ -5,7 +5,8 @@
 For each number of gateway processes it starts, on loopback, (1) the floor — a bare
 FastAPI + SQLAlchemy app (``bench/floor.py``) that inserts one row into Postgres (POST) or
 reads one row by primary key (GET), with the same engine and uvicorn settings as Lethe —
-and (2) Lethe on Postgres (``lethe serve``, no worker consuming: jobs stay queued), each on
+and (2) Lethe on Postgres (``lethe serve``, no worker consuming: jobs stay queued; the load
+carries a portal's ``forget:write`` key, so the tenant policy is on the path), each on
 a fresh database created here and dropped after. The same load drives both: ``--concurrency``
 (32) clients for ``--duration`` seconds after a short warm-up, every POST naming a fresh
 catalogued instance id. Runs: floor POST and GET; Lethe ``POST /v1/forget`` with 0 and
@@ -67,9 +68,11 @@ def instance_id(i: int) -> str:
     return f"b-{i:07d}"
 
 
-def seed_lethe(url: str, tmp: str, n_instances: int, backlog: int) -> None:
+def seed_lethe(url: str, tmp: str, n_instances: int, backlog: int) -> str:
     """Migrate, register the model, catalogue ``n_instances`` ids (rows only: submitting
-    reads no raw data) and record ``backlog`` pending requests through ``forget.submit``."""
+    reads no raw data) and record ``backlog`` pending requests through ``forget.submit``.
+    Returns a portal's API key (``forget:write`` + ``forget:read``, the default tenant): the
+    load goes through the path a data-subject portal takes, tenant policy included."""
     import psycopg
 
     from app.audit import service as audit
@@ -78,6 +81,7 @@ def seed_lethe(url: str, tmp: str, n_instances: int, backlog: int) -> None:
     from app.forget import service as forget
     from app.forget.schemas import ForgetCreate
     from app.registry import service as registry
+    from app.security import FORGET_READ, FORGET_WRITE, create_key
 
     settings = _settings(url, tmp)
     migrate(settings)
@@ -100,6 +104,7 @@ def seed_lethe(url: str, tmp: str, n_instances: int, backlog: int) -> None:
         list(pool.map(batch, range(0, backlog, 250)))
     with session_scope(url) as db:
         audit.drain(db)
+        return create_key(db, "bench-portal", [FORGET_WRITE, FORGET_READ], actor="bench")[1]
 
 
 def open_requests(url: str) -> int:
@@ -310,9 +315,8 @@ def row(endpoint: str, backlog: int, processes: int, r: dict, floor_rps: float |
 def run(args) -> dict:
     gen = run_wrk if args.generator == "wrk" else run_python
     tmp = tempfile.mkdtemp(prefix="lethe-bench-gw-")
-    auth = {"Authorization": f"Bearer {KEY}"}
     rows = []
-    backlog_db, backlog_ids = None, None
+    backlog_db, backlog_ids, backlog_key = None, None, None
     for p in args.processes:
         # the floor
         url, name = create_db()
@@ -334,12 +338,12 @@ def run(args) -> dict:
         for backlog in (0, args.backlog):
             if backlog and backlog_db is None:
                 backlog_db = create_db()
-                seed_lethe(backlog_db[0], tmp, backlog + args.instances * len(args.processes), backlog)
+                backlog_key = seed_lethe(backlog_db[0], tmp, backlog + args.instances * len(args.processes), backlog)
                 backlog_ids = Ids(backlog, backlog + args.instances * len(args.processes))
             url, name = backlog_db if backlog else create_db()
             try:
-                if not backlog:
-                    seed_lethe(url, tmp, args.instances, 0)
+                portal = backlog_key if backlog else seed_lethe(url, tmp, args.instances, 0)
+                auth = {"Authorization": f"Bearer {portal}"}
                 srv, base = start_lethe(url, tmp, p)
                 try:
                     ids = backlog_ids if backlog else Ids(0, args.instances)

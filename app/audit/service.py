@@ -111,9 +111,12 @@ def record(session: Session, *, actor: str, action: str, payload: dict | None = 
     """Record one event through the outbox, inside the caller's transaction, without the
     writers' lock; it is chained by the next ``drain`` (in order of recording). A Core insert
     on the session's connection: it runs on every submission."""
-    session.connection().execute(AuditOutbox.__table__.insert().values(
-        ts=utcnow().isoformat(timespec="microseconds"), actor=actor, action=action, subject_ref=subject_ref,
-        payload=canonical_json(payload or {})))
+    session.connection().execute(_OUTBOX_INSERT, {
+        "ts": utcnow().isoformat(timespec="microseconds"), "actor": actor, "action": action,
+        "subject_ref": subject_ref, "payload": canonical_json(payload or {})})
+
+
+_OUTBOX_INSERT = AuditOutbox.__table__.insert()
 
 
 def append(session: Session, *, actor: str, action: str, payload: dict | None = None,

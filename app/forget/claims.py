@@ -9,6 +9,8 @@ order and cannot deadlock. ``release`` deletes a request's rows when it closes.
 """
 from __future__ import annotations
 
+import functools
+
 from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -25,12 +27,11 @@ def take(session: Session, model_name: str, request_id: str, instance_ids: list[
     ids = sorted(set(instance_ids))
     if not ids:
         return {}
-    insert = _INSERT[session.get_bind().dialect.name]
-    t = PendingClaim.__table__  # Core, on the session's connection: this runs on every submission
-    stmt = (insert(t).values([{"model_name": model_name, "instance_id": i, "request_id": request_id} for i in ids])
-            .on_conflict_do_nothing(index_elements=["model_name", "instance_id"])
-            .returning(t.c.instance_id))
-    got = set(session.connection().execute(stmt).scalars())
+    rows = [{"model_name": model_name, "instance_id": i, "request_id": request_id} for i in ids]
+    # Core on the session's connection (every submission runs it); the statement is built once
+    # per dialect and its compiled form cached: the rows go as parameters (one multi-row
+    # INSERT ... RETURNING on the wire, SQLAlchemy's insertmanyvalues, ids in sorted order)
+    got = set(session.connection().execute(_take_stmt(session.get_bind().dialect.name), rows).scalars())
     if len(got) == len(ids):
         return {}
     taken = [i for i in ids if i not in got]
@@ -38,6 +39,13 @@ def take(session: Session, model_name: str, request_id: str, instance_ids: list[
                            .join(ForgetRequest, ForgetRequest.id == PendingClaim.request_id)
                            .where(PendingClaim.model_name == model_name, PendingClaim.instance_id.in_(taken)))
     return {iid: (rid, status) for iid, rid, status in rows}
+
+
+@functools.cache
+def _take_stmt(dialect: str):
+    t = PendingClaim.__table__
+    return (_INSERT[dialect](t).on_conflict_do_nothing(index_elements=["model_name", "instance_id"])
+            .returning(t.c.instance_id))
 
 
 def release(session: Session, request_id: str) -> None:

@@ -109,7 +109,7 @@ def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempote
     req = _new_request(body, sel, idempotency_key=key, fingerprint=fp, tenant=tenant)
     # before the INSERT, which carries job_id; a tenant's request that selects nothing has no
     # job (a no-data request: nodata.py closes it)
-    job, created = jobs.attach(session, req, settings.max_attempts) if sel.rows else (None, False)
+    job_id, created = jobs.attach(session, req, settings.max_attempts) if sel.rows else (None, False)
     session.add(req)
     try:
         session.flush()
@@ -122,10 +122,10 @@ def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempote
     _claim_instances(session, req)
     audit.record(session, actor=actor, action="forget.received", subject_ref=req.subject_ref,
                  payload={"request_id": req.id, "model": req.model_name, "objective": req.objective,
-                          "method": req.method, "instances": len(req.instance_ids), "job_id": job and job.id,
+                          "method": req.method, "instances": len(req.instance_ids), "job_id": job_id,
                           "due_at": req.due_at.isoformat()})
     webhooks.status_changed(session, req, None)
-    return req, (job.id if created else None), False
+    return req, (job_id if created else None), False
 
 
 def stored_idempotency_key(tenant: str, key: str | None) -> str | None:
@@ -149,7 +149,7 @@ def _select(session: Session, settings: Settings, body: ForgetCreate,
             policy: tenant_policy.Policy | None = None) -> _Selection:
     """Every check that needs no write: model (granted to the tenant), method, objective,
     ids, subject, erasures; the tenant's quotas."""
-    model = registry.get_model(session, body.model)
+    model = registry.model_facts(session, body.model)
     if model is None or (policy is not None and not policy.may_target(model.name)):
         known = [m.name for m in registry.list_models(session) if policy is None or policy.may_target(m.name)]
         raise tenant_policy.unknown_model(body.model, known)
@@ -384,10 +384,10 @@ def retry(session: Session, settings: Settings, request_id: str, *, actor: str) 
     req.version_before = req.version_after = None
     req.retries = (req.retries or 0) + 1
     set_status(session, req, fm.QUEUED)
-    job, created = jobs.attach(session, req, settings.max_attempts)
+    job_id, created = jobs.attach(session, req, settings.max_attempts)
     session.flush()
     audit.append(session, actor=actor, action="forget.retried", subject_ref=req.subject_ref,
                  payload={"request_id": req.id, "model": req.model_name, "retry": req.retries,
                           "previous_job_id": previous_job, "previous_error": (previous_error or "")[:500],
-                          "job_id": job.id})
-    return req, (job.id if created else None)
+                          "job_id": job_id})
+    return req, (job_id if created else None)

@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from ..audit import service as audit
@@ -74,28 +74,33 @@ def lock(session: Session, job_id: str) -> Job | None:
                            .execution_options(populate_existing=True)).scalar_one_or_none()
 
 
-def attach(session: Session, req: ForgetRequest, max_attempts: int) -> tuple[Job, bool]:
+def attach(session: Session, req: ForgetRequest, max_attempts: int) -> tuple[str, bool]:
     """Coalesce: a request joins the model's job that has not started yet (same objective and
     method; a relabel request with a fixed target gets a job of its own), else a new job is
     created. Sets ``req.job_id`` (call before the request row is first flushed: the INSERT
-    then carries it). Returns (job, created).
+    then carries it). Returns (job id, created).
 
     One indexed read per submission, whatever the backlog: no model-wide lock, and no count
     of the job's instances (the cap, LETHE_MAX_JOB_INSTANCES, is applied when the job is
     claimed: ``_spill``). The queued job is read ``FOR SHARE``, which submitters hold together
     but which makes ``claim`` (``lock``: ``FOR UPDATE``) wait until they commit; a job claimed
     first no longer matches ``status = queued`` when re-checked, so the request gets a new job."""
-    job = None
-    if req.target_label is None:
-        job = session.execute(
-            select(Job).where(Job.model_name == req.model_name, Job.status == QUEUED, Job.objective == req.objective,
-                              Job.method == req.method, Job.target_label.is_(None))
-            .order_by(Job.created_at).limit(1).with_for_update(read=True)).scalar_one_or_none()
-    created = job is None
+    job_id = None
+    if req.target_label is None:  # only the id: a Core read on the session's connection
+        job_id = session.connection().execute(_QUEUED_JOB, {"model": req.model_name, "objective": req.objective,
+                                                            "method": req.method}).scalar()
+    created = job_id is None
     if created:
-        job = _new_job(session, req.model_name, req.objective, req.method, max_attempts, req.target_label)
-    req.job_id = job.id
-    return job, created
+        job_id = _new_job(session, req.model_name, req.objective, req.method, max_attempts, req.target_label).id
+    req.job_id = job_id
+    return job_id, created
+
+
+_J = Job.__table__
+_QUEUED_JOB = (select(_J.c.id).where(_J.c.model_name == bindparam("model"), _J.c.status == QUEUED,
+                                     _J.c.objective == bindparam("objective"), _J.c.method == bindparam("method"),
+                                     _J.c.target_label.is_(None))
+               .order_by(_J.c.created_at).limit(1).with_for_update(read=True))
 
 
 def _new_job(session: Session, model_name: str, objective: str, method: str, max_attempts: int,

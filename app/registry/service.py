@@ -6,7 +6,7 @@ import os
 import threading
 import uuid
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from models import unlearn
@@ -21,6 +21,16 @@ def get_model(session: Session, name: str, *, lock: bool = False) -> RegisteredM
     if lock and session.get_bind().dialect.name == "postgresql":
         q = q.with_for_update()  # serialises per-model writers (submission vs. job claim/commit)
     return session.execute(q).scalar_one_or_none()
+
+
+def model_facts(session: Session, name: str):
+    """What a submission checks of a model — a row with ``name``, ``family``, ``classes``, or
+    None: one Core read on the session's connection (``POST /v1/forget`` runs it every time)."""
+    return session.connection().execute(_FACTS, {"name": name}).first()
+
+
+_M = RegisteredModel.__table__
+_FACTS = select(_M.c.name, _M.c.family, _M.c.classes).where(_M.c.name == bindparam("name"))
 
 
 def list_models(session: Session) -> list[RegisteredModel]:

@@ -38,6 +38,15 @@ def _wait(c, rid, timeout=180):
     raise AssertionError(f"request {rid} not finished: {body}")
 
 
+def _first_version_once_purged(c, model, timeout=30):
+    deadline = time.time() + timeout
+    while True:
+        v1 = c.get(f"/v1/models/{model}/versions").json()["versions"][0]
+        if v1["status"] == "PURGED" or time.time() > deadline:
+            return v1
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def exact_service(tmp_path):
     s = _settings(tmp_path)
@@ -102,7 +111,8 @@ def test_sisa_and_arcane_forget_through_the_worker(exact_service):
     assert {m for m, ch in enumerate(changed) if ch} == affected
     # v1 holds bob's data and is superseded: purged like an instance-wise version. Its manifest and
     # the member files only it used are deleted; the members v2 shares with it stay.
-    v1 = c.get("/v1/models/digits-arcane/versions").json()["versions"][0]
+    # (the purge runs in the worker right after the publishing commit that completed the request)
+    v1 = _first_version_once_purged(c, "digits-arcane")
     assert v1["status"] == "PURGED" and not os.path.exists(os.path.join(s.registry_dir, v1["storage_path"]))
     kept = [os.path.exists(os.path.join(s.registry_dir, "digits-arcane", m["file"])) for m in arcane_v1]
     assert kept == [not ch for ch in changed]
