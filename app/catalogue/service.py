@@ -11,7 +11,7 @@ import hmac
 import os
 
 import numpy as np
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from ..db import utcnow
@@ -33,19 +33,26 @@ def by_subject(session: Session, ref: str, model_name: str | None = None) -> lis
 def erased_among(session: Session, model_name: str, instance_ids: list[str]) -> list[str]:
     """The ids among ``instance_ids`` already erased from the model (one indexed query; Core,
     on the session's connection: every submission runs it)."""
-    t = TrainingInstance.__table__
-    return sorted(session.connection().execute(select(t.c.instance_id).where(
-        t.c.model_name == model_name, t.c.instance_id.in_(instance_ids), t.c.erased_at.is_not(None))).scalars())
+    return sorted(session.connection().execute(_ERASED_AMONG, {"model": model_name, "ids": list(instance_ids)})
+                  .scalars())
 
 
 def by_ids(session: Session, model_name: str, instance_ids: list[str]) -> dict[str, TrainingInstance]:
     out: dict[str, TrainingInstance] = {}
     for i in range(0, len(instance_ids), 500):
-        chunk = instance_ids[i:i + 500]
-        rows = session.execute(select(TrainingInstance).where(
-            TrainingInstance.model_name == model_name, TrainingInstance.instance_id.in_(chunk))).scalars()
+        rows = session.execute(_BY_IDS, {"model": model_name, "ids": instance_ids[i:i + 500]}).scalars()
         out.update({r.instance_id: r for r in rows})
     return out
+
+
+# Built once (the ids are an expanding parameter): every submission runs both; building the
+# statement and its cache key each time cost about as much as the query itself.
+_BY_IDS = select(TrainingInstance).where(TrainingInstance.model_name == bindparam("model"),
+                                         TrainingInstance.instance_id.in_(bindparam("ids", expanding=True)))
+_T = TrainingInstance.__table__
+_ERASED_AMONG = select(_T.c.instance_id).where(_T.c.model_name == bindparam("model"),
+                                               _T.c.instance_id.in_(bindparam("ids", expanding=True)),
+                                               _T.c.erased_at.is_not(None))
 
 
 def retained(session: Session, model_name: str, exclude: set[str]) -> list[TrainingInstance]:

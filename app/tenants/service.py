@@ -22,7 +22,7 @@ import dataclasses
 import datetime as dt
 import math
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from ..audit import service as audit
@@ -51,8 +51,10 @@ class Policy:
 
 
 def policy(session: Session, tenant: str, settings) -> Policy:
-    """The tenant's policy (one primary-key read; the grants only when not ``all_models``)."""
-    row = session.get(Tenant, tenant)
+    """The tenant's policy (one primary-key read, Core: every tenant-bound submission runs it;
+    the grants only when not ``all_models``)."""
+    session.flush()  # an operator's change in this session (PUT /v1/tenants) is read back
+    row = session.connection().execute(_POLICY_ROW, {"name": tenant}).first()
     every = row.all_models if row is not None else tenant == names.DEFAULT
     granted = frozenset() if every else frozenset(session.execute(
         select(TenantModel.model_name).where(TenantModel.tenant == tenant)).scalars())
@@ -63,6 +65,11 @@ def policy(session: Session, tenant: str, settings) -> Policy:
     return Policy(tenant, every, granted, tuple(row.methods) if row is not None and row.methods is not None else None,
                   limit(row.max_open_requests if row else None, settings.tenant_max_open_requests),
                   limit(row.max_requests_per_day if row else None, settings.tenant_max_requests_per_day))
+
+
+_T = Tenant.__table__
+_POLICY_ROW = select(_T.c.all_models, _T.c.methods, _T.c.max_open_requests,
+                     _T.c.max_requests_per_day).where(_T.c.name == bindparam("name"))
 
 
 def of(session: Session, principal, settings) -> Policy | None:
