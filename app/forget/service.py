@@ -9,7 +9,7 @@ import math
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -54,12 +54,17 @@ def get(session: Session, request_id: str, tenant: str | None = None) -> ForgetR
 def get_with_job(session: Session, request_id: str,
                  tenant: str | None = None) -> tuple[ForgetRequest, jm.Job | None] | None:
     """A request and its job in one query (primary keys): what a polling client reads."""
-    q = (select(ForgetRequest, jm.Job).outerjoin(jm.Job, jm.Job.id == ForgetRequest.job_id)
-         .where(ForgetRequest.id == request_id))
-    if tenant is not None:
-        q = q.where(ForgetRequest.tenant == tenant)
-    row = session.execute(q).first()
+    if tenant is None:
+        row = session.execute(_WITH_JOB, {"id": request_id}).first()
+    else:
+        row = session.execute(_WITH_JOB_OF_TENANT, {"id": request_id, "tenant": tenant}).first()
     return (row[0], row[1]) if row else None
+
+
+# built once: polling clients run this more than anything else
+_WITH_JOB = (select(ForgetRequest, jm.Job).outerjoin(jm.Job, jm.Job.id == ForgetRequest.job_id)
+             .where(ForgetRequest.id == bindparam("id")))
+_WITH_JOB_OF_TENANT = _WITH_JOB.where(ForgetRequest.tenant == bindparam("tenant"))
 
 
 def by_idempotency_key(session: Session, key: str) -> ForgetRequest | None:
