@@ -377,7 +377,8 @@ def main() -> None:
     ap.add_argument("--note", default="", help="recorded with the results (e.g. why N is smaller than asked)")
     ap.add_argument("--consolidation", action="store_true", help="also part 3: the sequence with consolidation")
     ap.add_argument("--consolidation-only", action="store_true",
-                    help="only part 3 (its row replaces the stored one of its dataset); keep the other stored rows")
+                    help="only part 3 (its row replaces the stored one of its dataset and seed); keep the other "
+                         "stored rows")
     ap.add_argument("--cons-dataset", default="digits")
     ap.add_argument("--cons-requests", type=int, default=16)
     ap.add_argument("--cons-k", type=int, default=8)
@@ -396,7 +397,8 @@ def main() -> None:
         row = run_consolidation(args.cons_dataset, args.cons_requests, args.cons_k, args.cons_seed)
         row.update(commit=commit, date=doc["date"])
         print(json.dumps({k: v for k, v in row.items() if k != "steps"}), flush=True)
-        doc["consolidation"] = [r for r in doc["consolidation"] if r["dataset"] != row["dataset"]] + [row]
+        doc["consolidation"] = [r for r in doc["consolidation"]
+                                if (r["dataset"], r["forget_seed"]) != (row["dataset"], row["forget_seed"])] + [row]
     if args.consolidation_only:
         doc.update({k: old[k] for k in ("commit", "date", "note", "rows", "planner", "machine") if k in old})
         with open(OUT, "w") as f:
