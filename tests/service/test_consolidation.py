@@ -203,3 +203,12 @@ def test_migration_backfills_exactness_and_debt(seeded):
         assert (v[4].debt_instances, v[4].debt_versions) == (1, 1)
         assert v[4].debt_due_at == db.get(ForgetRequest, c).due_at
         assert [db.get(ForgetRequest, r).exact_version for r in (a, b, c)] == [3, 3, None]
+
+
+def test_sharded_models_have_nothing_to_consolidate(client, seeded):
+    with session_scope(seeded.database_url) as db:
+        registry.register_model(db, name="toy-sisa", dataset="toy", arch="mlp", input_shape=[64], classes=["0", "1"],
+                                family="sisa")
+    r = client.post("/v1/models/toy-sisa/consolidate")
+    assert r.status_code == 409 and r.json()["code"] == "exact_model", r.text
+    assert client.post("/v1/models/nope/consolidate").status_code == 404
