@@ -1,6 +1,7 @@
 """FastAPI dependencies, named for what they give."""
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, AsyncIterator
 
 from fastapi import Depends, Request
@@ -27,13 +28,32 @@ async def request_session(request: Request) -> AsyncIterator[Session]:
     (app/security/guard.py) share it. Opening a Session does no I/O, so it is made on the
     event loop; the commit goes to the thread pool only when a transaction is still open (a
     route that committed itself, like POST /v1/forget, ends without another hop)."""
-    session = get_sessionmaker(request.app.state.settings.database_url)()
-    try:
-        yield session
-    except BaseException:
-        await _finish(session, commit=False)
-        raise
-    await _finish(session, commit=True)
+    async with _gate(request):
+        session = get_sessionmaker(request.app.state.settings.database_url)()
+        try:
+            yield session
+        except BaseException:
+            await _finish(session, commit=False)
+            raise
+        await _finish(session, commit=True)
+
+
+def _gate(request: Request) -> asyncio.Semaphore:
+    """Admission to the database: at most half as many requests hold a session as the pool
+    has connections. A request keeps its connection from its first query to its end, across
+    thread-pool hops (the scope check, the route, the commit), and a few routes open one
+    more short session meanwhile (the audit routes drain the outbox, the dashboard verifies
+    the chain): two connections at most. Without the gate, with more requests in flight
+    than connections + threads, every pool thread could wait for a connection held by a
+    request that waits for a thread — stuck until the pool's timeout. Waiting here costs a
+    coroutine on the event loop, not a thread."""
+    state = request.app.state
+    gate = getattr(state, "db_gate", None)
+    if gate is None:
+        pool = get_sessionmaker(state.settings.database_url).kw["bind"].pool
+        size = pool.size() + max(0, getattr(pool, "_max_overflow", 0)) if hasattr(pool, "size") else 64
+        gate = state.db_gate = asyncio.Semaphore(max(1, size // 2))
+    return gate
 
 
 async def _finish(session: Session, commit: bool) -> None:

@@ -196,3 +196,28 @@ def test_concurrent_drainers_and_appenders_keep_one_chain(pg):
         assert result["ok"] is True, result
         assert result["entries"] == before + 6 * 20
         assert audit.pending(db) == 0
+
+
+def test_many_more_requests_in_flight_than_connections_all_answer(pg):
+    """120 requests at once, 8x the pool's 15 connections and 3x the 40 threads, half of them
+    routes that take a second connection while holding their own (the audit list drains the
+    outbox): all answer, well inside the pool's 30 s timeout. Without the database gate in
+    app/deps.py, threads waiting for a connection held by requests waiting for a thread
+    stalled until that timeout."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    from .conftest import RecordingDispatcher, bearer, make_key
+
+    _reset(pg)
+    rid = _submit(pg, {"model": MODEL, "instance_ids": [_ids(3)]})[0]
+    s = pg.model_copy(update={"subject_secret": "x" * 32, "webhook_secret": "y" * 32})  # a deployment's
+    with TestClient(create_app(s, dispatcher=RecordingDispatcher()), headers=bearer(make_key(s))) as c:
+        t0 = time.monotonic()
+        codes = _run(120, lambda k: c.get(f"/v1/forget/{rid}" if k % 2 else "/v1/audit?limit=1").status_code)
+        took = time.monotonic() - t0
+    assert Counter(codes) == {200: 120}, Counter(map(str, codes))
+    assert took < 25, took
