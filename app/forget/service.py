@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
 from models import unlearn
 
@@ -115,9 +116,8 @@ def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempote
     # before the INSERT, which carries job_id; a tenant's request that selects nothing has no
     # job (a no-data request: nodata.py closes it)
     job_id, created = jobs.attach(session, req, settings.max_attempts) if sel.rows else (None, False)
-    session.add(req)
     try:
-        session.flush()
+        _insert(session, req)
     except IntegrityError:  # a concurrent retry with the same Idempotency-Key won the race
         session.rollback()
         replay = _idempotent_replay(session, key, fp)
@@ -258,8 +258,28 @@ def _new_request(body: ForgetCreate, sel: _Selection, *, idempotency_key: str | 
                         model_name=body.model, objective=body.objective, method=sel.method,
                         target_label=body.target_label, status=fm.QUEUED, received_at=now,
                         due_at=now + dt.timedelta(days=fm.DUE_DAYS), callback_url=body.callback_url, retries=0,
-                        tenant=tenant)
+                        tenant=tenant, job_id=None, completed_at=None, error=None, version_before=None,
+                        version_after=None, metrics=None, reason_code=None, reason=None, closed_at=None,
+                        closed_by=None, group_id=None, exact_version=None)
     return req
+
+
+def _insert(session: Session, req: ForgetRequest) -> None:
+    """INSERT the new request now, as one cached Core statement, and put the object in the
+    session as persistent with every column loaded (later changes to it, e.g. an erasure
+    group's id, are UPDATEs at the next flush). What ``session.add`` + ``flush`` would do,
+    at a third of the unit-of-work's CPU on the path every submission takes."""
+    # the columns the constructor set (_new_request sets them all); any other gets its default
+    # in the INSERT and is loaded from the row if read
+    values = {c.key: req.__dict__[c.key] for c in _REQUESTS.columns if c.key in req.__dict__}
+    session.connection().execute(_REQUESTS.insert(), values)
+    make_transient_to_detached(req)
+    session.add(req)
+    for key, value in values.items():
+        set_committed_value(req, key, value)
+
+
+_REQUESTS = ForgetRequest.__table__
 
 
 def _claim_instances(session: Session, req: ForgetRequest) -> None:
