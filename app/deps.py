@@ -1,9 +1,9 @@
 """FastAPI dependencies, named for what they give."""
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, AsyncIterator
 
+import anyio
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -38,7 +38,7 @@ async def request_session(request: Request) -> AsyncIterator[Session]:
         await _finish(session, commit=True)
 
 
-def _gate(request: Request) -> asyncio.Semaphore:
+def _gate(request: Request) -> anyio.Semaphore:
     """Admission to the database: at most half as many requests hold a session as the pool
     has connections. A request keeps its connection from its first query to its end, across
     thread-pool hops (the scope check, the route, the commit), and a few routes open one
@@ -52,7 +52,7 @@ def _gate(request: Request) -> asyncio.Semaphore:
     if gate is None:
         pool = get_sessionmaker(state.settings.database_url).kw["bind"].pool
         size = pool.size() + max(0, getattr(pool, "_max_overflow", 0)) if hasattr(pool, "size") else 64
-        gate = state.db_gate = asyncio.Semaphore(max(1, size // 2))
+        gate = state.db_gate = anyio.Semaphore(max(1, size // 2))  # binds to no event loop
     return gate
 
 
