@@ -130,8 +130,15 @@ def test_claiming_while_requests_arrive_strands_none(pg):
     _reset(pg)
     stop = threading.Event()
     claimed: dict[str, list[str]] = {}
+    crashed: list[Exception] = []
 
     def worker():
+        try:
+            claim_loop()
+        except Exception as e:  # noqa: BLE001 - asserted below (a deadlock between claim and submit)
+            crashed.append(e)
+
+    def claim_loop():
         while not stop.is_set():
             with session_scope(pg.database_url) as db:
                 ids = db.execute(select(Job.id).where(Job.status == "queued")).scalars().all()
@@ -150,6 +157,8 @@ def test_claiming_while_requests_arrive_strands_none(pg):
     finally:
         stop.set()
         t.join(60)
+    assert crashed == []
+    assert all(isinstance(r, (tuple, LetheError)) for rs in results for r in (rs if isinstance(rs, list) else [rs])), results
     accepted = [r[0] for rs in results for r in rs if isinstance(r, tuple)]
     assert len(accepted) >= 12
     with session_scope(pg.database_url) as db:
