@@ -412,7 +412,9 @@ def main() -> None:
         row = run_service(args.n, args.dataset, args.threads, args.timeout)
         print(json.dumps({k: v for k, v in row.items() if k != "plans"}), flush=True)
         doc["rows"] = [row]
-    doc["planner"] = [] if args.skip_planner else planner_table(recorded_train_seconds((doc["rows"] or [None])[0]))
+    # --skip-planner keeps the stored planner table (it is cheap to redo with --planner-only)
+    doc["planner"] = (old.get("planner", []) if args.skip_planner
+                      else planner_table(recorded_train_seconds((doc["rows"] or [None])[0])))
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as f:
         json.dump(doc, f, indent=1)
