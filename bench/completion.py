@@ -76,12 +76,12 @@ def stop(p: subprocess.Popen) -> None:
             p.wait(10)
 
 
-def run_service(n: int, dataset: str, threads: int, timeout: float) -> dict:
+def run_service(n: int, dataset: str, threads: int, timeout: float, overrides: dict | None = None) -> dict:
     db_url, db_name = create_db()
     tmp = tempfile.mkdtemp(prefix="lethe-completion-")
     queue = f"lethe-bench-{uuid.uuid4().hex[:8]}"
     key = "bench-admin-" + uuid.uuid4().hex
-    env = service_env(tmp, db_url, queue, dataset, key)
+    env = {**service_env(tmp, db_url, queue, dataset, key), **(overrides or {})}
     port = free_port()
     procs = [spawn([os.path.join(BIN, "celery"), "-A", "worker.celery_app", "worker", "--pool=solo",
                     "--loglevel=WARNING", "-n", f"{queue}@%h", "-Q", queue], env, os.path.join(tmp, "celery.log")),
@@ -105,17 +105,29 @@ def run_service(n: int, dataset: str, threads: int, timeout: float) -> dict:
             v1 = c.get(f"/v1/models/{model}/versions").json()["versions"][0]
         ids = [f"{dataset}-{i:05d}" for i in range(n)]
 
-        def post(chunk):
+        limited = [0] * threads  # 429 answers, per client thread
+
+        def post(t):
+            # a well-behaved client: a 429 (the per-caller submit rate limit, one admin key here)
+            # is retried after its Retry-After
+            out = []
             with httpx.Client(base_url=url, headers=headers, timeout=60) as c:
-                return [c.post("/v1/forget", json={"model": model, "instance_ids": [i]}) for i in chunk]
+                for i in ids[t::threads]:
+                    while True:
+                        r = c.post("/v1/forget", json={"model": model, "instance_ids": [i]})
+                        if r.status_code != 429:
+                            break
+                        limited[t] += 1
+                        time.sleep(float(r.headers.get("Retry-After", "1")))
+                    out.append(r)
+            return out
 
         t0 = time.perf_counter()
-        chunks = [ids[i::threads] for i in range(threads)]
         with cf.ThreadPoolExecutor(threads) as pool:
-            responses = [r for rs in pool.map(post, chunks) for r in rs]
+            responses = [r for rs in pool.map(post, range(threads)) for r in rs]
         submitted = time.perf_counter() - t0
         accepted = [r.json()["id"] for r in responses if r.status_code == 202]
-        rejected = [r.text for r in responses if r.status_code != 202]
+        rejected = [f"{r.status_code} {r.text[:200]}" for r in responses if r.status_code != 202]
         final: dict[str, dict] = {}
         with httpx.Client(base_url=url, headers=headers, timeout=60) as c:
             deadline = time.time() + timeout
@@ -129,20 +141,29 @@ def run_service(n: int, dataset: str, threads: int, timeout: float) -> dict:
                             break  # jobs finish roughly in order: poll again later
                 time.sleep(0.5)
             seconds = time.perf_counter() - t0
-            job_ids = sorted({b["job"]["id"] for b in final.values() if b.get("job")})
+            # the job that served each request (a request moved by a split or absorbed by a
+            # consolidation shows its final job), in the order the jobs were created
+            job_ids = {b["job"]["id"] for b in final.values() if b.get("job")}
+            jobs = sorted((c.get(f"/v1/jobs/{j}").json() for j in job_ids), key=lambda j: j["created_at"])
             plans = []
-            for j in job_ids:
-                job = c.get(f"/v1/jobs/{j}").json()
+            for job in jobs:
                 p = job.get("plan") or {}
-                plans.append({"job": j, "status": job["status"], "attempts": job["attempts"],
+                plans.append({"job": job["id"], "status": job["status"], "attempts": job["attempts"],
+                              "requests": len(job["request_ids"]), "objective": job["objective"],
+                              "created_at": job["created_at"], "started_at": job["started_at"],
+                              "finished_at": job["finished_at"],
                               "method": p.get("method"), "exact": p.get("exact"),
                               "k": (p.get("inputs") or {}).get("k"), "reason": p.get("reason"),
                               "fallback_from": p.get("fallback_from"),
                               "job_seconds": (job.get("metrics") or {}).get("job_seconds")})
             verify = c.get("/v1/audit/verify", params={"full": "true"}).json()
         statuses = [b["status"] for b in final.values()]
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as c:
+            splits = [e for e in c.get("/v1/audit", params={"action": "job.split", "limit": 1000}).json().get("entries", [])]
         return {"dataset": dataset, "model": model, "requests": n, "threads": threads,
-                "accepted": len(accepted), "rejected_at_submit": len(rejected),
+                "settings": overrides or {}, "rate_limited_429": sum(limited),
+                "accepted": len(accepted), "rejected_at_submit": len(rejected), "rejected_examples": rejected[:5],
+                "job_splits": len(splits),
                 "completed": statuses.count("completed"), "failed": statuses.count("failed"),
                 "not_final": len(accepted) - len(final), "seconds": round(seconds, 1),
                 "submit_seconds": round(submitted, 1), "train_seconds_v1": (v1.get("metrics") or {}).get("train_seconds"),
@@ -315,16 +336,24 @@ BEGIN, END = "<!-- completion:begin (python -m bench.completion writes this bloc
 
 def markdown(doc: dict) -> str:
     """The docs block, from the JSON only."""
-    lines = [BEGIN, "", f"Run of {doc['date']} (commit {doc['commit']}); {doc['machine']}.",
-             *([f"Note: {doc['note']}"] if doc.get("note") else []), "",
-             "| dataset | requests | completed | failed | not final | seconds | jobs (method, k, attempts) | audit |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [BEGIN, "", f"{doc['machine']}. Service runs (part 1): seconds = first POST to the last request "
+             "final; the client retries a 429 (the per-caller submit rate limit: one admin key here) after its "
+             "Retry-After. Jobs in creation order: method, k, attempts (each job's `plan` is in "
+             "`bench/results/completion.json`)."]
+    for r in doc["rows"]:
+        lines.append(f"- {r['dataset']} N={r['requests']}: run of {r.get('date', doc.get('date'))} "
+                     f"(commit {r.get('commit', doc.get('commit'))})"
+                     + (f"; {r['note']}" if r.get("note") else "") + ".")
+    lines += ["", "| dataset | requests | settings | completed | failed | not final | seconds (submitting) | "
+              "429 retried | jobs (method, k, attempts) | audit |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
         jobs = "; ".join(f"{p['method']} k={p['k']} x{p['attempts']}"
                          + (f" (fallback from {p['fallback_from']})" if p.get("fallback_from") else "")
                          for p in r["plans"])
-        lines.append(f"| {r['dataset']} | {r['requests']} | {r['completed']} | {r['failed']} | {r['not_final']} | "
-                     f"{r['seconds']} | {jobs} | {'ok' if r['audit_ok'] else 'FAILED'} |")
+        settings = ", ".join(f"{k}={v}" for k, v in (r.get("settings") or {}).items()) or "defaults"
+        lines.append(f"| {r['dataset']} | {r['requests']} | {settings} | {r['completed']} | {r['failed']} | "
+                     f"{r['not_final']} | {r['seconds']} ({r.get('submit_seconds', '?')}) | "
+                     f"{r.get('rate_limited_429', '?')} | {jobs} | {'ok' if r['audit_ok'] else 'FAILED'} |")
     if doc.get("consolidation"):
         lines += ["", "The continual sequence with consolidation (`--consolidation`, in process): requests "
                   "served approximately one after another, then one consolidation job; test accuracy (TA) and "
@@ -375,6 +404,8 @@ def main() -> None:
     ap.add_argument("--skip-planner", action="store_true")
     ap.add_argument("--planner-only", action="store_true", help="only the planner table; keep the stored service rows")
     ap.add_argument("--note", default="", help="recorded with the results (e.g. why N is smaller than asked)")
+    ap.add_argument("--set", action="append", default=[], metavar="LETHE_X=V",
+                    help="a setting changed from its default for the service run (recorded with the row)")
     ap.add_argument("--consolidation", action="store_true", help="also part 3: the sequence with consolidation")
     ap.add_argument("--consolidation-only", action="store_true",
                     help="only part 3 (its row replaces the stored one of its dataset and seed); keep the other "
@@ -409,9 +440,14 @@ def main() -> None:
     if args.planner_only and old:
         doc.update({k: old[k] for k in ("commit", "date", "note", "rows") if k in old})
     else:
-        row = run_service(args.n, args.dataset, args.threads, args.timeout)
+        overrides = dict(kv.split("=", 1) for kv in args.set)
+        row = run_service(args.n, args.dataset, args.threads, args.timeout, overrides)
+        row.update(commit=commit, date=doc["date"], note=args.note)
         print(json.dumps({k: v for k, v in row.items() if k != "plans"}), flush=True)
-        doc["rows"] = [row]
+        # a run replaces the stored one of its dataset, size and settings; undated rows are superseded
+        key = (row["dataset"], row["requests"], row["settings"])
+        doc["rows"] = [r for r in old.get("rows", []) if r.get("date")
+                       and (r["dataset"], r["requests"], r.get("settings") or {}) != key] + [row]
     # --skip-planner keeps the stored planner table (it is cheap to redo with --planner-only)
     doc["planner"] = (old.get("planner", []) if args.skip_planner
                       else planner_table(recorded_train_seconds((doc["rows"] or [None])[0])))
