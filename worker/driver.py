@@ -137,11 +137,30 @@ def execute_job(job_id: str, *, settings: Settings | None = None, worker_name: s
 
 
 def _claim(s: Settings, job_id: str, worker: str, dispatch: Callable[[str], None] | None = None) -> JobSpec | str:
+    # a claim that hits a transient database error (an outage, a deadlock victim) is rolled
+    # back whole: try it again here rather than drop the message and leave the job queued
+    # until the sweeper's LETHE_STUCK_QUEUED_S
+    c, spec = with_db_retry(lambda: _claim_once(s, job_id, worker), what=f"claiming job {job_id}")
+    if spec is None:
+        log.info("job %s: %s (%s)", job_id, c.outcome, c.reason)
+        return c.outcome
+    if c.spilled:  # committed: the requests over the cap wait in the next job
+        log.info("job %s: requests over LETHE_MAX_JOB_INSTANCES=%d moved to job %s", job_id, s.max_job_instances,
+                 c.spilled)
+        try:
+            if dispatch is not None:
+                dispatch(c.spilled)
+        except Exception as e:  # noqa: BLE001 - the job is recorded; the sweeper sends it later
+            log.warning("dispatch of job %s failed (%s); the sweeper will send it", c.spilled, e)
+    return spec
+
+
+def _claim_once(s: Settings, job_id: str, worker: str) -> tuple[jobs.Claim, JobSpec | None]:
+    """One claim transaction: (the claim, the job's spec when it is ours to run, else None)."""
     with session_scope(s.database_url) as db:
         c = jobs.claim(db, job_id, worker=worker, lease_s=s.job_lease_s, max_instances=s.max_job_instances)
         if c.outcome != "run":
-            log.info("job %s: %s (%s)", job_id, c.outcome, c.reason)
-            return c.outcome
+            return c, None
         job = c.job
         model_row = registry.get_model(db, job.model_name)
         base = registry.resolve_alias(db, job.model_name)
@@ -153,15 +172,7 @@ def _claim(s: Settings, job_id: str, worker: str, dispatch: Callable[[str], None
                        forget_ids=[i for i in c.instance_ids if i in found], dataset=model_row.dataset,
                        recipe=registry.recipe_of(model_row).to_json() if model_row.family == "instance" else None,
                        plan=job.plan if job.objective == CONSOLIDATE else None)
-    if c.spilled:  # committed: the requests over the cap wait in the next job
-        log.info("job %s: requests over LETHE_MAX_JOB_INSTANCES=%d moved to job %s", job_id, s.max_job_instances,
-                 c.spilled)
-        try:
-            if dispatch is not None:
-                dispatch(c.spilled)
-        except Exception as e:  # noqa: BLE001 - the job is recorded; the sweeper sends it later
-            log.warning("dispatch of job %s failed (%s); the sweeper will send it", c.spilled, e)
-    return spec
+    return c, spec
 
 
 def _build(s: Settings, spec: JobSpec, fan_out) -> Built | None:

@@ -19,7 +19,12 @@ from .models import PRODUCTION, AliasMove, ModelAlias, ModelVersion, RegisteredM
 def get_model(session: Session, name: str, *, lock: bool = False) -> RegisteredModel | None:
     q = select(RegisteredModel).where(RegisteredModel.name == name)
     if lock and session.get_bind().dialect.name == "postgresql":
-        q = q.with_for_update()  # serialises per-model writers (submission vs. job claim/commit)
+        # serialises per-model writers (job claim/publish, sweeper, cancel, consolidation) among
+        # themselves. FOR NO KEY UPDATE, not FOR UPDATE: a submission's INSERT checks its foreign
+        # key with FOR KEY SHARE on this row while it holds the queued job FOR SHARE (attach), and
+        # a claim holding FOR UPDATE here then waiting for that job deadlocked with it (Postgres
+        # aborted the claim; the job waited a minute for the sweeper)
+        q = q.with_for_update(key_share=True)
     return session.execute(q).scalar_one_or_none()
 
 

@@ -132,3 +132,28 @@ def test_demo_training_time_on_record_is_the_training_alone(settings, monkeypatc
     with session_scope(s.database_url) as db:
         recorded = registry.get_version(db, "digits-cnn", 1).metrics["train_seconds"]
     assert 0 < recorded <= total - 3, (recorded, total)
+
+
+def test_a_claim_hit_by_a_transient_database_error_is_tried_again(seeded, monkeypatch):
+    """A deadlock victim or a database blip during the claim rolls the claim back whole; the
+    worker claims again instead of dropping the message (which left the job queued until the
+    sweeper's LETHE_STUCK_QUEUED_S)."""
+    from sqlalchemy.exc import OperationalError
+
+    real_claim, calls = jobs.claim, []
+
+    def claim(*a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("SELECT ... FOR UPDATE", {}, Exception("deadlock detected"))
+        return real_claim(*a, **kw)
+
+    monkeypatch.setattr(jobs, "claim", claim)
+    real_retry = driver.with_db_retry
+    monkeypatch.setattr(driver, "with_db_retry", lambda fn, what: real_retry(fn, what=what, waits=(0,)))
+    _, job_id = _submit(seeded, subject_id="alice")
+    assert driver.execute_job(job_id, settings=seeded, worker_name="w1") == "completed"
+    assert len(calls) == 2
+    with session_scope(seeded.database_url) as db:
+        job = db.get(Job, job_id)
+        assert job.status == "completed" and job.attempts == 1  # the rolled-back claim counted nothing

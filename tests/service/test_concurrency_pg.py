@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -230,3 +231,80 @@ def test_many_more_requests_in_flight_than_connections_all_answer(pg):
         took = time.monotonic() - t0
     assert Counter(codes) == {200: 120}, Counter(map(str, codes))
     assert took < 25, took
+
+
+def test_claim_waits_for_an_attaching_submission_without_deadlock(pg):
+    """A submission holds the queued job FOR SHARE (attach), then its INSERT checks the model
+    foreign key (FOR KEY SHARE on the model row). A claim that locks the model, then waits for
+    that job, must not block that check: with the model locked FOR UPDATE the two deadlocked and
+    Postgres aborted one (seen in bench.completion: the claim, the job then waited a minute for
+    the sweeper). Steps forced in the deadlocking order."""
+    _reset(pg)
+    first = _submit(pg, {"model": MODEL, "instance_ids": [_ids(10)]})
+    assert isinstance(first, tuple) and first[1]
+    job_id = first[1]
+    out: dict = {}
+    with session_scope(pg.database_url) as db:
+        # the submission's first step: the queued job, FOR SHARE (the lock attach() takes)
+        held = db.execute(select(Job.id).where(Job.id == job_id).with_for_update(read=True)).scalar()
+        assert held == job_id
+
+        def claim():
+            try:
+                with session_scope(pg.database_url) as cdb:
+                    c = jobs.claim(cdb, job_id, worker="test", lease_s=0)
+                    out["claim"] = (c.outcome, sorted(r.id for r in c.requests))
+                    jobs.fail(cdb, job_id=job_id, token=c.token, worker="test", error="test: stop here",
+                              retryable=False)
+            except Exception as e:  # noqa: BLE001 - asserted below
+                out["claim"] = e
+        t = threading.Thread(target=claim)
+        t.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not _waiting_for_lock(pg):
+            time.sleep(0.05)
+        assert _waiting_for_lock(pg), "the claim should be waiting for the job row"
+        # the submission goes on: its request row references the model (FK check) and the job
+        req, joined, _ = forget.submit(db, pg, ForgetCreate(model=MODEL, instance_ids=[_ids(11)]),
+                                       idempotency_key=None, actor="test")
+        assert joined is None and req.job_id == job_id  # it joined the queued job
+        second = req.id
+    t.join(30)
+    assert out["claim"] == ("run", sorted([first[0], second])), out["claim"]
+
+
+def test_submitters_that_waited_on_a_claim_join_one_new_job(pg):
+    """Submitters blocked on the queued job while a claim holds it all find it gone once the
+    claim commits: they must pool into one new job, not create one each."""
+    _reset(pg)
+    first = _submit(pg, {"model": MODEL, "instance_ids": [_ids(20)]})
+    job_id = first[1]
+    results: list = []
+    with session_scope(pg.database_url) as cdb:
+        c = jobs.claim(cdb, job_id, worker="test", lease_s=0)  # holds the job FOR UPDATE until commit
+        assert c.outcome == "run"
+        threads = [threading.Thread(target=lambda k=k: results.append(
+            _submit(pg, {"model": MODEL, "instance_ids": [_ids(21 + k)]}))) for k in range(6)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _waiting_for_lock(pg) < 6:
+            time.sleep(0.05)
+        assert _waiting_for_lock(pg) >= 6, "every submitter should be waiting on the claimed job"
+        jobs.fail(cdb, job_id=job_id, token=c.token, worker="test", error="test: stop here", retryable=False)
+    for t in threads:
+        t.join(30)
+    assert len(results) == 6 and all(isinstance(r, tuple) for r in results), results
+    with session_scope(pg.database_url) as db:
+        joined = {db.get(ForgetRequest, rid).job_id for rid, _, _ in results}
+    assert len(joined) == 1 and job_id not in joined, joined
+    assert sum(1 for _, created, _ in results if created) == 1  # one dispatch for the one new job
+
+
+def _waiting_for_lock(settings) -> int:
+    """How many other sessions of this database wait on a lock."""
+    from sqlalchemy import text
+
+    with session_scope(settings.database_url) as db:
+        return int(db.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                   "AND wait_event_type = 'Lock'")).scalar())
