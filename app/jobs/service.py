@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.orm import Session
 
 from ..audit import service as audit
@@ -80,15 +80,22 @@ def attach(session: Session, req: ForgetRequest, max_attempts: int) -> tuple[str
     created. Sets ``req.job_id`` (call before the request row is first flushed: the INSERT
     then carries it). Returns (job id, created).
 
-    One indexed read per submission, whatever the backlog: no model-wide lock, and no count
+    One indexed read per submission (two and a transaction-scoped advisory lock when it creates
+    the job), whatever the backlog: no model-wide lock, and no count
     of the job's instances (the cap, LETHE_MAX_JOB_INSTANCES, is applied when the job is
     claimed: ``_spill``). The queued job is read ``FOR SHARE``, which submitters hold together
     but which makes ``claim`` (``lock``: ``FOR UPDATE``) wait until they commit; a job claimed
     first no longer matches ``status = queued`` when re-checked, so the request gets a new job."""
     job_id = None
     if req.target_label is None:  # only the id: a Core read on the session's connection
-        job_id = session.connection().execute(_QUEUED_JOB, {"model": req.model_name, "objective": req.objective,
-                                                            "method": req.method}).scalar()
+        conn, key = session.connection(), {"model": req.model_name, "objective": req.objective, "method": req.method}
+        job_id = conn.execute(_QUEUED_JOB, key).scalar()
+        if job_id is None and conn.dialect.name == "postgresql":
+            # the rare path: creating a job. Serialised per (model, objective, method) and read
+            # again, so submitters that all waited on a claim's lock, and all found the job gone,
+            # join one new job instead of creating one each (seen: 5 one-instance jobs at once)
+            conn.execute(_CREATE_LOCK, {"k": f"{req.model_name}/{req.objective}/{req.method}"})
+            job_id = conn.execute(_QUEUED_JOB, key).scalar()
     created = job_id is None
     if created:
         job_id = _new_job(session, req.model_name, req.objective, req.method, max_attempts, req.target_label).id
@@ -101,6 +108,9 @@ _QUEUED_JOB = (select(_J.c.id).where(_J.c.model_name == bindparam("model"), _J.c
                                      _J.c.objective == bindparam("objective"), _J.c.method == bindparam("method"),
                                      _J.c.target_label.is_(None))
                .order_by(_J.c.created_at).limit(1).with_for_update(read=True))
+
+
+_CREATE_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(:k))")
 
 
 def _new_job(session: Session, model_name: str, objective: str, method: str, max_attempts: int,
