@@ -84,7 +84,7 @@ def run_service(n: int, dataset: str, threads: int, timeout: float, overrides: d
     env = {**service_env(tmp, db_url, queue, dataset, key), **(overrides or {})}
     port = free_port()
     procs = [spawn([os.path.join(BIN, "celery"), "-A", "worker.celery_app", "worker", "--pool=solo",
-                    "--loglevel=WARNING", "-n", f"{queue}@%h", "-Q", queue], env, os.path.join(tmp, "celery.log")),
+                    "--loglevel=" + os.environ.get("BENCH_WORKER_LOGLEVEL", "WARNING"), "-n", f"{queue}@%h", "-Q", queue], env, os.path.join(tmp, "celery.log")),
              spawn([sys.executable, "-m", "app.cli", "serve"], {**env, "LETHE_PORT": str(port)},
                    os.path.join(tmp, "gateway.log"))]
     url = f"http://127.0.0.1:{port}"
@@ -172,6 +172,10 @@ def run_service(n: int, dataset: str, threads: int, timeout: float, overrides: d
         for p in reversed(procs):
             stop(p)
         drop_db(db_name)
+        if os.environ.get("BENCH_KEEP_LOGS"):  # a directory to keep the gateway's and the worker's logs in
+            os.makedirs(os.environ["BENCH_KEEP_LOGS"], exist_ok=True)
+            for name in ("gateway.log", "celery.log"):
+                shutil.copy(os.path.join(tmp, name), os.environ["BENCH_KEEP_LOGS"])
         shutil.rmtree(tmp, ignore_errors=True)
 
 
