@@ -351,9 +351,7 @@ def markdown(doc: dict) -> str:
     lines += ["", "| dataset | requests | settings | completed | failed | not final | seconds (submitting) | "
               "429 retried | jobs (method, k, attempts) | audit |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
-        jobs = "; ".join(f"{p['method']} k={p['k']} x{p['attempts']}"
-                         + (f" (fallback from {p['fallback_from']})" if p.get("fallback_from") else "")
-                         for p in r["plans"])
+        jobs = _jobs_cell(r["plans"])
         settings = ", ".join(f"{k}={v}" for k, v in (r.get("settings") or {}).items()) or "defaults"
         lines.append(f"| {r['dataset']} | {r['requests']} | {settings} | {r['completed']} | {r['failed']} | "
                      f"{r['not_final']} | {r['seconds']} ({r.get('submit_seconds', '?')}) | "
@@ -384,6 +382,23 @@ def markdown(doc: dict) -> str:
             lines.append(f"| {p['dataset']} | {p['train_seconds']} ({p['train_seconds_from']}) | {p['k']} | "
                          f"{p['method']} | {p['reason']} |")
     return "\n".join(lines + ["", END])
+
+
+def _jobs_cell(plans: list[dict]) -> str:
+    """Each job (method, k, attempts) when there are few; else a count per method."""
+    def kind(p):
+        return "consolidation" if p.get("objective") == "consolidate" else p["method"]
+    if len(plans) <= 8:
+        return "; ".join(f"{kind(p)} k={p['k']} x{p['attempts']}"
+                         + (f" (fallback from {p['fallback_from']})" if p.get("fallback_from") else "")
+                         for p in plans)
+    parts = []
+    for m in dict.fromkeys(kind(p) for p in plans):
+        ks = [p["k"] or 0 for p in plans if kind(p) == m]
+        parts.append(f"{len(ks)} {m} (k {min(ks)}" + (f"-{max(ks)})" if max(ks) > min(ks) else ")"))
+    fb = sum(1 for p in plans if p.get("fallback_from"))
+    return (f"{len(plans)} jobs: " + ", ".join(parts) + f"; attempts <= {max(p['attempts'] for p in plans)}"
+            + (f"; {fb} exact fallbacks" if fb else "; no fallback"))
 
 
 def render_docs(doc: dict) -> None:
