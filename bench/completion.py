@@ -423,7 +423,7 @@ def main() -> None:
     ap.add_argument("--skip-planner", action="store_true")
     ap.add_argument("--planner-only", action="store_true", help="only the planner table; keep the stored service rows")
     ap.add_argument("--note", default="", help="recorded with the results (e.g. why N is smaller than asked)")
-    ap.add_argument("--set", action="append", default=[], metavar="LETHE_X=V",
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="a setting changed from its default for the service run (recorded with the row)")
     ap.add_argument("--consolidation", action="store_true", help="also part 3: the sequence with consolidation")
     ap.add_argument("--consolidation-only", action="store_true",
