@@ -35,3 +35,47 @@ def test_scenarios_draw_the_forget_set_they_name():
     fi, _ = forget_split(d, "10pct", 1)
     assert len(fi) == round(0.1 * len(d.x_train))
     assert forget_split(d, "8", 0)[0].tolist() != forget_split(d, "8", 1)[0].tolist()  # seeds draw different sets
+
+
+def test_completion_block_is_rendered_from_its_results_file():
+    """docs/benchmarks.md's `completion` block is bench.completion's markdown of
+    bench/results/completion.json, nothing else (rerun `python -m bench.completion --choices-only`)."""
+    import json
+    import os
+
+    from bench import completion
+
+    with open(completion.OUT) as f:
+        doc = json.load(f)
+    with open(completion.DOCS) as f:
+        text = f.read()
+    block = text[text.index(completion.BEGIN):text.index(completion.END) + len(completion.END)]
+    assert block == completion.markdown(doc)
+    assert os.path.basename(completion.INSTANCE) == "instance.json"
+
+
+def test_planner_choices_use_measured_rows_and_say_not_measured():
+    from bench import completion
+
+    rows = [_row("retrain", 0, 0.50, 0.52, 1.0), {**_row("retrain", 0, 0.9, 0.9, 9.0), "train_seed": 1},
+            _row("lethe_retrain_like", 0, 0.55, 0.52, 2.0), _row("lethe_retrain_like", 1, 0.57, 0.52, 4.0)]
+    for r, ta, secs in zip(rows, (98.0, 10.0, 97.0, 95.0), (3.0, 3.0, 0.5, 1.5)):
+        r.update(ta=ta, seconds=secs)
+    base = {"dataset": "digits", "train_seconds": 4.0, "train_seconds_from": "t"}
+    planner = [{**base, "k": 8, "method": "retrain", "exact": True, "reason": "cheap"},
+               {**base, "k": 1000, "method": "retrain", "exact": True, "reason": "cap"}]
+    out = completion.choices_table(planner, {"default_method": "lethe_retrain_like", "rows": rows})
+    k8, k1000 = out
+    assert k8["retrain"]["ta"] == 98.0 and k8["retrain"]["seeds"] == [0]  # training seed 1 is not the recipe
+    assert k8["approximate"]["ta"] == 96.0 and k8["approximate"]["seconds"] == 1.0
+    assert k8["approximate"]["seeds"] == [0, 1] and k8["approximate"]["d_uauc"] == 0.04
+    assert k8["planner"] == k8["retrain"]
+    approx = completion.choices_table([{**planner[0], "method": "lethe", "exact": False}],
+                                      {"default_method": "lethe_retrain_like", "rows": rows})[0]
+    assert approx["planner"] == approx["approximate"]
+    assert k1000["retrain"] is k1000["approximate"] is k1000["planner"] is None
+    text = completion.markdown({"machine": "m", "rows": [], "planner": planner, "choices": out,
+                                "choices_source": "src"})
+    line = [x for x in text.splitlines() if x.startswith("| digits | 1000 | retrain |")][0]
+    assert line.count("not measured") == 3
+    assert "| digits | 8 | retrain | 0 | 98.00 / -0.020 / 1.00 / 3.00 s |" in text
