@@ -30,19 +30,12 @@ def get_model(session: Session, name: str, *, lock: bool = False) -> RegisteredM
 
 def model_facts(session: Session, name: str):
     """What a submission checks of a model — a row with ``name``, ``family``, ``classes``, or
-    None: one Core read on the session's connection (``POST /v1/forget`` runs it every time).
-
-    On Postgres the row is read ``FOR KEY SHARE``: the lock the new request's foreign key
-    takes anyway, taken first, so a submission locks the model row before the queued job's
-    row (``jobs.attach``) — the order a job's claim takes them in (model ``FOR UPDATE``, then
-    the job). In the other order a submission holding the job and waiting for the model,
-    and a claim holding the model and waiting for the job, deadlocked."""
+    None: one Core read on the session's connection (``POST /v1/forget`` runs it every time)."""
     return session.connection().execute(_FACTS, {"name": name}).first()
 
 
 _M = RegisteredModel.__table__
-_FACTS = (select(_M.c.name, _M.c.family, _M.c.classes).where(_M.c.name == bindparam("name"))
-          .with_for_update(read=True, key_share=True))  # SQLite: no row locks, rendered without
+_FACTS = select(_M.c.name, _M.c.family, _M.c.classes).where(_M.c.name == bindparam("name"))
 
 
 def list_models(session: Session) -> list[RegisteredModel]:
