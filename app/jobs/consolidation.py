@@ -43,6 +43,7 @@ from ..errors import LetheError
 from ..forget import models as fm
 from ..forget.models import ForgetRequest
 from ..registry import service as registry
+from ..webhooks import service as webhooks
 from ..registry.models import PRODUCTION, ModelAlias, ModelVersion
 from .models import CONSOLIDATE, QUEUED, RUNNING, Job
 
@@ -109,6 +110,7 @@ def on_version(session: Session, *, job: Job, version: ModelVersion, parent: Mod
     approximate = sorted({r.version_after for r in pending if r.version_after != version.version})
     for r in pending:
         r.exact_version = version.version
+        webhooks.consolidated(session, r)  # completed long ago: no status change announces this
     if pending or (parent is not None and not parent.exact):
         audit.append(session, actor=actor, action="model.consolidated",
                      payload={"model": job.model_name, "version": version.version, "job_id": job.id,

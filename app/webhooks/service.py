@@ -1,4 +1,4 @@
-"""Signed webhooks for request status changes.
+"""Signed webhooks for request status changes, and for a completed request's consolidation.
 
 Every status change of a request with a ``callback_url`` adds a ``webhook_deliveries`` row
 in the same transaction as the change (an outbox: a change is never announced unless it
@@ -9,8 +9,12 @@ logged on the row. Changes of one request are delivered in order (a change waits
 earlier one is still being retried). Delivery is at-least-once: receivers dedupe on
 ``Lethe-Delivery``.
 
+A request served approximately that an exact version later consolidates (its status stays
+``completed``) gets one ``forget.consolidated`` event the same way, in the consolidating
+transaction (``consolidated``).
+
 Headers of each POST (body: the JSON payload, exactly as stored):
-    Lethe-Event: forget.status_changed
+    Lethe-Event: forget.status_changed (or forget.consolidated)
     Lethe-Delivery: <delivery id>
     Lethe-Timestamp: <unix seconds>
     Lethe-Signature: v1=<hex HMAC-SHA256(LETHE_WEBHOOK_SECRET, "<timestamp>.<body>")>
@@ -49,6 +53,7 @@ from .models import DELIVERED, FAILED, PENDING, WebhookDelivery
 
 log = logging.getLogger("lethe.webhooks")
 EVENT = "forget.status_changed"
+CONSOLIDATED = "forget.consolidated"
 TOLERANCE_S = 300
 
 
@@ -83,8 +88,22 @@ def status_changed(session: Session, req, previous: str | None) -> WebhookDelive
     """Call after changing ``req.status`` (inside the same transaction)."""
     if not req.callback_url or req.status == previous:
         return None
-    d = WebhookDelivery(id=str(uuid.uuid4()), request_id=req.id, event=EVENT, url=req.callback_url,
-                        payload=json.dumps(request_payload(req, previous), sort_keys=True, separators=(",", ":")),
+    return _record(session, req, EVENT, request_payload(req, previous))
+
+
+def consolidated(session: Session, req) -> WebhookDelivery | None:
+    """Call after giving a completed request its ``exact_version`` (inside the same
+    transaction): the status-change body, with ``event`` = forget.consolidated, the status
+    unchanged and the exact version that now serves without the request's data."""
+    if not req.callback_url:
+        return None
+    body = {**request_payload(req, req.status), "event": CONSOLIDATED, "exact_version": req.exact_version}
+    return _record(session, req, CONSOLIDATED, body)
+
+
+def _record(session: Session, req, event: str, body: dict) -> WebhookDelivery:
+    d = WebhookDelivery(id=str(uuid.uuid4()), request_id=req.id, event=event, url=req.callback_url,
+                        payload=json.dumps(body, sort_keys=True, separators=(",", ":")),
                         status=PENDING, attempts=0, next_attempt_at=utcnow(), log=[], created_at=utcnow())
     session.add(d)
     session.flush()

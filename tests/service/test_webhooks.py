@@ -134,3 +134,40 @@ def test_callback_url_must_be_http(client):
     for bad in ("ftp://x/y", "not a url", "http://"):
         r = client.post("/v1/forget", json={"model": MODEL, "subject_id": "alice", "callback_url": bad})
         assert r.status_code == 422 and "callback_url" in r.json()["detail"], (bad, r.text)
+
+
+def test_a_request_consolidated_later_gets_a_signed_forget_consolidated_event(client, seeded, receiver):
+    """Served approximately, the request is `completed`; when a consolidation publishes an
+    exact version its status does not change, so the portal hears of it by its own event."""
+    from worker import driver
+
+    from .conftest import publish
+
+    s = seeded.model_copy(update={"webhook_secret": SECRET, "webhook_backoff_s": 0.0})
+    r = client.post("/v1/forget", json={"model": MODEL, "subject_id": "alice", "callback_url": receiver["url"]})
+    assert r.status_code == 202, r.text
+    rid, job_id = r.json()["id"], r.json()["job_id"]
+    quiet = client.post("/v1/forget", json={"model": MODEL, "subject_id": "bob"}).json()  # no callback_url
+    with session_scope(s.database_url) as db:
+        c = jobs.claim(db, job_id, worker="w1", lease_s=s.job_lease_s)
+    publish(s, job_id, c.token, list(c.instance_ids))  # v2, approximate (metrics do not say exact)
+    cons = client.post(f"/v1/models/{MODEL}/consolidate").json()
+    assert driver.execute_job(cons["id"], settings=s, worker_name="w1") == "completed"
+    assert client.get(f"/v1/forget/{rid}").json()["exact_version"] == 3
+
+    for _ in range(10):
+        webhooks.deliver_due(s)
+    got = receiver["got"]
+    assert all(g["verified"] for g in got) and receiver["bad_signatures"] == 0
+    bodies = [json.loads(g["body"]) for g in got]
+    assert [(b["event"], b["status"]) for b in bodies] == [
+        ("forget.status_changed", "queued"), ("forget.status_changed", "running"),
+        ("forget.status_changed", "completed"), ("forget.consolidated", "completed")]
+    last = bodies[-1]
+    assert last["request_id"] == rid and last["previous_status"] == "completed"
+    assert last["version_after"] == 2 and last["exact_version"] == 3 and "alice" not in got[-1]["body"].decode()
+    assert got[-1]["headers"]["Lethe-Event"] == "forget.consolidated"
+    assert receiver_verifies(SECRET, got[-1]["headers"], got[-1]["body"])
+    rows = client.get(f"/v1/forget/{rid}/webhooks").json()
+    assert [d["event"] for d in rows][-1] == "forget.consolidated" and rows[-1]["status"] == "delivered"
+    assert client.get(f"/v1/forget/{quiet['id']}/webhooks").json() == []
