@@ -5,7 +5,8 @@ embedded worker calls the same driver).
 Tasks: ``lethe.run_job(job_id)`` runs a job (``driver.execute_job``). A sharded model's
 member retrains fan out as a chord: a group of ``lethe.exact_member(spec, m)`` tasks, joined
 by the callback ``lethe.exact_assemble`` (``driver.finish_sharded``: verify, publish), with
-the errback ``lethe.exact_failed`` (a member failed: the job fails, the alias stays).
+the errback ``lethe.exact_failed`` (a member failed: nothing is published, the alias stays,
+and the job is tried again while it has attempts left).
 
 Settings:
 - acks_late + reject_on_worker_lost: a job whose worker dies is redelivered, and the
@@ -109,10 +110,15 @@ def exact_assemble(self, results: list[dict], spec: dict) -> str:
 
 @celery_app.task(name="lethe.exact_failed")
 def exact_failed(request, exc, traceback, spec: dict) -> str:
-    """The chord's errback: a member retrain failed, so the job fails and nothing is published."""
-    return driver.fail_job(get_settings(), driver.JobSpec.from_json(spec),
-                           f"member retrain failed: {exc.__class__.__name__}: {exc}",
-                           f"celery:{driver.default_worker_name()}")
+    """The chord's errback: a member retrain failed, so nothing is published and the attempt
+    fails; while attempts are left the job is queued again and sent after a back-off (a new
+    claim, a new chord), else it fails for good with this error."""
+    job = driver.JobSpec.from_json(spec)
+    outcome = driver.fail_job(get_settings(), job, f"member retrain failed: {exc.__class__.__name__}: {exc}",
+                              f"celery:{driver.default_worker_name()}", retryable=True)
+    if outcome == "retry":
+        run_job.apply_async((job.job_id,), countdown=5)
+    return outcome
 
 
 class CeleryDispatcher:

@@ -239,19 +239,18 @@ def verify(s: Settings, objective: str, m: dict) -> None:
 
 
 def _failed(s: Settings, spec: JobSpec, worker: str, e: Exception) -> str:
-    """Record a failed attempt. ``JobFailed`` is final. Anything else is retried (up to the
-    job's max attempts) for instance-wise jobs, which run in one process; a sharded job's
-    member retrains may have run anywhere (a Celery chord cannot be re-entered), so there
-    it is final too."""
+    """Record a failed attempt. ``JobFailed`` is final. Anything else is retried, up to the
+    job's max attempts — a sharded job's too: its member files are content-addressed and
+    nothing is published until every member is back, so a new attempt repeats or reuses what
+    the failed one wrote (issue 13: exact jobs are retried like any infrastructure fault)."""
     if isinstance(e, JobFailed):
         return fail_job(s, spec, f"{e.__class__.__name__}: {e}", worker, metrics=e.metrics)
     # the traceback stays in the worker's log; the job, its requests and their webhooks get a
     # one-line reason and the reference that finds it there
     ref = uuid.uuid4().hex[:12]
     log.exception("job %s failed (reference %s)", spec.job_id, ref)
-    retryable = isinstance(e, jobs.JobConflict) or not get_family(spec.family).sharded
     return fail_job(s, spec, f"{e.__class__.__name__}: {str(e)[:300]} (reference {ref}; traceback in the worker log)",
-                    worker, retryable=retryable)
+                    worker, retryable=True)
 
 
 def fail_job(s: Settings, spec: JobSpec, error: str, worker: str, *, retryable: bool = False,

@@ -69,6 +69,9 @@ def test_sisa_job_fans_out_as_a_chord_and_a_failed_shard_fails_cleanly(stack):
         r = c.post("/v1/forget", json={"model": MODEL, "instance_ids": [carol[0]["instance_id"]]})
         done = flow.wait_done(c, r.json()["id"], timeout=300)
         assert done["status"] == "failed" and "member retrain failed" in done["error"], (done, worker.tail())
+        # an exact job is retried like any fault (a new claim, a new chord) before it fails for good
+        failed_job = c.get(f"/v1/jobs/{done['job']['id']}").json()
+        assert failed_job["attempts"] == failed_job["max_attempts"] > 1, failed_job
         versions = c.get(f"/v1/models/{MODEL}/versions").json()
         assert versions["aliases"] == {"production": 2} and len(versions["versions"]) == 2
         assert c.get("/v1/audit/verify").json()["ok"] is True
