@@ -222,7 +222,9 @@ def read_forget(request_id: str, session: SessionDep,
     found = service.get_with_job(session, request_id, principal.sees_tenant)  # one query: clients poll this
     if found is None:
         raise LetheError(404, "unknown_request", f"forget request {request_id!r} not found")
-    return _read(session, *found, principal=principal)
+    answer = _read(session, *found, principal=principal)
+    session.commit()  # the read ends here, in this thread: the request's session then closes without another hop
+    return answer
 
 
 @router.get("/jobs/{job_id}", response_model=JobRead, tags=["jobs"], responses=responses(e404="unknown job"),
@@ -234,4 +236,6 @@ def read_job(job_id: str, session: SessionDep,
     found = jobs.get_with_request_ids(session, job_id, principal.sees_tenant)  # one query: clients poll this
     if found is None:
         raise LetheError(404, "unknown_job", f"job {job_id!r} not found")
-    return JobRead.of(*found)
+    answer = JobRead.of(*found)
+    session.commit()  # the read ends here, in this thread: no thread hop to end it after the route
+    return answer
