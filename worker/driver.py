@@ -561,8 +561,6 @@ def retrain_member(s: Settings, spec: JobSpec, member: int) -> dict:
 def _sharded_assemble(s: Settings, spec: JobSpec, results: list[dict]) -> Built:
     """The new ensemble: the base members plus the retrained ones (every file's sha256
     checked), measured; the manifest is written only once it passed verification."""
-    import torch
-
     from models.checkpoint import file_sha256
     from models.train import accuracy
     from models.unlearn.shards import DirStore, load_bundle, load_member, stale_keys, write_manifest
