@@ -138,7 +138,10 @@ class Settings(BaseSettings):
     # sweeper: re-queue requests stuck in queued/running (workers died, messages lost)
     sweeper_interval_s: float = Field(default=5.0, description="period of the sweeper that re-queues jobs whose "
                                                                 "worker died; 0 = no sweeper thread")
-    stuck_queued_s: int = Field(default=60, description="a queued job untouched this long while no job of its "
+    # 20 s: a job whose message was lost (Redis restarted without persistence) is re-sent
+    # within ~25 s and finished within the minute issue 13 asks; a job that merely waits for
+    # the worker gets a duplicate message, which its claim makes a no-op
+    stuck_queued_s: int = Field(default=20, description="a queued job untouched this long while no job of its "
                                                          "model runs is dispatched again (its message was lost)")
     # the planner (app/jobs/planner.py) and pooling
     max_job_instances: int = Field(default=2000, ge=1, description="a job takes at most this many instances; "

@@ -1,7 +1,8 @@
 """Redis stopped while a POST creates a job (issue 13): the gateway answers 202 at once (the
 request and its job are committed; nothing waits on the broker), and the request completes
 once Redis is back — the gateway's sender (or the sweeper) sends the job again and the
-Celery worker reconnects. Postgres + a Redis of the test's own (never the shared one on
+Celery worker reconnects. And a message lost inside the broker (taken by no worker, then
+gone) is sent again by the sweeper: the request completes within a minute. Postgres + a Redis of the test's own (never the shared one on
 6379: started here on a free port, without persistence, killed and restarted by PID) + a
 real Celery worker, default lease and sweeper settings."""
 import os
@@ -104,3 +105,40 @@ def test_post_while_redis_is_down_is_accepted_and_completes_after_it_returns(sta
         assert c.get("/v1/audit/verify", params={"full": "true"}).json()["ok"] is True
         print(f"\nbroker outage: POST answered 202 in {answered:.2f} s with Redis down; completed "
               f"{time.time() - back:.1f} s after Redis returned")
+
+
+def test_a_message_lost_inside_the_broker_is_sent_again_and_completes_within_a_minute(stack):
+    """No worker is listening when the job's message goes out, and the queue is then emptied
+    (what a Redis restart without persistence does to a message nobody took): the job sits
+    `queued` with no live message. The sweeper sends it again after LETHE_STUCK_QUEUED_S
+    (default 20 s) and the request completes within the minute issue 13 asks for."""
+    import redis as redis_client
+
+    url, env, tmp, port, redis, worker, gateway = stack
+    queue = env["LETHE_QUEUE_NAME"]
+    worker.stop()  # nobody takes the message
+    broker = redis_client.Redis(host="127.0.0.1", port=port)
+    with httpx.Client(base_url=url, timeout=60, headers=auth(env)) as c:
+        t0 = time.time()
+        r = c.post("/v1/forget", json={"model": MODEL, "subject_id": "bob"})
+        assert r.status_code == 202, r.text
+        rid = r.json()["id"]
+        deadline = time.time() + 15
+        while not broker.llen(queue) and time.time() < deadline:  # the gateway's sender delivered it
+            time.sleep(0.1)
+        assert broker.llen(queue) >= 1, broker.keys()
+        lost = [k for k in broker.scan_iter(match=f"{queue}*")]
+        broker.delete(*lost)  # the message is gone; the job row still says queued
+        assert broker.llen(queue) == 0
+        second = Proc([os.path.join(BIN, "celery"), "-A", "worker.celery_app", "worker", "--pool=solo",
+                       "--loglevel=INFO", "-n", f"{queue}-w2@%h", "-Q", queue], env, tmp / "worker-2.log")
+        try:
+            done = flow.wait_done(c, rid, timeout=120)
+            took = time.time() - t0
+            assert done["status"] == "completed", (done, second.tail(), gateway.tail())
+            assert took < 60, took
+            assert "re-queued" in gateway.tail(400_000), gateway.tail()  # the sweeper sent it again
+            assert c.get("/v1/audit/verify", params={"full": "true"}).json()["ok"] is True
+        finally:
+            second.stop()
+    print(f"\nlost message: the request completed {took:.1f} s after its POST (sent again by the sweeper)")
