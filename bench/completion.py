@@ -201,7 +201,7 @@ def run_consolidation(dataset: str, requests: int, k: int, seed: int) -> dict:
     from app.registry import service as registry
     from app.settings import Settings
     from models.data import load_dataset
-    from models.train import Recipe, accuracy, train_model
+    from models.train import accuracy, train_model
     from worker import driver
 
     tmp = tempfile.mkdtemp(prefix="lethe-consolidation-")

@@ -2,7 +2,6 @@
 fan out as a Celery group joined by a chord that assembles and publishes the new bundle;
 a shard retrain that fails fails the job through the chord's errback and the alias stays."""
 import os
-import time
 import uuid
 
 import httpx

@@ -1,6 +1,5 @@
 """Lineage: a subject forgotten with no model named reaches every model trained on their data;
 a model still holding data erased elsewhere is tainted; one certificate names every model."""
-import numpy as np
 import torch
 
 from app.audit import signing
