@@ -1,4 +1,5 @@
-"""Render the instance-wise benchmark tables from bench/results/instance.json into README.md
+"""Render the instance-wise benchmark tables from bench/results/instance.json (and the full
+U-LiRA tables from bench/results/ulira.json) into README.md
 and docs/benchmarks.md, so no figure can drift from its row.
 
     python -m bench.render            # rewrite the marked blocks in place
@@ -19,12 +20,15 @@ from collections import defaultdict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results", "instance.json")
+ULIRA_RESULTS = os.path.join(ROOT, "bench", "results", "ulira.json")
 TARGETS = {"readme": os.path.join(ROOT, "README.md"), "docs": os.path.join(ROOT, "docs", "benchmarks.md")}
-SCENARIO_ORDER = ["1", "8", "32", "128", "10pct", "class"]
+SCENARIO_ORDER = ["1", "8", "32", "128", "10pct", "class", "hard8", "hard32"]
 AUC_TOL, GAP_TARGET, SPEED_TARGET = 0.05, 1.0, 10.0
 
 
 def _scenario_label(s: str) -> str:
+    if s.startswith("hard"):
+        return f"hardest, k = {s[4:]}"
     return {"10pct": "10 %", "class": "class"}.get(s, f"k = {s}")
 
 
@@ -131,13 +135,97 @@ def header(doc) -> str:
             f"{partial} Rendered by `python -m bench.render` from `bench/results/instance.json` ({len(rows)} rows).")
 
 
+def _ulira_cells(udoc):
+    """(dataset, scenario, method) -> {seed: row} of the full U-LiRA benchmark."""
+    cells = defaultdict(dict)
+    for r in udoc["rows"]:
+        cells[(r["dataset"], str(r["scenario"]), r["method"])][r["seed"]] = r
+    return cells
+
+
+def ulira_default_table(udoc) -> str:
+    """The default deletion method under full U-LiRA, against retraining on the same shadows."""
+    cells = _ulira_cells(udoc)
+    default = udoc.get("default_method", "lethe_retrain_like")
+    out = [f"Full U-LiRA (the method run inside every shadow; `models/ulira.py`): AUC of telling "
+           f"\"unlearned\" from \"never trained on\" per example, leave one shadow out. Per cell: the "
+           f"default (`{default}`) minus `retrain` on the same shadows, per target-set seed; met = within "
+           f"{AUC_TOL} on every seed. `noop` and `lethe` (misclassify) bracket it. Run(s): "
+           + "; ".join(f"`python -m bench.ulira {c}`" for c in udoc.get("commands", [])) + f" ({udoc['machine']}).",
+           "", "| dataset | scenario | k | shadows | seeds | default AUC | retrain AUC | default − retrain (worst) | met "
+           "| noop AUC | `lethe` (misclassify) AUC | stopping rule accepts retrain / default / noop | default CPU s | retrain CPU s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(ds, sc) for ds, sc, m in cells if m == default}, key=lambda k: (k[0], _order(k[1])))
+    for ds, sc in keys:
+        dflt, rt = cells[(ds, sc, default)], cells.get((ds, sc, "retrain"), {})
+        seeds = sorted(set(dflt) & set(rt))
+        if not seeds:
+            continue
+        diff = [dflt[s]["ulira_auc"] - rt[s]["ulira_auc"] for s in seeds]
+        worst = max(diff, key=abs)
+
+        def mean_auc(m):
+            rs = cells.get((ds, sc, m), {})
+            return st.mean(r["ulira_auc"] for r in rs.values()) if rs else None
+        def rule(m):
+            rs = cells.get((ds, sc, m), {}).values()
+            runs = sum(r.get("stop_rule_runs", 0) for r in rs)
+            return f"{sum(r.get('stop_rule_passes', 0) for r in rs)}/{runs}" if runs else "–"
+        r0 = dflt[seeds[0]]
+        out.append(f"| {ds} | {_scenario_label(sc)} | {r0['k']} | {r0['shadows']} | {','.join(map(str, seeds))} | "
+                   f"{st.mean(dflt[s]['ulira_auc'] for s in seeds):.3f} | {st.mean(rt[s]['ulira_auc'] for s in seeds):.3f} | "
+                   f"{st.mean(diff):+.3f} ({worst:+.3f}) | {'yes' if all(abs(x) <= AUC_TOL for x in diff) else 'no'} | "
+                   f"{_fmt(mean_auc('noop'), '.3f')} | {_fmt(mean_auc('lethe'), '.3f')} | "
+                   f"{rule('retrain')} / {rule(default)} / {rule('noop')} | "
+                   f"{st.mean(dflt[s]['cpu_seconds'] for s in seeds):.2f} | {st.mean(rt[s]['cpu_seconds'] for s in seeds):.2f} |")
+    return "\n".join(out)
+
+
+def ulira_methods_table(udoc) -> str:
+    """Every method under full U-LiRA: AUC (mean over seeds) / TPR at 1 % FPR, per dataset."""
+    cells = _ulira_cells(udoc)
+    out = ["Per cell: U-LiRA AUC / TPR at 1 % FPR, mean over the target-set seeds "
+           "(0.5 / 0.01: unlearned examples look like never-seen ones); `n✗` = runs whose own stopping "
+           "rule did not hold. Rows: `bench/results/ulira.json`."]
+    order = []
+    for r in udoc["rows"]:
+        if r["method"] not in order:
+            order.append(r["method"])
+    for ds in sorted({k[0] for k in cells}):
+        scs = sorted({k[1] for k in cells if k[0] == ds}, key=_order)
+        out += ["", f"**{ds}**", "", "| method | " + " | ".join(_scenario_label(s) for s in scs) + " |",
+                "|---|" + "---|" * len(scs)]
+        for m in order:
+            row = []
+            for sc in scs:
+                rs = list(cells.get((ds, sc, m), {}).values())
+                if not rs:
+                    row.append("–")
+                    continue
+                nc = sum(r.get("not_converged", 0) for r in rs)
+                row.append(f"{st.mean(r['ulira_auc'] for r in rs):.3f} / {st.mean(r['ulira_tpr_at_1fpr'] for r in rs):.3f}"
+                           + (f" {nc}✗" if nc else ""))
+            if any(c != "–" for c in row):
+                out.append(f"| `{m}` | " + " | ".join(row) + " |")
+    return "\n".join(out)
+
+
 BLOCKS = {"instance-header": header, "instance-default": default_table, "instance-methods": methods_table}
+ULIRA_BLOCKS = {"ulira-default": ulira_default_table, "ulira-methods": ulira_methods_table}
 
 
-def render_text(text: str, doc) -> str:
+def _sub(text, name, body):
+    pattern = re.compile(rf"(<!-- render:{name} -->\n).*?(<!-- /render:{name} -->)", re.DOTALL)
+    return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+
+
+def render_text(text: str, doc, udoc=None) -> str:
     for name, fn in BLOCKS.items():
-        pattern = re.compile(rf"(<!-- render:{name} -->\n).*?(<!-- /render:{name} -->)", re.DOTALL)
-        text = pattern.sub(lambda m, fn=fn: m.group(1) + fn(doc) + "\n" + m.group(2), text)
+        if f"<!-- render:{name} -->" in text:
+            text = _sub(text, name, fn(doc))
+    for name, fn in ULIRA_BLOCKS.items():
+        if udoc is not None and f"<!-- render:{name} -->" in text:
+            text = _sub(text, name, fn(udoc))
     return text
 
 
@@ -145,21 +233,26 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", action="store_true")
     p.add_argument("--results", default=RESULTS)
+    p.add_argument("--ulira-results", default=ULIRA_RESULTS)
     a = p.parse_args(argv)
     with open(a.results) as f:
         doc = json.load(f)
+    udoc = None
+    if os.path.exists(a.ulira_results):
+        with open(a.ulira_results) as f:
+            udoc = json.load(f)
     stale = []
     for path in TARGETS.values():
         with open(path) as f:
             text = f.read()
-        new = render_text(text, doc)
+        new = render_text(text, doc, udoc)
         if new != text:
             stale.append(path)
             if not a.check:
                 with open(path, "w") as f:
                     f.write(new)
     if a.check and stale:
-        print("out of date with bench/results/instance.json (run `python -m bench.render`): " + ", ".join(stale))
+        print("out of date with bench/results/instance.json / ulira.json (run `python -m bench.render`): " + ", ".join(stale))
         return 1
     return 0
 
