@@ -48,6 +48,10 @@ class Base(DeclarativeBase):
     pass
 
 
+# the pool of a server's engine: connect_timeout, an unreachable host answers 503 within seconds
+_SERVER_POOL = dict(pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args={"connect_timeout": 5})
+
+
 def make_engine(url: str, *, read_only: bool = False) -> Engine:
     """``read_only``: on SQLite, transactions start with a plain (deferred) BEGIN, so a long
     read (audit verification) never takes the write lock; WAL lets writers go on meanwhile."""
@@ -68,8 +72,23 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
             conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
-    # connect_timeout: an unreachable host answers 503 within seconds instead of hanging a request
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args={"connect_timeout": 5})
+    return create_engine(url, **_SERVER_POOL)
+
+
+def make_async_engine(url: str):
+    """The gateway's engine for the routes that run their database work on the event loop
+    (``app.deps.RequestDb``): psycopg's async connection, the same pool settings as
+    ``make_engine``. None where there is no async driver for the URL (SQLite, the embedded
+    default; a non-psycopg Postgres URL): those routes then use the thread pool.
+
+    Its connections belong to the event loop that opened them: one engine per loop."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    u = make_url(url)
+    if u.get_backend_name() != "postgresql" or u.get_driver_name() != "psycopg":
+        return None
+    return create_async_engine(u, **_SERVER_POOL)
 
 
 @functools.lru_cache(maxsize=8)

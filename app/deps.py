@@ -1,14 +1,16 @@
 """FastAPI dependencies, named for what they give."""
 from __future__ import annotations
 
-from typing import Annotated, AsyncIterator
+import asyncio
+from typing import Annotated, AsyncIterator, Callable, TypeVar
 
 import anyio
 from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from .db import get_sessionmaker
+from .db import get_sessionmaker, make_async_engine
 from .jobs.dispatch import Dispatcher
 from .registry.service import ServingCache
 from .settings import Settings
@@ -77,6 +79,81 @@ def _end(session: Session, commit: bool) -> None:
         session.close()
 
 
+T = TypeVar("T")
+
+
+class RequestDb:
+    """The request's one transaction, for the routes that clients hammer (submit, polls):
+    ``await db.run(fn, *args)`` calls ``fn(session, *args)`` — plain synchronous service
+    code — and returns what it returns.
+
+    On Postgres (psycopg) ``fn`` runs on the event loop, its queries on psycopg's async
+    connection (SQLAlchemy's ``AsyncSession.run_sync``: a greenlet, not a thread), so the
+    request never hops to the thread pool — the scope check, the route and the commit
+    included. With 32 clients the thread-pool hops and the threads' fight for the GIL cost
+    more CPU than the route's own work (issue 16). ``fn`` must do no other blocking I/O
+    (files, the broker): the caller does that after ``run``. Elsewhere (SQLite, the embedded
+    default) ``fn`` runs in the thread pool, as a ``def`` route would."""
+
+    def __init__(self, session: Session, asession: AsyncSession | None):
+        self.session, self._async = session, asession
+
+    async def run(self, fn: Callable[..., T], *args) -> T:
+        if self._async is None:
+            return await run_in_threadpool(fn, self.session, *args)
+        return await self._async.run_sync(fn, *args)
+
+
+async def request_db(request: Request) -> AsyncIterator[RequestDb]:
+    """A ``RequestDb``, committed when the route returns, rolled back when it raises; shared
+    by the route and its scope check (``security.require_scope_on_loop``)."""
+    engine = _async_engine(request)
+    if engine is None:  # what request_session does
+        async with _gate(request):
+            session = get_sessionmaker(request.app.state.settings.database_url)()
+            try:
+                yield RequestDb(session, None)
+            except BaseException:
+                await _finish(session, commit=False)
+                raise
+            await _finish(session, commit=True)
+        return
+    # no gate: a request waiting for a connection waits on the event loop, holding no thread
+    asession = AsyncSession(engine, expire_on_commit=False, autoflush=False)
+    try:
+        yield RequestDb(asession.sync_session, asession)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await asession.rollback()
+            await asession.close()
+        raise
+    with anyio.CancelScope(shield=True):
+        try:
+            if asession.sync_session.in_transaction():
+                await asession.commit()
+        finally:
+            await asession.close()
+
+
+def _async_engine(request: Request):
+    """The app's async engine for the running event loop (its connections belong to that
+    loop: a test client that starts a new loop gets a new engine); None on SQLite."""
+    state = request.app.state
+    loop = asyncio.get_running_loop()
+    held = getattr(state, "async_engine", None)
+    if held is None or held[0] is not loop:
+        held = state.async_engine = (loop, make_async_engine(state.settings.database_url))
+    return held[1]
+
+
+async def dispose_async_engine(state) -> None:
+    """At shutdown: close the async engine's connections (when made on this loop)."""
+    held = getattr(state, "async_engine", None)
+    if held is not None and held[1] is not None and held[0] is asyncio.get_running_loop():
+        await held[1].dispose()
+    state.async_engine = None
+
+
 async def _dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher
 
@@ -87,5 +164,6 @@ async def _serving(request: Request) -> ServingCache:
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 SessionDep = Annotated[Session, Depends(request_session)]
+RequestDbDep = Annotated[RequestDb, Depends(request_db)]
 DispatcherDep = Annotated[Dispatcher, Depends(_dispatcher)]
 ServingDep = Annotated[ServingCache, Depends(_serving)]

@@ -22,6 +22,7 @@ from .datasets import service as datasets_service
 from .datasets.router import router as datasets_router
 from .dashboard.router import router as dashboard_router
 from .db import get_engine
+from .deps import dispose_async_engine
 from .forget.router import router as forget_router
 from .jobs.dispatch import Dispatcher
 from .limits import JsonDepthLimit
@@ -182,6 +183,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             stop = getattr(dispatcher, "stop", None)
             if stop:
                 stop()
+            await dispose_async_engine(app.state)  # the hot routes' connections (app/deps.py)
 
     app = FastAPI(title="Lethe", version="0.1.0", lifespan=lifespan,
                   description="Machine-unlearning service: takes deletion requests and makes the served model "

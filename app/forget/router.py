@@ -3,15 +3,17 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Response
+from starlette.concurrency import run_in_threadpool
 
-from ..deps import DispatcherDep, SessionDep, SettingsDep
+from ..deps import DispatcherDep, RequestDbDep, SessionDep, SettingsDep
 from ..errors import LetheError, responses
 from ..limits import MAX_DB_INT
 from ..jobs import service as jobs
 from ..jobs.dispatch import send_after_commit
 from ..jobs.schemas import JobRead
 from ..audit import certificates
-from ..security import AUDIT_READ, FORGET_READ, FORGET_WRITE, MODELS_ADMIN, Principal, require_scope
+from ..security import (AUDIT_READ, FORGET_READ, FORGET_WRITE, MODELS_ADMIN, Principal, require_scope,
+                        require_scope_on_loop)
 from ..security.ratelimit import SUBMIT
 from ..tenants import service as tenant_policy
 from ..webhooks import outbound
@@ -69,27 +71,48 @@ def _read(session, req: ForgetRequest, job=False, principal: Principal | None = 
 
 @router.post("/forget", status_code=202, response_model=ForgetAccepted, responses=SUBMIT_ERRORS,
              summary="Ask the model to forget a subject's or a list of training instances")
-def create_forget(body: ForgetCreate, session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep,
-                  response: Response, principal: Annotated[Principal, Depends(require_scope(FORGET_WRITE, limit=SUBMIT))],
-                  idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None):
-    if body.callback_url is not None:  # SSRF: public addresses only (app/webhooks/outbound.py)
-        try:
-            outbound.check(body.callback_url, settings.callback_allow)
-        except outbound.UnsafeCallback as e:
-            raise LetheError(422, "callback_url_refused", str(e))
+async def create_forget(body: ForgetCreate, db: RequestDbDep, settings: SettingsDep, dispatcher: DispatcherDep,
+                        response: Response,
+                        principal: Annotated[Principal, Depends(require_scope_on_loop(FORGET_WRITE, limit=SUBMIT))],
+                        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None):
+    if body.callback_url is not None:  # resolves the host: in the thread pool
+        await run_in_threadpool(_check_callback, body.callback_url, settings)
+    # the work and its commit in one call (on Postgres on the event loop: app/deps.py RequestDb);
+    # the dispatch after it, in the thread pool (a broker's send is network I/O)
+    answer, to_dispatch = await db.run(_submit, settings, body, response, principal, idempotency_key)
+    if to_dispatch:
+        await run_in_threadpool(_dispatch, dispatcher, to_dispatch)
+    return answer
+
+
+def _check_callback(url: str, settings) -> None:
+    """SSRF: public addresses only (app/webhooks/outbound.py)."""
+    try:
+        outbound.check(url, settings.callback_allow)
+    except outbound.UnsafeCallback as e:
+        raise LetheError(422, "callback_url_refused", str(e))
+
+
+def _submit(session, settings, body: ForgetCreate, response: Response, principal: Principal,
+            idempotency_key: str | None) -> tuple[ForgetAccepted, list[str]]:
+    """POST /v1/forget's transaction, committed: (answer, jobs to dispatch)."""
     policy = tenant_policy.of(session, principal, settings)  # models, methods, quotas (app/tenants)
     if body.model is None:  # the subject, from every model trained on their data
-        return _erase_everywhere(body, session, settings, dispatcher, response, principal, idempotency_key, policy)
+        return _erase_everywhere(body, session, settings, response, principal, idempotency_key, policy)
     req, job_to_dispatch, replayed = service.submit(session, settings, body, idempotency_key=idempotency_key,
                                                     actor=principal.actor, tenant=principal.tenant, policy=policy)
     session.commit()  # the worker must see the request before it is dispatched
-    send_after_commit(dispatcher, job_to_dispatch)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/forget/{req.id}"
     return ForgetAccepted(id=req.id, status=req.status, due_at=req.due_at,
                           job_id=None if _hides(principal, req) else req.job_id,
-                          days_left=service.days_left(req))
+                          days_left=service.days_left(req)), [job_to_dispatch] if job_to_dispatch else []
+
+
+def _dispatch(dispatcher, job_ids: list[str]) -> None:
+    for job_id in job_ids:
+        send_after_commit(dispatcher, job_id)
 
 
 def _member(r: ForgetRequest, principal: Principal | None = None) -> ErasureMember:
@@ -98,20 +121,18 @@ def _member(r: ForgetRequest, principal: Principal | None = None) -> ErasureMemb
                          version_before=r.version_before, version_after=r.version_after, error=r.error)
 
 
-def _erase_everywhere(body, session, settings, dispatcher, response, principal, idempotency_key,
-                      policy) -> ForgetAccepted:
+def _erase_everywhere(body, session, settings, response, principal, idempotency_key,
+                      policy) -> tuple[ForgetAccepted, list[str]]:
     group, reqs, to_dispatch, replayed = groups.submit_all(session, settings, body, idempotency_key=idempotency_key,
                                                            actor=principal.actor, tenant=principal.tenant,
                                                            policy=policy)
     session.commit()  # the workers must see the requests before they are dispatched
-    for job_id in to_dispatch:
-        send_after_commit(dispatcher, job_id)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/erasures/{group.id}"
     return ForgetAccepted(id=group.id, erasure_id=group.id, status=groups.status(reqs),
                           due_at=min(r.due_at for r in reqs), days_left=min(service.days_left(r) or 0 for r in reqs),
-                          requests=[_member(r, principal) for r in reqs])
+                          requests=[_member(r, principal) for r in reqs]), list(to_dispatch)
 
 
 @router.get("/erasures/{erasure_id}", response_model=ErasureRead, responses=responses(e404="unknown erasure"),
@@ -217,25 +238,29 @@ def forget_webhooks(request_id: str, session: SessionDep,
 
 @router.get("/forget/{request_id}", response_model=ForgetRead, responses=UNKNOWN_REQUEST,
             summary="A request: status, days left, job progress, versions before and after, metrics")
-def read_forget(request_id: str, session: SessionDep,
-                principal: Annotated[Principal, Depends(require_scope(FORGET_READ))]):
-    found = service.get_with_job(session, request_id, principal.sees_tenant)  # one query: clients poll this
+async def read_forget(request_id: str, db: RequestDbDep,
+                      principal: Annotated[Principal, Depends(require_scope_on_loop(FORGET_READ))]):
+    return await db.run(_read_one, request_id, principal)  # clients poll this: no thread hop on Postgres
+
+
+def _read_one(session, request_id: str, principal: Principal) -> ForgetRead:
+    found = service.get_with_job(session, request_id, principal.sees_tenant)  # one query
     if found is None:
         raise LetheError(404, "unknown_request", f"forget request {request_id!r} not found")
-    answer = _read(session, *found, principal=principal)
-    session.commit()  # the read ends here, in this thread: the request's session then closes without another hop
-    return answer
+    return _read(session, *found, principal=principal)
 
 
 @router.get("/jobs/{job_id}", response_model=JobRead, tags=["jobs"], responses=responses(e404="unknown job"),
             summary="A job: status, stage, progress, attempts, worker, timings, metrics, its requests")
-def read_job(job_id: str, session: SessionDep,
-             principal: Annotated[Principal, Depends(require_scope(FORGET_READ))]):
+async def read_job(job_id: str, db: RequestDbDep,
+                   principal: Annotated[Principal, Depends(require_scope_on_loop(FORGET_READ))]):
     """A portal sees a job only while it serves one of its tenant's requests, and only
     those requests' ids."""
-    found = jobs.get_with_request_ids(session, job_id, principal.sees_tenant)  # one query: clients poll this
+    return await db.run(_read_job, job_id, principal)  # clients poll this: no thread hop on Postgres
+
+
+def _read_job(session, job_id: str, principal: Principal) -> JobRead:
+    found = jobs.get_with_request_ids(session, job_id, principal.sees_tenant)  # one query
     if found is None:
         raise LetheError(404, "unknown_job", f"job {job_id!r} not found")
-    answer = JobRead.of(*found)
-    session.commit()  # the read ends here, in this thread: no thread hop to end it after the route
-    return answer
+    return JobRead.of(*found)

@@ -15,12 +15,13 @@
 """
 from __future__ import annotations
 
-from .guard import Principal, install, optional_principal, require_scope, route_scopes, scoped_routes
+from .guard import (Principal, install, optional_principal, require_scope, require_scope_on_loop, route_scopes,
+                    scoped_routes)
 from .keys import (KEY_PREFIX, MIN_KEY_LENGTH, admin_key_path, authenticate, bootstrap_keys, create_key, hash_key,
                    list_keys, revoke_key)
 from .models import ApiKey
 from .scopes import AUDIT_READ, FORGET_READ, FORGET_WRITE, METRICS_READ, MODELS_ADMIN, SCOPES, SUBJECTS_READ
 
 __all__ = ["SCOPES", "FORGET_WRITE", "FORGET_READ", "SUBJECTS_READ", "AUDIT_READ", "MODELS_ADMIN", "METRICS_READ", "optional_principal", "KEY_PREFIX", "MIN_KEY_LENGTH",
-           "ApiKey", "Principal", "require_scope", "create_key", "revoke_key", "list_keys", "hash_key",
+           "ApiKey", "Principal", "require_scope", "require_scope_on_loop", "create_key", "revoke_key", "list_keys", "hash_key",
            "authenticate", "bootstrap_keys", "admin_key_path", "route_scopes", "scoped_routes", "install"]

@@ -14,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from ..db import read_scope
-from ..deps import request_session
+from ..deps import RequestDb, request_db, request_session
 from ..errors import LetheError
 from ..dashboard import session as dashboard_session
 from . import ratelimit, tenants
@@ -63,13 +63,39 @@ def require_scope(scope: str, *alternatives: str, limit: str | None = None):
 
     def dependency(request: Request, session: Session = Depends(request_session),
                    _credentials: HTTPAuthorizationCredentials | None = Security(_bearer)) -> Principal:
-        principal = principal_of(request, bearer_token(request), session)
-        check_allowed(principal, allowed)
-        request.state.principal = principal
-        if limit:
-            check_rate(request, principal, limit)
-        return principal
+        return _admit(request, principal_of(request, bearer_token(request), session), allowed, limit)
 
+    return _named(dependency, allowed, limit)
+
+
+def require_scope_on_loop(scope: str, *alternatives: str, limit: str | None = None):
+    """``require_scope`` for the routes that work through a ``RequestDb`` (app/deps.py: the
+    submit and the polls): the key is read in the request's ``RequestDb`` — on Postgres on
+    the event loop, with no thread-pool hop. Same steps, same answers."""
+    allowed = tuple(check_scopes((scope, *alternatives)))
+
+    async def dependency(request: Request, db: RequestDb = Depends(request_db),
+                         _credentials: HTTPAuthorizationCredentials | None = Security(_bearer)) -> Principal:
+        token = bearer_token(request)
+        return _admit(request, await db.run(_principal_in, request, token), allowed, limit)
+
+    return _named(dependency, allowed, limit)
+
+
+def _principal_in(session: Session, request: Request, token: str) -> Principal:
+    return principal_of(request, token, session)
+
+
+def _admit(request: Request, principal: Principal, allowed: tuple[str, ...], limit: str | None) -> Principal:
+    """Steps 3 and 4: the scope, the rate limit."""
+    check_allowed(principal, allowed)
+    request.state.principal = principal
+    if limit:
+        check_rate(request, principal, limit)
+    return principal
+
+
+def _named(dependency, allowed: tuple[str, ...], limit: str | None):
     dependency.required_scopes = allowed  # type: ignore[attr-defined]
     dependency.rate_limit = limit  # type: ignore[attr-defined]
     dependency.__name__ = "require_scope_" + "_or_".join(s.replace(":", "_") for s in allowed)

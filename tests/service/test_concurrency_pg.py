@@ -308,3 +308,50 @@ def _waiting_for_lock(settings) -> int:
     with session_scope(settings.database_url) as db:
         return int(db.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                                    "AND wait_event_type = 'Lock'")).scalar())
+
+
+def test_submit_and_polls_over_http_on_the_event_loop(pg):
+    """POST /v1/forget and the polls go through RequestDb, which on Postgres runs them on the
+    event loop (psycopg's async connection, no thread pool): 16 clients at once over HTTP,
+    overlapping bodies, keep one winner per instance, 409 for the rest, one audit entry per
+    accepted request, one dispatch per created job; a second client (a new event loop) gets
+    an engine of its own."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    from .conftest import RecordingDispatcher, bearer, make_key
+
+    _reset(pg)
+    rng = random.Random(1)
+    bodies = [{"model": MODEL, "instance_ids": [_ids(i) for i in rng.sample(range(40, 56), 2)]} for _ in range(48)]
+    s = pg.model_copy(update={"subject_secret": "x" * 32, "webhook_secret": "y" * 32})
+    sent = RecordingDispatcher()
+    app = create_app(s, dispatcher=sent)
+    key = make_key(s)
+    with TestClient(app, headers=bearer(key)) as c:
+        answers = _run(16, lambda k: [c.post("/v1/forget", json=b) for b in bodies[k::16]])
+        loop, engine = app.state.async_engine
+        assert engine is not None  # the async path was taken
+    flat = [r for rs in answers for r in rs]
+    ok = [r.json() for r in flat if r.status_code == 202]
+    refused = [r.json() for r in flat if r.status_code != 202]
+    assert ok and refused and all(e["code"] == "already_pending" for e in refused), refused
+    claims, open_reqs = _open_claims(pg)
+    assert {a["id"] for a in ok} == set(open_reqs)
+    assert max(Counter(i for ids in open_reqs.values() for i in ids).values()) == 1
+    assert len(sent.sent) == len(set(sent.sent))  # each job dispatched once
+    assert {a["job_id"] for a in ok} <= set(sent.sent)  # ... and every job was dispatched
+    with session_scope(pg.database_url) as db:
+        audit.drain(db)
+        received = Counter(json.loads(p)["request_id"] for p in db.execute(
+            select(AuditEvent.payload).where(AuditEvent.action == "forget.received")).scalars())
+        assert all(received[a["id"]] == 1 for a in ok)
+    with TestClient(app, headers=bearer(key)) as c:  # a new event loop: a new engine, the same answers
+        got = c.get(f"/v1/forget/{ok[0]['id']}")
+        assert got.status_code == 200 and got.json()["status"] == "queued"
+        assert c.get(f"/v1/jobs/{ok[0]['job_id']}").status_code == 200
+        assert c.get("/v1/forget/nope").json()["code"] == "unknown_request"
+        assert c.get("/v1/jobs/nope").json()["code"] == "unknown_job"
+        assert c.get(f"/v1/forget/{ok[0]['id']}", headers={"Authorization": "Bearer lethe_nope"}).status_code == 401
+        assert app.state.async_engine[0] is not loop
