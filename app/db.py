@@ -77,7 +77,7 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
 
 def make_async_engine(url: str):
     """The gateway's engine for the routes that run their database work on the event loop
-    (``app.deps.RequestDb``): psycopg's async connection, the same pool settings as
+    (``app.deps.RequestDb``): psycopg's async connection, the pool settings of
     ``make_engine``. None where there is no async driver for the URL (SQLite, the embedded
     default; a non-psycopg Postgres URL): those routes then use the thread pool.
 
@@ -88,7 +88,10 @@ def make_async_engine(url: str):
     u = make_url(url)
     if u.get_backend_name() != "postgresql" or u.get_driver_name() != "psycopg":
         return None
-    return create_async_engine(u, **_SERVER_POOL)
+    # the sync engine's 15 connections at most, all kept open: an overflow connection is closed
+    # when it goes back, and 32 clients on the event loop reopened them all the time
+    size = _SERVER_POOL["pool_size"] + _SERVER_POOL["max_overflow"]
+    return create_async_engine(u, **{**_SERVER_POOL, "pool_size": size, "max_overflow": 0})
 
 
 @functools.lru_cache(maxsize=8)

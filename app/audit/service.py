@@ -24,7 +24,7 @@ import json
 import threading
 from typing import Any
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.orm import Session
 
 from ..db import read_scope, session_scope, utcnow
@@ -72,21 +72,33 @@ def _chain(session: Session, after: tuple[int, str], ts: str, actor: str, action
 
 
 def _drain_locked(session: Session, batch: int) -> tuple[int, tuple[int, str]]:
-    """Chain every outbox row (the caller holds the writers' lock). Returns (rows moved, head)."""
-    last, moved = head(session), 0
+    """Chain every outbox row (the caller holds the writers' lock). Returns (rows moved, head).
+    Core on the session's connection (the gateway drains every submission's event: as ORM
+    entities, loading and inserting them cost more than the queries), after a flush, so
+    whatever the session holds is written first."""
+    session.flush()
+    conn, last, moved = session.connection(), head(session), 0
     while True:
-        rows = session.execute(select(AuditOutbox).order_by(AuditOutbox.id).limit(batch)).scalars().all()
+        rows = conn.execute(_OUTBOX_BATCH, {"n": batch}).all()
+        events = []
         for r in rows:
-            ev = _chain(session, last, r.ts, r.actor, r.action, r.subject_ref, r.payload)
-            last = (ev.seq, ev.hash)
+            seq, prev = last[0] + 1, last[1]
+            h = compute_hash(prev, seq, r.ts, r.actor, r.action, r.subject_ref, r.payload)
+            events.append({"seq": seq, "ts": r.ts, "actor": r.actor, "action": r.action,
+                           "subject_ref": r.subject_ref, "payload": r.payload, "prev_hash": prev, "hash": h})
+            last = (seq, h)
         if rows:
-            session.flush()
-            session.execute(delete(AuditOutbox).where(AuditOutbox.id.in_([r.id for r in rows])))
-            for r in rows:
-                session.expunge(r)
+            conn.execute(_EVENTS_INSERT, events)
+            conn.execute(_OUTBOX_DELETE, {"ids": [r.id for r in rows]})
             moved += len(rows)
         if len(rows) < batch:
             return moved, last
+
+
+_O = AuditOutbox.__table__
+_OUTBOX_BATCH = select(_O).order_by(_O.c.id).limit(bindparam("n"))
+_EVENTS_INSERT = AuditEvent.__table__.insert()
+_OUTBOX_DELETE = _O.delete().where(_O.c.id.in_(bindparam("ids", expanding=True)))
 
 
 def drain(session: Session, *, batch: int = 1000, wait: bool = True) -> int:

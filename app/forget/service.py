@@ -224,7 +224,7 @@ def _catalogue_rows(session: Session, body: ForgetCreate, ref: str | None) -> li
             raise LetheError(404, "unknown_subject",
                              f"subject {body.subject_id!r} has no instances in the catalogue of model {body.model!r}")
         return rows
-    found = catalogue.by_ids(session, body.model, body.instance_ids)
+    found = catalogue.facts_by_ids(session, body.model, body.instance_ids)
     unknown = [i for i in body.instance_ids if i not in found]
     if unknown:
         raise LetheError(422, "unknown_instances", f"not in the catalogue of model {body.model!r}: {_preview(unknown)}")
@@ -244,7 +244,7 @@ def _held_rows(session: Session, body: ForgetCreate, ref: str | None) -> list:
     accepted all the same; with nothing left it is a no-data request (``nodata.py``)."""
     if body.instance_ids is None:
         return [r for r in catalogue.by_subject(session, ref, body.model) if r.erased_at is None]
-    found = catalogue.by_ids(session, body.model, body.instance_ids)
+    found = catalogue.facts_by_ids(session, body.model, body.instance_ids)
     return [found[i] for i in body.instance_ids
             if i in found and found[i].erased_at is None and (ref is None or found[i].subject_ref == ref)]
 
