@@ -31,6 +31,9 @@ class Principal:
     name: str
     scopes: tuple[str, ...]
     tenant: str = tenants.DEFAULT
+    # the tenant's policy row as read with the key in the request's own transaction: None when
+    # not read that way; (row,) when read, row None when the tenant has no row (app/tenants)
+    tenant_row: tuple | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def sees_tenant(self) -> str | None:
@@ -124,17 +127,20 @@ def principal_of(request: Request, token: str, session: Session | None = None) -
     read in a short read-only session instead."""
     settings = request.app.state.settings
     if session is not None and session.get_bind().dialect.name == "postgresql":
-        return _principal(request, settings, session, token)
+        return _principal(request, settings, session, token, own_transaction=True)
     with read_scope(settings.database_url) as db:
         return _principal(request, settings, db, token)
 
 
-def _principal(request: Request, settings, db: Session, token: str) -> Principal:
+def _principal(request: Request, settings, db: Session, token: str, own_transaction: bool = False) -> Principal:
     if dashboard_session.is_session(token) and _dashboard_path(request.url.path):
         key = _session_key(db, settings, token)
-    else:
-        key = authenticate(db, token)
-    return Principal(key.id, key.name, tuple(key.scopes), key.tenant or tenants.DEFAULT)
+        return Principal(key.id, key.name, tuple(key.scopes), key.tenant or tenants.DEFAULT)
+    key = authenticate(db, token)
+    row = None
+    if own_transaction and key.tenant:  # what the tenant's policy reads, read in the same transaction
+        row = (key if key.tenant_found is not None else None,)
+    return Principal(key.id, key.name, tuple(key.scopes), key.tenant or tenants.DEFAULT, row)
 
 
 def optional_principal(request: Request) -> Principal | None:

@@ -50,11 +50,15 @@ class Policy:
         return self.methods is None or method in self.methods
 
 
-def policy(session: Session, tenant: str, settings) -> Policy:
+def policy(session: Session, tenant: str, settings, known: tuple | None = None) -> Policy:
     """The tenant's policy (one primary-key read, Core: every tenant-bound submission runs it;
-    the grants only when not ``all_models``)."""
-    session.flush()  # an operator's change in this session (PUT /v1/tenants) is read back
-    row = session.connection().execute(_POLICY_ROW, {"name": tenant}).first()
+    the grants only when not ``all_models``). ``known``: ``(row,)``, the tenant's row as this
+    transaction already read it with the caller's key (``Principal.tenant_row``): no read."""
+    if known is not None:
+        row = known[0]
+    else:
+        session.flush()  # an operator's change in this session (PUT /v1/tenants) is read back
+        row = session.connection().execute(_POLICY_ROW, {"name": tenant}).first()
     every = row.all_models if row is not None else tenant == names.DEFAULT
     granted = frozenset() if every else frozenset(session.execute(
         select(TenantModel.model_name).where(TenantModel.tenant == tenant)).scalars())
@@ -75,7 +79,9 @@ _POLICY_ROW = select(_T.c.all_models, _T.c.methods, _T.c.max_open_requests,
 def of(session: Session, principal, settings) -> Policy | None:
     """The policy ``principal`` is held to; None for operators and auditors (no limits)."""
     tenant = principal.sees_tenant if principal is not None else None
-    return None if tenant is None else policy(session, tenant, settings)
+    if tenant is None:
+        return None
+    return policy(session, tenant, settings, getattr(principal, "tenant_row", None) if tenant == principal.tenant else None)
 
 
 def visible_models(session: Session, principal, settings) -> frozenset[str] | None:

@@ -355,3 +355,34 @@ def test_submit_and_polls_over_http_on_the_event_loop(pg):
         assert c.get("/v1/jobs/nope").json()["code"] == "unknown_job"
         assert c.get(f"/v1/forget/{ok[0]['id']}", headers={"Authorization": "Bearer lethe_nope"}).status_code == 401
         assert app.state.async_engine[0] is not loop
+
+
+def test_a_portals_policy_read_with_its_key_on_postgres(pg):
+    """On Postgres a key's tenant policy is read with the key, in the request's transaction
+    (app/security/keys.py): a tenant with no grants gets 404 unknown_model, a method outside
+    its list 403, its quota 429, and a grant takes effect on the next request."""
+    from fastapi.testclient import TestClient
+
+    from app import security
+    from app.main import create_app
+    from app.registry import service as registry
+    from app.tenants import service as tenant_policy
+    from models import unlearn
+
+    from .conftest import RecordingDispatcher, bearer, make_key
+
+    _reset(pg)
+    s = pg.model_copy(update={"subject_secret": "x" * 32, "webhook_secret": "y" * 32})
+    portal = make_key(s, [security.FORGET_WRITE, security.FORGET_READ], name="acme-portal", tenant="acme")
+    body = {"model": MODEL, "instance_ids": [_ids(57)]}
+    with session_scope(s.database_url) as db:
+        allowed, other = unlearn.methods_for(registry.model_facts(db, MODEL).family)[:2]
+    with TestClient(create_app(s, dispatcher=RecordingDispatcher()), headers=bearer(portal)) as c:
+        assert c.post("/v1/forget", json=body).json()["code"] == "unknown_model"
+        with session_scope(s.database_url) as db:
+            tenant_policy.grant(db, "acme", MODEL, actor="test")
+            tenant_policy.update(db, "acme", actor="test", methods=[allowed], max_open_requests=1)
+        assert c.post("/v1/forget", json={**body, "method": other}).json()["code"] == "tenant_method_refused"
+        first = c.post("/v1/forget", json=body)
+        assert first.status_code == 202, first.json()
+        assert c.post("/v1/forget", json={**body, "instance_ids": [_ids(58)]}).json()["code"] == "tenant_quota_exceeded"
