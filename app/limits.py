@@ -35,6 +35,12 @@ def json_depth(raw: bytes | str) -> int:
     return int(np.cumsum(step).max(initial=0))
 
 
+def may_exceed(raw: bytes, limit: int) -> bool:
+    """Whether ``raw`` could nest deeper than ``limit``: not when it holds ``limit`` brackets
+    or fewer (two C-level counts: a small body, e.g. every submission, skips the scan)."""
+    return raw.count(b"[") + raw.count(b"{") > limit
+
+
 def check_depth(raw: bytes | str, what: str = "body", limit: int = MAX_JSON_DEPTH) -> None:
     depth = json_depth(raw)
     if depth > limit:
@@ -66,7 +72,7 @@ class JsonDepthLimit:
             chunks.append(msg.get("body", b""))
             more = msg.get("more_body", False)
         body = b"".join(chunks)
-        depth = json_depth(body)
+        depth = json_depth(body) if may_exceed(body, self.limit) else 0
         if depth > self.limit:
             resp = error_response(422, "too_deep", f"body: JSON nested {depth} levels deep; at most {self.limit}")
             return await resp(scope, receive, send)

@@ -153,6 +153,16 @@ def _metrics_listener(settings: Settings, metrics: Metrics):
     return server
 
 
+def _telemetry() -> dict:
+    """FastAPI's native OpenTelemetry: on when the process is set up for it (an ``OTEL_``
+    variable, FastAPI's ``FASTAPI_OTEL_AUTO_CONFIGURE``), else off, decided once: left on,
+    it asked the global providers (environment lookups) on every request, about 1.5% of a
+    submission's CPU with nothing to export to (issue 16). Lethe's own metrics and logs are
+    Prometheus and app.observability."""
+    wanted = any(k.startswith("OTEL_") or k == "FASTAPI_OTEL_AUTO_CONFIGURE" for k in os.environ)
+    return {} if wanted else {"tracing": False, "metrics": False, "logs": False}
+
+
 def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.check_secrets()  # no development secrets outside the embedded demo
@@ -185,7 +195,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
                 stop()
             await dispose_async_engine(app.state)  # the hot routes' connections (app/deps.py)
 
-    app = FastAPI(title="Lethe", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="Lethe", version="0.1.0", lifespan=lifespan, telemetry=_telemetry(),
                   description="Machine-unlearning service: takes deletion requests and makes the served model "
                               "forget, with a versioned registry and a hash-chained audit trail.")
     app.state.limiter = RateLimiter({SUBMIT: settings.rate_submit_per_min, EXPENSIVE: settings.rate_expensive_per_min})
