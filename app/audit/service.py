@@ -122,13 +122,19 @@ def record(session: Session, *, actor: str, action: str, payload: dict | None = 
            subject_ref: str | None = None) -> None:
     """Record one event through the outbox, inside the caller's transaction, without the
     writers' lock; it is chained by the next ``drain`` (in order of recording). A Core insert
-    on the session's connection: it runs on every submission."""
-    session.connection().execute(_OUTBOX_INSERT, {
-        "ts": utcnow().isoformat(timespec="microseconds"), "actor": actor, "action": action,
-        "subject_ref": subject_ref, "payload": canonical_json(payload or {})})
+    on the session's connection."""
+    session.connection().execute(OUTBOX.insert(), outbox_row(actor=actor, action=action, payload=payload,
+                                                             subject_ref=subject_ref))
 
 
-_OUTBOX_INSERT = AuditOutbox.__table__.insert()
+def outbox_row(*, actor: str, action: str, payload: dict | None = None, subject_ref: str | None = None) -> dict:
+    """The ``audit_outbox`` row ``record`` inserts, for a caller that inserts it in a
+    statement of its own (a submission on Postgres: with the request, app/forget/service.py)."""
+    return {"ts": utcnow().isoformat(timespec="microseconds"), "actor": actor, "action": action,
+            "subject_ref": subject_ref, "payload": canonical_json(payload or {})}
+
+
+OUTBOX = AuditOutbox.__table__
 
 
 def append(session: Session, *, actor: str, action: str, payload: dict | None = None,

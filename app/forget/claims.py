@@ -28,17 +28,40 @@ def take(session: Session, model_name: str, request_id: str, instance_ids: list[
     if not ids:
         return {}
     rows = [{"model_name": model_name, "instance_id": i, "request_id": request_id} for i in ids]
-    # Core on the session's connection (every submission runs it); the statement is built once
-    # per dialect and its compiled form cached: the rows go as parameters (one multi-row
-    # INSERT ... RETURNING on the wire, SQLAlchemy's insertmanyvalues, ids in sorted order)
+    # Core on the session's connection; the statement is built once per dialect and its
+    # compiled form cached: the rows go as parameters (one multi-row INSERT ... RETURNING on
+    # the wire, SQLAlchemy's insertmanyvalues, ids in sorted order)
     got = set(session.connection().execute(_take_stmt(session.get_bind().dialect.name), rows).scalars())
-    if len(got) == len(ids):
+    return held_by_others(session, model_name, ids, got)
+
+
+def held_by_others(session: Session, model_name: str, ids: list[str], got: set[str]) -> dict[str, tuple[str, str]]:
+    """``take``'s answer once the INSERT returned ``got`` of ``ids``: {instance id: (holder
+    request id, holder status)} for the rest."""
+    if len(got) == len(set(ids)):
         return {}
     taken = [i for i in ids if i not in got]
     rows = session.execute(select(PendingClaim.instance_id, ForgetRequest.id, ForgetRequest.status)
                            .join(ForgetRequest, ForgetRequest.id == PendingClaim.request_id)
                            .where(PendingClaim.model_name == model_name, PendingClaim.instance_id.in_(taken)))
     return {iid: (rid, status) for iid, rid, status in rows}
+
+
+def insert_sorted_ids(dialect_insert=postgresql.insert):
+    """Postgres: the claims of one request in a single statement that can be a part of a
+    larger one (``forget.service``: with the request and its audit event). Parameters
+    ``c_model``, ``c_request``, ``c_ids`` (sorted: rows go in that order, ``WITH ORDINALITY``,
+    as ``take``'s do); returns the ids claimed."""
+    from sqlalchemy import String, bindparam, column, func
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    t = PendingClaim.__table__
+    ids = func.unnest(bindparam("c_ids", type_=ARRAY(String))).table_valued(column("iid", String),
+                                                                           with_ordinality="n").render_derived()
+    rows = (select(bindparam("c_model", type_=String), ids.c.iid, bindparam("c_request", type_=String))
+            .order_by(ids.c.n))
+    return (dialect_insert(t).from_select(["model_name", "instance_id", "request_id"], rows)
+            .on_conflict_do_nothing(index_elements=["model_name", "instance_id"]).returning(t.c.instance_id))
 
 
 @functools.cache
