@@ -271,4 +271,20 @@ def worker_process_app() -> FastAPI:
 
     settings = get_settings()
     configure_logging(settings.log_format)
-    return create_app(settings)
+    app = create_app(settings)
+    tune_gc()
+    return app
+
+
+def tune_gc() -> None:
+    """A serving process's garbage collector: what was built at start-up (modules, the app)
+    is frozen out of every later collection, and the youngest generation is collected every
+    10,000 net allocations instead of 700. A request allocates thousands of short-lived
+    objects (SQLAlchemy, pydantic), so at the default a submission triggered several
+    collections; measured at 32 clients (issue 16): POST 359 -> 387 req/s, p99 213 -> 205 ms;
+    GET 556 -> 616 req/s, p99 145 -> 99 ms. Called once the app is built."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)

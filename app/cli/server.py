@@ -56,7 +56,7 @@ def cmd_bootstrap(args) -> int:
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from ..main import create_app
+    from ..main import create_app, tune_gc
 
     settings = server_settings()
     problem = settings.web_concurrency_problem()
@@ -70,7 +70,9 @@ def cmd_serve(args) -> int:
     # template (never the raw path, which can carry a subject id)
     common = dict(host=settings.host, port=settings.port, log_level="info", access_log=False, log_config=None)
     if settings.web_concurrency == 1:
-        uvicorn.run(create_app(settings), **common)
+        app = create_app(settings)
+        tune_gc()
+        uvicorn.run(app, **common)
         return OK
     from .. import security
 
