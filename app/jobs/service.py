@@ -51,13 +51,21 @@ def requests_of(session: Session, job_id: str, *, open_only: bool = False) -> li
     return list(session.execute(q.order_by(ForgetRequest.received_at, ForgetRequest.id)).scalars())
 
 
+def has_open_requests(session: Session, job_id: str) -> bool:
+    """Whether any of the job's requests is still queued/running: one indexed read, whatever
+    their number (``requests_of`` loads them all: the sweeper asked this of a queued job with
+    10,000 requests every 20 s, issue 16)."""
+    return session.execute(select(ForgetRequest.id).where(ForgetRequest.job_id == job_id,
+                                                          ForgetRequest.status.in_(fm.OPEN)).limit(1)).first() is not None
+
+
 def cancel_if_empty(session: Session, job: Job, actor: str) -> bool:
     """A job that has not started and has no open request left is canceled (a consolidation
     job has none of its own: it stays)."""
     if job.status != QUEUED or job.objective == CONSOLIDATE:
         return False
     lock(session, job.id)  # a submission attaching to it right now commits first
-    if job.status != QUEUED or requests_of(session, job.id, open_only=True):
+    if job.status != QUEUED or has_open_requests(session, job.id):
         return False
     job.status, job.stage, job.finished_at, job.claim_token = CANCELED, "canceled", utcnow(), None
     audit.append(session, actor=actor, action="job.canceled",

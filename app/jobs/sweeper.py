@@ -70,7 +70,7 @@ def sweep(session: Session, *, lease_s: int, stuck_queued_s: int, now: dt.dateti
                                                         Job.id != job.id)).first()
             if busy is not None:
                 continue  # waiting its turn behind a running job of the same model: not stuck
-            if job.objective != CONSOLIDATE and not jobs.requests_of(session, job.id, open_only=True):
+            if job.objective != CONSOLIDATE and not jobs.has_open_requests(session, job.id):
                 jobs.cancel_if_empty(session, job, actor="sweeper")
                 continue
             job.sweeps, job.swept_at = (job.sweeps or 0) + 1, now
