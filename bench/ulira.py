@@ -37,7 +37,7 @@ from models.device import get_device
 from models.metrics import logit_confidence
 from models.ulira import run_ulira, train_shadows
 from models.unlearn import UnlearnRequest, get_method
-from models.unlearn.instance import LetheConfig, _prepare, _privacy_signal
+from models.unlearn.instance import privacy_signal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_METHODS = ["noop", "retrain", "lethe_retrain_like", "lethe", "finetune", "neggrad_plus", "random_labels",
@@ -121,8 +121,7 @@ def stopping_rule_passes(original, unlearned, forget, retain, calib, seed) -> bo
     `retrain` and refuses `noop` (which it refuses by construction)."""
     req = UnlearnRequest(*forget, objective="retrain_like", retain_x=retain[0], retain_y=retain[1],
                          holdout_x=calib[0], holdout_y=calib[1], seed=seed)
-    job = _prepare(original, req, LetheConfig(), torch.Generator().manual_seed(seed), None)
-    sig = _privacy_signal(unlearned, job)
+    sig = privacy_signal(original, unlearned, req)
     return bool(sig["df_confidence_drop"] <= -sig["df_drop_required"]) if sig else None
 
 
@@ -163,7 +162,6 @@ def main(argv=None):
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     p.add_argument("--flip-max-k", type=int, default=32, help="skip misclassify/relabel rows above this k")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--append", action="store_true", help="add the rows to --out instead of replacing it")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="only merge result files of separate runs into --out")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "ulira.json"))
     a = p.parse_args(argv)
@@ -178,10 +176,8 @@ def main(argv=None):
         return print(f"merged {len(merged['rows'])} rows into {a.out}")
     torch.set_num_threads(a.threads)
     device = get_device()
-    old = json.load(open(a.out))["rows"] if a.append and os.path.exists(a.out) else []
     doc = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "commands": ([*json.load(open(a.out)).get("commands", [])] if old else []) + [" ".join(argv)],
-           "default_method": DEFAULT_METHOD, "rows": list(old)}
+           "commands": [" ".join(argv)], "default_method": DEFAULT_METHOD, "rows": []}
 
     def emit(r):
         doc["rows"].append(r)

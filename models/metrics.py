@@ -145,6 +145,18 @@ def lira_scores(phi: np.ndarray, mu_in: np.ndarray, sd_in, mu_out: np.ndarray, s
     return _log_normal(phi, mu_in, sd_in) - _log_normal(phi, mu_out, sd_out)
 
 
+def complementary_halves(n: int, n_shadows: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_shadows, n) membership of shadow models: random halves in complementary pairs, so each
+    example is "in" exactly half the shadows (an odd last shadow gets an unpaired half)."""
+    member = np.zeros((n_shadows, n), dtype=bool)
+    for i in range(0, n_shadows, 2):
+        half = rng.permutation(n) < n // 2
+        member[i] = half
+        if i + 1 < n_shadows:
+            member[i + 1] = ~half
+    return member
+
+
 class ShadowBank:
     """Per-example in/out Gaussians of phi from shadow models trained on random halves of a pool.
 
@@ -166,15 +178,7 @@ class ShadowBank:
     @classmethod
     def train(cls, train_fn, pool_x: torch.Tensor, pool_y: torch.Tensor, n_shadows: int, seed: int = 0):
         """`train_fn(x, y, seed) -> model`; shadow i trains on a random half of the pool."""
-        rng = np.random.default_rng(seed)
-        n = len(pool_x)
-        member = np.zeros((n_shadows, n), dtype=bool)
-        # balanced halves: each example is "in" exactly half the shadows (pairs of complements)
-        for i in range(0, n_shadows, 2):
-            half = rng.permutation(n) < n // 2
-            member[i] = half
-            if i + 1 < n_shadows:
-                member[i + 1] = ~half
+        member = complementary_halves(len(pool_x), n_shadows, np.random.default_rng(seed))
         phi = np.stack([logit_confidence(train_fn(pool_x[torch.from_numpy(m)], pool_y[torch.from_numpy(m)], seed + i),
                                          pool_x, pool_y) for i, m in enumerate(member)])
         return cls(phi, member)

@@ -42,7 +42,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .metrics import _log_normal, auc, logit_confidence, tpr_at_fpr
+from .metrics import _log_normal, auc, complementary_halves, logit_confidence, tpr_at_fpr
 
 Data = tuple[torch.Tensor, torch.Tensor]
 TrainFn = Callable[[torch.Tensor, torch.Tensor, int], torch.nn.Module]          # (x, y, seed) -> model
@@ -69,21 +69,12 @@ class Shadows:
         return self.base[0][m], self.base[1][m]
 
 
-def complementary_halves(n: int, n_shadows: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_shadows, n) membership: pairs of complementary random halves (n_shadows even)."""
-    if n_shadows < 4 or n_shadows % 2:
-        raise ValueError("n_shadows must be even and >= 4 (complementary pairs, leave-one-out fits)")
-    member = np.zeros((n_shadows, n), dtype=bool)
-    for i in range(0, n_shadows, 2):
-        half = rng.permutation(n) < n // 2
-        member[i], member[i + 1] = half, ~half
-    return member
-
-
 def train_shadows(train_fn: TrainFn, base: Data, targets: Data, n_shadows: int, seed: int = 0) -> Shadows:
     """Step 1: shadow i trains on a random half of the base pool and a random half of T."""
     if len(targets[0]) < 2:
         raise ValueError("U-LiRA needs at least 2 targets (one trained on, one held out, per shadow)")
+    if n_shadows < 4 or n_shadows % 2:
+        raise ValueError("n_shadows must be even and >= 4 (complementary pairs, leave-one-out fits)")
     rng = np.random.default_rng(seed)
     bm = complementary_halves(len(base[0]), n_shadows, rng)
     tm = complementary_halves(len(targets[0]), n_shadows, rng)

@@ -711,6 +711,15 @@ def _privacy_signal(model, job: _Job) -> dict:
             "over_forgetting": bool(drop < -3 * expected)}
 
 
+def privacy_signal(original: nn.Module, unlearned: nn.Module, req: UnlearnRequest) -> dict:
+    """`_privacy_signal` of any model against `original`, calibrated as Lethe calibrates a job
+    (default LetheConfig, the request's seed): how the ``retrain_like`` stopping rule would judge
+    `unlearned` -- used by the benchmark to measure the rule on retrained and unchanged models.
+    Empty when the request has no held-out data."""
+    job = _prepare(original, req, LetheConfig(), torch.Generator().manual_seed(req.seed), None)
+    return _privacy_signal(unlearned, job)
+
+
 def lethe_unlearn(model: nn.Module, req: UnlearnRequest, cfg: LetheConfig,
                   progress: ProgressFn | None = None) -> UnlearnResult:
     """Lethe's method: prepare the job, edit the tail, edit the whole network only if needed."""
