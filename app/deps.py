@@ -124,8 +124,7 @@ async def request_db(request: Request) -> AsyncIterator[RequestDb]:
         yield RequestDb(asession.sync_session, asession)
     except BaseException:
         with anyio.CancelScope(shield=True):
-            await asession.rollback()
-            await asession.close()
+            await asession.close()  # rolls the transaction back and returns the connection, in one step
         raise
     with anyio.CancelScope(shield=True):
         try:

@@ -329,10 +329,19 @@ def test_submit_and_polls_over_http_on_the_event_loop(pg):
     sent = RecordingDispatcher()
     app = create_app(s, dispatcher=sent)
     key = make_key(s)
+
+    def events() -> int:
+        with session_scope(pg.database_url) as db:
+            audit.drain(db)
+            return db.execute(select(func.count()).select_from(AuditEvent)
+                              .where(AuditEvent.action == "forget.received")).scalar()
+
+    before = events()
     with TestClient(app, headers=bearer(key)) as c:
         answers = _run(16, lambda k: [c.post("/v1/forget", json=b) for b in bodies[k::16]])
         loop, engine = app.state.async_engine
         assert engine is not None  # the async path was taken
+        assert engine.sync_engine.pool.checkedout() == 0  # refused requests too gave their connection back
     flat = [r for rs in answers for r in rs]
     ok = [r.json() for r in flat if r.status_code == 202]
     refused = [r.json() for r in flat if r.status_code != 202]
@@ -347,6 +356,7 @@ def test_submit_and_polls_over_http_on_the_event_loop(pg):
         received = Counter(json.loads(p)["request_id"] for p in db.execute(
             select(AuditEvent.payload).where(AuditEvent.action == "forget.received")).scalars())
         assert all(received[a["id"]] == 1 for a in ok)
+    assert events() - before == len(ok)  # a refused submission left no event
     with TestClient(app, headers=bearer(key)) as c:  # a new event loop: a new engine, the same answers
         got = c.get(f"/v1/forget/{ok[0]['id']}")
         assert got.status_code == 200 and got.json()["status"] == "queued"
