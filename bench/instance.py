@@ -209,8 +209,12 @@ def main(argv=None):
     argv = argv if argv is not None else sys.argv[1:]
     if a.merge:
         docs = [json.load(open(path)) for path in a.merge]
+        runs = []  # the command of each run merged, flattened when a file was itself a merge
+        for d in docs:
+            argv_d = d.get("argv", [])
+            runs += argv_d[1:] if argv_d[:1] == ["--merge"] else [" ".join(argv_d)]
         merged = {"machine": docs[0]["machine"], "started": docs[0].get("started", "?"),
-                  "argv": ["--merge"] + [" ".join(d.get("argv", [])) for d in docs], "default_method": DEFAULT_METHOD,
+                  "argv": ["--merge"] + [r for r in runs if r.strip()], "default_method": DEFAULT_METHOD,
                   "rows": [r for d in docs for r in d["rows"]]}
         if any(d.get("partial") for d in docs):
             merged["partial"] = True
