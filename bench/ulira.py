@@ -34,7 +34,7 @@ import torch
 from bench.instance import DEFAULT_METHOD, METHOD_ROWS, _train, machine
 from models.data import load_dataset
 from models.device import get_device
-from models.metrics import logit_confidence
+from models.metrics import ShadowBank, logit_confidence
 from models.ulira import run_ulira, train_shadows
 from models.unlearn import UnlearnRequest, get_method
 from models.unlearn.instance import privacy_signal
@@ -86,15 +86,22 @@ class Unlearner:
         self.d, self.method, self.calib, self.device = d, method, calib, device
         self.seconds, self.cpu_seconds, self.runs, self.not_converged = 0.0, 0.0, 0, 0
         self.rule_passes = self.rule_runs = 0
+        self.ref_cpu_seconds = 0.0
 
     def __call__(self, model, forget, retain, seed):
         t, c = time.perf_counter(), time.process_time()
+        gap = None
+        if self.method.endswith("_ref"):  # per-example gaps from reference models: an offline cost, timed apart
+            c_ref = time.process_time()
+            gap = reference_gap(self.d, forget, retain, seed, self.device)
+            self.ref_cpu_seconds += time.process_time() - c_ref
+            c = time.process_time()
         if self.method == "noop":
             out = model
         elif self.method == "retrain":
             out = _train(self.d, *retain, seed, self.device)
         else:
-            fn, objective, options = METHOD_ROWS[self.method]
+            fn, objective, options = METHOD_ROWS[self.method.removesuffix("_ref")]
             targets = None
             if objective == "relabel":
                 g = torch.Generator().manual_seed(seed)
@@ -102,7 +109,8 @@ class Unlearner:
                     % self.d.num_classes
             res = get_method(fn)(model, UnlearnRequest(
                 *forget, objective=objective, target_labels=targets, retain_x=retain[0], retain_y=retain[1],
-                holdout_x=self.calib[0], holdout_y=self.calib[1], seed=seed, options=dict(options)))
+                holdout_x=self.calib[0], holdout_y=self.calib[1], seed=seed, options=dict(options),
+                reference_gap=gap))
             out = res.model
             self.not_converged += not bool(res.stats.get("converged", True))
         self.seconds += time.perf_counter() - t
@@ -113,6 +121,19 @@ class Unlearner:
             self.rule_runs += 1
             self.rule_passes += passed
         return out
+
+
+REFERENCE_MODELS = 4
+
+
+def reference_gap(d, forget, retain, seed, device) -> torch.Tensor:
+    """Each forget instance's own membership gap, from REFERENCE_MODELS models trained on
+    complementary halves of the model's training set (metrics.ShadowBank): what a service would
+    compute once per exact model version, LiRA's offline calibration."""
+    x, y = torch.cat([forget[0], retain[0]]), torch.cat([forget[1], retain[1]])
+    bank = ShadowBank.train(lambda xs, ys, s: _train(d, xs, ys, s, device), x, y, REFERENCE_MODELS, seed=50_000 + seed)
+    k = len(forget[0])
+    return torch.from_numpy(bank.mu_in[:k] - bank.mu_out[:k]).float()
 
 
 def stopping_rule_passes(original, unlearned, forget, retain, calib, seed) -> bool | None:
@@ -140,16 +161,19 @@ def run(datasets, scenarios, seeds, methods, n_shadows, device, emit, flip_max_k
                 train_s = (time.process_time() - c) / n_shadows
                 print(f"[{name} {scenario} seed {seed}] {n_shadows} shadows, {train_s:.1f} s each", flush=True)
                 for method in methods:
-                    if method in METHOD_ROWS and METHOD_ROWS[method][1] in ("misclassify", "relabel") and k > flip_max_k:
+                    base_method = method.removesuffix("_ref")
+                    if base_method in METHOD_ROWS and METHOD_ROWS[base_method][1] in ("misclassify", "relabel") \
+                            and k > flip_max_k:
                         continue  # flipping: minutes per shadow above this k (the instance benchmark has them)
                     u = Unlearner(d, method, calib, device)
                     res = run_ulira(shadows, u)
                     emit({"dataset": name, "scenario": scenario, "k": k, "seed": seed, "method": method,
-                          "objective": METHOD_ROWS[method][1] if method in METHOD_ROWS else None,
+                          "objective": METHOD_ROWS[base_method][1] if base_method in METHOD_ROWS else None,
                           "shadows": n_shadows, **res, "seconds": u.seconds / max(u.runs, 1),
                           "cpu_seconds": u.cpu_seconds / max(u.runs, 1),
                           "train_seconds": train_s, "not_converged": u.not_converged,
-                          "stop_rule_passes": u.rule_passes, "stop_rule_runs": u.rule_runs})
+                          "stop_rule_passes": u.rule_passes, "stop_rule_runs": u.rule_runs,
+                          "reference_cpu_seconds": u.ref_cpu_seconds / max(u.runs, 1)})
 
 
 def main(argv=None):

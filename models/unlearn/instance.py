@@ -498,9 +498,10 @@ def _retrain_like_test(model, req, cfg, xf, yf, xh, yh, gen, dev) -> RetrainLike
         return None
     m_idx = torch.randperm(len(req.retain_x), generator=gen)[:cfg.members_size]
     xm, ym = req.retain_x[m_idx].to(dev), req.retain_y[m_idx].to(dev)
+    gap = req.reference_gap[keep.cpu()].cpu().numpy() if req.reference_gap is not None else None
     test = RetrainLikeTest(_phi(_logits(model, xf[keep]), yf[keep]).cpu().numpy(),
                            _phi(_logits(model, xm), ym).cpu().numpy(), _phi(_logits(model, xh), yh).cpu().numpy(),
-                           tau=cfg.retrain_tau, floor_rel=cfg.retrain_floor_rel)
+                           tau=cfg.retrain_tau, floor_rel=cfg.retrain_floor_rel, expected_shift=gap)
     test.keep = keep  # the forget instances it speaks for
     return test
 

@@ -79,6 +79,11 @@ class UnlearnRequest:
       (every instance away from its label) or "relabel" (towards target_labels, or a
       per-instance choice when None).
     retain_x/retain_y: remaining training data (None when the service does not hold it).
+    reference_gap: optional, per forget instance, its own membership gap measured by reference
+      models (mean logit confidence of references trained on it minus of references not
+      trained on it: LiRA's offline calibration, Carlini et al. 2022); ``retrain_like`` then
+      aims at this per-example drop instead of the population estimate
+      (metrics.RetrainLikeTest, ``expected_shift``).
     """
 
     forget_x: torch.Tensor
@@ -94,6 +99,7 @@ class UnlearnRequest:
     # exact methods (SISA, ARCANE) delete by id and retrain from the retained rows by id
     forget_ids: list[str] | None = None
     retain_ids: list[str] | None = None
+    reference_gap: "torch.Tensor | None" = None
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -104,6 +110,8 @@ class UnlearnRequest:
             raise ValueError("forget_x and forget_y differ in length")
         if self.target_labels is not None and len(self.target_labels) != len(self.forget_y):
             raise ValueError("target_labels must give one label per forget instance")
+        if self.reference_gap is not None and len(self.reference_gap) != len(self.forget_y):
+            raise ValueError("reference_gap must give one value per forget instance")
         if self.target_labels is not None and bool((self.target_labels == self.forget_y).any()):
             raise ValueError("a relabel target equals the instance's own label")
 

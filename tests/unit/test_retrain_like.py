@@ -78,3 +78,24 @@ def test_retrain_like_forgets_a_whole_class_as_retraining_does(digits_split):
     assert not bool((res.model(d.x_train[gone]).argmax(1) == 3).any())
     keep = d.y_train != 3
     assert float((res.model(d.x_train[keep][:300]).argmax(1) == d.y_train[keep][:300]).float().mean()) > 0.9
+
+
+def test_a_reference_gap_replaces_the_population_estimate_per_example():
+    members, nonmembers = np.arange(100.0), np.arange(100.0) - 10
+    test = RetrainLikeTest(np.array([50.0, 90.0]), members, nonmembers, expected_shift=np.array([2.0, 30.0]))
+    assert np.allclose(test.targets(nonmembers), [48.0, 60.0])  # each example its own measured gap
+    # a negative or zero measured gap still asks for the floor, never for a rise
+    floor = RetrainLikeTest(np.array([50.0]), members, nonmembers, expected_shift=np.array([-5.0]))
+    assert floor.shift[0] > 0
+
+
+def test_lethe_aims_at_the_reference_gap_it_is_given(digits_split):
+    d, fi, ri, holdout, original, _ = digits_split
+    kw = dict(objective="retrain_like", retain_x=d.x_train[ri], retain_y=d.y_train[ri], holdout_x=holdout[0],
+              holdout_y=holdout[1])
+    with pytest.raises(ValueError, match="reference_gap"):
+        UnlearnRequest(d.x_train[fi], d.y_train[fi], reference_gap=torch.ones(3), **kw)
+    small = get_method("lethe")(original, UnlearnRequest(d.x_train[fi], d.y_train[fi], reference_gap=torch.full((64,), 0.05), **kw))
+    large = get_method("lethe")(original, UnlearnRequest(d.x_train[fi], d.y_train[fi], reference_gap=torch.full((64,), 1.5), **kw))
+    assert large.stats["df_drop_expected"] > 10 * small.stats["df_drop_expected"]
+    assert large.stats["df_confidence_drop"] < small.stats["df_confidence_drop"] < 0
