@@ -150,11 +150,13 @@ def ulira_default_table(udoc) -> str:
     out = [f"Full U-LiRA (the method run inside every shadow; `models/ulira.py`): AUC of telling "
            f"\"unlearned\" from \"never trained on\" per example, leave one shadow out. Per cell: the "
            f"default (`{default}`) minus `retrain` on the same shadows, per target-set seed; met = within "
-           f"{AUC_TOL} on every seed. `noop` and `lethe` (misclassify) bracket it. Run(s): "
+           f"{AUC_TOL} on every seed. `noop` and `lethe` (misclassify) bracket it; the last column is the default given each "
+           f"example's membership gap measured by 4 reference models (`UnlearnRequest.reference_gap`). Run(s): "
            + "; ".join(f"`python -m bench.ulira {c}`" for c in udoc.get("commands", [])) + f" ({udoc['machine']}).",
            "", "| dataset | scenario | k | shadows | seeds | default AUC | retrain AUC | default − retrain (worst) | met "
-           "| noop AUC | `lethe` (misclassify) AUC | stopping rule accepts retrain / default / noop | default CPU s | retrain CPU s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| noop AUC | `lethe` (misclassify) AUC | stopping rule accepts retrain / default / noop | default CPU s | retrain CPU s "
+           "| with reference gaps (`_ref`) − retrain (worst) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(ds, sc) for ds, sc, m in cells if m == default}, key=lambda k: (k[0], _order(k[1])))
     for ds, sc in keys:
         dflt, rt = cells[(ds, sc, default)], cells.get((ds, sc, "retrain"), {})
@@ -177,8 +179,18 @@ def ulira_default_table(udoc) -> str:
                    f"{st.mean(diff):+.3f} ({worst:+.3f}) | {'yes' if all(abs(x) <= AUC_TOL for x in diff) else 'no'} | "
                    f"{_fmt(mean_auc('noop'), '.3f')} | {_fmt(mean_auc('lethe'), '.3f')} | "
                    f"{rule('retrain')} / {rule(default)} / {rule('noop')} | "
-                   f"{st.mean(dflt[s]['cpu_seconds'] for s in seeds):.2f} | {st.mean(rt[s]['cpu_seconds'] for s in seeds):.2f} |")
+                   f"{st.mean(dflt[s]['cpu_seconds'] for s in seeds):.2f} | {st.mean(rt[s]['cpu_seconds'] for s in seeds):.2f} | "
+                   f"{_vs_retrain(cells.get((ds, sc, default + '_ref'), {}), rt)} |")
     return "\n".join(out)
+
+
+def _vs_retrain(rows_by_seed: dict, retrain_by_seed: dict) -> str:
+    """Mean (worst) AUC difference to retraining over the seeds both have, with those seeds."""
+    seeds = sorted(set(rows_by_seed) & set(retrain_by_seed))
+    if not seeds:
+        return "–"
+    diff = [rows_by_seed[s]["ulira_auc"] - retrain_by_seed[s]["ulira_auc"] for s in seeds]
+    return f"{st.mean(diff):+.3f} ({max(diff, key=abs):+.3f}; seeds {','.join(map(str, seeds))})"
 
 
 def ulira_methods_table(udoc) -> str:
