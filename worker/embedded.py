@@ -44,10 +44,13 @@ class EmbeddedWorker:
         if not self.settings.embedded_worker or (self.thread and self.thread.is_alive()):
             return
         from app.catalogue import service as catalogue
+        from app.catalogue import subjects
         from app.jobs import service as jobs
 
         with session_scope(self.settings.database_url) as db:
             catalogue.purge_erased_raw(db)  # a crash after an erasure commit leaves no raw data behind
+        subjects.erase_pending(self.settings)  # and no row of a subject erased everywhere
+        with session_scope(self.settings.database_url) as db:
             jobs.release_orphans(db, "embedded:")  # one gateway per embedded database: earlier ones are gone
             for job_id in jobs.recoverable(db):
                 self.queue.put(job_id)

@@ -43,3 +43,4 @@ class Dataset(Base):
             counts = store.counts()
             self.erased_rows += rows
             self.train_rows, self.test_rows, self.bytes = counts["train"], counts["test"], store.disk_bytes()
+            self.subjects = store.subject_count()  # a subject erased everywhere no longer counts

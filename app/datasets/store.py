@@ -251,6 +251,15 @@ class DatasetStore:
             return [r[0] for r in db.execute(
                 "SELECT instance_id FROM instances WHERE subject_ref=? ORDER BY instance_id", (subject_ref,))]
 
+    def subject_rows(self, subject_ref: str) -> dict[str, list[str]]:
+        """{split: instance ids} of every row of a subject, in every split (an index probe)."""
+        out: dict[str, list[str]] = {}
+        with self._db() as db:
+            for iid, split in db.execute("SELECT instance_id, split FROM instances WHERE subject_ref=? "
+                                         "ORDER BY instance_id", (subject_ref,)):
+                out.setdefault(split, []).append(iid)
+        return out
+
     def index(self, split: str = "train", ids: list[str] | None = None) -> list[tuple[str, str | None, int]]:
         """(instance_id, subject_ref, label) of the rows of ``split`` (or of ``ids``), in
         storage order: what a model's catalogue is built from."""

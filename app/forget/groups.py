@@ -18,6 +18,7 @@ from ..audit import certificates
 from ..audit import service as audit
 from ..audit.signing import sign_document
 from ..catalogue import service as catalogue
+from ..catalogue import subjects
 from ..db import utcnow
 from ..errors import LetheError
 from ..security import tenants
@@ -49,11 +50,14 @@ def holders(session: Session, ref: str) -> dict[str, list]:
     return out
 
 
-def _targets(session: Session, body: ForgetCreate, ref: str) -> dict[str, list[str] | None]:
+def _targets(session: Session, body: ForgetCreate, ref: str, in_stores: bool) -> dict[str, list[str] | None]:
     """An operator's erasure: {model: the instance ids to name, None for all the subject's}
-    per model holding the subject's data; 404/409 when none does."""
+    per model holding the subject's data; 404/409 when no model does and no dataset holds
+    a row of the subject (``in_stores``: some dataset does; then no model is needed)."""
     held = holders(session, ref)
     if not held:
+        if in_stores:
+            return {}
         if catalogue.by_subject(session, ref):
             raise LetheError(409, "already_erased",
                              f"subject {body.subject_id!r} is already erased from every model that held their data")
@@ -100,9 +104,14 @@ def submit_all(session: Session, settings: Settings, body: ForgetCreate, *, idem
                                                                  f"used for erasure {old.id} with a different body")
             return old, requests_of(session, old.id), [], True
     ref = catalogue.subject_ref(settings.subject_secret, body.subject_id)
-    held = _targets(session, body, ref) if policy is None else _tenant_targets(session, policy)
+    if policy is None:  # every dataset: held-out rows and rows no model trained on included
+        rows = subjects.plan(session, settings, ref)
+        held = _targets(session, body, ref, bool(rows))
+    else:  # a tenant: the datasets of the models it may target
+        held = _tenant_targets(session, policy)
+        rows = subjects.plan(session, settings, ref, _datasets_of(session, held))
     group = ErasureGroup(id=str(uuid.uuid4()), subject_ref=ref, idempotency_key=stored_key, fingerprint=fp,
-                         models=sorted(held), created_by=actor[:128], received_at=utcnow())
+                         models=sorted(held), created_by=actor[:128], received_at=utcnow(), datasets=rows)
     session.add(group)
     session.flush()
     requests, to_dispatch = [], []
@@ -119,16 +128,34 @@ def submit_all(session: Session, settings: Settings, body: ForgetCreate, *, idem
             to_dispatch.append(job_id)
     session.flush()
     audit.append(session, actor=actor, action="forget.fanned_out", subject_ref=ref,
-                 payload={"group_id": group.id, "models": group.models, "requests": [r.id for r in requests]})
+                 payload={"group_id": group.id, "models": group.models, "requests": [r.id for r in requests],
+                          "datasets": {name: e["rows"] for name, e in rows.items()}})
     return group, requests, to_dispatch, False
 
 
-def status(reqs: list[ForgetRequest]) -> str:
-    """completed (every request), queued / running (some still open), or incomplete (some
-    failed, denied or canceled and none open)."""
+def _datasets_of(session: Session, models) -> set[str]:
+    from ..registry.models import RegisteredModel
+
+    return set(session.execute(select(RegisteredModel.dataset).where(RegisteredModel.name.in_(list(models))))
+               .scalars()) - {None}
+
+
+def due_at(group: ErasureGroup, reqs: list[ForgetRequest]):
+    import datetime as dt
+
+    return min([r.due_at for r in reqs] or [group.received_at + dt.timedelta(days=fm.DUE_DAYS)])
+
+
+def status(reqs: list[ForgetRequest], group: ErasureGroup | None = None) -> str:
+    """completed (every request, and the rows no model held removed from the stores),
+    queued / running (some still open), or incomplete (some failed, denied or canceled and
+    none open)."""
     states = {r.status for r in reqs}
+    rows_done = group is None or group.rows_erased_at is not None
+    if not reqs:
+        return fm.COMPLETED if rows_done else fm.QUEUED
     if states == {fm.COMPLETED}:
-        return fm.COMPLETED
+        return fm.COMPLETED if rows_done else fm.RUNNING
     if fm.RUNNING in states:
         return fm.RUNNING
     if fm.QUEUED in states:
@@ -144,6 +171,8 @@ def certificate(session: Session, settings: Settings, group_id: str) -> dict:
         raise LetheError(404, "unknown_erasure", f"erasure {group_id!r} not found")
     reqs = requests_of(session, group_id)
     open_ = [f"{r.model_name} ({r.status})" for r in reqs if r.status != fm.COMPLETED]
+    if group.rows_erased_at is None:
+        open_.append("the rows no model held (not yet removed from the dataset stores)")
     if open_:
         raise LetheError(409, "not_completed", f"erasure {group_id} is not complete; still: {', '.join(open_)}")
     models = []
@@ -152,10 +181,23 @@ def certificate(session: Session, settings: Settings, group_id: str) -> dict:
         models.append({k: c[k] for k in ("model", "request_id", "instances", "instances_sha256", "method",
                                          "version_before", "version_after", "exact_version", "verification",
                                          "completed_at", "audit_entry", "consolidation_entry")})
-    completed = max(r.completed_at for r in reqs)
-    due = min(r.due_at for r in reqs)
+    completed = max([r.completed_at for r in reqs] + [group.rows_erased_at])
+    due = due_at(group, reqs)
     doc = {"type": CERTIFICATE_TYPE, "format_version": 1, "issuer": "lethe", "erasure_id": group.id,
            "subject_ref": group.subject_ref, "received_at": group.received_at.isoformat(),
            "completed_at": completed.isoformat(), "due_at": due.isoformat(), "completed_within_due": completed <= due,
-           "models": models}
+           "models": models, "datasets": _dataset_lines(settings, group)}
     return sign_document(settings, doc)
+
+
+def _dataset_lines(settings: Settings, group: ErasureGroup) -> list[dict]:
+    """Per dataset: the subject's rows erased by split (training rows through the models'
+    lineage, the rest straight from the store), the held-out split's size before and after,
+    the models whose evaluation set shrank, and what the store still holds of the subject
+    (nothing, once every model's job has published)."""
+    record = group.datasets or {}
+    left = subjects.still_stored(settings, group.subject_ref, sorted(record))
+    return [{"dataset": name, "rows_erased": e.get("rows", {}), "removed_from_store_at_once": e.get(
+             "erased_from_store", {}), "held_out_rows": e.get("held_out_rows"),
+             "evaluation_changed_for": e.get("evaluation_changed_for", []), "rows_still_stored": left.get(name, {})}
+            for name, e in sorted(record.items())]

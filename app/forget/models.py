@@ -74,6 +74,10 @@ class ErasureGroup(Base):
     models: Mapped[list] = mapped_column(JSON)
     created_by: Mapped[str] = mapped_column(String(128))
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # {dataset: {"rows": {split: n}, ...}}: the subject's rows in every dataset store, every
+    # split (app/catalogue/subjects.py); rows_erased_at: when those no model holds were removed
+    datasets: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    rows_erased_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class PendingClaim(Base):

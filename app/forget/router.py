@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Response
@@ -12,6 +13,8 @@ from ..jobs import service as jobs
 from ..jobs.dispatch import send_after_commit
 from ..jobs.schemas import JobRead
 from ..audit import certificates
+from ..catalogue import subjects
+from ..db import utcnow
 from ..security import (AUDIT_READ, FORGET_READ, FORGET_WRITE, MODELS_ADMIN, Principal, require_scope,
                         require_scope_on_loop)
 from ..security.ratelimit import SUBMIT
@@ -82,6 +85,10 @@ async def create_forget(body: ForgetCreate, db: RequestDbDep, settings: Settings
     answer, to_dispatch = await db.run(_submit, settings, body, response, principal, idempotency_key)
     if to_dispatch:
         await run_in_threadpool(_dispatch, dispatcher, to_dispatch)
+    if answer.erasure_id is not None:  # the subject's rows no model holds: out of the stores now
+        done = await run_in_threadpool(subjects.erase_unheld, settings, answer.erasure_id, principal.actor)
+        if done and not answer.requests:
+            answer.status = fm.COMPLETED
     return answer
 
 
@@ -130,8 +137,10 @@ def _erase_everywhere(body, session, settings, response, principal, idempotency_
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/erasures/{group.id}"
-    return ForgetAccepted(id=group.id, erasure_id=group.id, status=groups.status(reqs),
-                          due_at=min(r.due_at for r in reqs), days_left=min(service.days_left(r) or 0 for r in reqs),
+    due = groups.due_at(group, reqs)
+    return ForgetAccepted(id=group.id, erasure_id=group.id, status=groups.status(reqs, group), due_at=due,
+                          days_left=min([service.days_left(r) or 0 for r in reqs]
+                                        or [math.ceil((due - utcnow()).total_seconds() / 86400)]),
                           requests=[_member(r, principal) for r in reqs]), list(to_dispatch)
 
 
@@ -143,8 +152,9 @@ def read_erasure(erasure_id: str, session: SessionDep,
     reqs = groups.requests_of(session, erasure_id) if group is not None else []
     if group is None or not _visible(principal, reqs):
         raise LetheError(404, "unknown_erasure", f"erasure {erasure_id!r} not found")
-    state = groups.status(reqs)
+    state = groups.status(reqs, group)
     return ErasureRead(id=group.id, status=state, models=group.models, received_at=group.received_at,
+                       datasets=group.datasets or {},
                        requests=[_member(r, principal) for r in reqs],
                        certificate_url=f"/v1/erasures/{group.id}/certificate" if state == fm.COMPLETED else None)
 

@@ -155,4 +155,7 @@ class ErasureRead(BaseModel):
     models: list[str]
     received_at: dt.datetime
     requests: list[ErasureMember]
+    datasets: dict = Field(default_factory=dict, description="per dataset: the subject's rows by split (training "
+                           "and held-out), and once removed, what left the store at once and how the held-out "
+                           "split changed")
     certificate_url: str | None = None

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..audit import service as audit
+from ..catalogue import subjects
 from ..db import session_scope, utcnow
 from ..periodic import PeriodicThread
 from ..forget import models as fm
@@ -110,6 +111,7 @@ def sweep_and_dispatch(settings, dispatcher) -> list[str]:
         started = consolidate_due(db, settings)
     with session_scope(settings.database_url) as db:  # a crash after a publish may have left weights to purge
         governance.purge_all(db, settings.registry_dir, actor="sweeper")
+    subjects.erase_pending(settings)  # a subject's rows no model held, left by a crash after the erasure's commit
     for job_id in ids + started:
         send_after_commit(dispatcher, job_id)
     if ids:

@@ -3,6 +3,7 @@ a model still holding data erased elsewhere is tainted; one certificate names ev
 import torch
 
 from app.audit import signing
+from app.catalogue import service as catalogue
 from app.db import session_scope
 from app.jobs import service as jobs
 from app.registry import service as registry
@@ -86,7 +87,10 @@ def test_forget_without_model_reaches_every_model_with_one_certificate(client, s
     assert signing.verify_certificate(signed, signing.load_public_key(pub)) == (True, None)
     ev = client.get("/v1/audit", params={"action": "forget.fanned_out"}).json()["entries"]
     assert len(ev) == 1 and ev[0]["payload"]["models"] == [MODEL, OTHER]
-    # everything erased everywhere: a new erasure has nothing left to do
+    # everything erased everywhere (the raw rows too, as the worker's publish removes them): a
+    # new erasure has nothing left to do
+    with session_scope(seeded.database_url) as db:
+        catalogue.purge_erased_raw(db)
     r = client.post("/v1/forget", json={"subject_id": "alice"})
     assert r.status_code == 409 and r.json()["code"] == "already_erased"
 
