@@ -12,7 +12,11 @@ METRICS_READ = "metrics:read"  # Prometheus: GET /metrics and nothing else
 # whether a model holds someone's data), so not part of forget:read: for portals that verify
 # the person first (migration 0013 gave it to the keys that had forget:read)
 SUBJECTS_READ = "subjects:read"
-SCOPES: tuple[str, ...] = (FORGET_WRITE, FORGET_READ, SUBJECTS_READ, AUDIT_READ, MODELS_ADMIN, METRICS_READ)
+# serving systems: read the registry and download the weights of the models granted to the
+# key's tenant; nothing of requests, subjects or the audit log (a tenant-bound scope)
+MODELS_READ = "models:read"
+SCOPES: tuple[str, ...] = (FORGET_WRITE, FORGET_READ, SUBJECTS_READ, AUDIT_READ, MODELS_ADMIN, METRICS_READ,
+                           MODELS_READ)
 
 
 def check_scopes(scopes: Iterable[str]) -> list[str]:
