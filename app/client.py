@@ -43,15 +43,19 @@ class Api:
             return None
         return r.json() if "json" in r.headers.get("content-type", "") else r.text
 
-    def download(self, path: str, out: IO[bytes], *, params: dict | None = None) -> int:
+    def download(self, path: str, out: IO[bytes], *, params: dict | None = None,
+                 headers_out: dict | None = None) -> int:
         """GET ``path`` and stream the body into ``out`` (e.g. the audit export's JSON lines);
-        returns the number of bytes written."""
+        returns the number of bytes written. ``headers_out``: filled with the answer's headers
+        (lower-case names)."""
         written = 0
         try:
             with self.http.stream("GET", path, params=_present(params)) as r:
                 if r.status_code >= 400:
                     r.read()
                     self._raise_for_error(r, "GET", path, None)
+                if headers_out is not None:
+                    headers_out.update({k.lower(): v for k, v in r.headers.items()})
                 for chunk in r.iter_bytes():
                     out.write(chunk)
                     written += len(chunk)

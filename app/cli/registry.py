@@ -1,17 +1,27 @@
-"""The model registry, client side: ``models``, ``versions``, ``history``, ``rollback``
-(``/v1/models`` routes)."""
+"""The model registry, client side: ``models``, ``versions``, ``history``, ``rollback``,
+``models pull`` (``/v1/models`` routes)."""
 from __future__ import annotations
 
-from ..client import OK, USAGE, Api, CliError
+import hashlib
+import os
+import re
+import sys
+
+from ..client import NEGATIVE, OK, USAGE, Api, CliError
 from .common import Commands, emit
 
 
 def register(cmds: Commands) -> None:
     s = cmds.http("models", cmd_models, "the registered models: family, dataset, latest version, aliases; "
-                                        "`models consolidate NAME` retrains NAME from scratch now (models:admin)")
-    s.add_argument("action", nargs="?", choices=["consolidate"],
-                   help="consolidate: a job that retrains from scratch; the next version is exact")
-    s.add_argument("model", nargs="?", help="the model to consolidate")
+                                        "`models consolidate NAME` retrains NAME from scratch now (models:admin); "
+                                        "`models pull NAME[@alias|:version] -o FILE` downloads weights and checks "
+                                        "their sha256 (models:read)")
+    s.add_argument("action", nargs="?", choices=["consolidate", "pull"],
+                   help="consolidate: a job that retrains from scratch; the next version is exact. pull: download "
+                        "a version's safetensors file")
+    s.add_argument("model", nargs="?", help="the model to consolidate, or NAME[@alias|:version] to pull "
+                                            "(default alias production)")
+    s.add_argument("-o", "--output", help="pull: the file to write (default NAME-vN.safetensors)")
 
     s = cmds.http("versions", cmd_versions,
                   "a model's versions (state: ready, tainted, purged), aliases and alias moves")
@@ -30,6 +40,8 @@ def register(cmds: Commands) -> None:
 
 
 def cmd_models(api: Api, args) -> int:
+    if args.action == "pull":
+        return cmd_pull(api, args)
     if args.action == "consolidate":
         if not args.model:
             raise CliError("usage: lethe models consolidate NAME", code=USAGE)
@@ -41,6 +53,53 @@ def cmd_models(api: Api, args) -> int:
              f"latest v{m['latest_version']}  "
              + ", ".join(f"{a}=v{v}" for a, v in sorted(m["aliases"].items())) for m in r]
     emit(args, r, "\n".join(lines) or "no models registered")
+    return OK
+
+
+_REF = re.compile(r"^([^@:/]+)(?:@([a-z][a-z0-9_-]{0,63})|:(\d{1,10}))?$")
+
+
+def weights_path(ref: str) -> str:
+    """``NAME``, ``NAME@alias`` or ``NAME:version`` -> the weights URL path."""
+    m = _REF.match(ref or "")
+    if m is None:
+        raise CliError(f"cannot read {ref!r}: use NAME, NAME@alias or NAME:version", code=USAGE)
+    name, alias, version = m.groups()
+    if version:
+        return f"/v1/models/{name}/versions/{int(version)}/weights"
+    return f"/v1/models/{name}/aliases/{alias or 'production'}/weights"
+
+
+def cmd_pull(api: Api, args) -> int:
+    """Download to ``FILE.part``, hash what arrived, and only when it equals the sha256 the
+    server announced (ETag, the registry's record) rename it to ``FILE``; else delete it
+    and exit 1."""
+    if not args.model:
+        raise CliError("usage: lethe models pull NAME[@alias|:version] -o FILE", code=USAGE)
+    path = weights_path(args.model)
+    headers: dict = {}
+    out = args.output
+    tmp = f"{out or args.model.replace('@', '-').replace(':', '-v')}.{os.getpid()}.part"
+    try:
+        with open(tmp, "wb") as f:
+            n = api.download(path, f, headers_out=headers)
+        h = hashlib.sha256()
+        with open(tmp, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        expected = headers.get("etag", "").strip('"')
+        if not expected or h.hexdigest() != expected:
+            print(f"refused: the file's sha256 {h.hexdigest()} is not the registry's {expected or '(none sent)'}",
+                  file=sys.stderr)
+            return NEGATIVE
+        out = out or f"{headers.get('lethe-model', 'model')}-v{headers.get('lethe-version', '0')}.safetensors"
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    r = {"model": headers.get("lethe-model"), "version": int(headers.get("lethe-version", 0)), "sha256": expected,
+         "bytes": n, "file": out}
+    emit(args, r, f"{r['model']} v{r['version']} -> {out} ({n} bytes, sha256 {expected[:12]}... verified)")
     return OK
 
 

@@ -19,7 +19,7 @@ from ..jobs.consolidation import Debt
 from ..jobs.dispatch import send_after_commit
 from ..jobs.schemas import JobRead
 from ..limits import MAX_DB_INT
-from ..security import AUDIT_READ, FORGET_READ, MODELS_ADMIN, Principal, require_scope
+from ..security import AUDIT_READ, FORGET_READ, MODELS_ADMIN, MODELS_READ, Principal, require_scope
 from ..security.ratelimit import EXPENSIVE
 from ..tenants import service as tenant_policy
 from . import governance
@@ -30,8 +30,8 @@ from .upload import parse_json_field, register_upload
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 architectures_router = APIRouter(prefix="/v1/architectures", tags=["models"])
-# reading the registry: any key that has a reason to look
-READ = Depends(require_scope(FORGET_READ, AUDIT_READ, MODELS_ADMIN))
+# reading the registry: any key that has a reason to look (models:read: serving systems)
+READ = Depends(require_scope(FORGET_READ, AUDIT_READ, MODELS_ADMIN, MODELS_READ))
 Reader = Annotated[Principal, READ]  # a tenant's key sees only the models granted to it (app/tenants)
 UNKNOWN_MODEL = responses(e404="unknown model")
 

@@ -106,6 +106,9 @@ NOT_FOUND = {
     ("GET", "/v1/models/{name}/training"): {},
     ("POST", "/v1/models"): None,
     ("GET", "/v1/models/{name}/versions"): {},
+    ("GET", "/v1/models/{name}/versions/{version}"): {},
+    ("GET", "/v1/models/{name}/versions/{version}/weights"): {},
+    ("GET", "/v1/models/{name}/aliases/{alias}/weights"): {},
     ("POST", "/v1/models/{name}/consolidate"): {},
     ("GET", "/v1/models/{name}/aliases/history"): {},
     ("PUT", "/v1/models/{name}/aliases/{alias}"): {"json": {"version": 1}},
@@ -129,7 +132,7 @@ NOT_FOUND = {
 def _fill(path: str) -> str:
     import re
 
-    return re.sub(r"\{[^}]+\}", UNKNOWN, path)
+    return re.sub(r"\{[^}]+\}", UNKNOWN, path.replace("{version}", "1"))  # an unknown model's version 1
 
 
 def _malformed(op: dict) -> list[dict]:
