@@ -163,6 +163,12 @@ class Settings(BaseSettings):
                                                                             "request served approximately is nearer "
                                                                             "than twice the model's training time "
                                                                             "plus this margin (checked by the sweeper)")
+    # erasure of dataset rows (app/datasets/store.py): hidden from every read at once, bytes
+    # physically removed by a batched compaction within this bound (the sweeper and each
+    # worker compact a dataset once its oldest hidden row is half this old)
+    erase_within_s: float = Field(default=3600.0, ge=0, description="an erased row's bytes are physically removed "
+                                                                    "from the dataset store within this many seconds "
+                                                                    "(0 = at once, after each job)")
     # audit outbox: POST /v1/forget records its event in audit_outbox; this thread chains them
     audit_drain_s: float = Field(default=0.5, description="audit outbox drain period in the gateway; 0 = off "
                                                           "(reads and appends still drain)")

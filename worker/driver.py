@@ -211,6 +211,7 @@ def publish(s: Settings, spec: JobSpec, worker: str, built: Built) -> str:
             built.in_publish(db)
     with session_scope(s.database_url) as db:
         catalogue.purge_erased_raw(db, spec.model_name)
+    datasets.compact_due(s, actor=f"worker:{worker}")  # erased bytes gone within LETHE_ERASE_WITHIN_S
     with session_scope(s.database_url) as db:  # superseded versions that still hold erased data
         governance.purge_superseded(db, s.registry_dir, spec.model_name, actor=f"worker:{worker}")
     if built.after_publish is not None:

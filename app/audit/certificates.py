@@ -46,6 +46,47 @@ def _version(session: Session, model: str, number: int | None) -> dict | None:
     return {"version": number, "sha256": v.sha256 if v else None}
 
 
+def raw_data(session: Session, req) -> dict | None:
+    """Where the request's rows stand in their dataset's store: when they were hidden from
+    every read (the deletion vector, ``raw_deleted_at``) and when a compaction physically
+    removed their bytes (the first ``dataset.compacted`` entry covering that time, a signed
+    event of its own). None when the model's rows are not in a store; ``bytes_gone_at`` None
+    until the compaction ran (within ``LETHE_ERASE_WITHIN_S``)."""
+    import datetime as dt
+
+    from ..catalogue.models import TrainingInstance
+
+    rows = []
+    ids = list(req.instance_ids)
+    for k in range(0, len(ids), 500):
+        rows += session.execute(select(TrainingInstance.dataset, TrainingInstance.raw_deleted_at).where(
+            TrainingInstance.model_name == req.model_name, TrainingInstance.instance_id.in_(ids[k:k + 500]))).all()
+    datasets = sorted({d for d, _ in rows if d})
+    if not datasets:
+        return None
+    hidden = [t for _, t in rows if t is not None]
+    out = {"dataset": datasets[0] if len(datasets) == 1 else datasets, "rows_hidden": len(hidden),
+           "hidden_at": max(hidden).isoformat() if hidden else None, "bytes_gone_at": None, "compaction_entry": None}
+    if not hidden or len(hidden) < len(rows):  # some rows still held live by another model's catalogue
+        return out
+    since = max(hidden).replace(tzinfo=dt.timezone.utc) if max(hidden).tzinfo is None else max(hidden)
+    for name in datasets:
+        needle = f'%"dataset":{json.dumps(name)}%'
+        found = None
+        for ev in session.execute(select(AuditEvent).where(AuditEvent.action == "dataset.compacted",
+                                                           AuditEvent.payload.like(needle))
+                                  .order_by(AuditEvent.seq)).scalars():
+            body = json.loads(ev.payload)
+            if dt.datetime.fromisoformat(body["hidden_through"]) >= since:
+                found = (body["bytes_gone_at"], ev)
+                break
+        if found is None:
+            return out
+        if out["bytes_gone_at"] is None or found[0] > out["bytes_gone_at"]:
+            out["bytes_gone_at"], out["compaction_entry"] = found[0], _entry(found[1])
+    return out
+
+
 def build(session: Session, req) -> dict:
     """The certificate body (deterministic: the same request gives the same bytes)."""
     if req.status != "completed":
@@ -72,6 +113,8 @@ def build(session: Session, req) -> dict:
         "received_at": req.received_at.isoformat(), "completed_at": req.completed_at.isoformat(),
         "due_at": req.due_at.isoformat(), "completed_within_due": req.completed_at <= req.due_at,
         "audit_entry": _entry(event),
+        # the erased rows in the dataset store: hidden at once, bytes gone after compaction
+        "raw_data": raw_data(session, req),
     }
 
 

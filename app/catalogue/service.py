@@ -189,10 +189,12 @@ def mark_erased(session: Session, model_name: str, instance_ids: list[str], job_
 
 
 def purge_erased_raw(session: Session, model_name: str | None = None) -> int:
-    """Physically remove erased instances from their dataset's store (after the erasure
-    committed): a row goes once no model's catalogue still holds it live, and then every
-    catalogue row of it is marked ``raw_deleted_at``. Idempotent: run after every job and at
-    start-up, so a crash in between leaves nothing behind. Returns rows removed."""
+    """Erase erased instances from their dataset's store (after the erasure committed): a
+    row goes once no model's catalogue still holds it live; the store hides it from every
+    read at once (its deletion vector) and ``datasets.service.compact_due`` removes its
+    bytes within ``LETHE_ERASE_WITHIN_S``; then every catalogue row of it is marked
+    ``raw_deleted_at``. Idempotent: run after every job and at start-up, so a crash in
+    between leaves nothing behind. Returns rows erased."""
     from ..datasets.models import Dataset
 
     q = select(TrainingInstance).where(TrainingInstance.erased_at.is_not(None),
@@ -215,11 +217,11 @@ def purge_erased_raw(session: Session, model_name: str | None = None) -> int:
             continue
         if os.path.isdir(root):
             store = _store(root)
-            report = store.erase(gone)
+            hidden = store.hide(gone, at=now.timestamp())  # the certificate matches compactions by this time
             ds = session.get(Dataset, dataset)
             if ds is not None:
-                ds.record_erasure(store, report.rows)
-            removed += report.rows
+                ds.record_erasure(store, hidden)
+            removed += hidden
         for i in range(0, len(gone), 500):
             session.execute(update(TrainingInstance).where(
                 TrainingInstance.storage_uri == root, TrainingInstance.instance_id.in_(gone[i:i + 500]),

@@ -38,7 +38,7 @@ class Dataset(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     def record_erasure(self, store, rows: int) -> None:
-        """Count ``rows`` physically removed from ``store`` (a DatasetStore)."""
+        """Count ``rows`` erased from ``store`` (a DatasetStore)."""
         if rows:
             counts = store.counts()
             self.erased_rows += rows

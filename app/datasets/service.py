@@ -329,3 +329,52 @@ def holdout_arrays(settings: Settings, name: str, limit: int) -> tuple[np.ndarra
     table = pa.concat_tables(parts) if parts else store.arrow_schema.empty_table()
     table = table.take(pc.sort_indices(table, [("instance_id", "ascending")])).slice(0, limit)
     return decode(table, store.schema)
+
+
+def compact_due(settings: Settings, *, force: bool = False, actor: str = "compactor") -> list[dict]:
+    """Physically remove hidden rows (``DatasetStore.compact``) from every store whose oldest
+    hidden row is at least half of ``LETHE_ERASE_WITHIN_S`` old (or any with hidden rows,
+    ``force``): erasures arriving within that half are rewritten in one batch, and a caller
+    running at least every half bound (the sweeper, each worker after its job) keeps every
+    row within the bound. Each compaction is a signed audit event, ``dataset.compacted``,
+    stating when the bytes were gone and the newest erasure it covers (``hidden_through``);
+    a deletion certificate names it. Returns the events' payloads."""
+    import datetime as dt
+
+    from ..audit import service as audit
+
+    root = datasets_dir(settings)
+    if not os.path.isdir(root):
+        return []
+    done = []
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name)
+        if name.startswith(".") or not os.path.exists(os.path.join(path, "index.sqlite")):
+            continue
+        store = DatasetStore(path)
+        try:
+            n, oldest = store.pending()
+            if not n or (not force and time.time() - oldest < settings.erase_within_s / 2):
+                continue
+            if time.time() - oldest > settings.erase_within_s:
+                log.warning("dataset %s: %d erased rows hidden for %.0f s, past LETHE_ERASE_WITHIN_S=%.0f",
+                            name, n, time.time() - oldest, settings.erase_within_s)
+            rep = store.compact()
+            if not rep.rows:
+                continue
+            payload = {"dataset": name, "rows": rep.rows, "fragments_rewritten": rep.fragments_rewritten,
+                       "bytes_rewritten": rep.bytes_rewritten, "bytes_deleted": rep.bytes_deleted,
+                       "hidden_through": dt.datetime.fromtimestamp(rep.compacted_through, dt.timezone.utc)
+                       .isoformat(timespec="microseconds"),
+                       "bytes_gone_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")}
+            with session_scope(settings.database_url) as db:
+                row = db.get(Dataset, name)
+                if row is not None:
+                    row.bytes = store.disk_bytes()
+                audit.append(db, actor=actor, action="dataset.compacted", payload=payload)
+            log.info("dataset %s: compacted %d erased rows (%d fragments, %d bytes rewritten)", name, rep.rows,
+                     rep.fragments_rewritten, rep.bytes_rewritten)
+            done.append(payload)
+        finally:
+            store.close()
+    return done

@@ -1,27 +1,33 @@
 """The catalogue's columnar store: one directory per dataset, rows in Parquet fragments,
-an index beside them. Five verbs and nothing else reaches the files:
-``ingest`` (append rows of a split), ``lookup_subject`` / ``locate`` (through the index),
-``read`` / ``sample`` / ``batches`` (rows by id, random rows, every row in bounded
-batches), ``erase`` (physically remove rows) and ``compact`` (drop files nothing
-references).
+an index beside them. These verbs and nothing else reach the files: ``ingest`` (append rows
+of a split), ``lookup_subject`` / ``locate`` (through the index), ``read`` / ``sample`` /
+``batches`` (rows by id, random rows, every row in bounded batches), ``hide`` (erase rows
+from every read at once: a deletion vector), ``compact`` (physically remove hidden rows, in
+one batched rewrite of the fragments that hold them) and ``erase`` (both at once).
 
 Layout of ``<data_dir>/datasets/<name>/``::
 
     schema.json                     the dataset's feature schema (immutable)
     index.sqlite                    instances(instance_id PK, split, subject_ref, label, fragment, pos)
-                                    fragments(name PK, split, rows, row_groups, bytes)
+                                    fragments(name PK, split, n_rows, row_groups, bytes, file, orig_rows, gone)
+                                    tombstones(fragment, pos, at)   the deletion vector
     train-000000-g0000.parquet      <= FRAGMENT_ROWS rows, row groups of ROW_GROUP rows
     test-000000-g0000.parquet
 
-Why Parquet with fragment rewrites (the S3 Find-and-Forget approach): pyarrow is already
-a dependency; deleting rows means writing the fragment again without them, fsync, making
-the new file live in the index in one SQLite transaction, then unlinking the old file, so
-the erased bytes exist in no file afterwards. A fragment is bounded (64k rows), so one
-erasure rewrites a bounded number of bytes whatever N is. Data pages are written
-uncompressed by default (``compression``): the erasure test can then show the bytes *were*
-on disk before and are not after; compressed pages would hide them either way. Lance
-(``pylance``) and Delta Lake (``deltalake``) were the alternatives; neither is on this
-package index, and both add a native dependency for what fits in this module.
+Positions are stable: ``instances.pos`` is a row's position in its fragment as first written
+(``orig_rows`` of them); ``fragments.gone`` lists (sorted uint32) the positions a compaction
+has physically removed, so the row at original position ``p`` is physical row
+``p - #(gone < p)`` of the current file. A compaction therefore touches no index row of a
+survivor: it writes the fragment again and swaps ``file`` and ``gone`` in one transaction.
+
+Erasure in two steps, as Lance's deletion files + compaction and Delta Lake's deletion
+vectors + ``OPTIMIZE``/``VACUUM`` do it: ``hide`` deletes the rows from the index and records
+their (fragment, pos) in ``tombstones`` in one SQLite transaction, so no read sees them from
+then on (reads by id go through the index; scans drop tombstoned positions); ``compact``
+later rewrites each fragment holding tombstones once for all of them (temporary file, fsync,
+rename, fsync of the directory), then unlinks the old file: the erased bytes exist in no
+file afterwards. Data pages are written uncompressed by default (``compression``): the
+erasure test can then show the bytes *were* on disk before and are not after.
 
 The index is an SQLite file owned by the store (not the service database): the store is
 self-contained, a subject lookup is one B-tree probe (``subject_ref`` is indexed), and
@@ -29,7 +35,8 @@ self-contained, a subject lookup is one B-tree probe (``subject_ref`` is indexed
 given to the store: callers pass ``subject_ref`` (the service's HMAC).
 
 Concurrency: readers may run at any time (a reader whose fragment was just replaced looks
-it up again); ``erase``/``compact``/``ingest`` take an exclusive file lock on the dataset.
+it up again); ``compact``/``ingest`` take an exclusive file lock on the dataset, ``hide`` is
+one SQLite write transaction.
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -57,10 +65,31 @@ BASE_FIELDS = [pa.field("instance_id", pa.string(), nullable=False), pa.field("l
 
 @dataclass(frozen=True)
 class EraseReport:
-    rows: int                    # rows physically removed
+    rows: int                    # rows erased (hidden by ``hide``; physically removed by ``compact``)
     fragments_rewritten: int
     bytes_rewritten: int         # bytes of the new fragment files written
     bytes_deleted: int           # bytes of the old files unlinked
+    compacted_through: float | None = None  # newest tombstone time (epoch s) the compaction removed
+
+
+@dataclass(frozen=True)
+class _Frag:
+    name: str                    # the fragment's key (instances.fragment)
+    file: str                    # its current file
+    orig_rows: int               # rows as first written (positions 0..orig_rows-1)
+    row_groups: int              # row groups of the current file
+    gone: np.ndarray             # sorted original positions physically removed
+
+    def kept(self) -> np.ndarray:
+        """Original position of each physical row of the current file."""
+        return np.delete(np.arange(self.orig_rows, dtype=np.int64), self.gone)
+
+    def physical(self, pos: int) -> int:
+        return pos - int(np.searchsorted(self.gone, pos))
+
+
+def _positions(blob: bytes | None) -> np.ndarray:
+    return np.frombuffer(blob, dtype=np.uint32).astype(np.int64) if blob else np.empty(0, dtype=np.int64)
 
 
 def _fsync_dir(path: str) -> None:
@@ -97,7 +126,10 @@ class DatasetStore:
                                         label INTEGER NOT NULL, fragment TEXT NOT NULL, pos INTEGER NOT NULL)
                     WITHOUT ROWID;
                 CREATE TABLE fragments (name TEXT PRIMARY KEY, split TEXT NOT NULL, n_rows INTEGER NOT NULL,
-                                        row_groups INTEGER NOT NULL, bytes INTEGER NOT NULL);
+                                        row_groups INTEGER NOT NULL, bytes INTEGER NOT NULL,
+                                        file TEXT NOT NULL, orig_rows INTEGER NOT NULL, gone BLOB);
+                CREATE TABLE tombstones (fragment TEXT NOT NULL, pos INTEGER NOT NULL, at REAL NOT NULL,
+                                         PRIMARY KEY (fragment, pos)) WITHOUT ROWID;
             """)
         return store
 
@@ -129,9 +161,32 @@ class DatasetStore:
             con.execute("PRAGMA secure_delete=ON")  # freed pages are zeroed: erased ids leave no trace
             con.execute("PRAGMA journal_mode=DELETE")  # no WAL file keeping old pages around
             con.execute("PRAGMA synchronous=FULL")
+            con.execute("PRAGMA temp_store=MEMORY")  # the ids being erased never reach a temporary file
             con.execute("PRAGMA cache_size=-65536")  # 64 MiB: a bulk insert's index pages stay in memory
             self._local.con = con
+            self._upgrade(con)
         yield con
+
+    @staticmethod
+    def _upgrade(con: sqlite3.Connection) -> None:
+        """A store written before deletion vectors: fragments gain ``file`` (= their name,
+        which was the file), ``orig_rows`` (= rows) and ``gone``; the tombstones table."""
+        cols = {r[1] for r in con.execute("PRAGMA table_info(fragments)")}
+        if not cols or "file" in cols:
+            return
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            if "file" not in {r[1] for r in con.execute("PRAGMA table_info(fragments)")}:
+                con.execute("ALTER TABLE fragments ADD COLUMN file TEXT")
+                con.execute("ALTER TABLE fragments ADD COLUMN orig_rows INTEGER")
+                con.execute("ALTER TABLE fragments ADD COLUMN gone BLOB")
+                con.execute("UPDATE fragments SET file = name, orig_rows = n_rows")
+                con.execute("CREATE TABLE IF NOT EXISTS tombstones (fragment TEXT NOT NULL, pos INTEGER NOT NULL, "
+                            "at REAL NOT NULL, PRIMARY KEY (fragment, pos)) WITHOUT ROWID")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         con = getattr(self._local, "con", None)
@@ -166,22 +221,25 @@ class DatasetStore:
         with self._locked(), self._db() as db:
             try:
                 db.execute("BEGIN IMMEDIATE")
-                seq = db.execute("SELECT count(*) FROM fragments WHERE split=?", (split,)).fetchone()[0]
+                seq = 1 + max((int(n[len(split) + 1:len(split) + 7]) for (n,) in db.execute(
+                    "SELECT name FROM fragments WHERE split=?", (split,))), default=-1)
                 for start in range(0, table.num_rows, FRAGMENT_ROWS):
                     part = table.slice(start, FRAGMENT_ROWS)
-                    name = f"{split}-{seq:06d}-g0000.parquet"
-                    while os.path.exists(self._path(name)):  # a leftover of a crashed ingest
+                    name = f"{split}-{seq:06d}"
+                    while os.path.exists(self._path(f"{name}-g0000.parquet")):  # a leftover of a crashed ingest
                         seq += 1
-                        name = f"{split}-{seq:06d}-g0000.parquet"
-                    nbytes = self._write_fragment(name, part)
-                    written.append(name)
+                        name = f"{split}-{seq:06d}"
+                    file = f"{name}-g0000.parquet"
+                    nbytes = self._write_fragment(file, part)
+                    written.append(file)
                     end = start + part.num_rows
                     # in id order: appending to the B-tree is several times faster than random inserts
                     db.executemany("INSERT INTO instances VALUES (?,?,?,?,?,?)", sorted(zip(
                         ids[start:end], [split] * part.num_rows, refs[start:end],
                         labels[start:end].tolist(), [name] * part.num_rows, range(part.num_rows))))
-                    db.execute("INSERT INTO fragments VALUES (?,?,?,?,?)",
-                               (name, split, part.num_rows, -(-part.num_rows // ROW_GROUP), nbytes))
+                    db.execute("INSERT INTO fragments VALUES (?,?,?,?,?,?,?,NULL)",
+                               (name, split, part.num_rows, -(-part.num_rows // ROW_GROUP), nbytes, file,
+                                part.num_rows))
                     seq += 1
                 db.execute("COMMIT")
             except sqlite3.IntegrityError:
@@ -286,11 +344,36 @@ class DatasetStore:
                     out[iid] = (frag, row)
         return out
 
-    def _fragments(self, split: str | None = None) -> list[tuple[str, int, int]]:
+    def _fragments(self, split: str | None = None) -> list[_Frag]:
         with self._db() as db:
-            q = "SELECT name, n_rows, row_groups FROM fragments"
-            return db.execute(q + (" WHERE split=? ORDER BY name" if split else " ORDER BY name"),
-                              (split,) if split else ()).fetchall()
+            q = "SELECT name, file, orig_rows, row_groups, gone FROM fragments"
+            return [_Frag(n, f, o, g, _positions(b)) for n, f, o, g, b in db.execute(
+                q + (" WHERE split=? ORDER BY name" if split else " ORDER BY name"), (split,) if split else ())]
+
+    def _tombstones(self, split: str | None = None) -> dict[str, set[int]]:
+        """fragment -> original positions hidden but not yet compacted away."""
+        out: dict[str, set[int]] = {}
+        with self._db() as db:
+            q = "SELECT fragment, pos FROM tombstones"
+            if split:
+                q += " WHERE fragment IN (SELECT name FROM fragments WHERE split=?)"
+            for frag, pos in db.execute(q, (split,) if split else ()):
+                out.setdefault(frag, set()).add(pos)
+        return out
+
+    def _visible(self, frag: _Frag, group: int, t: pa.Table, tomb: dict[str, set[int]],
+                 exclude: set[str], where: Callable[[list[str]], list[bool]] | None = None) -> pa.Table:
+        """Row group ``group`` of ``frag`` without tombstoned rows, ``exclude``d ids and ids
+        ``where`` refuses."""
+        dead = tomb.get(frag.name)
+        if dead:
+            orig = frag.kept()[group * ROW_GROUP:group * ROW_GROUP + t.num_rows]
+            t = t.filter(pa.array(~np.isin(orig, np.fromiter(dead, dtype=np.int64))))
+        if exclude or where is not None:
+            ids = t.column("instance_id").to_pylist()
+            keep = where(ids) if where is not None else [True] * len(ids)
+            t = t.filter(pa.array([k and i not in exclude for k, i in zip(keep, ids)]))
+        return t
 
     # --- reads ---------------------------------------------------------------------------
     def read(self, ids: list[str]) -> pa.Table:
@@ -303,23 +386,25 @@ class DatasetStore:
                 raise KeyError(f"not in the store: {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else ""))
             try:
                 return self._read_located(ids, where)
-            except FileNotFoundError:  # an erase replaced the fragment meanwhile: look again
+            except (FileNotFoundError, KeyError):  # a compaction replaced the fragment meanwhile: look again
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
     def _read_located(self, ids: list[str], where: dict[str, tuple[str, int]]) -> pa.Table:
-        by_group: dict[tuple[str, int], list[int]] = {}
-        for pos, iid in enumerate(ids):
-            frag, row = where[iid]
-            by_group.setdefault((frag, row // ROW_GROUP), []).append(pos)
+        frags = {f.name: f for f in self._fragments()}
+        by_group: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        for k, iid in enumerate(ids):
+            frag, pos = where[iid]
+            row = frags[frag].physical(pos)
+            by_group.setdefault((frag, row // ROW_GROUP), []).append((k, row))
         parts, order = [], []
         files: dict[str, pq.ParquetFile] = {}
-        for (frag, rg), positions in sorted(by_group.items()):
-            pf = files.get(frag) or files.setdefault(frag, pq.ParquetFile(self._path(frag)))
+        for (frag, rg), found in sorted(by_group.items()):
+            pf = files.get(frag) or files.setdefault(frag, pq.ParquetFile(self._path(frags[frag].file)))
             group = pf.read_row_group(rg)
-            parts.append(group.take(pa.array([where[ids[p]][1] - rg * ROW_GROUP for p in positions])))
-            order += positions
+            parts.append(group.take(pa.array([row - rg * ROW_GROUP for _, row in found])))
+            order += [k for k, _ in found]
         if not parts:
             return self.arrow_schema.empty_table()
         table = pa.concat_tables(parts)
@@ -336,18 +421,16 @@ class DatasetStore:
         a row group is itself a random draw."""
         rng = np.random.default_rng(seed)
         exclude = set(exclude)
-        groups = [(name, g) for name, _, rgs in self._fragments(split) for g in range(rgs)]
+        groups = [(f, g) for f in self._fragments(split) for g in range(f.row_groups)]
+        tomb = self._tombstones(split)
         parts, have = [], 0
         for k in rng.permutation(len(groups)):
-            name, g = groups[k]
+            frag, g = groups[k]
             try:
-                t = pq.ParquetFile(self._path(name)).read_row_group(g)
-            except FileNotFoundError:  # replaced by an erase meanwhile; other groups will do
+                t = pq.ParquetFile(self._path(frag.file)).read_row_group(g)
+            except FileNotFoundError:  # replaced by a compaction meanwhile; other groups will do
                 continue
-            if exclude or where is not None:
-                ids = t.column("instance_id").to_pylist()
-                keep = where(ids) if where is not None else [True] * len(ids)
-                t = t.filter(pa.array([k and i not in exclude for k, i in zip(keep, ids)]))
+            t = self._visible(frag, g, t, tomb, exclude, where)
             parts.append(t)
             have += t.num_rows
             if have >= n:
@@ -366,12 +449,15 @@ class DatasetStore:
         exclude = set(exclude)
         buf: list[pa.Table] = []
         have = 0
-        for name, _, rgs in self._fragments(split):
-            pf = pq.ParquetFile(self._path(name))
-            for g in range(rgs):
-                t = pf.read_row_group(g)
-                if exclude:
-                    t = t.filter(pa.array([i not in exclude for i in t.column("instance_id").to_pylist()]))
+        tomb = self._tombstones(split)
+        for frag in self._fragments(split):
+            try:
+                pf = pq.ParquetFile(self._path(frag.file))
+            except FileNotFoundError:  # a compaction replaced it since the listing: take the new file
+                frag = next(f for f in self._fragments(split) if f.name == frag.name)
+                pf = pq.ParquetFile(self._path(frag.file))
+            for g in range(frag.row_groups):
+                t = self._visible(frag, g, pf.read_row_group(g), tomb, exclude)
                 buf.append(t)
                 have += t.num_rows
                 while have >= batch_size:
@@ -383,64 +469,125 @@ class DatasetStore:
             yield pa.concat_tables(buf)
 
     # --- erasure -------------------------------------------------------------------------
-    def erase(self, ids: Iterable[str]) -> EraseReport:
-        """Physically remove rows: each fragment that holds one is written again without
-        them (fsync, then live in the index in one transaction), then the old file is
-        unlinked. Idempotent: ids the store does not hold are ignored."""
-        ids = list(dict.fromkeys(ids))
-        with self._locked():
-            where = self.locate(ids)
-            by_frag: dict[str, list[int]] = {}
-            for frag, row in where.values():
-                by_frag.setdefault(frag, []).append(row)
-            rewritten = written = deleted = 0
-            for frag, rows in sorted(by_frag.items()):
-                written += self._rewrite(frag, sorted(rows))
-                rewritten += 1
-                deleted += self._unlink([frag])
-            self._sweep()
-        return EraseReport(rows=len(where), fragments_rewritten=rewritten, bytes_rewritten=written,
-                           bytes_deleted=deleted)
+    def hide(self, ids: Iterable[str], *, at: float | None = None) -> int:
+        """Erase rows from every read at once: one SQLite transaction deletes their index
+        rows (``secure_delete`` zeroes the freed cells) and records their positions in the
+        deletion vector (``tombstones``), which scans honour. The bytes stay in the fragment
+        files until ``compact``. Idempotent: ids the store does not hold are ignored.
+        Returns the rows hidden."""
+        return len(self._hide(ids, at))
 
-    def _rewrite(self, frag: str, rows: list[int]) -> int:
-        m = _FRAG.match(frag)
-        assert m, frag
-        split, seq, gen = m.group(1), int(m.group(2)), int(m.group(3))
-        table = pq.read_table(self._path(frag))
-        keep = np.ones(table.num_rows, dtype=bool)
-        keep[rows] = False
-        table = table.filter(pa.array(keep))
-        new = f"{split}-{seq:06d}-g{(gen + 1) % 10000:04d}.parquet"
-        nbytes = self._write_fragment(new, table) if table.num_rows else 0
+    def _hide(self, ids: Iterable[str], at: float | None) -> list[tuple[str, int]]:
+        ids = list(dict.fromkeys(ids))
+        at = time.time() if at is None else at
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute("CREATE TEMP TABLE gone (pos INTEGER PRIMARY KEY)")
-                db.executemany("INSERT INTO gone VALUES (?)", ((r,) for r in rows))
-                db.execute("DELETE FROM instances WHERE fragment=? AND pos IN (SELECT pos FROM gone)", (frag,))
-                # survivors keep their order: each moves up by the number of erased rows before it
-                db.execute("UPDATE instances SET fragment=?, pos = pos - (SELECT count(*) FROM gone WHERE gone.pos < "
-                           "instances.pos) WHERE fragment=?", (new, frag))
-                db.execute("DELETE FROM fragments WHERE name=?", (frag,))
-                if table.num_rows:
-                    db.execute("INSERT INTO fragments VALUES (?,?,?,?,?)",
-                               (new, split, table.num_rows, -(-table.num_rows // ROW_GROUP), nbytes))
-                db.execute("DROP TABLE gone")
+                db.execute("CREATE TEMP TABLE IF NOT EXISTS erasing (instance_id TEXT PRIMARY KEY)")
+                db.execute("DELETE FROM erasing")
+                db.executemany("INSERT OR IGNORE INTO erasing VALUES (?)", ((i,) for i in ids))
+                hidden = db.execute("SELECT fragment, pos FROM instances WHERE instance_id IN "
+                                    "(SELECT instance_id FROM erasing)").fetchall()
+                per_frag: dict[str, int] = {}
+                for frag, _ in hidden:
+                    per_frag[frag] = per_frag.get(frag, 0) + 1
+                db.execute("INSERT OR IGNORE INTO tombstones SELECT fragment, pos, ? FROM instances "
+                           "WHERE instance_id IN (SELECT instance_id FROM erasing)", (at,))
+                db.execute("DELETE FROM instances WHERE instance_id IN (SELECT instance_id FROM erasing)")
+                db.executemany("UPDATE fragments SET n_rows = n_rows - ? WHERE name = ?",
+                               [(n, f) for f, n in per_frag.items()])
+                db.execute("DELETE FROM erasing")
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
-                self._unlink([new])
                 raise
+        return hidden
+
+    def pending(self) -> tuple[int, float | None]:
+        """(rows hidden but not yet physically removed, epoch time of the oldest of them)."""
+        with self._db() as db:
+            n, oldest = db.execute("SELECT count(*), min(at) FROM tombstones").fetchone()
+        return int(n), oldest
+
+    def erase(self, ids: Iterable[str]) -> EraseReport:
+        """Hide the rows, then compact at once: their bytes are in no file when this returns.
+        Idempotent: ids the store does not hold are ignored."""
+        hidden = self._hide(ids, None)
+        rep = self.compact(only=set(hidden))
+        return EraseReport(rows=len(hidden), fragments_rewritten=rep.fragments_rewritten,
+                           bytes_rewritten=rep.bytes_rewritten, bytes_deleted=rep.bytes_deleted,
+                           compacted_through=rep.compacted_through)
+
+    def compact(self, only: set[tuple[str, int]] | None = None) -> EraseReport:
+        """Physically remove every hidden row: each fragment holding tombstones is written
+        again once, without all of them (temporary file, fsync, rename), its new file and
+        ``gone`` positions made live and its tombstones dropped in one transaction, then the
+        old file unlinked; files nothing references (leftovers of a crash) are deleted too.
+        Survivors keep their index rows (positions are original ones). ``only``: just these
+        (fragment, position) tombstones (what ``erase`` hid), the others wait."""
+        with self._locked():
+            with self._db() as db:
+                tomb: dict[str, list[tuple[int, float]]] = {}
+                for frag, pos, at in db.execute("SELECT fragment, pos, at FROM tombstones"):
+                    if only is None or (frag, pos) in only:
+                        tomb.setdefault(frag, []).append((pos, at))
+            frags = {f.name: f for f in self._fragments()}
+            rows = rewritten = written = deleted = 0
+            through = None
+            for name, dead in sorted(tomb.items()):
+                frag = frags.get(name)
+                positions = np.array(sorted(p for p, _ in dead), dtype=np.int64)
+                if frag is not None:
+                    written += self._rewrite(frag, positions)
+                    rewritten += 1
+                    deleted += self._unlink([frag.file])
+                else:  # the fragment is gone already (nothing to rewrite)
+                    self._drop_tombstones(name, positions, None)
+                rows += len(positions)
+                newest = max(at for _, at in dead)
+                through = newest if through is None else max(through, newest)
+            deleted += self._sweep()
+        return EraseReport(rows=rows, fragments_rewritten=rewritten, bytes_rewritten=written,
+                           bytes_deleted=deleted, compacted_through=through)
+
+    def _drop_tombstones(self, frag: str, positions: np.ndarray, update: tuple | None) -> None:
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("DELETE FROM tombstones WHERE fragment=? AND pos=?",
+                               [(frag, int(p)) for p in positions])
+                if update is not None:
+                    new, row_groups, nbytes, gone, left = update
+                    if left:
+                        db.execute("UPDATE fragments SET file=?, row_groups=?, bytes=?, gone=? WHERE name=?",
+                                   (new, row_groups, nbytes, gone, frag))
+                    else:
+                        db.execute("DELETE FROM fragments WHERE name=?", (frag,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def _rewrite(self, frag: _Frag, positions: np.ndarray) -> int:
+        m = _FRAG.match(frag.file)
+        assert m, frag.file
+        split, seq, gen = m.group(1), int(m.group(2)), int(m.group(3))
+        table = pq.read_table(self._path(frag.file))
+        kept = frag.kept()
+        table = table.filter(pa.array(~np.isin(kept, positions)))
+        gone = np.union1d(frag.gone, positions).astype(np.uint32)
+        new = f"{split}-{seq:06d}-g{(gen + 1) % 10000:04d}.parquet"
+        nbytes = self._write_fragment(new, table) if table.num_rows else 0
+        try:
+            self._drop_tombstones(frag.name, positions, (new, -(-table.num_rows // ROW_GROUP), nbytes,
+                                                         gone.tobytes(), table.num_rows))
+        except BaseException:
+            self._unlink([new])
+            raise
         return nbytes
 
-    def compact(self) -> int:
-        """Remove files nothing references (leftovers of a crash between writing a new
-        fragment and unlinking the old one); returns bytes freed."""
-        with self._locked():
-            return self._sweep()
-
     def _sweep(self) -> int:
-        live = {name for name, _, _ in self._fragments()}
+        live = {f.file for f in self._fragments()}
         stale = [f for f in os.listdir(self.root)
                  if (f.endswith(".parquet") and f not in live) or f.endswith(".parquet.tmp")]
         return self._unlink(stale) if stale else 0

@@ -29,6 +29,7 @@ from ..registry import service as registry
 from ..forget.status import set_status
 from . import consolidation
 from . import service as jobs
+from ..datasets import service as datasets
 from .dispatch import send_after_commit
 from .models import CONSOLIDATE, QUEUED, RUNNING, Job
 
@@ -112,6 +113,7 @@ def sweep_and_dispatch(settings, dispatcher) -> list[str]:
     with session_scope(settings.database_url) as db:  # a crash after a publish may have left weights to purge
         governance.purge_all(db, settings.registry_dir, actor="sweeper")
     subjects.erase_pending(settings)  # a subject's rows no model held, left by a crash after the erasure's commit
+    datasets.compact_due(settings, actor="sweeper")  # erased rows' bytes gone within LETHE_ERASE_WITHIN_S
     for job_id in ids + started:
         send_after_commit(dispatcher, job_id)
     if ids:

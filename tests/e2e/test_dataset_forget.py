@@ -4,6 +4,7 @@ trained on it outside Lethe registered as safetensors, a subject forgotten, and 
 subject's feature bytes searched for in every file under the data directory: none left."""
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import time
@@ -43,7 +44,7 @@ def test_register_parquet_forget_a_subject_bytes_gone(tmp_path):
 
     s = Settings(database_url=f"sqlite:///{tmp_path}/lethe.db", registry_dir=str(tmp_path / "registry"),
                  data_dir=str(tmp_path / "data"), subject_secret="e2e-secret", broker_url="", bootstrap_demo=False,
-                 embedded_worker=True, sweeper_interval_s=0, webhook_poll_s=0)
+                 embedded_worker=True, sweeper_interval_s=0.5, webhook_poll_s=0, erase_within_s=3.0)
     migrate(s)
     # the user's table: 569 patients, 30 numeric features (standardised), one subject per patient
     d = load_breast_cancer()
@@ -93,6 +94,17 @@ def test_register_parquet_forget_a_subject_bytes_gone(tmp_path):
         assert done["metrics"]["ua"] == 100.0
         inst = c.get(f"/v1/subjects/person-{victim}/instances").json()["instances"]
         assert [(i["erased"], i["raw_data_deleted"]) for i in inst] == [(True, True)]
+        # hidden from every read at once; its bytes go with the batched compaction the sweeper
+        # runs once the oldest hidden row is half of LETHE_ERASE_WITHIN_S old
+        cert = c.get(f"/v1/forget/{r.json()['id']}/certificate").json()["certificate"]
+        hidden_at = dt.datetime.fromisoformat(cert["raw_data"]["hidden_at"])
+        deadline = time.time() + s.erase_within_s + 5
+        while files_holding(s.data_dir, pattern) and time.time() < deadline:
+            time.sleep(0.2)
         assert files_holding(s.data_dir, pattern) == []  # erased: in no file under the data directory
+        raw = c.get(f"/v1/forget/{r.json()['id']}/certificate").json()["certificate"]["raw_data"]
+        assert raw["compaction_entry"]["action"] == "dataset.compacted"
+        gone_at = dt.datetime.fromisoformat(raw["bytes_gone_at"])
+        assert dt.timedelta(0) <= gone_at - hidden_at <= dt.timedelta(seconds=s.erase_within_s)
         after = c.get("/v1/datasets/clinic").json()
         assert after["erased_rows"] == 1 and after["splits"]["train"] == info["splits"]["train"] - 1

@@ -128,5 +128,90 @@ def test_compact_sweeps_crash_leftovers(filled):
     with open(stray, "wb") as f:
         f.write(b"old bytes of a crashed erase")
     open(os.path.join(store.root, "x.parquet.tmp"), "wb").close()
-    assert store.compact() > 0
+    assert store.compact().bytes_deleted > 0
     assert not os.path.exists(stray) and not os.path.exists(os.path.join(store.root, "x.parquet.tmp"))
+
+
+def _files_with(store, p):
+    return [f for f in os.listdir(store.root) if p in open(os.path.join(store.root, f), "rb").read()]
+
+
+def test_hide_is_invisible_at_once_and_compact_removes_the_bytes(filled):
+    """The deletion vector: hidden rows leave every read in the same transaction; one
+    compaction rewrites each fragment once for all its hidden rows."""
+    store, x, n = filled
+    victims = [3, 700, FRAGMENT_ROWS + 2, FRAGMENT_ROWS + 300]  # two fragments, two rows in each
+    ids = [f"r{i}" for i in victims]
+    assert store.hide(ids + ["not-stored"]) == 4
+    assert store.pending()[0] == 4
+    assert all(_files_with(store, x[i].tobytes()) for i in victims)  # not yet compacted: the bytes are there
+    with pytest.raises(KeyError):
+        store.read(ids[:1])
+    assert not store.locate(ids) and "r3" not in store.lookup_subject("s0")
+    assert not set(ids) & {i for i, _, _ in store.index("train")}
+    seen = [i for b in store.batches("train", batch_size=1000) for i in b.column("instance_id").to_pylist()]
+    assert len(seen) == n - 4 and not set(ids) & set(seen)
+    assert not set(ids) & set(store.sample(n, seed=1).column("instance_id").to_pylist())
+    assert store.counts()["train"] == n - 4
+
+    rep = store.compact()
+    assert (rep.rows, rep.fragments_rewritten) == (4, 2) and rep.compacted_through is not None
+    assert store.pending() == (0, None)
+    assert [_files_with(store, x[i].tobytes()) for i in victims] == [[]] * 4
+    # survivors kept their index rows; reads map original positions to the rewritten files
+    keep = [2, 4, 699, 701, FRAGMENT_ROWS + 1, FRAGMENT_ROWS + 3, FRAGMENT_ROWS + 301, n - 1]
+    np.testing.assert_array_equal(_xs(store.read([f"r{i}" for i in keep])), x[keep])
+    # a second erasure in an already compacted fragment
+    assert store.erase(["r701", "r2"]).rows == 2
+    assert not _files_with(store, x[701].tobytes())
+    keep = [0, 1, 4, 699, 702, ROW_GROUP * 3 + 1]
+    np.testing.assert_array_equal(_xs(store.read([f"r{i}" for i in keep])), x[keep])
+    s = store.sample(500, seed=2)
+    pos = [int(i[1:]) for i in s.column("instance_id").to_pylist()]
+    np.testing.assert_array_equal(_xs(s), x[pos])
+    assert store.counts()["train"] == n - 6
+    ids = [i for b in store.batches("train", batch_size=777) for i in b.column("instance_id").to_pylist()]
+    assert len(ids) == n - 6 == len(set(ids))
+
+
+def test_ingest_after_a_compaction_emptied_a_fragment(filled):
+    store, _, n = filled
+    tail = [f"r{i}" for i in range(FRAGMENT_ROWS, n)]  # every row of the second fragment
+    assert store.erase(tail).fragments_rewritten == 1
+    _, t = _table(10, start=10 * n)
+    store.ingest("train", t)
+    assert store.counts()["train"] == FRAGMENT_ROWS + 10
+    assert store.read([f"r{10 * n + 9}"]).num_rows == 1
+
+
+def test_a_store_written_before_deletion_vectors_is_upgraded(tmp_path):
+    import sqlite3
+
+    store = DatasetStore.create(str(tmp_path / "old"), {"kind": "tensor", "shape": [DIM]}, _schema())
+    x, t = _table(100)
+    store.ingest("train", t)
+    store.close()
+    con = sqlite3.connect(os.path.join(store.root, "index.sqlite"))
+    (f,) = [r[0] for r in con.execute("SELECT file FROM fragments")]
+    os.rename(os.path.join(store.root, f), os.path.join(store.root, "train-000000-g0003.parquet"))
+    con.executescript("""DROP TABLE tombstones; ALTER TABLE fragments RENAME TO f0;
+        CREATE TABLE fragments (name TEXT PRIMARY KEY, split TEXT NOT NULL, n_rows INTEGER NOT NULL,
+                                row_groups INTEGER NOT NULL, bytes INTEGER NOT NULL);
+        INSERT INTO fragments SELECT 'train-000000-g0003.parquet', split, n_rows, row_groups, bytes FROM f0;
+        DROP TABLE f0; UPDATE instances SET fragment = 'train-000000-g0003.parquet';""")
+    con.commit()
+    con.close()
+    old = DatasetStore(store.root)
+    np.testing.assert_array_equal(_xs(old.read(["r7"])), x[[7]])
+    assert old.erase(["r7"]).rows == 1 and not _files_with(old, x[7].tobytes())
+    np.testing.assert_array_equal(_xs(old.read(["r8", "r99"])), x[[8, 99]])
+
+
+def test_erase_compacts_only_what_it_hid(filled):
+    """``erase`` removes its own rows at once; rows hidden earlier wait for their compaction
+    (whose audit entry their certificates name)."""
+    store, x, _ = filled
+    store.hide(["r10"])
+    assert store.erase(["r11"]).rows == 1 and not _files_with(store, x[11].tobytes())
+    assert store.pending()[0] == 1 and _files_with(store, x[10].tobytes())
+    assert store.compact().rows == 1 and not _files_with(store, x[10].tobytes())
