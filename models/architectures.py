@@ -29,23 +29,20 @@ plug-in that breaks the contract is refused when a model is registered, not mid-
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
-import logging
 import math
-import threading
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from .plugins import EntryPointRegistry
+
 GROUP = "lethe.architectures"
 BUILTIN = "models.nets:ZOO"
 INPUT_KINDS = ("image", "tabular", "tokens", "any")
 
-log = logging.getLogger("lethe.architectures")
 
 
 class ArchitectureError(ValueError):
@@ -140,19 +137,6 @@ def from_module_class(name: str, cls: type, source: str = "") -> Architecture:
 
 # --- discovery --------------------------------------------------------------------------------
 
-_lock = threading.Lock()
-_registry: dict[str, Architecture] | None = None
-_problems: dict[str, str] = {}
-
-
-def _load_ref(ref: str):
-    module, _, attr = ref.partition(":")
-    obj = importlib.import_module(module)
-    for part in attr.split(".") if attr else []:
-        obj = getattr(obj, part)
-    return obj
-
-
 def _as_architectures(obj, ep_name: str, source: str) -> list[Architecture]:
     if isinstance(obj, Architecture):
         return [dataclasses.replace(obj, source=obj.source or source)]
@@ -166,43 +150,14 @@ def _as_architectures(obj, ep_name: str, source: str) -> list[Architecture]:
                             f"nor an nn.Module subclass")
 
 
-def _discover() -> tuple[dict[str, Architecture], dict[str, str]]:
-    eps = list(entry_points(group=GROUP))
-    sources: list[tuple[str, str, Callable]] = [(ep.name, ep.value, ep.load) for ep in eps]
-    # the built-in zoo first, whether or not the installed metadata lists it (an editable
-    # install made before it was declared): built-in names cannot be shadowed
-    sources = [("builtin", BUILTIN, lambda: _load_ref(BUILTIN))] + [s for s in sources if s[1] != BUILTIN]
-    found: dict[str, Architecture] = {}
-    problems: dict[str, str] = {}
-    for ep_name, value, load in sources:
-        try:
-            archs = _as_architectures(load(), ep_name, value)
-        except Exception as e:  # noqa: BLE001 - a broken plug-in must not take the zoo down
-            problems[value] = f"{e.__class__.__name__}: {e}"
-            log.warning("architecture plug-in %s failed to load: %s", value, problems[value])
-            continue
-        for a in archs:
-            if a.name in found:
-                problems[value] = f"architecture {a.name!r} is already provided by {found[a.name].source}; ignored"
-                log.warning("%s", problems[value])
-                continue
-            found[a.name] = a
-    return found, problems
-
-
-def _ensure() -> dict[str, Architecture]:
-    global _registry, _problems
-    with _lock:
-        if _registry is None:
-            _registry, _problems = _discover()
-        return _registry
+_plugins = EntryPointRegistry(GROUP, BUILTIN, lambda obj, name, source: _as_architectures(obj, name, source),
+                              "architecture")
+_ensure = _plugins.ensure
 
 
 def reload() -> None:
     """Forget the cached lookup (after installing a plug-in into a running process; tests)."""
-    global _registry
-    with _lock:
-        _registry = None
+    _plugins.reload()
 
 
 def names() -> list[str]:
@@ -211,8 +166,7 @@ def names() -> list[str]:
 
 def problems() -> dict[str, str]:
     """Plug-ins that failed to load or clashed with a name already taken, and why."""
-    _ensure()
-    return dict(_problems)
+    return _plugins.problems()
 
 
 def get(name: str) -> Architecture:

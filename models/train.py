@@ -13,12 +13,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
+import pydantic
 import torch
 from torch import nn
 import torch.nn.functional as F
 
+from . import trainers
 from .device import get_device
 from .nets import build_model
 
@@ -40,7 +42,11 @@ class RecipeError(ValueError):
 @dataclass(frozen=True)
 class Recipe:
     """How a model is trained. ``momentum`` is used by SGD only. The defaults (Adam, lr
-    1e-3, batch 64, no weight decay, seed 0) are the recipe every demo model was trained with."""
+    1e-3, batch 64, no weight decay, seed 0) are the recipe every demo model was trained with.
+
+    ``trainer`` names the training code (models/trainers.py; ``lethe``: the loop below, whose
+    parameters are the other fields) and ``trainer_params`` a plug-in's own parameters,
+    validated by its schema. With a plug-in only ``seed`` of the other fields is used."""
 
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -49,8 +55,11 @@ class Recipe:
     weight_decay: float = 0.0
     seed: int = 0
     momentum: float = 0.9
+    trainer: str = trainers.DEFAULT
+    trainer_params: dict | None = None
 
-    FIELDS = ("optimizer", "lr", "epochs", "batch_size", "weight_decay", "seed", "momentum")
+    FIELDS = ("optimizer", "lr", "epochs", "batch_size", "weight_decay", "seed", "momentum", "trainer",
+              "trainer_params")
 
     @classmethod
     def from_dict(cls, d: dict | None, *, arch: str | None = None) -> "Recipe":
@@ -85,12 +94,34 @@ class Recipe:
         number("weight_decay", float, 0.0, 1.0)
         number("seed", int, 0, 2**63 - 1)
         number("momentum", float, 0.0, 0.999)
+        name, params = d.get("trainer", trainers.DEFAULT), d.get("trainer_params")
+        try:
+            t = trainers.get(name if isinstance(name, str) else repr(name))
+            if t.name == trainers.DEFAULT:
+                if params:
+                    problems.append("recipe.trainer_params: the built-in trainer 'lethe' takes the recipe's own "
+                                    "fields (optimizer, lr, epochs, ...), not trainer_params")
+            else:
+                out["trainer"], out["trainer_params"] = t.name, t.validate(params)
+        except trainers.TrainerNotFound as e:
+            problems.append(f"recipe.trainer: {e}")
+        except trainers.TrainerParamsError as e:
+            problems.extend(f"recipe.{p}" for p in e.problems)
         if problems:
             raise RecipeError(problems)
         return cls(**out)
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if self.trainer == trainers.DEFAULT:  # the built-in trainer: the recipe as it always was
+            del d["trainer"], d["trainer_params"]
+        return d
+
+    def trainer_run_params(self) -> tuple[str, dict | None]:
+        """(trainer name, the parameters it is run with): the built-in trainer's are the recipe."""
+        if self.trainer == trainers.DEFAULT:
+            return self.trainer, {k: v for k, v in self.to_json().items()}
+        return self.trainer, self.trainer_params
 
     def make_optimizer(self, params) -> torch.optim.Optimizer:
         if self.optimizer == "sgd":
@@ -117,42 +148,97 @@ def train_model(arch: str, x: torch.Tensor, y: torch.Tensor, *, input_shape, num
                 seed: int = 0, epochs: int | None = None, batch_size: int = 64, lr: float = 1e-3,
                 weight_decay: float = 0.0, device: torch.device | None = None,
                 progress: Callable[[str, float], None] | None = None, recipe: Recipe | None = None,
-                arch_params: dict | None = None) -> nn.Module:
-    """Train `arch` from scratch on (x, y); returns the model in eval mode. With ``recipe``
-    the recipe decides everything (the loose keyword arguments are ignored); without it,
-    Adam with the given settings."""
+                arch_params: dict | None = None, start: dict[str, torch.Tensor] | None = None,
+                heldout: tuple[torch.Tensor, torch.Tensor] | None = None,
+                cancelled: Callable[[], bool] | None = None) -> nn.Module:
+    """Train `arch` on (x, y) with the recipe's trainer (models.trainers; by default Lethe's
+    own loop, whose parameters are the recipe) from a seeded initialisation or, with
+    ``start``, from the model's starting weights. Returns the model in eval mode; the
+    trainer's metrics are ``model.lethe_train_metrics``. With ``recipe`` the recipe decides
+    the built-in loop and the seed (the loose keyword arguments are ignored); without it, Adam
+    with the given settings."""
     if recipe is None:
         recipe = Recipe(optimizer="adam", lr=lr, epochs=epochs or DEFAULT_EPOCHS.get(arch, 8),
                         batch_size=batch_size, weight_decay=weight_decay, seed=seed)
     device = device or get_device()
     gen = seed_everything(recipe.seed)
-    model = build_model(arch, input_shape, num_classes, arch_params).to(device)
-    fit(model, x, y, recipe=recipe, generator=gen, progress=progress)
+    model = build_model(arch, input_shape, num_classes, arch_params)
+    if start is not None:
+        load_starting_point(model, start)
+    model = model.to(device)
+    name, params = recipe.trainer_run_params()
+    model.lethe_train_metrics = trainers.run(
+        name, params, model, trainers.TensorSource(x, y), seed=recipe.seed, generator=gen,
+        heldout=trainers.TensorSource(*heldout) if heldout is not None else None, device=device,
+        progress=progress, cancelled=cancelled)
     return model.eval()
+
+
+def load_starting_point(model: nn.Module, state: dict[str, torch.Tensor]) -> dict:
+    """Copy the starting weights into a freshly built ``model``: every tensor whose name and
+    shape match (a backbone's head for other classes is left at its seeded initialisation,
+    as in fine-tuning). Raises ValueError when nothing matches. Returns what was loaded."""
+    own = model.state_dict()
+    loaded = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    if not loaded:
+        raise ValueError("the starting point has no tensor matching this network's names and shapes "
+                         f"(network: {sorted(own)[:6]}..., starting point: {sorted(state)[:6]}...)")
+    model.load_state_dict(loaded, strict=False)
+    return {"loaded": sorted(loaded), "kept_initialised": sorted(set(own) - set(loaded))}
 
 
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int | None = None, batch_size: int = 64,
         lr: float = 1e-3, weight_decay: float = 0.0, generator: torch.Generator | None = None,
         progress: Callable[[str, float], None] | None = None, recipe: Recipe | None = None) -> nn.Module:
-    """Continue training `model` in place (also used by the exact methods on shards)."""
+    """Continue training `model` in place with Lethe's own loop (also used by the exact
+    methods on shards)."""
     if recipe is None:
         recipe = Recipe(lr=lr, epochs=epochs or Recipe.epochs, batch_size=batch_size, weight_decay=weight_decay)
-    epochs, batch_size = recipe.epochs, recipe.batch_size
+    _loop(model, trainers.TensorSource(x, y), recipe, generator, progress or (lambda s, f: None), lambda: None)
+    return model.eval()
+
+
+def _loop(model: nn.Module, data, recipe: Recipe, generator, progress, check_cancelled) -> int:
     device = next(model.parameters()).device
     opt = recipe.make_optimizer(model.parameters())
-    n = len(x)
     model.train()
-    for epoch in range(epochs):
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
-            xb, yb = x[idx].to(device), y[idx].to(device)
+    steps = 0
+    for epoch in range(recipe.epochs):
+        check_cancelled()
+        for xb, yb in data.batches(recipe.batch_size, generator=generator):
+            xb, yb = xb.to(device), yb.to(device)
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(xb), yb).backward()
             opt.step()
-        if progress:
-            progress("train", (epoch + 1) / epochs)
-    return model.eval()
+            steps += 1
+        progress("train", (epoch + 1) / recipe.epochs)
+    model.eval()
+    return steps
+
+
+class RecipeParams(pydantic.BaseModel):
+    """The built-in trainer's parameters: the recipe (see :class:`Recipe`)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = pydantic.Field(1e-3, gt=0.0, le=10.0, allow_inf_nan=False)
+    epochs: int = pydantic.Field(Recipe.epochs, ge=1, le=MAX_EPOCHS)
+    batch_size: int = pydantic.Field(64, ge=1, le=MAX_BATCH)
+    weight_decay: float = pydantic.Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    seed: int = pydantic.Field(0, ge=0, le=2**63 - 1)
+    momentum: float = pydantic.Field(0.9, ge=0.0, le=0.999, allow_inf_nan=False)
+
+
+def lethe_trainer(ctx: trainers.TrainContext) -> dict:
+    """Lethe's own loop: cross-entropy, the recipe's optimizer, shuffled mini-batches."""
+    recipe = Recipe(**ctx.params.model_dump())  # the built-in trainer's parameters are the recipe
+    steps = _loop(ctx.model, ctx.data, recipe, ctx.generator, ctx.progress, ctx.check_cancelled)
+    return {"epochs": recipe.epochs, "steps": steps}
+
+
+TRAINER = trainers.Trainer(name=trainers.DEFAULT, train=lethe_trainer, Params=RecipeParams,
+                           summary="Lethe's own loop: the model's recipe (optimizer, lr, epochs, batch size, "
+                                   "weight decay, momentum), cross-entropy", losses=("classification", "one-class"))
 
 
 @torch.no_grad()

@@ -31,27 +31,49 @@ def require_tool():
 
 
 PLUGIN_DIR = os.path.join(ROOT, "tests", "plugins", "lethe_tinynet")
+TRAINER_PLUGIN_DIR = os.path.join(ROOT, "tests", "plugins", "lethe_augtrain")
 
 
-def install_plugin(site: str, extra_entry_points: dict[str, str] | None = None) -> str:
-    """Install the example plug-in (tests/plugins/lethe_tinynet) the way pip would make it
-    visible to importlib.metadata: a ``.dist-info`` with the ``entry_points.txt`` declared in
-    the plug-in's own pyproject.toml, in a directory put on sys.path with the package's
-    source. Returns that directory (the caller puts it on sys.path)."""
+def install_plugin(site: str, extra_entry_points: dict[str, str] | None = None, *, plugin_dir: str = PLUGIN_DIR,
+                   group: str = "lethe.architectures") -> str:
+    """Install an example plug-in (tests/plugins/lethe_tinynet: architectures;
+    tests/plugins/lethe_augtrain: trainers) the way pip would make it visible to
+    importlib.metadata: a ``.dist-info`` with the ``entry_points.txt`` declared in the
+    plug-in's own pyproject.toml (plus ``extra_entry_points`` in ``group``), in a directory
+    put on sys.path with the package's source. Returns that directory (the caller puts it on
+    sys.path)."""
     import tomllib
 
-    with open(os.path.join(PLUGIN_DIR, "pyproject.toml"), "rb") as f:
+    with open(os.path.join(plugin_dir, "pyproject.toml"), "rb") as f:
         project = tomllib.load(f)["project"]
-    eps = {**project["entry-points"]["lethe.architectures"], **(extra_entry_points or {})}
-    info = os.path.join(site, f"{project['name'].replace('-', '_')}-{project['version']}.dist-info")
+    groups = {g: dict(eps) for g, eps in project["entry-points"].items()}
+    groups.setdefault(group, {}).update(extra_entry_points or {})
+    package = project["name"].replace("-", "_")
+    info = os.path.join(site, f"{package}-{project['version']}.dist-info")
     os.makedirs(info, exist_ok=True)
     with open(os.path.join(info, "METADATA"), "w") as f:
         f.write(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
     with open(os.path.join(info, "entry_points.txt"), "w") as f:
-        f.write("[lethe.architectures]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()))
-    shutil.copytree(os.path.join(PLUGIN_DIR, "src", "lethe_tinynet"), os.path.join(site, "lethe_tinynet"),
-                    dirs_exist_ok=True)
+        f.write("".join(f"[{g}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()) for g, eps in groups.items()))
+    shutil.copytree(os.path.join(plugin_dir, "src", package), os.path.join(site, package), dirs_exist_ok=True)
     return site
+
+
+@pytest.fixture
+def augtrain(tmp_path_factory, monkeypatch):
+    """The example trainer plug-in installed for this test (with a failing trainer, a
+    missing one and one that tries to shadow the built-in ``lethe`` beside it)."""
+    from models import trainers
+
+    site = install_plugin(str(tmp_path_factory.mktemp("site")),
+                          {"broken": "lethe_augtrain:broken", "diverging": "lethe_augtrain:diverging",
+                           "gone": "lethe_augtrain_missing:train", "lethe": "lethe_augtrain:augmented"},
+                          plugin_dir=TRAINER_PLUGIN_DIR, group="lethe.trainers")
+    monkeypatch.syspath_prepend(site)
+    trainers.reload()
+    yield "augmented"
+    monkeypatch.undo()
+    trainers.reload()
 
 
 @pytest.fixture

@@ -281,16 +281,21 @@ def _arch_of(model: nn.Module) -> str:
 
 def retrain(model, req, progress: ProgressFn | None = None):
     """Exact unlearning: train the same architecture (with its constructor parameters) from
-    scratch on D_r with the model's stored recipe (``model.lethe_recipe``, which the worker
-    attaches from the registry; else the demo recipe, models/train.py; options: train_seed,
-    epochs override it). Exact by construction when the served model was trained by that
-    recipe; otherwise it is still a model that never saw D_f."""
+    scratch on D_r with the model's stored recipe (``model.lethe_recipe``: its trainer,
+    models/trainers.py, with that trainer's parameters and the seed), from the model's
+    starting weights when it names some (``model.lethe_start``: fine-tuning's "from
+    scratch"), all attached by the worker from the registry; else the demo recipe (models/train.py; options: train_seed, epochs
+    override it). The held-out rows (``holdout_x``) are the trainer's early-stopping split.
+    Exact by construction when the served model was trained that way; otherwise it is still
+    a model that never saw D_f."""
     _needs_retained(req, "retrain")
-    return retrain_from_scratch(model, req.retain_x, req.retain_y, options=req.options, progress=progress)
+    heldout = (req.holdout_x, req.holdout_y) if req.holdout_x is not None and len(req.holdout_x) else None
+    return retrain_from_scratch(model, req.retain_x, req.retain_y, options=req.options, progress=progress,
+                                heldout=heldout)
 
 
 def retrain_from_scratch(model, retain_x, retain_y, *, options: dict | None = None,
-                         progress: ProgressFn | None = None) -> UnlearnResult:
+                         progress: ProgressFn | None = None, heldout=None) -> UnlearnResult:
     """``retrain`` without a forget set: what a consolidation runs when it serves no new
     request (the data to leave out is already out of ``retain_x``)."""
     options = options or {}
@@ -303,6 +308,11 @@ def retrain_from_scratch(model, retain_x, retain_y, *, options: dict | None = No
     new = train_model(arch, retain_x, retain_y, input_shape=tuple(retain_x.shape[1:]),
                       num_classes=model.head.out_features, recipe=recipe,
                       arch_params=getattr(model, "lethe_arch_params", None),
-                      device=next(model.parameters()).device, progress=progress)
+                      device=next(model.parameters()).device, progress=progress, start=getattr(model, "lethe_start", None), heldout=heldout)
+    for attr in ("lethe_recipe", "lethe_start"):  # a retrain of the retrain trains the same way
+        if hasattr(model, attr):
+            setattr(new, attr, getattr(model, attr))
     return UnlearnResult(new, {"method_family": "exact", "steps": 0, "converged": True, "exact": True,
+                               "trainer": recipe.trainer,
+                               "trainer_metrics": getattr(new, "lethe_train_metrics", {}),
                                "seconds": time.perf_counter() - t0})

@@ -35,7 +35,8 @@ from .registry import UnlearnRequest, UnlearnResult
 BUNDLE_FORMAT = "lethe-bundle/1"
 
 
-_LATER_FIELDS = {"optimizer": "adam", "weight_decay": 0.0, "momentum": 0.9, "arch_params": None}
+_LATER_FIELDS = {"optimizer": "adam", "weight_decay": 0.0, "momentum": 0.9, "arch_params": None,
+                 "trainer": "lethe", "trainer_params": None}
 
 
 @dataclass
@@ -61,6 +62,10 @@ class ExactConfig:
     weight_decay: float = 0.0
     momentum: float = 0.9
     arch_params: dict | None = None
+    # the model's trainer (models.trainers): a plug-in trains each SISA slice stage with its own
+    # parameters (its own epochs); "lethe" is the loop below with the recipe's epochs_at(r)
+    trainer: str = "lethe"
+    trainer_params: dict | None = None
 
     def epochs_at(self, r: int) -> int:
         """Epochs of slice stage r. SISA trains slice r on slices 0..r; with 2e/(R+1) epochs per
@@ -86,7 +91,8 @@ class ExactConfig:
         from ..train import Recipe
 
         return Recipe(optimizer=self.optimizer, lr=self.lr, epochs=self.epochs, batch_size=self.batch_size,
-                      weight_decay=self.weight_decay, seed=self.seed, momentum=self.momentum)
+                      weight_decay=self.weight_decay, seed=self.seed, momentum=self.momentum,
+                      trainer=self.trainer, trainer_params=self.trainer_params)
 
     @classmethod
     def from_json(cls, d: dict) -> "ExactConfig":
@@ -265,6 +271,17 @@ def _train_stage(config: ExactConfig, model: nn.Module, x: torch.Tensor, y: torc
     if n == 0:
         return
     g = torch.Generator().manual_seed(_seed(config.seed, member, stage))
+    if config.trainer != "lethe":
+        from .. import trainers
+
+        if config.kind == "arcane":
+            raise ValueError("ARCANE members are one-class autoencoders trained with Lethe's own loss; "
+                             f"trainer {config.trainer!r} cannot train them")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_seed(config.seed, member, stage))
+            trainers.run(config.trainer, config.trainer_params, model, trainers.TensorSource(x, y),
+                         seed=_seed(config.seed, member, stage), generator=g)
+        return
     opt = config.recipe().make_optimizer(model.parameters())
     device = next(model.parameters()).device
     model.train()
