@@ -110,9 +110,11 @@ def _train(s: Settings, run_id: str, spec: dict, t0: float):
 
     _progress(s, run_id, f"training on {len(ids)} rows", 0.05)
     t_train = time.perf_counter()
+    # the recipe's trainer (models/trainers.py); the held-out split is its early-stopping data
     model = train_model(spec["arch"], torch.from_numpy(x), torch.from_numpy(y), input_shape=spec["input_shape"],
                         num_classes=len(spec["classes"]), recipe=recipe, arch_params=spec["arch_params"],
-                        device=get_device(), progress=progress)
+                        device=get_device(), progress=progress,
+                        heldout=(torch.from_numpy(xte), torch.from_numpy(yte)) if len(yte) else None)
     # the planner weighs this against an approximate job: the training alone, as a retrain repeats it
     train_s = round(time.perf_counter() - t_train, 2)
     _progress(s, run_id, "evaluating", 0.92)
@@ -124,7 +126,7 @@ def _train(s: Settings, run_id: str, spec: dict, t0: float):
     rel = registry.publish_weights(s.registry_dir, spec["model"], tmp, sha)
     rows = _catalogue_rows(s, spec, ids, x, y, refs)
     metrics = {"ta": ta, "train_rows": len(ids), "test_rows": len(yte), "recipe": recipe.to_json(),
-               "train_seconds": train_s, "seconds": round(time.perf_counter() - t0, 2)}
+               "trainer": recipe.trainer, "trainer_metrics": model.lethe_train_metrics, "train_seconds": train_s, "seconds": round(time.perf_counter() - t0, 2)}
     return sha, rel, metrics, rows
 
 

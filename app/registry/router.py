@@ -30,6 +30,7 @@ from .upload import parse_json_field, register_upload
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 architectures_router = APIRouter(prefix="/v1/architectures", tags=["models"])
+trainers_router = APIRouter(prefix="/v1/trainers", tags=["models"])
 # reading the registry: any key that has a reason to look (models:read: serving systems)
 READ = Depends(require_scope(FORGET_READ, AUDIT_READ, MODELS_ADMIN, MODELS_READ))
 Reader = Annotated[Principal, READ]  # a tenant's key sees only the models granted to it (app/tenants)
@@ -370,6 +371,24 @@ def list_architectures():
 
     return ArchitecturesRead(architectures=[architectures.get(n).to_json() for n in architectures.names()],
                              problems=architectures.problems())
+
+
+class TrainersRead(BaseModel):
+    trainers: list[dict] = Field(description="name, summary, source (entry point), params (the trainer's JSON "
+                                             "schema: what recipe.trainer_params accepts)")
+    problems: dict[str, str] = Field(description="plug-ins that failed to load or clashed with a taken name, and why")
+
+
+@trainers_router.get("", response_model=TrainersRead, dependencies=[READ],
+                     summary="Trainers a model can be trained and retrained by: Lethe's loop and installed plug-ins")
+def list_trainers():
+    """Plug-ins are Python packages the operator installs, declared in the entry-point group
+    `lethe.trainers`; a model names one in its recipe (`trainer`, `trainer_params`) and every
+    training run, retrain, shard retrain and consolidation of it uses it (docs/own-models.md)."""
+    from models import trainers
+
+    return TrainersRead(trainers=[trainers.get(n).to_json() for n in trainers.names()],
+                        problems=trainers.problems())
 
 
 class TrainingRunRead(BaseModel):

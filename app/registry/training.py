@@ -43,8 +43,9 @@ class TrainBody(BaseModel):
     arch: str = Field(min_length=1, max_length=64, description="an architecture name (GET /v1/architectures)")
     arch_params: dict | None = Field(default=None, description="the architecture's constructor parameters")
     recipe: dict | None = Field(default=None, description="optimizer, lr, epochs, batch_size, weight_decay, seed "
-                                                          "(momentum for sgd); stored with the model, retraining "
-                                                          "uses it")
+                                                          "(momentum for sgd), or trainer + trainer_params: a "
+                                                          "trainer plug-in (GET /v1/trainers) and its parameters; "
+                                                          "stored with the model, every retrain uses it")
 
 
 def dataset_defaults(arch: str, schema: dict, params: dict | None) -> dict | None:
