@@ -161,7 +161,7 @@ def run(datasets, scenarios, seeds, methods, paper_max_k, retrain_seeds, device,
                     t = time.perf_counter()
                     res = get_method(fn)(served, cell.request(objective, options))
                     secs = time.perf_counter() - t
-                    extra = {k: res.stats[k] for k in ("df_confidence_drop", "df_drop_expected") if k in res.stats}
+                    extra = {k: res.stats[k] for k in ("df_confidence_change", "df_confidence_change_raw", "df_drop_expected") if k in res.stats}
                     _emit(rows, cell.row(method, cell.score(res.model), secs, res.stats, objective=objective, **extra))
     return rows
 

@@ -143,7 +143,7 @@ def stopping_rule_passes(original, unlearned, forget, retain, calib, seed) -> bo
     req = UnlearnRequest(*forget, objective="retrain_like", retain_x=retain[0], retain_y=retain[1],
                          holdout_x=calib[0], holdout_y=calib[1], seed=seed)
     sig = privacy_signal(original, unlearned, req)
-    return bool(sig["df_confidence_drop"] <= -sig["df_drop_required"]) if sig else None
+    return sig["retrain_like_passes"] if sig else None
 
 
 def run(datasets, scenarios, seeds, methods, n_shadows, device, emit, flip_max_k=32):

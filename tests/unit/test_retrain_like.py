@@ -62,7 +62,7 @@ def test_lethe_retrain_like_passes_its_test_without_flipping_everything(digits_s
     res = get_method("lethe")(original, req)
     s = res.stats
     assert s["converged"] and s["steps"] > 0
-    assert s["df_confidence_drop"] <= -s["df_drop_required"] < 0
+    assert s["df_confidence_change"] <= -s["df_drop_required"] < 0 and s["df_confidence_change_raw"] <= 0
     # a retrained model still classifies most of D_f correctly; so must this one
     assert float((res.model(d.x_train[fi]).argmax(1) == d.y_train[fi]).float().mean()) > 0.8
 
@@ -101,4 +101,16 @@ def test_lethe_aims_at_the_reference_gap_it_is_given(digits_split):
     # the larger gap is a larger requirement, and the run meets it (how far past it a step lands
     # varies with the machine's threads, so the two runs' drops are not compared to each other)
     assert large.stats["df_drop_required"] > 10 * small.stats["df_drop_required"]
-    assert large.stats["converged"] and large.stats["df_confidence_drop"] <= -large.stats["df_drop_required"] < 0
+    assert large.stats["converged"] and large.stats["df_confidence_change"] <= -large.stats["df_drop_required"] < 0
+
+
+def test_a_forget_set_that_became_more_confident_never_passes():
+    # the whole model grew more confident (held-out +0.3) and D_f a little less so (+0.1): the
+    # drift-corrected change is -0.2, past the requirement, yet D_f is more confident than before
+    members, nonmembers = np.arange(100.0), np.arange(100.0) - 10
+    test = RetrainLikeTest(np.array([50.0, 60.0]), members, nonmembers, expected_shift=np.array([0.1, 0.1]))
+    after = np.array([50.1, 60.1])
+    assert test.drop(after, nonmembers + 0.3) <= -test.required  # what the rule alone accepted
+    assert test.raw_change(after) > 0 and not test.passes(after, nonmembers + 0.3)
+    # the same drift-corrected change with D_f itself less confident passes
+    assert test.passes(np.array([49.9, 59.9]), nonmembers + 0.1)
