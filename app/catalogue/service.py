@@ -141,11 +141,21 @@ def retained_arrays(session: Session, model_name: str, exclude: set[str], limit:
     return decode(store.sample(limit, seed=seed, exclude=exclude, where=is_live), store.schema)
 
 
+class LineageError(ValueError):
+    """A manifest that disagrees with its dataset: ``code`` says how, the message names the ids."""
+
+    def __init__(self, code: str, detail: str):
+        super().__init__(detail)
+        self.code, self.detail = code, detail
+
+
 def rows_for_model(store_root: str, model_name: str, dataset: str, ids: list[str] | None = None,
                    subject_refs: dict[str, str | None] | None = None) -> list[dict]:
     """Catalogue rows (dicts for a bulk insert) of a model trained on ``ids`` of a
-    dataset's training split (all of it when None): subject and label from the store's
-    index (``subject_refs`` overrides the subject), content hash from the stored features."""
+    dataset's training split (all of it when None). The dataset is the one source of truth
+    for whose row it is: subject and label come from the store's index; ``subject_refs``
+    (a manifest's, keyed) may only repeat them. Raises ``LineageError``: ``not_training_rows``
+    (held-out rows, or ids the dataset does not hold, named) or ``subject_mismatch``."""
     from ..datasets.formats import decode
 
     store = _store(store_root)
@@ -154,16 +164,57 @@ def rows_for_model(store_root: str, model_name: str, dataset: str, ids: list[str
     order = [i for i, _, _ in index] if ids is None else ids
     missing = [i for i in order if i not in meta]
     if missing:
-        raise KeyError(f"not training rows of {dataset!r}: {', '.join(missing[:10])}")
+        held_out = set(store.locate(missing))
+        parts = [f"held-out rows (the dataset's test split): {_ids_preview([i for i in missing if i in held_out])}"
+                 if held_out else "",
+                 f"not in the dataset: {_ids_preview([i for i in missing if i not in held_out])}"
+                 if len(held_out) < len(missing) else ""]
+        raise LineageError("not_training_rows" if held_out else "unknown_instances",
+                           f"a manifest names only training rows of dataset {dataset!r}; "
+                                                + "; ".join(p for p in parts if p))
+    wrong = sorted(i for i, ref in (subject_refs or {}).items() if ref is not None and ref != meta[i][0])
+    if wrong:
+        raise LineageError("subject_mismatch", f"the manifest's subject_id disagrees with dataset {dataset!r} for: "
+                                               f"{_ids_preview(wrong)} (the dataset says whose each row is: omit "
+                                               "subject_id, or correct the dataset)")
     rows = []
     for k in range(0, len(order), 4096):
         chunk = order[k:k + 4096]
         x, y = decode(store.read(chunk), store.schema)
         for iid, arr, label in zip(chunk, x, y):
-            ref = meta[iid][0] if subject_refs is None or subject_refs.get(iid) is None else subject_refs[iid]
-            rows.append(dict(model_name=model_name, instance_id=iid, dataset=dataset, subject_ref=ref,
+            rows.append(dict(model_name=model_name, instance_id=iid, dataset=dataset, subject_ref=meta[iid][0],
                              label=int(label), content_hash=content_hash(arr), storage_uri=store_root))
     return rows
+
+
+def _ids_preview(ids: list[str], n: int = 10) -> str:
+    return ", ".join(ids[:n]) + (f" (and {len(ids) - n} more)" if len(ids) > n else "")
+
+
+def disagreeing_rows(session, store_for, limit: int = 20) -> dict[str, dict]:
+    """Models whose catalogue disagrees with its dataset (registered before manifests were
+    checked against it): {model: {"dataset", "held_out_rows": n, "subject_mismatch": n,
+    "examples": ids}}. ``session``: a Session or a Connection (a migration's). ``store_for(dataset)``:
+    the dataset's DatasetStore, or None. Reported,
+    never rewritten: which side is right is the operator's call."""
+    out: dict[str, dict] = {}
+    groups: dict[tuple[str, str], list[tuple[str, str | None]]] = {}
+    for model, dataset, iid, ref in session.execute(select(
+            TrainingInstance.model_name, TrainingInstance.dataset, TrainingInstance.instance_id,
+            TrainingInstance.subject_ref).where(TrainingInstance.raw_deleted_at.is_(None))):
+        groups.setdefault((model, dataset), []).append((iid, ref))
+    for (model, dataset), rows in sorted(groups.items()):
+        store = store_for(dataset)
+        if store is None:
+            continue
+        ids = [i for i, _ in rows]
+        train = {iid: ref for iid, ref, _ in store.index("train", ids=ids)}
+        held_out = sorted(store.locate([i for i in ids if i not in train]))
+        mismatch = [i for i, ref in rows if i in train and train[i] != ref]
+        if held_out or mismatch:
+            out[model] = {"dataset": dataset, "held_out_rows": len(held_out), "subject_mismatch": len(mismatch),
+                          "examples": sorted(held_out + mismatch)[:limit]}
+    return out
 
 
 def set_locations(session: Session, model_name: str, locations: dict[str, tuple[int, int | None]]) -> int:

@@ -1,5 +1,5 @@
 """Server side (on the configured database and storage, ``LETHE_*`` settings):
-``serve`` (``make run``), ``migrate``, ``bootstrap`` and ``worker`` (a Celery worker when
+``serve`` (``make run``), ``migrate``, ``bootstrap``, ``doctor`` and ``worker`` (a Celery worker when
 ``LETHE_BROKER_URL`` is set)."""
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ def register(cmds: Commands) -> None:
     s = cmds.local("serve", cmd_serve, "run the gateway (migrates first; bootstraps when LETHE_BOOTSTRAP_DEMO; "
                                        "runs jobs in-process when LETHE_BROKER_URL is empty)")
     s.add_argument("--no-migrate", action="store_true", help="skip the migrations (a separate step ran them)")
+    cmds.local("doctor", cmd_doctor, "report models whose catalogue disagrees with their dataset (held-out rows "
+                                     "named as training rows, another subject than the dataset's); changes nothing")
     s = cmds.local("worker", cmd_worker, "run a Celery worker on LETHE_BROKER_URL (one per GPU); "
                                          "other arguments go to celery, e.g. --hostname gpu0@%%h")
     s.set_defaults(celery_args=[])
@@ -37,6 +39,34 @@ def server_settings() -> Settings:
 def cmd_migrate(args) -> int:
     migrate(server_settings())
     return OK
+
+
+def doctor_report(settings: Settings) -> dict[str, dict]:
+    """{model: what disagrees} (``catalogue.disagreeing_rows``) on the configured database."""
+    from ..catalogue.service import disagreeing_rows
+    from ..datasets import service as datasets
+    from ..db import read_scope
+
+    def store_for(name: str):
+        try:
+            return datasets.open_store(settings, name)
+        except Exception:  # noqa: BLE001 - a dataset without a store cannot be compared
+            return None
+
+    with read_scope(settings.database_url) as db:
+        return disagreeing_rows(db, store_for)
+
+
+def cmd_doctor(args) -> int:
+    """Exit 0 when every model's catalogue agrees with its dataset, 1 otherwise."""
+    report = doctor_report(server_settings())
+    for model, bad in report.items():
+        print(f"{model}: dataset {bad['dataset']}: {bad['held_out_rows']} held-out row(s) catalogued as training "
+              f"rows, {bad['subject_mismatch']} row(s) with another subject than the dataset's "
+              f"(e.g. {', '.join(bad['examples'][:5])})")
+    if not report:
+        print("every model's catalogue agrees with its dataset")
+    return 1 if report else OK
 
 
 def _bootstrap(settings: Settings) -> None:

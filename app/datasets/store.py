@@ -319,8 +319,8 @@ class DatasetStore:
         return out
 
     def index(self, split: str = "train", ids: list[str] | None = None) -> list[tuple[str, str | None, int]]:
-        """(instance_id, subject_ref, label) of the rows of ``split`` (or of ``ids``), in
-        storage order: what a model's catalogue is built from."""
+        """(instance_id, subject_ref, label) of the rows of ``split`` (or of those of ``ids``
+        that are rows of ``split``), in storage order: what a model's catalogue is built from."""
         with self._db() as db:
             if ids is None:
                 return db.execute("SELECT instance_id, subject_ref, label FROM instances WHERE split=? "
@@ -328,8 +328,8 @@ class DatasetStore:
             out = []
             for k in range(0, len(ids), 900):
                 chunk = ids[k:k + 900]
-                out += db.execute(f"SELECT instance_id, subject_ref, label FROM instances WHERE instance_id IN "
-                                  f"({','.join('?' * len(chunk))})", chunk).fetchall()
+                out += db.execute(f"SELECT instance_id, subject_ref, label FROM instances WHERE split=? AND "
+                                  f"instance_id IN ({','.join('?' * len(chunk))})", [split, *chunk]).fetchall()
             return out
 
     def locate(self, ids: list[str]) -> dict[str, tuple[str, int]]:

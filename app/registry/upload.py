@@ -3,7 +3,10 @@ manifest. Pickled checkpoints (torch.save, .pt/.pth/.pkl/.ckpt) are refused: loa
 can run arbitrary code. The manifest names the training instances: ids of the training
 split of a registered dataset (``POST /v1/datasets``, or a shipped demo dataset, registered
 on first use), whose store holds their data for unlearning, and optionally the subject each
-belongs to (stored only as a keyed hash; default: the subject the dataset gives the row)."""
+belongs to (stored only as a keyed hash). The dataset is the one source of truth for
+lineage: a manifest may name only rows of its training split, a ``subject_id`` that
+disagrees with the dataset's is refused and an omitted one is taken from it;
+``{"all_training_rows": true}`` names the whole training split."""
 from __future__ import annotations
 
 import hashlib
@@ -40,17 +43,24 @@ def looks_pickled(data: bytes, filename: str | None) -> str | None:
     return None
 
 
-def parse_manifest(raw: str | bytes) -> list[dict]:
+def parse_manifest(raw: str | bytes) -> list[dict] | None:
+    """The manifest's instances, or None for ``{"all_training_rows": true}`` (the model was
+    trained on the dataset's whole training split)."""
     check_depth(raw, "manifest")  # json.loads recurses: 50,000 levels were a RecursionError (500)
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise LetheError(422, "bad_manifest", f"manifest is not valid JSON: {e}")
+    if isinstance(doc, dict) and "all_training_rows" in doc:
+        if doc != {"all_training_rows": True}:
+            raise LetheError(422, "bad_manifest", 'a whole-split manifest is exactly {"all_training_rows": true} '
+                                                  "(no instances beside it)")
+        return None
     items = doc.get("instances") if isinstance(doc, dict) else None
     if not isinstance(items, list) or not items:
         raise LetheError(422, "bad_manifest",
-                         'manifest must be {"instances": [{"instance_id": ..., "subject_id": ...}, ...]} '
-                         "with at least one instance")
+                         'manifest must be {"instances": [{"instance_id": ..., "subject_id"?: ...}, ...]} '
+                         'with at least one instance, or {"all_training_rows": true}')
     out, seen = [], set()
     for k, it in enumerate(items):
         if not isinstance(it, dict) or not isinstance(it.get("instance_id"), str):
@@ -151,12 +161,13 @@ def register_upload(session: Session, settings: Settings, *, name: str, arch: st
     model.eval()
     items = parse_manifest(manifest_raw)
     refs = {it["instance_id"]: catalogue.subject_ref(settings.subject_secret, it["subject_id"])
-            for it in items if it["subject_id"]}
+            for it in items or () if it["subject_id"]}
     try:
         rows = catalogue.rows_for_model(datasets.store_dir(settings, ds.name), name, ds.name,
-                                        [it["instance_id"] for it in items], subject_refs=refs)
-    except KeyError as e:
-        raise LetheError(422, "unknown_instances", str(e).strip("'\""))
+                                        None if items is None else [it["instance_id"] for it in items],
+                                        subject_refs=refs)
+    except catalogue.LineageError as e:
+        raise LetheError(422, e.code, e.detail)
     if registry.get_model(session, name) is not None:
         raise LetheError(409, "model_exists", f"model {name!r} is already registered")
 

@@ -130,8 +130,9 @@ def _safetensors_bytes(arch="cnn", shape=(1, 8, 8), classes=10) -> bytes:
     return save({k: v.contiguous() for k, v in net.state_dict().items()})
 
 
-MANIFEST = {"instances": [{"instance_id": "digits-00000", "subject_id": "zoe"},
-                          {"instance_id": "digits-00001", "subject_id": "zoe"},
+# the dataset says digits-00000..02 are alice's: a manifest may repeat it or leave it out
+MANIFEST = {"instances": [{"instance_id": "digits-00000", "subject_id": "alice"},
+                          {"instance_id": "digits-00001", "subject_id": "alice"},
                           {"instance_id": "digits-00002"}]}
 
 
@@ -150,14 +151,14 @@ def test_register_own_safetensors_model(client, seeded):
     assert body["aliases"] == {"production": 1} and 0.0 <= body["test_accuracy"] <= 100.0
     models = {m["name"]: m for m in client.get("/v1/models").json()}
     assert models["my-digits"]["aliases"] == {"production": 1}
-    inst = client.get("/v1/subjects/zoe/instances", params={"model": "my-digits"}).json()["instances"]
-    assert [i["instance_id"] for i in inst] == ["digits-00000", "digits-00001"]
+    inst = client.get("/v1/subjects/alice/instances", params={"model": "my-digits"}).json()["instances"]
+    assert [i["instance_id"] for i in inst] == ["digits-00000", "digits-00001", "digits-00002"]
     pred = client.post("/v1/models/my-digits/predict", json={"instance_ids": ["digits-00002"]})
     assert pred.status_code == 200 and pred.json()["sha256"] == body["sha256"]
-    f = client.post("/v1/forget", json={"model": "my-digits", "subject_id": "zoe"})
+    f = client.post("/v1/forget", json={"model": "my-digits", "subject_id": "alice"})
     assert f.status_code == 202, f.text
     ev = client.get("/v1/audit", params={"action": "model.registered"}).json()["entries"][0]
-    assert ev["payload"]["uploaded_sha256"] == body["uploaded_sha256"] and "zoe" not in str(ev)
+    assert ev["payload"]["uploaded_sha256"] == body["uploaded_sha256"] and "alice" not in str(ev)
     again = _upload(client, _safetensors_bytes())
     assert again.status_code == 409 and "already registered" in again.json()["detail"]
 
@@ -188,8 +189,27 @@ def test_pickled_checkpoints_are_refused(client, seeded):
     (None, {}, {"instances": []}, "bad_manifest"),
     (None, {}, {"instances": [{"instance_id": "digits-99999"}]}, "unknown_instances"),
     (None, {}, {"instances": [{"instance_id": "digits-00001"}, {"instance_id": "digits-00001"}]}, "bad_manifest"),
+    # lineage has one source of truth, the dataset: held-out rows and another subject are refused
+    (None, {}, {"instances": [{"instance_id": "digits-00001"}, {"instance_id": "digits-test-00007"}]},
+     "not_training_rows"),
+    (None, {}, {"instances": [{"instance_id": "digits-00001", "subject_id": "someone-else"}]}, "subject_mismatch"),
+    (None, {}, {"all_training_rows": True, "instances": [{"instance_id": "digits-00001"}]}, "bad_manifest"),
+    (None, {}, {"all_training_rows": False}, "bad_manifest"),
 ])
 def test_bad_uploads_say_what_is_wrong(client, seeded, weights, form, manifest, code):
     r = _upload(client, weights if weights is not None else _safetensors_bytes(), manifest=manifest, **form)
     assert r.status_code == 422 and r.json()["code"] == code, r.text
     assert "my-digits" not in {m["name"] for m in client.get("/v1/models").json()}
+    if code == "not_training_rows":  # named, and the training row beside it is not
+        assert "digits-test-00007" in r.json()["detail"] and "digits-00001" not in r.json()["detail"]
+    if code == "subject_mismatch":  # the ids, never the subject sent
+        assert "digits-00001" in r.json()["detail"] and "someone-else" not in r.json()["detail"]
+
+
+def test_a_model_trained_on_the_whole_training_split_needs_no_list(client, seeded):
+    r = _upload(client, _safetensors_bytes(), manifest={"all_training_rows": True})
+    assert r.status_code == 201, r.text
+    ds = client.get("/v1/datasets/digits").json()
+    assert r.json()["instances"] == ds["splits"]["train"] > 1000
+    inst = client.get("/v1/subjects/bob/instances", params={"model": "my-digits"}).json()["instances"]
+    assert len(inst) == 4  # the dataset's subjects, as a listed manifest gets them

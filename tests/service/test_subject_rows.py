@@ -187,3 +187,33 @@ def test_a_crash_before_the_store_erasure_is_finished_by_the_sweep(client, world
     assert subjects.erase_pending(world) == 1 and subjects.erase_pending(world) == 0
     assert _left(world, "carol") == {}
     assert client.get(f"/v1/erasures/{gid}").json()["status"] == "completed"
+
+
+def test_models_that_disagree_with_their_dataset_are_reported_not_rewritten(world, caplog):
+    """A catalogue written before manifests were checked: a held-out row named as a training row,
+    a row with another subject. `lethe doctor` and the migration's log name the model."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import update
+
+    from app.cli.server import doctor_report
+    from app.db import ROOT
+
+    assert doctor_report(world) == {}
+    bad = catalogue.rows_for_model(datasets.store_dir(world, "toy"), MODEL, "toy", ["toy-00000"])[0]
+    bad.update(instance_id="toy-test-00000")
+    with session_scope(world.database_url) as db:
+        db.bulk_insert_mappings(TrainingInstance, [bad])
+        db.execute(update(TrainingInstance).where(TrainingInstance.instance_id == "toy-00004")
+                   .values(subject_ref=catalogue.subject_ref(world.subject_secret, "someone-else")))
+    report = doctor_report(world)
+    assert report == {MODEL: {"dataset": "toy", "held_out_rows": 1, "subject_mismatch": 1,
+                              "examples": ["toy-00004", "toy-test-00000"]}}
+    cfg = Config(f"{ROOT}/alembic.ini")
+    cfg.set_main_option("script_location", f"{ROOT}/migrations")
+    cfg.attributes.update(url=world.database_url, data_dir=world.data_dir)
+    command.downgrade(cfg, "0014")
+    with caplog.at_level("WARNING"):
+        migrate(world)
+    assert f"model {MODEL} disagrees with its dataset toy: 1 held-out row(s)" in caplog.text
+    assert doctor_report(world) == report  # nothing was rewritten
