@@ -5,7 +5,7 @@ import functools
 import os
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -152,6 +152,26 @@ class Settings(BaseSettings):
                                                                     "unlearned approximately")
     retrain_below_s: float = Field(default=10.0, ge=0, description="a model that trains in at most this many "
                                                                    "seconds is always retrained (exact, as cheap)")
+    # per-row membership risk (models/risk.py), measured once per exact version
+    risk_reference_models: int = Field(default=4, ge=0, description="reference models (on complementary halves "
+                                                                    "of the training rows) of the risk job run "
+                                                                    "when an exact version is published; its "
+                                                                    "cost is about half this many trainings; "
+                                                                    "0 = no risk job")
+    @field_validator("risk_reference_models")
+    @classmethod
+    def _risk_reference_models(cls, v: int) -> int:
+        if v and (v < 4 or v % 2):
+            raise ValueError("LETHE_RISK_REFERENCE_MODELS must be 0 (no risk job) or even and >= 4 "
+                             "(complementary halves, two models per side)")
+        return v
+
+    risk_threshold: float = Field(default=1.0, ge=0, description="a deletion holding a row whose membership risk "
+                                                                 "(effect size) is at or above this goes exact "
+                                                                 "now (calibrated by `python -m bench.ulira "
+                                                                 "--fit`)")
+    risk_tau: float = Field(default=0.25, ge=0, description="an approximate result is accepted when its rows "
+                                                            "lost at least this share of their own membership gap")
     # consolidation (app/jobs/consolidation.py): approximate now, exact before the deadline
     consolidate_after_instances: int = Field(default=256, ge=0, description="retrain from scratch (a consolidation "
                                                                            "job, exact) once this many instances "

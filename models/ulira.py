@@ -102,29 +102,35 @@ def _pooled_sd(phi: np.ndarray, member: np.ndarray, mu: np.ndarray, min_sd: floa
     return max(float(np.sqrt((dev ** 2).sum() / max(dof, 1))), min_sd)
 
 
-def ulira_attack(phi: np.ndarray, member: np.ndarray, fpr: float = 0.01, min_sd: float = 1e-2) -> dict:
-    """Steps 4-5 on phi (n_shadows, |T|) and member (trained-then-unlearned) of the same shape.
-
-    Returns AUC and TPR at `fpr` of the pooled leave-one-out scores, the number of scored
-    (model, example) pairs, and the per-example mean score gap (mean over unlearned pairs of
-    the LR minus mean over held-out pairs; > 0 means distinguishable in either direction)."""
+def pair_scores(phi: np.ndarray, member: np.ndarray, min_sd: float = 1e-2) -> tuple[np.ndarray, np.ndarray]:
+    """Step 4 on phi (n_shadows, |T|) and member (trained-then-unlearned) of the same shape:
+    (lr, ok), the leave-one-out log-likelihood ratio of every (shadow, example) pair and whether
+    the pair is scored (the example needs both worlds among the other shadows)."""
     phi = np.asarray(phi, dtype=np.float64)
     member = np.asarray(member, dtype=bool)
     n = len(phi)
-    pos, neg = [], []
+    lr_all, ok_all = np.zeros_like(phi), np.zeros_like(member)
     for i in range(n):
         keep = np.arange(n) != i
         p, m = phi[keep], member[keep]
         n_u, n_h = m.sum(0), (~m).sum(0)
-        ok = (n_u > 0) & (n_h > 0)  # an example needs both worlds among the other shadows
+        ok_all[i] = (n_u > 0) & (n_h > 0)
         mu_u = np.where(m, p, 0).sum(0) / np.maximum(n_u, 1)
         mu_h = np.where(~m, p, 0).sum(0) / np.maximum(n_h, 1)
         s_u = _pooled_sd(p, m, mu_u, min_sd)
         s_h = _pooled_sd(p, ~m, mu_h, min_sd)
-        lr = _log_normal(phi[i], mu_u, s_u) - _log_normal(phi[i], mu_h, s_h)
-        pos.append(lr[ok & member[i]])
-        neg.append(lr[ok & ~member[i]])
-    pos, neg = np.concatenate(pos), np.concatenate(neg)
+        lr_all[i] = _log_normal(phi[i], mu_u, s_u) - _log_normal(phi[i], mu_h, s_h)
+    return lr_all, ok_all
+
+
+def ulira_attack(phi: np.ndarray, member: np.ndarray, fpr: float = 0.01, min_sd: float = 1e-2) -> dict:
+    """Steps 4-5 on phi (n_shadows, |T|) and member (trained-then-unlearned) of the same shape.
+
+    Returns AUC and TPR at `fpr` of the pooled leave-one-out scores and the number of scored
+    (model, example) pairs."""
+    member = np.asarray(member, dtype=bool)
+    lr, ok = pair_scores(phi, member, min_sd)
+    pos, neg = lr[ok & member], lr[ok & ~member]
     return {"ulira_auc": auc(pos, neg), "ulira_tpr_at_1fpr": tpr_at_fpr(pos, neg, fpr),
             "pairs": int(len(pos) + len(neg))}
 

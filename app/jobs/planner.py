@@ -8,13 +8,25 @@ The choices, in order:
 3. more instances than ``LETHE_MAX_APPROX_INSTANCES``: exact retraining from scratch with the
    model's recipe (flipping a large share of the data is label noise an approximate method
    cannot absorb; the instance-wise benchmark shows the quality loss at k = 128);
-4. (not for the label objectives misclassify/relabel, whose promise retraining cannot keep)
+4. (not for the label objectives) a row whose membership risk (``models/risk.py``: the effect
+   size of being trained on it, measured once per exact version by reference models on halves
+   of its training data) is at or above ``LETHE_RISK_THRESHOLD``: retrain now. The threshold is
+   calibrated by full U-LiRA (Hayes et al., SaTML 2025): above it the approximate method's
+   per-example attack AUC exceeds retraining's by more than 0.05 (``bench/ulira.py --calibrate``),
+   so an approximate edit would publish a model an attacker tells apart from retraining on
+   exactly the rows a model memorised. Retraining without the whole forget set serves every
+   row of the job exactly;
+5. (not for the label objectives misclassify/relabel, whose promise retraining cannot keep)
    a model whose recorded training time is at most ``LETHE_RETRAIN_BELOW_S``: retrain — exact,
    and no slower than the approximate method (on ``adult`` the default ran at 0.5-3.4x the
    speed of a 2.4-3.7 s retrain);
-5. this model's past approximate jobs predict a cost at least that of retraining: retrain;
-6. otherwise the requested (or default) approximate method, with exact retraining as the
-   fallback when its result is refused by verification (``worker.driver``).
+6. this model's past approximate jobs predict a cost at least that of retraining: retrain;
+7. otherwise the requested (or default) approximate method -- each row aimed at its own
+   membership gap when the version's risk is known -- with exact retraining as the fallback
+   when its result is refused by verification (``worker.driver``).
+
+The plan records each row's risk, the threshold and the reason; ``path`` says per row which
+path served it ("exact" or "approximate").
 """
 from __future__ import annotations
 
@@ -37,6 +49,8 @@ class Facts:
                                     # so cost alone never trades it for retraining (the cap and the
                                     # fallback still do: the erasure itself comes first)
     retrain_below_s: float = 10.0
+    risks: list | None = None       # per forget row, its membership risk (None: not measured for this version)
+    risk_threshold: float | None = None  # LETHE_RISK_THRESHOLD: rows at or above it go exact
 
 
 @dataclass(frozen=True)
@@ -46,9 +60,19 @@ class Plan:
     reason: str
     predicted_approx_s: float | None
     predicted_retrain_s: float | None
+    rows_at_risk: int = 0           # forget rows whose risk is at or above the threshold
 
     def to_json(self, facts: Facts) -> dict:
-        return {**asdict(self), "inputs": asdict(facts)}
+        doc = {**asdict(self), "inputs": asdict(facts)}
+        doc["path"] = "exact" if self.exact else "approximate"  # the path that serves every row of the job
+        return doc
+
+
+def rows_at_risk(f: Facts) -> list[int]:
+    """Indices of the forget rows whose risk is at or above the threshold (empty when unknown)."""
+    if f.risks is None or f.risk_threshold is None:
+        return []
+    return [i for i, r in enumerate(f.risks) if r is not None and float(r) >= f.risk_threshold]
 
 
 def predict_approx_seconds(history: list, k: int) -> float | None:
@@ -74,6 +98,13 @@ def plan(f: Facts) -> Plan:
         return Plan(RETRAIN, True, f"{f.k} instances exceed the approximate cap "
                                    f"(LETHE_MAX_APPROX_INSTANCES={f.max_approx_instances}): exact retraining",
                     approx_s, retrain_s)
+    hot = rows_at_risk(f)
+    if hot and not f.label_objective:
+        top = max(float(f.risks[i]) for i in hot)
+        return Plan(RETRAIN, True, f"{len(hot)} of {f.k} row(s) carry membership risk >= LETHE_RISK_THRESHOLD="
+                                   f"{f.risk_threshold:g} (highest {top:.2f}): the approximate method cannot make "
+                                   f"them indistinguishable from retraining; exact retraining", approx_s, retrain_s,
+                    len(hot))
     if retrain_s is not None and retrain_s <= f.retrain_below_s and not f.label_objective:
         return Plan(RETRAIN, True, f"retraining takes {retrain_s:.1f} s (<= LETHE_RETRAIN_BELOW_S="
                                    f"{f.retrain_below_s:g}): exact and as cheap", approx_s, retrain_s)
@@ -83,5 +114,8 @@ def plan(f: Facts) -> Plan:
     why = ("no retraining time recorded" if retrain_s is None else
            f"no approximate history yet; retraining takes {retrain_s:.1f} s" if approx_s is None else
            f"predicted {approx_s:.1f} s approximate < {retrain_s:.1f} s retraining")
+    if f.risks is not None and f.risk_threshold is not None:
+        why += f"; every row's risk below LETHE_RISK_THRESHOLD={f.risk_threshold:g} (highest " \
+               f"{max(float(r) for r in f.risks):.2f}), each aimed at its own membership gap"
     return Plan(f.method, False, f"approximate ({why}); exact retraining if verification refuses it",
-                approx_s, retrain_s)
+                approx_s, retrain_s, len(hot))

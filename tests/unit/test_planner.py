@@ -37,3 +37,24 @@ def test_approximate_cost_scales_with_k_and_keeps_the_fixed_cost():
     assert predict_approx_seconds([], 8) is None
     assert predict_approx_seconds([[8, 8.0], [16, 16.0]], 32) == pytest.approx(32.0)
     assert predict_approx_seconds([[8, 8.0]], 1) == pytest.approx(8.0)  # never below the cheapest job
+
+
+def test_rows_at_risk_go_exact_and_the_plan_says_which_and_why():
+    p = plan(facts(k=3, risks=[0.2, 1.7, 0.4], risk_threshold=1.0))
+    assert (p.method, p.exact, p.rows_at_risk) == (RETRAIN, True, 1)
+    assert "1 of 3 row(s) carry membership risk >= LETHE_RISK_THRESHOLD=1" in p.reason and "1.70" in p.reason
+    f = facts(k=3, risks=[0.2, 0.3, 0.4], risk_threshold=1.0)
+    low = plan(f)
+    assert (low.method, low.exact, low.rows_at_risk) == ("lethe", False, 0)
+    assert "every row's risk below" in low.reason and "own membership gap" in low.reason
+    doc = low.to_json(f)
+    assert doc["path"] == "approximate" and doc["inputs"]["risks"] == [0.2, 0.3, 0.4]
+    assert doc["inputs"]["risk_threshold"] == 1.0
+
+
+def test_risk_rule_order():
+    # the cap and the erasure come first; a label promise is never traded for retraining by risk
+    assert "exceed the approximate cap" in plan(facts(k=65, risks=[0.0] * 65, risk_threshold=1.0)).reason
+    assert plan(facts(risks=[5.0] * 8, risk_threshold=1.0, label_objective=True)).method == "lethe"
+    # unknown risk (no risk job for this version): the rule does not apply
+    assert plan(facts(risks=None, risk_threshold=1.0)).method == "lethe"
