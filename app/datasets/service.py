@@ -17,10 +17,11 @@ from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..catalogue.service import subject_ref
+from ..catalogue.service import subject_refs
 from ..db import session_scope
 from ..settings import Settings
 from .formats import Converter, DatasetError, Source, Spec, bad
@@ -188,7 +189,7 @@ def _ingest_into(settings, name, staging, source, spec, eval_source, progress=Tr
         if not parts or (not force and sum(t.num_rows for t, _ in parts) < FRAGMENT_ROWS):
             return
         table = pa.concat_tables([t for t, _ in parts])
-        refs = [r for _, rr in parts for r in rr]
+        refs = pa.concat_arrays([r for _, r in parts])
         pending[split] = []
         try:
             store.ingest(split, table, refs)
@@ -207,18 +208,19 @@ def _ingest_into(settings, name, staging, source, spec, eval_source, progress=Tr
                 is_test = np.ones(n, bool) if is_test is None else is_test
             elif is_test is None:
                 is_test = rng.random(n) < spec.test_fraction if rule.startswith("random") else np.zeros(n, bool)
-            if subjects:  # one HMAC per distinct subject of the batch
-                uniq = {sid: subject_ref(settings.subject_secret, sid) for sid in set(subjects) if sid}
-                refs = [uniq.get(sid) if sid else None for sid in subjects]
+            if subjects:  # one HMAC per distinct subject of the batch, mapped back to the rows in Arrow
+                sids = pa.array(subjects, pa.string())
+                uniq = pc.drop_null(pc.unique(pc.if_else(pc.equal(sids, ""), None, sids)))
+                refs = pc.take(pa.array(subject_refs(settings.subject_secret, uniq.to_pylist()), pa.string()),
+                               pc.index_in(sids, value_set=uniq))
             else:
-                refs = [None] * n
-            order = rng.permutation(n)  # rows of a chunk shuffled: a row group is a random draw (store.sample)
-            table, is_test = table.take(pa.array(order)), is_test[order]
-            refs = [refs[i] for i in order]
+                refs = pa.nulls(n, pa.string())
+            order = pa.array(rng.permutation(n))  # rows of a chunk shuffled: a row group is a random draw (store.sample)
+            table, is_test, refs = table.take(order), is_test[order.to_numpy()], refs.take(order)
             for split, mask in (("train", ~is_test), ("test", is_test)):
                 if mask.any():
-                    idx = np.nonzero(mask)[0]
-                    pending[split].append((table.take(pa.array(idx)), [refs[i] for i in idx]))
+                    idx = pa.array(np.nonzero(mask)[0])
+                    pending[split].append((table.take(idx), refs.take(idx)))
                     flush(split)
             done += n
             if progress and total and time.monotonic() - last > 1.0:

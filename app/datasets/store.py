@@ -53,6 +53,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 FRAGMENT_ROWS = 65_536
@@ -134,13 +135,13 @@ class DatasetStore:
         return store
 
     def seal(self) -> None:
-        """Build the secondary indexes (subject, fragment position) once the first bulk
-        ingestion is done: one sort is several times faster than updating them row by row.
-        Idempotent; ``create`` + ``ingest`` + ``seal`` is how a dataset is written."""
+        """Build the secondary index (subject) once the first bulk ingestion is done: one
+        sort is several times faster than updating it row by row. (No index on the fragment
+        position: a compaction changes no index row.) Idempotent; ``create`` + ``ingest`` +
+        ``seal`` is how a dataset is written."""
         with self._db() as db:
             db.execute("CREATE INDEX IF NOT EXISTS instances_subject ON instances(subject_ref) "
                        "WHERE subject_ref IS NOT NULL")
-            db.execute("CREATE INDEX IF NOT EXISTS instances_fragment ON instances(fragment, pos)")
 
     @property
     def schema(self) -> dict:
@@ -161,7 +162,6 @@ class DatasetStore:
             con.execute("PRAGMA secure_delete=ON")  # freed pages are zeroed: erased ids leave no trace
             con.execute("PRAGMA journal_mode=DELETE")  # no WAL file keeping old pages around
             con.execute("PRAGMA synchronous=FULL")
-            con.execute("PRAGMA temp_store=MEMORY")  # the ids being erased never reach a temporary file
             con.execute("PRAGMA cache_size=-65536")  # 64 MiB: a bulk insert's index pages stay in memory
             self._local.con = con
             self._upgrade(con)
@@ -207,16 +207,16 @@ class DatasetStore:
         return os.path.join(self.root, fragment)
 
     # --- ingest --------------------------------------------------------------------------
-    def ingest(self, split: str, table: pa.Table, subject_refs: list[str | None] | None = None) -> int:
+    def ingest(self, split: str, table: pa.Table, subject_refs: "list[str | None] | pa.Array | None" = None) -> int:
         """Append rows to ``split``: ``table`` has exactly the store's arrow schema;
         ``subject_refs`` (one per row, or None) go only into the index. Duplicate ids
         (within the table or against stored rows) raise ``DuplicateIds`` and write nothing."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}")
         table = table.cast(self.arrow_schema)
-        refs = subject_refs if subject_refs is not None else [None] * table.num_rows
-        ids = table.column("instance_id").to_pylist()
-        labels = table.column("label").to_numpy()
+        refs = pa.nulls(table.num_rows, pa.string()) if subject_refs is None else \
+            subject_refs if isinstance(subject_refs, (pa.Array, pa.ChunkedArray)) else pa.array(subject_refs, pa.string())
+        ids = table.column("instance_id")
         written: list[str] = []
         with self._locked(), self._db() as db:
             try:
@@ -232,11 +232,13 @@ class DatasetStore:
                     file = f"{name}-g0000.parquet"
                     nbytes = self._write_fragment(file, part)
                     written.append(file)
-                    end = start + part.num_rows
-                    # in id order: appending to the B-tree is several times faster than random inserts
-                    db.executemany("INSERT INTO instances VALUES (?,?,?,?,?,?)", sorted(zip(
-                        ids[start:end], [split] * part.num_rows, refs[start:end],
-                        labels[start:end].tolist(), [name] * part.num_rows, range(part.num_rows))))
+                    # in id order (sorted in Arrow): appending to the B-tree is several times faster
+                    # than random inserts; split and fragment are literals of our own making
+                    order = pc.sort_indices(part.column("instance_id"))
+                    db.executemany(f"INSERT INTO instances VALUES (?, '{split}', ?, ?, '{name}', ?)", zip(
+                        pc.take(part.column("instance_id"), order).to_pylist(),
+                        pc.take(refs.slice(start, part.num_rows), order).to_pylist(),
+                        pc.take(part.column("label"), order).to_pylist(), order.to_pylist()))
                     db.execute("INSERT INTO fragments VALUES (?,?,?,?,?,?,?,NULL)",
                                (name, split, part.num_rows, -(-part.num_rows // ROW_GROUP), nbytes, file,
                                 part.num_rows))
@@ -245,7 +247,7 @@ class DatasetStore:
             except sqlite3.IntegrityError:
                 db.execute("ROLLBACK")
                 self._unlink(written)
-                raise DuplicateIds(self._duplicates(ids))
+                raise DuplicateIds(self._duplicates(ids.to_pylist()))
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
@@ -301,7 +303,8 @@ class DatasetStore:
 
     def subject_count(self) -> int:
         with self._db() as db:
-            return db.execute("SELECT count(DISTINCT subject_ref) FROM instances").fetchone()[0]
+            return db.execute("SELECT count(DISTINCT subject_ref) FROM instances "
+                              "WHERE subject_ref IS NOT NULL").fetchone()[0]  # the partial index covers it
 
     def lookup_subject(self, subject_ref: str) -> list[str]:
         """Instance ids of a subject (an index probe, not a scan)."""
@@ -483,20 +486,19 @@ class DatasetStore:
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute("CREATE TEMP TABLE IF NOT EXISTS erasing (instance_id TEXT PRIMARY KEY)")
-                db.execute("DELETE FROM erasing")
-                db.executemany("INSERT OR IGNORE INTO erasing VALUES (?)", ((i,) for i in ids))
-                hidden = db.execute("SELECT fragment, pos FROM instances WHERE instance_id IN "
-                                    "(SELECT instance_id FROM erasing)").fetchall()
+                hidden: list[tuple[str, int]] = []
+                for k in range(0, len(ids), 900):  # ids as bound parameters: they reach no temporary table
+                    chunk = ids[k:k + 900]
+                    marks = ",".join("?" * len(chunk))
+                    hidden += db.execute(f"SELECT fragment, pos FROM instances WHERE instance_id IN ({marks})",
+                                         chunk).fetchall()
+                    db.execute(f"DELETE FROM instances WHERE instance_id IN ({marks})", chunk)
+                db.executemany("INSERT OR IGNORE INTO tombstones VALUES (?,?,?)", [(f, p, at) for f, p in hidden])
                 per_frag: dict[str, int] = {}
                 for frag, _ in hidden:
                     per_frag[frag] = per_frag.get(frag, 0) + 1
-                db.execute("INSERT OR IGNORE INTO tombstones SELECT fragment, pos, ? FROM instances "
-                           "WHERE instance_id IN (SELECT instance_id FROM erasing)", (at,))
-                db.execute("DELETE FROM instances WHERE instance_id IN (SELECT instance_id FROM erasing)")
                 db.executemany("UPDATE fragments SET n_rows = n_rows - ? WHERE name = ?",
                                [(n, f) for f, n in per_frag.items()])
-                db.execute("DELETE FROM erasing")
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
