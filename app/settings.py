@@ -132,6 +132,8 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(default=16, ge=1, le=256, description="delivery threads in all")
     webhook_per_destination: int = Field(default=2, ge=1, le=64,
                                          description="at most this many connections to one scheme://host:port")
+    webhook_per_tenant: int = Field(default=4, ge=1, le=64,
+                                    description="at most this many connections to one tenant's receivers")
     callback_allow: str = Field(default="", description="comma-separated CIDR networks and host names a "
                                                         "callback_url may reach although not public "
                                                         "(e.g. 10.0.0.0/8,hooks.internal); empty = public only")

@@ -5,7 +5,8 @@ in the same transaction as the change (an outbox: a change is never announced un
 committed, and never lost if the process dies). ``deliver_due`` POSTs due rows; a 2xx
 answer marks the row delivered, anything else is retried with exponential backoff
 (``webhook_backoff_s`` * 2^(attempt-1)) up to ``webhook_max_attempts``; every attempt is
-logged on the row. Changes of one request are delivered in order (a change waits while an
+logged on the row, whatever went wrong (an attempt never raises), and a row whose URL can
+never be sent ends ``failed`` at once. Changes of one request are delivered in order (a change waits while an
 earlier one is still being retried). Delivery is at-least-once: receivers dedupe on
 ``Lethe-Delivery``.
 
@@ -24,7 +25,9 @@ refuses timestamps more than 5 minutes old (``verify_signature`` is that recipe)
 Outbound safety (``outbound``): the URL is checked (public addresses only, no credentials,
 ``LETHE_CALLBACK_ALLOW`` for exceptions) when the request is recorded and again before every
 attempt; the POST goes to the address that passed the check and never follows a redirect.
-Deliveries run concurrently with a per-destination limit (``Deliverer``).
+Deliveries run concurrently with a per-destination and a per-tenant limit, and each round
+reads due rows tenant by tenant (``Deliverer``): one tenant's failing or slow receivers
+never delay another tenant's deliveries.
 """
 from __future__ import annotations
 
@@ -42,11 +45,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import aliased
 from sqlalchemy.orm import Session
 
 from ..db import session_scope, utcnow
+from ..forget.models import ForgetRequest
 from ..periodic import PeriodicThread
 from . import outbound
 from .models import DELIVERED, FAILED, PENDING, WebhookDelivery
@@ -115,35 +119,50 @@ def deliveries_of(session: Session, request_id: str) -> list[WebhookDelivery]:
                                 .order_by(WebhookDelivery.created_at, WebhookDelivery.id)).scalars())
 
 
-def _post(settings, d: WebhookDelivery, client) -> tuple[int | None, str | None]:
+def _clean(text: str, limit: int = 500) -> str:
+    """An error message safe to store and log: control characters (NUL, CR, LF...) escaped."""
+    return "".join(c if c not in outbound.CONTROL else repr(c)[1:-1] for c in text)[:limit]
+
+
+def _post(settings, d: WebhookDelivery, client) -> tuple[int | None, str | None, bool]:
     """One attempt: the URL is checked again (DNS may have changed since it was recorded)
-    and the connection goes to the address that passed the check; no redirect is followed."""
+    and the connection goes to the address that passed the check; no redirect is followed.
+    Never raises: returns (status code, error, permanent), ``permanent`` when the stored URL
+    can never be sent (it does not parse: no retry can succeed)."""
+    try:
+        outbound.parse(d.url)
+    except outbound.UnsafeCallback as e:
+        return None, _clean(f"refused: {e}"), True
     try:
         host, port, ip = outbound.check(d.url, settings.callback_allow)
     except outbound.UnsafeCallback as e:
-        return None, f"refused: {e}"[:500]
-    ts = int(time.time())
-    body = d.payload.encode("utf-8")
-    url = httpx.URL(d.url)
-    default_port = 443 if url.scheme == "https" else 80
-    headers = {"Host": host if port == default_port else f"{host}:{port}",
-               "Content-Type": "application/json", "User-Agent": "lethe-webhooks/1", "Lethe-Event": d.event,
-               "Lethe-Delivery": d.id, "Lethe-Timestamp": str(ts),
-               "Lethe-Signature": sign(settings.webhook_secret, ts, body)}
+        return None, _clean(f"refused: {e}"), False
     try:
+        ts = int(time.time())
+        body = d.payload.encode("utf-8")
+        url = outbound.parse(d.url)
+        default_port = 443 if url.scheme == "https" else 80
+        name = f"[{host}]" if ":" in host else host  # an IPv6 literal
+        headers = {"Host": name if port == default_port else f"{name}:{port}",
+                   "Content-Type": "application/json", "User-Agent": "lethe-webhooks/1", "Lethe-Event": d.event,
+                   "Lethe-Delivery": d.id, "Lethe-Timestamp": str(ts),
+                   "Lethe-Signature": sign(settings.webhook_secret, ts, body)}
         r = client.post(url.copy_with(host=str(ip)), content=body, headers=headers, follow_redirects=False,
                         timeout=settings.webhook_timeout_s,
                         extensions={"sni_hostname": host} if url.scheme == "https" else None)
-        return r.status_code, None
-    except Exception as e:  # noqa: BLE001 - any transport error is a failed attempt
-        return None, f"{e.__class__.__name__}: {e}"[:500]
+        return r.status_code, None, False
+    except Exception as e:  # noqa: BLE001 - anything that goes wrong is a failed attempt
+        return None, _clean(f"{e.__class__.__name__}: {e}"), False
 
 
 class Deliverer:
     """Sends due deliveries concurrently: a thread pool of ``webhook_concurrency`` threads,
-    at most ``webhook_per_destination`` connections to one scheme://host:port, so a receiver
-    that answers slowly (or never) ties up only its own share and delays only its own
-    deliveries. Rows being sent are remembered, so a round never sends a row twice."""
+    at most ``webhook_per_destination`` connections to one scheme://host:port and at most
+    ``webhook_per_tenant`` to one tenant's receivers, so a receiver that answers slowly (or
+    never), or a tenant with many failing deliveries, ties up only its own share and delays
+    only its own deliveries. Each round reads at most ``limit`` due rows per tenant, oldest
+    first, skipping rows already being sent, so no tenant's backlog hides another's rows.
+    Rows being sent are remembered, so a round never sends a row twice."""
 
     def __init__(self, settings, client=None):
         self.settings = settings
@@ -153,71 +172,115 @@ class Deliverer:
         self._lock = threading.Lock()
         self._inflight: set[str] = set()
         self._active: dict[str, int] = {}  # destination -> running drainers
+        self._tenants: dict[str, int] = {}  # tenant -> running drainers
+        self._parked: dict[str, float] = {}  # rows whose outcome could not be stored: not before (monotonic)
+        self._closed = False
 
-    def _due(self, limit: int) -> list[tuple[str, str]]:
+    def _due(self, limit: int) -> list[tuple[str, str, str]]:
+        """Due rows, (id, url, tenant): the ``limit`` oldest of each tenant."""
         now = utcnow()
         earlier = aliased(WebhookDelivery)
         blocked = exists().where(earlier.request_id == WebhookDelivery.request_id, earlier.status == PENDING,
                                  earlier.created_at < WebhookDelivery.created_at)
-        with session_scope(self.settings.database_url) as db:
-            # in order per request: a change waits while an earlier one of the same request is pending
-            rows = db.execute(select(WebhookDelivery.id, WebhookDelivery.url)
-                              .where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now,
-                                     ~blocked)
-                              .order_by(WebhookDelivery.created_at).limit(limit)).all()
         with self._lock:
-            return [(i, u) for i, u in rows if i not in self._inflight]
+            skip = list(self._inflight) + [i for i, t in self._parked.items() if t > time.monotonic()]
+        tenant = func.coalesce(ForgetRequest.tenant, "")
+        rank = func.row_number().over(partition_by=tenant,
+                                      order_by=(WebhookDelivery.created_at, WebhookDelivery.id)).label("rank")
+        # in order per request: a change waits while an earlier one of the same request is pending
+        q = (select(WebhookDelivery.id, WebhookDelivery.url, tenant.label("tenant"), rank)
+             .outerjoin(ForgetRequest, ForgetRequest.id == WebhookDelivery.request_id)
+             .where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now, ~blocked))
+        if skip:
+            q = q.where(WebhookDelivery.id.not_in(skip))
+        ranked = q.subquery()
+        with session_scope(self.settings.database_url) as db:
+            rows = db.execute(select(ranked.c.id, ranked.c.url, ranked.c.tenant).where(ranked.c.rank <= limit)
+                              .order_by(ranked.c.rank)).all()
+        with self._lock:
+            return [(i, u, t) for i, u, t in rows if i not in self._inflight]
 
     def round(self, *, wait: bool, limit: int = 200) -> int:
-        """Start sending every due row whose destination has a free slot. ``wait``: return
-        only when they are all done (tests, one-shot runs). Returns how many were started."""
-        groups: dict[str, deque] = {}
-        for delivery_id, url in self._due(limit):
-            groups.setdefault(outbound.destination(url), deque()).append(delivery_id)
+        """Start sending every due row whose destination and tenant have a free slot. ``wait``:
+        return only when they are all done (tests, one-shot runs). Returns how many were
+        started."""
+        groups: dict[tuple[str, str], deque] = {}
+        for delivery_id, url, tenant in self._due(limit):
+            groups.setdefault((tenant, outbound.destination(url)), deque()).append(delivery_id)
         futures, started = [], 0
         per_dest = max(1, self.settings.webhook_per_destination)
+        per_tenant = max(1, self.settings.webhook_per_tenant)
         with self._lock:
-            for dest, queue in groups.items():
-                slots = min(per_dest - self._active.get(dest, 0), len(queue))
+            for (tenant, dest), queue in groups.items():
+                slots = min(per_dest - self._active.get(dest, 0), per_tenant - self._tenants.get(tenant, 0),
+                            len(queue))
                 if slots <= 0:
-                    continue  # busy destination: its rows wait for a later round
+                    continue  # busy destination or tenant: its rows wait for a later round
                 self._inflight.update(queue)
                 started += len(queue)
                 self._active[dest] = self._active.get(dest, 0) + slots
-                futures += [self._pool.submit(self._drain, dest, queue) for _ in range(slots)]
+                self._tenants[tenant] = self._tenants.get(tenant, 0) + slots
+                futures += [self._pool.submit(self._drain, tenant, dest, queue) for _ in range(slots)]
         if wait:
             for f in futures:
                 f.result()
         return started
 
-    def _drain(self, dest: str, queue: deque) -> None:
+    def _drain(self, tenant: str, dest: str, queue: deque) -> None:
         try:
-            while True:
+            while not self._closed:
                 try:
                     delivery_id = queue.popleft()
                 except IndexError:
                     return
                 try:
                     self._attempt(delivery_id)
-                except Exception:  # noqa: BLE001 - one row's failure must not stop the others
-                    log.exception("webhook %s: delivery attempt failed", delivery_id)
+                except Exception as e:  # noqa: BLE001 - one row's failure must not stop the others
+                    # the outcome could not be stored (_attempt tried twice): not again for a while,
+                    # and one line, not a traceback a second
+                    with self._lock:
+                        self._parked[delivery_id] = time.monotonic() + max(self.settings.webhook_backoff_s, 1.0)
+                    log.error("webhook %s: could not record the attempt (%s)", delivery_id, e.__class__.__name__)
                 finally:
                     with self._lock:
                         self._inflight.discard(delivery_id)
         finally:
             with self._lock:
                 self._active[dest] -= 1
+                self._tenants[tenant] -= 1
 
     def _attempt(self, delivery_id: str) -> None:
+        settings = self.settings
+        now = utcnow()
+        # claim the row: its next attempt moves past this one's timeout, in one conditional
+        # UPDATE, so another round or another gateway that read it as due skips it (and if
+        # this process dies mid-attempt, the row is due again once the claim runs out)
+        lease = now + dt.timedelta(seconds=2 * settings.webhook_timeout_s + 30)
+        with session_scope(settings.database_url) as db:
+            won = db.execute(update(WebhookDelivery)
+                             .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == PENDING,
+                                    WebhookDelivery.next_attempt_at <= now)
+                             .values(next_attempt_at=lease)
+                             .execution_options(synchronize_session=False)).rowcount
+            if not won:
+                return  # done, or attempted since the round read it
+            d = db.get(WebhookDelivery, delivery_id)
+            snapshot = WebhookDelivery(id=d.id, event=d.event, url=d.url, payload=d.payload)
+        code, error, permanent = _post(settings, snapshot, self.client)  # outside any transaction; never raises
+        try:
+            self._record(delivery_id, code, error, permanent)
+        except Exception:  # noqa: BLE001 - e.g. the error text the database refuses: store a plain one
+            log.warning("webhook %s: storing the attempt failed; storing it without its error text", delivery_id)
+            self._record(delivery_id, code, "attempt failed (error text not storable)", permanent)
+
+    def _record(self, delivery_id: str, code: int | None, error: str | None, permanent: bool) -> None:
+        """Store one attempt: delivered on a 2xx; else ``failed`` when no retry can succeed or
+        the attempts are spent, otherwise retried after ``webhook_backoff_s`` * 2^(n-1)."""
         settings = self.settings
         with session_scope(settings.database_url) as db:
             d = db.get(WebhookDelivery, delivery_id)
             if d is None or d.status != PENDING:
                 return
-            snapshot = WebhookDelivery(id=d.id, event=d.event, url=d.url, payload=d.payload)
-        code, error = _post(settings, snapshot, self.client)  # outside any transaction
-        with session_scope(settings.database_url) as db:
-            d = db.get(WebhookDelivery, delivery_id)
             at = utcnow()
             d.attempts += 1
             d.last_status_code, d.last_error = code, error
@@ -225,7 +288,7 @@ class Deliverer:
                                       "error": error}]
             if code is not None and 200 <= code < 300:
                 d.status, d.delivered_at, d.next_attempt_at = DELIVERED, at, None
-            elif d.attempts >= settings.webhook_max_attempts:
+            elif permanent or d.attempts >= settings.webhook_max_attempts:
                 d.status, d.next_attempt_at = FAILED, None
                 log.warning("webhook %s: gave up after %d attempts", d.id, d.attempts)
             else:
@@ -233,6 +296,7 @@ class Deliverer:
                 d.next_attempt_at = at + dt.timedelta(seconds=delay)
 
     def close(self) -> None:
+        self._closed = True  # running drainers stop after their current attempt
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._own_client:
             self.client.close()

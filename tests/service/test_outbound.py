@@ -20,7 +20,10 @@ LOCAL = "127.0.0.0/8"
 INTERNAL = ["http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/hook", "http://[::1]:6379/",
             "http://localhost:5432/", "http://127.1/hook", "http://0.0.0.0:8000/", "http://[fe80::1]/",
             "http://100.64.0.1/", "http://224.0.0.1/", "http://192.168.1.1/", "http://[::ffff:127.0.0.1]/",
-            "http://user:pw@8.8.8.8/hook", "https://token@8.8.8.8/hook"]
+            "http://user:pw@8.8.8.8/hook", "https://token@8.8.8.8/hook",
+            # IPv6 forms that embed a loopback IPv4 address (NAT64, 6to4, IPv4-compatible, Teredo), port 0
+            "http://[64:ff9b::7f00:1]/", "http://[64:ff9b:1::7f00:1]/", "http://[2002:7f00:1::]/",
+            "http://[::127.0.0.1]/", "http://[2001:0:7f00:1::1]/", "http://8.8.8.8:0/hook"]
 
 
 def test_internal_callback_urls_are_refused_at_registration(client, seeded):
