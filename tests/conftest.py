@@ -1,5 +1,6 @@
 """Make the repository root importable (app/, worker/, models/) however pytest is started;
 fixtures every test package may use."""
+import contextlib
 import os
 import shutil
 import socket
@@ -106,9 +107,9 @@ def require_service(name: str, host: str, port: int) -> None:
 PG = os.environ.get("LETHE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-@pytest.fixture(scope="module")
-def pg_database():
-    """A fresh Postgres database for one test module: (SQLAlchemy URL, name); dropped after."""
+@contextlib.contextmanager
+def fresh_pg_database():
+    """Create a Postgres database, yield (SQLAlchemy URL, name), drop it after."""
     require_service("Postgres", "127.0.0.1", 5432)
     import psycopg
 
@@ -120,3 +121,17 @@ def pg_database():
     finally:
         with psycopg.connect(PG, autocommit=True) as con:
             con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def pg_database():
+    """A fresh Postgres database for one test module: (SQLAlchemy URL, name); dropped after."""
+    with fresh_pg_database() as db:
+        yield db
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh Postgres database for one test: its SQLAlchemy URL; dropped after."""
+    with fresh_pg_database() as db:
+        yield db[0]

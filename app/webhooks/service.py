@@ -173,6 +173,8 @@ class Deliverer:
         self._inflight: set[str] = set()
         self._active: dict[str, int] = {}  # destination -> running drainers
         self._tenants: dict[str, int] = {}  # tenant -> running drainers
+        self._queues: dict[tuple[str, str], deque] = {}  # (tenant, destination) -> rows waiting to be sent
+        self._running: dict[tuple[str, str], int] = {}  # (tenant, destination) -> its running drainers
         self._parked: dict[str, float] = {}  # rows whose outcome could not be stored: not before (monotonic)
         self._closed = False
 
@@ -183,7 +185,9 @@ class Deliverer:
         blocked = exists().where(earlier.request_id == WebhookDelivery.request_id, earlier.status == PENDING,
                                  earlier.created_at < WebhookDelivery.created_at)
         with self._lock:
-            skip = list(self._inflight) + [i for i, t in self._parked.items() if t > time.monotonic()]
+            clock = time.monotonic()
+            self._parked = {i: t for i, t in self._parked.items() if t > clock}
+            skip = [*self._inflight, *self._parked]
         tenant = func.coalesce(ForgetRequest.tenant, "")
         rank = func.row_number().over(partition_by=tenant,
                                       order_by=(WebhookDelivery.created_at, WebhookDelivery.id)).label("rank")
@@ -201,53 +205,62 @@ class Deliverer:
             return [(i, u, t) for i, u, t in rows if i not in self._inflight]
 
     def round(self, *, wait: bool, limit: int = 200) -> int:
-        """Start sending every due row whose destination and tenant have a free slot. ``wait``:
-        return only when they are all done (tests, one-shot runs). Returns how many were
-        started."""
-        groups: dict[tuple[str, str], deque] = {}
-        for delivery_id, url, tenant in self._due(limit):
-            groups.setdefault((tenant, outbound.destination(url)), deque()).append(delivery_id)
-        futures, started = [], 0
+        """Queue every due row by (tenant, destination) and start drainers where the
+        destination and the tenant have a free slot; a queue whose drainers are busy is served
+        by them as soon as they are free (not a round later). ``wait``: return only when the
+        drainers started are all done (tests, one-shot runs). Returns how many rows were
+        queued."""
+        due = self._due(limit)
+        futures, queued = [], 0
         per_dest = max(1, self.settings.webhook_per_destination)
         per_tenant = max(1, self.settings.webhook_per_tenant)
         with self._lock:
-            for (tenant, dest), queue in groups.items():
+            for delivery_id, url, tenant in due:
+                if delivery_id in self._inflight:
+                    continue
+                self._inflight.add(delivery_id)
+                self._queues.setdefault((tenant, outbound.destination(url)), deque()).append(delivery_id)
+                queued += 1
+            for (tenant, dest), queue in list(self._queues.items()):
+                running = self._running.get((tenant, dest), 0)
                 slots = min(per_dest - self._active.get(dest, 0), per_tenant - self._tenants.get(tenant, 0),
-                            len(queue))
+                            len(queue) - running)
                 if slots <= 0:
-                    continue  # busy destination or tenant: its rows wait for a later round
-                self._inflight.update(queue)
-                started += len(queue)
+                    continue  # busy destination or tenant: its drainers (or a later round) serve it
                 self._active[dest] = self._active.get(dest, 0) + slots
                 self._tenants[tenant] = self._tenants.get(tenant, 0) + slots
-                futures += [self._pool.submit(self._drain, tenant, dest, queue) for _ in range(slots)]
+                self._running[(tenant, dest)] = running + slots
+                futures += [self._pool.submit(self._drain, tenant, dest) for _ in range(slots)]
         if wait:
             for f in futures:
                 f.result()
-        return started
+        return queued
 
-    def _drain(self, tenant: str, dest: str, queue: deque) -> None:
-        try:
-            while not self._closed:
-                try:
-                    delivery_id = queue.popleft()
-                except IndexError:
-                    return
-                try:
-                    self._attempt(delivery_id)
-                except Exception as e:  # noqa: BLE001 - one row's failure must not stop the others
-                    # the outcome could not be stored (_attempt tried twice): not again for a while,
-                    # and one line, not a traceback a second
-                    with self._lock:
-                        self._parked[delivery_id] = time.monotonic() + max(self.settings.webhook_backoff_s, 1.0)
-                    log.error("webhook %s: could not record the attempt (%s)", delivery_id, e.__class__.__name__)
-                finally:
-                    with self._lock:
-                        self._inflight.discard(delivery_id)
-        finally:
+    def _drain(self, tenant: str, dest: str) -> None:
+        key = (tenant, dest)
+        while True:
             with self._lock:
-                self._active[dest] -= 1
-                self._tenants[tenant] -= 1
+                queue = self._queues.get(key)
+                if self._closed or not queue:
+                    # stop: what is left is served by a drainer a later round starts
+                    self._active[dest] -= 1
+                    self._tenants[tenant] -= 1
+                    self._running[key] -= 1
+                    if queue is not None and not queue and not self._running[key]:
+                        del self._queues[key]
+                    return
+                delivery_id = queue.popleft()
+            try:
+                self._attempt(delivery_id)
+            except Exception as e:  # noqa: BLE001 - one row's failure must not stop the others
+                # the outcome could not be stored (_attempt tried twice): not again for a while,
+                # and one line, not a traceback a second
+                with self._lock:
+                    self._parked[delivery_id] = time.monotonic() + max(self.settings.webhook_backoff_s, 1.0)
+                log.error("webhook %s: could not record the attempt (%s)", delivery_id, e.__class__.__name__)
+            finally:
+                with self._lock:
+                    self._inflight.discard(delivery_id)
 
     def _attempt(self, delivery_id: str) -> None:
         settings = self.settings
