@@ -215,3 +215,35 @@ def test_erase_compacts_only_what_it_hid(filled):
     assert store.erase(["r11"]).rows == 1 and not _files_with(store, x[11].tobytes())
     assert store.pending()[0] == 1 and _files_with(store, x[10].tobytes())
     assert store.compact().rows == 1 and not _files_with(store, x[10].tobytes())
+
+
+def test_reads_meanwhile_compactions_see_the_survivors_exactly(filled):
+    """Readers never lock: a read whose fragment a compaction replaced looks it up again."""
+    import threading
+
+    store, x, n = filled
+    keep = [1, 2, ROW_GROUP + 1, FRAGMENT_ROWS + 1, n - 1]
+    errors, stop = [], threading.Event()
+
+    def reader():
+        other = DatasetStore(store.root)  # its own index connection, as another worker's
+        try:
+            while not stop.is_set():
+                np.testing.assert_array_equal(_xs(other.read([f"r{i}" for i in keep])), x[keep])
+                s = other.sample(200, seed=int(stop.is_set()))
+                pos = [int(i[1:]) for i in s.column("instance_id").to_pylist()]
+                np.testing.assert_array_equal(_xs(s), x[pos])
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+        finally:
+            other.close()
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for k in range(6):
+            store.erase([f"r{10 + k}", f"r{FRAGMENT_ROWS + 10 + k}"])
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors
