@@ -33,6 +33,7 @@ from .jobs.sweeper import Sweeper
 from .forget.nodata import NoDataResolver
 from .registry.router import architectures_router, router as models_router, trainers_router
 from .registry.weights import router as weights_router
+from .events.router import router as events_router
 from .tenants.router import router as tenants_router
 from .registry.service import ServingCache
 from .settings import Settings, get_settings
@@ -202,7 +203,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.state.limiter = RateLimiter({SUBMIT: settings.rate_submit_per_min, EXPENSIVE: settings.rate_expensive_per_min})
     app.state.settings, app.state.dispatcher, app.state.serving = settings, dispatcher, ServingCache()
     for r in (forget_router, models_router, weights_router, architectures_router, trainers_router, datasets_router,
-              subjects_router, audit_router, keys_router, tenants_router, dashboard_router):
+              subjects_router, audit_router, keys_router, tenants_router, events_router, dashboard_router):
         app.include_router(r)
     errors.install(app)  # every error answer is {code, detail}
     security.install(app)  # scopes published in OpenAPI (x-required-scopes)

@@ -118,6 +118,11 @@ def on_version(session: Session, *, job: Job, version: ModelVersion, parent: Mod
                               "approximate_versions": approximate,
                               "debt": Debt.of(parent).to_json() if parent is not None else None,
                               "request_ids": [r.id for r in pending]})
+        from ..events import service as events
+
+        events.emit(session, job.model_name, events.CONSOLIDATED, {
+            "version": version.version, "job_id": job.id, "approximate_versions": approximate,
+            "parent_version": parent.version if parent is not None else None, "requests": len(pending)})
     session.flush()
 
 

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from ..audit import service as audit
 from ..catalogue import service as catalogue
 from ..db import utcnow
+from ..events import service as events
 from ..forget import models as fm
 from ..forget.models import ForgetRequest
 from ..registry import service as registry
@@ -348,6 +349,11 @@ def complete(session: Session, *, job_id: str, token: str, worker: str, instance
         exact = bool((metrics or {}).get("exact")) or get_family(model.family).sharded
         consolidation.on_version(session, job=job, version=v, parent=prod, exact=exact,
                                  instances=len(instance_ids), reqs=reqs, actor=actor)
+        # registry events, in this same transaction (app/events): published, then production moved
+        events.version_published(session, v)
+        events.alias_moved(session, job.model_name, PRODUCTION, current, v, job_id=job.id, actor=actor)
+        if instance_ids:
+            events.tainted_elsewhere(session, job.model_name, instance_ids, job.id)
     for r in reqs:
         r.completed_at = now
         r.version_before, r.version_after, r.metrics = current, new_version, metrics
@@ -362,6 +368,10 @@ def complete(session: Session, *, job_id: str, token: str, worker: str, instance
                               "instances": len(r.instance_ids)})
     job.status, job.finished_at, job.progress, job.stage = COMPLETED, now, 1.0, "completed"
     job.result_version, job.metrics, job.stats, job.error = new_version, metrics, stats, None
+    if reqs:
+        events.emit(session, job.model_name, events.FORGET_COMPLETED, {
+            "job_id": job.id, "requests": len(reqs), "instances": len(instance_ids), "version_before": current,
+            "version_after": new_version})
     audit.append(session, actor=actor, action="job.completed",
                  payload={"job_id": job.id, "model": job.model_name, "version": new_version})
     session.flush()
@@ -378,6 +388,9 @@ def _finish_failed(session: Session, job: Job, reqs: list[ForgetRequest], error:
                      payload={"request_id": r.id, "job_id": job.id, "error": error})
     audit.append(session, actor=actor, action="job.failed",
                  payload={"job_id": job.id, "model": job.model_name, "attempts": job.attempts, "error": error})
+    if reqs:
+        events.emit(session, job.model_name, events.FORGET_FAILED, {"job_id": job.id, "requests": len(reqs),
+                                                                   "error": error[:500]})
     session.flush()
 
 

@@ -25,6 +25,7 @@ from ..audit import service as audit
 from ..catalogue.models import TrainingInstance
 from ..db import utcnow
 from ..errors import LetheError
+from ..events import service as events
 from . import service as registry
 from .models import PRODUCTION, PURGED, READY, AliasMove, ModelVersion
 
@@ -140,6 +141,7 @@ def set_alias(session: Session, *, model_name: str, alias: str, version: int, ac
     audit.append(session, actor=actor, action="alias.moved",
                  payload={"model": model_name, "alias": alias, "from_version": current, "to_version": version,
                           "reason": reason, "operator": True})
+    events.alias_moved(session, model_name, alias, current, v, actor=actor, reason=reason)
     session.flush()
     return move
 
@@ -175,6 +177,7 @@ def purge_superseded(session: Session, registry_dir: str, model_name: str, *, ac
                      payload={"model": model_name, "version": v.version, "sha256": v.sha256,
                               "erased_instances_held": t["erased_instances"], "jobs": t["jobs"],
                               "superseded_by": later, "serving_version": prod.version if prod else None})
+        events.version_purged(session, v, superseded_by=later, serving_version=prod.version if prod else None)
         purged.append(v.version)
     session.flush()
     return purged

@@ -27,6 +27,7 @@ from ..settings import Settings
 from . import service as registry
 from .models import MODEL_FAILED, MODEL_TRAINING, PRODUCTION, TrainingRun
 from .upload import NAME_RE, check_model_spec
+from ..events import service as events
 
 log = logging.getLogger("lethe.training")
 
@@ -117,6 +118,8 @@ def publish_first_version(db: Session, name: str, sha: str, rel: str, metrics: d
                  payload={"model": name, "version": v.version, "sha256": sha, "parent_version": None,
                           **version_extra, "metrics": metrics})
     registry.move_alias(db, model_name=name, alias=PRODUCTION, to_version=v.version, actor=actor)
+    events.version_published(db, v)
+    events.alias_moved(db, name, PRODUCTION, None, v, actor=actor)
     audit.append(db, actor=actor, action="alias.moved",
                  payload={"model": name, "alias": PRODUCTION, "from_version": None, "to_version": v.version})
     db.bulk_insert_mappings(TrainingInstance, rows)

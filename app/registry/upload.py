@@ -27,6 +27,7 @@ from ..datasets.models import READY
 from ..settings import Settings
 from . import service as registry
 from .models import PRODUCTION
+from ..events import service as events
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib")
@@ -191,6 +192,8 @@ def register_upload(session: Session, settings: Settings, *, name: str, arch: st
                  payload={"model": name, "version": v.version, "sha256": sha, "parent_version": None,
                           "metrics": metrics})
     registry.move_alias(session, model_name=name, alias=PRODUCTION, to_version=v.version, actor=actor)
+    events.version_published(session, v)
+    events.alias_moved(session, name, PRODUCTION, None, v, actor=actor)
     audit.append(session, actor=actor, action="alias.moved",
                  payload={"model": name, "alias": PRODUCTION, "from_version": None, "to_version": v.version})
     session.bulk_insert_mappings(TrainingInstance, rows)

@@ -18,7 +18,11 @@ class WebhookDelivery(Base):
     __tablename__ = "webhook_deliveries"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    request_id: Mapped[str] = mapped_column(ForeignKey("forget_requests.id"), index=True)
+    # a forget request's status change (request_id), or a registry event for a subscription
+    # (subscription_id, event_id: app/events; migration 0014)
+    request_id: Mapped[str | None] = mapped_column(ForeignKey("forget_requests.id"), index=True, nullable=True)
+    subscription_id: Mapped[str | None] = mapped_column(ForeignKey("subscriptions.id"), index=True, nullable=True)
+    event_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     event: Mapped[str] = mapped_column(String(64))
     url: Mapped[str] = mapped_column(String(2048))
     payload: Mapped[str] = mapped_column(Text)  # the exact JSON body that is signed and sent
