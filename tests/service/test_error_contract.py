@@ -109,6 +109,7 @@ NOT_FOUND = {
     ("GET", "/v1/models/{name}/versions/{version}"): {},
     ("POST", "/v1/subscriptions"): {"json": {"url": "http://127.0.0.1:9/x", "model": UNKNOWN}},
     ("GET", "/v1/subscriptions"): None,
+    ("GET", "/v1/trainers"): None,
     ("GET", "/v1/subscriptions/{sub_id}"): {},
     ("GET", "/v1/subscriptions/{sub_id}/deliveries"): {},
     ("DELETE", "/v1/subscriptions/{sub_id}"): {},
