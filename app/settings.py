@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     )
     registry_dir: str = Field(default="./var/registry", description="where model weights (safetensors) live")
     data_dir: str = Field(default="./var/data", description="the dataset store: datasets/<name>/ (Parquet fragments + index)")
+    dataset_url: str = Field(default="", description="where new datasets' Parquet fragments go when not under "
+                                                     "LETHE_DATA_DIR: an S3 prefix, s3://bucket/prefix (pyarrow query "
+                                                     "options, e.g. ?endpoint_override=host:9000&scheme=http; AWS_* "
+                                                     "credentials); erasure deletes every object version. The "
+                                                     "index stays under LETHE_DATA_DIR")
     # queue: empty => embedded in-process worker thread
     broker_url: str = Field(default="", description="redis://host:port/db for Celery; empty = embedded worker")
     queue_name: str = Field(default="lethe", description="Celery queue the gateway sends jobs to and `lethe worker` "

@@ -135,3 +135,45 @@ def pg_url():
     """A fresh Postgres database for one test: its SQLAlchemy URL; dropped after."""
     with fresh_pg_database() as db:
         yield db[0]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API server (moto's standalone ``moto_server``, a dev dependency) on a free
+    loopback port, with a versioned bucket ``lethe-data``: (URL of its ``datasets`` prefix for
+    ``LETHE_DATASET_URL``, a boto3 client). AWS_* test credentials are set meanwhile."""
+    import subprocess
+    import time
+
+    import boto3
+
+    exe = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
+        deadline = time.time() + 30
+        while True:
+            try:
+                client.create_bucket(Bucket="lethe-data")
+                break
+            except Exception:  # noqa: BLE001 - the server is still starting
+                if time.time() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        client.put_bucket_versioning(Bucket="lethe-data", VersioningConfiguration={"Status": "Enabled"})
+        yield f"s3://lethe-data/datasets?endpoint_override=127.0.0.1:{port}&scheme=http", client
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

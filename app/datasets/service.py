@@ -151,13 +151,23 @@ def build_store(settings: Settings, name: str, source: Source, spec: Spec, eval_
         summary = _ingest_into(settings, name, staging, source, spec, eval_source, progress)
         final = store_dir(settings, name)
         if os.path.exists(final):  # left by a crash after the move of an earlier, failed attempt
-            shutil.rmtree(final)
+            _destroy(final)
         os.replace(staging, final)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _destroy(staging)
         raise
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     return summary
+
+
+def _destroy(root: str) -> None:
+    """A store directory and its fragments, wherever they are (every object version)."""
+    if os.path.exists(os.path.join(root, "schema.json")):
+        try:
+            DatasetStore(root).destroy()
+        except Exception:  # noqa: BLE001 - a half-written store: remove what is here
+            log.exception("removing the fragments of %s failed", root)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _ingest_into(settings, name, staging, source, spec, eval_source, progress=True) -> dict:
@@ -202,7 +212,8 @@ def _ingest_into(settings, name, staging, source, spec, eval_source, progress=Tr
         for batch in src.batches():
             table, subjects, is_test = conv.convert(batch)
             if store is None:  # the tensor/image shape is known after the first batch
-                store = DatasetStore.create(staging, conv.schema, conv.arrow_schema(), settings.dataset_compression)
+                store = DatasetStore.create(staging, conv.schema, conv.arrow_schema(), settings.dataset_compression,
+                                            settings.dataset_url)
             n = table.num_rows
             if role == "eval":
                 is_test = np.ones(n, bool) if is_test is None else is_test
@@ -292,7 +303,10 @@ class TableSource(Source):
 def recover(settings: Settings) -> int:
     """At start-up: an ingestion that was running when the process died is failed and its
     staging store removed."""
-    shutil.rmtree(os.path.join(datasets_dir(settings), ".staging"), ignore_errors=True)
+    staging = os.path.join(datasets_dir(settings), ".staging")
+    for name in os.listdir(staging) if os.path.isdir(staging) else []:
+        _destroy(os.path.join(staging, name))
+    shutil.rmtree(staging, ignore_errors=True)
     n = 0
     with session_scope(settings.database_url) as db:
         for row in db.execute(select(Dataset).where(Dataset.status == INGESTING)).scalars():

@@ -108,14 +108,33 @@ class DatasetStore:
         self.root = root
         self._schema: dict | None = None
         self._local = threading.local()  # one index connection per thread, opened on first use
+        self._objects: "ObjectFiles | None | bool" = False  # resolved on first use
+
+    @property
+    def objects(self) -> "ObjectFiles | None":
+        """The object store holding the fragments, or None: they are files beside the index."""
+        if self._objects is False:
+            url = self.schema.get("data_url")
+            self._objects = ObjectFiles(url) if url else None
+        return self._objects  # type: ignore[return-value]
+
+    def _open(self, file: str) -> pq.ParquetFile:
+        obj = self.objects
+        return pq.ParquetFile(self._path(file) if obj is None else obj.open(file))
 
     # --- creation ------------------------------------------------------------------------
     @classmethod
-    def create(cls, root: str, schema: dict, arrow_schema: pa.Schema, compression: str = "none") -> "DatasetStore":
+    def create(cls, root: str, schema: dict, arrow_schema: pa.Schema, compression: str = "none",
+               data_url: str = "") -> "DatasetStore":
         """A new, empty store; ``schema`` is the dataset's feature schema (JSON), and
-        ``arrow_schema`` the columns each fragment holds (instance_id, label, features)."""
+        ``arrow_schema`` the columns each fragment holds (instance_id, label, features).
+        ``data_url``: where the fragments go when not beside the index, an object store
+        prefix such as ``s3://bucket/lethe?endpoint_override=host:9000&scheme=http``
+        (``ObjectFiles``); the store takes a prefix of its own under it."""
         os.makedirs(root, exist_ok=False)
         doc = dict(schema, compression=compression, arrow_schema=arrow_schema.serialize().to_pybytes().hex())
+        if data_url:
+            doc["data_url"] = ObjectFiles.child(data_url, f"{os.path.basename(root)}-{os.urandom(8).hex()}")
         with open(os.path.join(root, "schema.json"), "w") as f:
             json.dump(doc, f)
             f.flush()
@@ -226,7 +245,7 @@ class DatasetStore:
                 for start in range(0, table.num_rows, FRAGMENT_ROWS):
                     part = table.slice(start, FRAGMENT_ROWS)
                     name = f"{split}-{seq:06d}"
-                    while os.path.exists(self._path(f"{name}-g0000.parquet")):  # a leftover of a crashed ingest
+                    while self._exists(f"{name}-g0000.parquet"):  # a leftover of a crashed ingest
                         seq += 1
                         name = f"{split}-{seq:06d}"
                     file = f"{name}-g0000.parquet"
@@ -268,12 +287,21 @@ class DatasetStore:
                     f"SELECT instance_id FROM instances WHERE instance_id IN ({','.join('?' * len(chunk))})", chunk)]
         return sorted(set(dup))
 
+    def _exists(self, file: str) -> bool:
+        obj = self.objects
+        return os.path.exists(self._path(file)) if obj is None else obj.exists(file)
+
     def _write_fragment(self, name: str, table: pa.Table) -> int:
-        """Write, fsync, rename into place: a fragment file is either whole or absent."""
+        """Write, fsync, rename into place: a fragment file is either whole or absent (an
+        object store's PUT is atomic by itself)."""
+        kw = dict(row_group_size=ROW_GROUP, compression=self.schema.get("compression", "none"),
+                  use_dictionary=False,  # PLAIN pages: a row's values stay contiguous, as the erasure test reads them
+                  write_statistics=False)  # no min/max copies of values in the footer
+        obj = self.objects
+        if obj is not None:
+            return obj.write(name, lambda sink: pq.write_table(table, sink, **kw))
         path, tmp = self._path(name), self._path(name + ".tmp")
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP, compression=self.schema.get("compression", "none"),
-                       use_dictionary=False,  # PLAIN pages: a row's values stay contiguous, as the erasure test reads them
-                       write_statistics=False)  # no min/max copies of values in the footer
+        pq.write_table(table, tmp, **kw)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -281,6 +309,9 @@ class DatasetStore:
         return os.path.getsize(path)
 
     def _unlink(self, names: Iterable[str]) -> int:
+        obj = self.objects
+        if obj is not None:  # every version of each object, and any unfinished upload of it
+            return sum(obj.purge(n) for n in names)
         freed = 0
         for n in names:
             with contextlib.suppress(FileNotFoundError):
@@ -404,7 +435,7 @@ class DatasetStore:
         parts, order = [], []
         files: dict[str, pq.ParquetFile] = {}
         for (frag, rg), found in sorted(by_group.items()):
-            pf = files.get(frag) or files.setdefault(frag, pq.ParquetFile(self._path(frags[frag].file)))
+            pf = files.get(frag) or files.setdefault(frag, self._open(frags[frag].file))
             group = pf.read_row_group(rg)
             parts.append(group.take(pa.array([row - rg * ROW_GROUP for _, row in found])))
             order += [k for k, _ in found]
@@ -430,7 +461,7 @@ class DatasetStore:
         for k in rng.permutation(len(groups)):
             frag, g = groups[k]
             try:
-                t = pq.ParquetFile(self._path(frag.file)).read_row_group(g)
+                t = self._open(frag.file).read_row_group(g)
             except FileNotFoundError:  # replaced by a compaction meanwhile; other groups will do
                 continue
             t = self._visible(frag, g, t, tomb, exclude, where)
@@ -455,10 +486,10 @@ class DatasetStore:
         tomb = self._tombstones(split)
         for frag in self._fragments(split):
             try:
-                pf = pq.ParquetFile(self._path(frag.file))
+                pf = self._open(frag.file)
             except FileNotFoundError:  # a compaction replaced it since the listing: take the new file
                 frag = next(f for f in self._fragments(split) if f.name == frag.name)
-                pf = pq.ParquetFile(self._path(frag.file))
+                pf = self._open(frag.file)
             for g in range(frag.row_groups):
                 t = self._visible(frag, g, pf.read_row_group(g), tomb, exclude)
                 buf.append(t)
@@ -574,7 +605,7 @@ class DatasetStore:
         m = _FRAG.match(frag.file)
         assert m, frag.file
         split, seq, gen = m.group(1), int(m.group(2)), int(m.group(3))
-        table = pq.read_table(self._path(frag.file))
+        table = self._open(frag.file).read()
         kept = frag.kept()
         table = table.filter(pa.array(~np.isin(kept, positions)))
         gone = np.union1d(frag.gone, positions).astype(np.uint32)
@@ -590,12 +621,127 @@ class DatasetStore:
 
     def _sweep(self) -> int:
         live = {f.file for f in self._fragments()}
-        stale = [f for f in os.listdir(self.root)
-                 if (f.endswith(".parquet") and f not in live) or f.endswith(".parquet.tmp")]
-        return self._unlink(stale) if stale else 0
+        obj = self.objects
+        names = os.listdir(self.root) if obj is None else obj.names()
+        stale = [f for f in names if (f.endswith(".parquet") and f not in live) or f.endswith(".parquet.tmp")]
+        freed = self._unlink(stale) if stale else 0
+        if obj is not None:
+            obj.abort_uploads()  # parts of a write cut short hold rows too
+        return freed
 
     def disk_bytes(self) -> int:
-        return sum(os.path.getsize(os.path.join(self.root, f)) for f in os.listdir(self.root))
+        local = sum(os.path.getsize(os.path.join(self.root, f)) for f in os.listdir(self.root))
+        return local + (self.objects.size() if self.objects is not None else 0)
+
+    def destroy(self) -> None:
+        """Remove the store: its fragments (every object version) and its directory."""
+        import shutil
+
+        if self.objects is not None:
+            self._unlink(self.objects.names())
+            self.objects.abort_uploads()
+        self.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class ObjectFiles:
+    """A store's fragments on an object store, through ``pyarrow.fs`` (reads and writes)
+    and, for what a filesystem interface cannot say, the S3 API (``boto3``): physical
+    erasure on a versioned bucket means deleting every version and delete marker of the
+    object, and aborting unfinished multipart uploads (their parts hold bytes too).
+
+    ``url``: ``s3://bucket/prefix`` with pyarrow's query options, e.g.
+    ``?endpoint_override=127.0.0.1:9000&scheme=http`` for an S3-compatible server;
+    credentials from the usual AWS environment variables."""
+
+    def __init__(self, url: str):
+        from urllib.parse import parse_qs, urlsplit
+
+        import pyarrow.fs as pafs
+
+        self.url = url
+        parts = urlsplit(url)
+        if parts.scheme != "s3":
+            raise ValueError(f"dataset object store URL must be s3://bucket/prefix; got {url!r}")
+        self.fs, path = pafs.FileSystem.from_uri(url)
+        self.base = path.rstrip("/")
+        self.bucket, _, self.prefix = self.base.partition("/")
+        q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        self._endpoint = (f"{q.get('scheme', 'https')}://{q['endpoint_override']}"
+                          if q.get("endpoint_override") else None)
+        self._region = q.get("region")
+        self._client = None
+
+    @staticmethod
+    def child(url: str, name: str) -> str:
+        base, sep, query = url.partition("?")
+        return f"{base.rstrip('/')}/{name}" + (sep + query if sep else "")
+
+    @property
+    def s3(self):
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client("s3", endpoint_url=self._endpoint, region_name=self._region)
+        return self._client
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def open(self, name: str):
+        return self.fs.open_input_file(f"{self.base}/{name}")
+
+    def exists(self, name: str) -> bool:
+        import pyarrow.fs as pafs
+
+        return self.fs.get_file_info(f"{self.base}/{name}").type != pafs.FileType.NotFound
+
+    def write(self, name: str, fill: Callable) -> int:
+        """One PUT of the whole fragment (bounded in size): atomic, and no multipart upload
+        is left behind by a write cut short."""
+        sink = pa.BufferOutputStream()
+        fill(sink)
+        body = sink.getvalue()
+        self.s3.put_object(Bucket=self.bucket, Key=self._key(name), Body=body.to_pybytes())
+        return body.size
+
+    def names(self) -> list[str]:
+        import pyarrow.fs as pafs
+
+        infos = self.fs.get_file_info(pafs.FileSelector(self.base, allow_not_found=True))
+        return [i.base_name for i in infos if i.type == pafs.FileType.File]
+
+    def size(self) -> int:
+        import pyarrow.fs as pafs
+
+        infos = self.fs.get_file_info(pafs.FileSelector(self.base, allow_not_found=True))
+        return sum(i.size or 0 for i in infos if i.type == pafs.FileType.File)
+
+    def versions(self, name: str | None = None) -> list[dict]:
+        """Every version and delete marker under the object (or the whole prefix)."""
+        key = self._key(name) if name else (self.prefix + "/" if self.prefix else "")
+        out = []
+        for page in self.s3.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=key):
+            out += [v for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
+                    if name is None or v["Key"] == key]
+        return out
+
+    def purge(self, name: str) -> int:
+        """Delete every version of ``name``; returns the bytes they held."""
+        freed = 0
+        for v in self.versions(name):
+            self.s3.delete_object(Bucket=self.bucket, Key=v["Key"], VersionId=v["VersionId"])
+            freed += v.get("Size", 0)
+        return freed
+
+    def abort_uploads(self) -> int:
+        key = self.prefix + "/" if self.prefix else ""
+        n = 0
+        for page in self.s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=key):
+            for u in page.get("Uploads", []):
+                self.s3.abort_multipart_upload(Bucket=self.bucket, Key=u["Key"], UploadId=u["UploadId"])
+                n += 1
+        return n
 
 
 class DuplicateIds(ValueError):

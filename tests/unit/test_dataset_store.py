@@ -247,3 +247,101 @@ def test_reads_meanwhile_compactions_see_the_survivors_exactly(filled):
         stop.set()
         t.join()
     assert not errors, errors
+
+
+# --- fragments on an S3-compatible object store: moto's standalone server (``moto_server``, a
+# real S3 API over HTTP, started here as a subprocess; nothing mocked in process), a versioned
+# bucket. Erasure must leave the bytes in no object version and no unfinished multipart upload.
+BUCKET = "lethe-data"
+
+
+def _every_version_holding(client, prefix: str, pattern: bytes) -> list[str]:
+    """Keys of every object version under ``prefix`` whose bytes hold ``pattern``."""
+    found = []
+    for page in client.get_paginator("list_object_versions").paginate(Bucket=BUCKET, Prefix=prefix):
+        for v in page.get("Versions", []):
+            body = client.get_object(Bucket=BUCKET, Key=v["Key"], VersionId=v["VersionId"])["Body"].read()
+            if pattern in body:
+                found.append(f"{v['Key']}@{v['VersionId']}")
+    return found
+
+
+def test_fragments_on_a_versioned_bucket_erased_from_every_version(s3_server, tmp_path, monkeypatch):
+    url, client = s3_server
+    monkeypatch.setattr(store_mod, "FRAGMENT_ROWS", FRAGMENT_ROWS)
+    monkeypatch.setattr(store_mod, "ROW_GROUP", ROW_GROUP)
+    store = DatasetStore.create(str(tmp_path / "ds"), {"kind": "tensor", "shape": [DIM]}, _schema(), data_url=url)
+    n = FRAGMENT_ROWS + 3 * ROW_GROUP + 17
+    x, t = _table(n)
+    store.ingest("train", t, [f"s{i // 4}" for i in range(n)])
+    store.ingest("test", _table(50, start=n, seed=1)[1])
+    store.seal()
+    assert not [f for f in os.listdir(store.root) if f.endswith(".parquet")]  # no fragment on local disk
+    prefix = store.objects.prefix + "/"
+    ids = [3, FRAGMENT_ROWS + 5, n - 1]
+    np.testing.assert_array_equal(_xs(store.read([f"r{i}" for i in ids])), x[ids])
+    assert store.sample(100, seed=1).num_rows == 100
+    assert sum(b.num_rows for b in store.batches("train", batch_size=999)) == n
+
+    victims = [5, FRAGMENT_ROWS + 1]
+    patterns = [x[i].tobytes() for i in victims]
+    # a write cut short: an unfinished multipart upload whose part holds a victim's bytes
+    up = client.create_multipart_upload(Bucket=BUCKET, Key=prefix + "train-000000-g0009.parquet")
+    client.upload_part(Bucket=BUCKET, Key=prefix + "train-000000-g0009.parquet", UploadId=up["UploadId"],
+                       PartNumber=1, Body=b"...." + patterns[0] + b"....")
+    assert all(_every_version_holding(client, prefix, p) for p in patterns)  # the check can fail
+
+    assert store.hide([f"r{i}" for i in victims]) == 2  # invisible at once, bytes still there
+    assert all(_every_version_holding(client, prefix, p) for p in patterns)
+    rep = store.compact()
+    assert rep.rows == 2 and rep.fragments_rewritten == 2
+    assert [_every_version_holding(client, prefix, p) for p in patterns] == [[], []]
+    assert not client.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads")
+    keep = [4, 6, FRAGMENT_ROWS, FRAGMENT_ROWS + 2, n - 1]
+    np.testing.assert_array_equal(_xs(store.read([f"r{i}" for i in keep])), x[keep])
+    assert store.counts()["train"] == n - 2
+
+    store.destroy()  # a removed store leaves no version behind
+    assert not client.list_object_versions(Bucket=BUCKET, Prefix=prefix).get("Versions")
+    assert not os.path.exists(store.root)
+
+
+def test_service_writes_new_datasets_to_the_object_store_and_compacts_them(s3_server, tmp_path):
+    """LETHE_DATASET_URL: a registered dataset's fragments go to the bucket; the compaction
+    due (``LETHE_ERASE_WITHIN_S``) removes a hidden row from every object version and
+    records it in the audit log; a failed registration leaves no object behind."""
+    import pyarrow.parquet as pq
+
+    from app.audit.models import AuditEvent
+    from app.datasets import service
+    from app.datasets.formats import Source, Spec
+    from app.db import migrate, session_scope
+    from app.settings import Settings
+
+    url, client = s3_server
+    s = Settings(database_url=f"sqlite:///{tmp_path}/lethe.db", data_dir=str(tmp_path / "data"),
+                 registry_dir=str(tmp_path / "reg"), subject_secret="s3-secret", dataset_url=url, erase_within_s=0)
+    migrate(s)
+    x, t = _table(600)
+    t = t.append_column("split", pa.array(["test" if i % 5 == 0 else "train" for i in range(600)]))
+    path = str(tmp_path / "in.parquet")
+    pq.write_table(t, path)
+    before = {v["Key"] for v in client.list_object_versions(Bucket=BUCKET).get("Versions", [])}
+    service.build_store(s, "objs", Source(path, "parquet"), Spec(kind="tensor", feature_column="x"), progress=False)
+    store = service.open_store(s, "objs")
+    assert store.objects is not None and not [f for f in os.listdir(store.root) if f.endswith(".parquet")]
+    prefix = store.objects.prefix + "/"
+    assert _every_version_holding(client, prefix, x[1].tobytes())
+    assert store.hide(["r1"]) == 1
+    [done] = service.compact_due(s)
+    assert done["dataset"] == "objs" and done["rows"] == 1
+    assert _every_version_holding(client, prefix, x[1].tobytes()) == []
+    with session_scope(s.database_url) as db:
+        assert db.query(AuditEvent).filter(AuditEvent.action == "dataset.compacted").count() == 1
+
+    bad = t.set_column(0, "instance_id", pa.array(["dup"] * 600))  # refused: duplicate ids
+    pq.write_table(bad, path)
+    with pytest.raises(Exception, match="duplicate"):
+        service.build_store(s, "refused", Source(path, "parquet"), Spec(kind="tensor", feature_column="x"), progress=False)
+    after = {v["Key"] for v in client.list_object_versions(Bucket=BUCKET).get("Versions", [])}
+    assert after - before == {k for k in after if k.startswith(prefix)}  # only the ready dataset's objects
