@@ -40,7 +40,7 @@ from app.registry import service as registry
 from app.settings import Settings, get_settings
 from app.jobs import planner
 from app.jobs.models import CONSOLIDATE
-from models.unlearn.registry import LABEL_OBJECTIVES
+from models.unlearn.registry import LABEL_OBJECTIVES, fixed_relabel_targets
 from models.unlearn import DEFAULT_OBJECTIVE, get_family, get_method, must_reach, resolve
 
 log = logging.getLogger("lethe.worker")
@@ -404,7 +404,8 @@ def _instance_wise(s: Settings, spec: JobSpec) -> Built:
     has_retained = len(ry) > 0
     rx_t = torch.from_numpy(rx) if has_retained else None
     ry_t = torch.from_numpy(ry) if has_retained else None
-    targets = torch.full_like(fy_t, int(spec.target_label)) if spec.target_label is not None else None
+    # a fixed relabel target; an instance already of that label is taught its runner-up
+    targets = fixed_relabel_targets(model, fx_t, fy_t, spec.target_label) if spec.target_label is not None else None
     original_pred = predict(model, fx_t) if len(fy) else None
     base_ta = accuracy(model, hx, hy)
     retain = (rx_t, ry_t) if has_retained else (hx, hy)

@@ -69,6 +69,32 @@ OBJECTIVE_DESCRIPTIONS = {
 ProgressFn = Callable[[str, float], None]
 
 
+def fixed_relabel_targets(model, x: "torch.Tensor", y: "torch.Tensor", target: int) -> "torch.Tensor":
+    """The labels a relabel to one fixed ``target`` teaches D_f: ``target`` for every
+    instance, except an instance whose own label already is ``target`` (teaching a model an
+    instance's own label forgets nothing), which is taught its runner-up class instead: the
+    highest-scoring class other than its label, the per-instance choice of the relabel
+    objective without a target (as in instance-wise unlearning, Cha et al., AAAI 2024,
+    arXiv 2301.11578, whose relabel objective trains towards a label other than the own).
+    Deciding this here, where the model is, lets the service accept a fixed target without
+    reading the instances' labels at submission (an answer that depended on them would tell
+    the caller the labels)."""
+    import torch
+
+    targets = torch.full_like(y, int(target))
+    same = targets == y
+    if bool(same.any()):
+        dev = next(model.parameters()).device
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            logits = model(x[same].to(dev)).float().cpu()
+        model.train(was)
+        logits[torch.arange(len(logits)), y[same]] = float("-inf")
+        targets[same] = logits.argmax(1).to(targets.dtype)
+    return targets
+
+
 @dataclass
 class UnlearnRequest:
     """What to forget and what the method may use.
