@@ -79,6 +79,12 @@ class StateCollector:
         up = GaugeMetricFamily("lethe_state_up", "1 when the database could be read for these metrics")
         up.add_metric([], 1)
         yield up
+        from .audit.checkpoints import Anchor
+
+        g = GaugeMetricFamily("lethe_audit_anchor_ok", "0 when this process's checkpointer refused to sign the audit "
+                                                       "chain (it does not follow from its signed checkpoints); alert on 0")
+        g.add_metric([], 1 if Anchor.ok else 0)
+        yield g
 
         g = GaugeMetricFamily("lethe_forget_requests", "forget requests by status", labels=["status"])
         for status, n in sorted(req_status):

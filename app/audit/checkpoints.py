@@ -7,13 +7,16 @@ event after it, and the chain still verifies. A checkpoint pins the head: the se
 (``app.audit.signing``; the private key is a file, not a row) once the chain up to ``seq`` has
 verified. Checkpoints are
 
+- made only over a chain that follows from every checkpoint held (``create``: a chain
+  rewritten and re-hashed, or truncated, is refused loudly, never signed);
 - made every ``LETHE_AUDIT_CHECKPOINT_EVENTS`` events or ``LETHE_AUDIT_CHECKPOINT_INTERVAL_S``
   seconds (whichever comes first, when there is something new) by a gateway thread;
 - stored in ``audit_checkpoints`` (append-only), served at ``GET /v1/audit/checkpoints`` and
   interleaved in ``GET /v1/audit/export`` after the event each pins;
-- optionally appended to ``LETHE_AUDIT_CHECKPOINT_FILE`` (JSON lines), a file outside the
-  database (ship it to write-once storage);
-- checked by ``GET /v1/audit/verify`` (the newest of the database and of the file) and by
+- appended to ``LETHE_AUDIT_CHECKPOINT_FILE`` (JSON lines), a file outside the database
+  (ship it to write-once storage); a deployment (not the embedded demo) must set it: the
+  database's own checkpoints can be deleted with the events they pin;
+- checked by ``GET /v1/audit/verify`` (every checkpoint of the database and of the file) and by
   ``lethe audit verify --checkpoint SAVED.json``, which needs nothing from the server but the
   export: a checkpoint whose event is missing means the chain was truncated, one whose event
   has another hash means it was rewritten.
@@ -73,16 +76,48 @@ def _due(settings, last: AuditCheckpoint | None, seq: int, now: dt.datetime) -> 
     return age >= settings.audit_checkpoint_interval_s
 
 
+class Anchor:
+    """What the newest refusal said, in this process (``lethe_audit_anchor_ok`` in /metrics):
+    an alert that does not depend on the audit chain it is about."""
+    ok: bool = True
+    problem: str | None = None
+    refusals: int = 0
+
+
+def _refuse(problem: str) -> None:
+    Anchor.ok, Anchor.problem, Anchor.refusals = False, problem, Anchor.refusals + 1
+    # a log line of its own, outside the audit chain, every time: an operator's alert hooks here
+    log.critical("AUDIT CHAIN REFUSED: it does not match its signed checkpoints (%s); no checkpoint is signed "
+                 "until an operator has investigated", problem)
+
+
 def create(settings, *, force: bool = False) -> dict | None:
-    """Verify the chain (incrementally) and, when a checkpoint is due (``force``: whenever the
-    head moved), sign the verified head, store it and append it to the checkpoint file.
-    Returns the signed checkpoint, or None (nothing new, not due, or the chain is broken:
-    a broken chain is never signed)."""
+    """Sign the chain head when a checkpoint is due (``force``: whenever the head moved),
+    store it and append it to the checkpoint file. Returns the signed checkpoint, or None
+    (nothing new, not due, or the chain does not verify: never signed).
+
+    What is signed must follow from what was signed before, not merely agree with itself:
+    every checkpoint held (database and file, each with this service's signature) must still
+    hold, the chain must verify (incrementally: ``service.verify_incremental``), and it is
+    re-hashed from the newest checkpoint (whose event must carry the hash it pins) to the
+    head. A chain re-hashed after a rewrite, or truncated below a checkpoint,
+    is refused loudly (``_refuse``) instead of being signed; so is a missing checkpoint file
+    the database says was written."""
     url = settings.database_url
-    res = service.verify_incremental(url)
-    if not res["ok"]:
-        log.error("audit chain broken at event %s (%s): no checkpoint signed", res["first_bad_seq"], res["reason"])
+    n, problem, anchor = check_all(settings)
+    if problem is None:  # an event edited in place (its hash left) anywhere: the chain itself
+        whole = service.verify_incremental(url)
+        if not whole["ok"]:
+            problem = f"event {whole['first_bad_seq']}: {whole['reason']}"
+    if problem is None:
+        after = (anchor["seq"], anchor["head"]) if anchor else (0, service.GENESIS)
+        res = service.verify_after(url, *after)
+        if not res["ok"]:
+            problem = f"event {res['first_bad_seq']}: {res['reason']}"
+    if problem is not None:
+        _refuse(problem)
         return None
+    Anchor.ok, Anchor.problem = True, None
     seq, head = res["entries"], res["head"]
     if seq == 0:
         return None
@@ -150,36 +185,65 @@ def verify_signed(settings, checkpoint: dict) -> bool:
     return signing.verify_certificate(checkpoint, signing.private_key(settings).public_key())[0]
 
 
-def check_server_side(settings) -> tuple[int, str | None]:
-    """The newest checkpoint of the database and of the checkpoint file must hold.
-    Returns (how many were checked, the first problem or None)."""
-    cps: list[dict] = []
+def held(settings) -> tuple[list[dict], str | None]:
+    """Every signed checkpoint this service holds: the database's and the checkpoint file's
+    (once each). Returns (checkpoints, problem): a configured checkpoint file that is missing
+    while the database holds checkpoints, or unreadable, or a checkpoint without this
+    service's signature, is a problem — never skipped."""
     with read_scope(settings.database_url) as db:
-        last = latest(db)
-        if last is not None:
-            cps.append(signed(last))
+        rows = list(db.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.seq)).scalars())
+    cps = [signed(r) for r in rows]
     path = settings.audit_checkpoint_file
-    if path and os.path.exists(path):
-        try:
-            saved = read_file(path)
-        except (OSError, ValueError) as e:
-            return len(cps), f"checkpoint file {path} is unreadable: {e.__class__.__name__}"
-        if saved:
-            newest = max(saved, key=lambda c: (c.get("certificate") or {}).get("seq", 0))
-            if not verify_signed(settings, newest):
-                return len(cps) + 1, f"the newest checkpoint in {path} does not carry this service's signature"
-            cps.append(newest)
-
-    def hash_at(seq: int) -> str | None:
-        with read_scope(settings.database_url) as db:
-            ev = db.get(AuditEvent, seq)
-            return ev.hash if ev is not None else None
-
+    if path:
+        if not os.path.exists(path):
+            if rows:
+                return cps, (f"checkpoint file {path} is missing, but the database holds {len(rows)} checkpoint(s) "
+                             "that were written to it")
+        else:
+            try:
+                cps += read_file(path)
+            except (OSError, ValueError) as e:
+                return cps, f"checkpoint file {path} is unreadable: {e.__class__.__name__}"
+    seen, out = set(), []
     for cp in cps:
-        problem = holds(cp, hash_at)
+        key = (json.dumps(cp.get("certificate"), sort_keys=True), json.dumps(cp.get("signature"), sort_keys=True))
+        if key not in seen:
+            seen.add(key)
+            out.append(cp)
+    public = signing.private_key(settings).public_key()
+    for cp in out:
+        if not signing.verify_certificate(cp, public)[0]:
+            seq = (cp.get("certificate") or {}).get("seq")
+            return out, f"checkpoint of event {seq} does not carry this service's signature"
+    return out, None
+
+
+def check_all(settings) -> tuple[int, str | None, dict | None]:
+    """Every checkpoint held (``held``) must still hold: its event present with the hash it
+    pins. Returns (how many were checked, the first problem or None, the newest checkpoint's
+    document or None)."""
+    cps, problem = held(settings)
+    if problem:
+        return len(cps), problem, None
+    docs = [cp["certificate"] for cp in cps]
+    seqs = sorted({d["seq"] for d in docs if isinstance(d.get("seq"), int)})
+    hashes: dict[int, str] = {}
+    with read_scope(settings.database_url) as db:
+        for i in range(0, len(seqs), 1000):
+            hashes.update(db.execute(select(AuditEvent.seq, AuditEvent.hash)
+                                     .where(AuditEvent.seq.in_(seqs[i:i + 1000]))).tuples().all())
+    for cp in sorted(cps, key=lambda c: c["certificate"].get("seq", 0)):
+        problem = holds(cp, hashes.get)
         if problem:
-            return len(cps), problem
-    return len(cps), None
+            return len(cps), problem, None
+    return len(cps), None, max(docs, key=lambda d: d["seq"]) if docs else None
+
+
+def check_server_side(settings) -> tuple[int, str | None]:
+    """Every checkpoint of the database and of the checkpoint file must hold (``check_all``).
+    Returns (how many were checked, the first problem or None)."""
+    n, problem, _ = check_all(settings)
+    return n, problem
 
 
 class Checkpointer(PeriodicThread):

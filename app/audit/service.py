@@ -231,6 +231,24 @@ def verify_incremental(url: str, *, full: bool = False, batch: int = 1000) -> di
     return {"ok": True, "entries": count, "head": prev, "first_bad_seq": None, "reason": None, "checked": checked}
 
 
+def verify_after(url: str, seq: int, head: str, *, batch: int = 1000) -> dict:
+    """Re-hash the chain after event ``seq``, whose hash must be ``head`` (a signed
+    checkpoint's: the caller checked the event still carries it), up to the newest event; each
+    batch in its own read-only transaction. Same result shape as ``verify``."""
+    prev, expected_seq, count, last_seq = head, seq + 1, seq, seq
+    while True:
+        with read_scope(url) as db:
+            rows = db.execute(select(AuditEvent).where(AuditEvent.seq > last_seq)
+                              .order_by(AuditEvent.seq).limit(batch)).scalars().all()
+        if not rows:
+            break
+        bad, prev, expected_seq, count = _check_rows(rows, prev, expected_seq, count)
+        if bad:
+            return bad
+        last_seq = rows[-1].seq
+    return {"ok": True, "entries": count, "head": prev, "first_bad_seq": None, "reason": None}
+
+
 def page(session: Session, *, after_seq: int = 0, limit: int = 100, action: str | None = None) -> list[AuditEvent]:
     q = select(AuditEvent).where(AuditEvent.seq > after_seq)
     if action:

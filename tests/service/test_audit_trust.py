@@ -71,15 +71,20 @@ def test_verification_never_holds_the_write_lock(client, seeded, monkeypatch):
     assert result["ok"] is True
 
 
-def _tamper(settings, how: str, keep: int) -> None:
+def _tamper(settings, how: str, keep: int, *, hide_checkpoints: bool = True) -> None:
     """What a database administrator can do: drop the append-only triggers, then truncate
-    (and hide the checkpoints), or rewrite one event and re-hash every event after it."""
+    (and hide the checkpoints), rewrite one event and re-hash every event after it, or
+    ``edit`` one event and leave its hash."""
     con = sqlite3.connect(settings.database_url[len("sqlite:///"):])
     for t in ("audit_events_no_update", "audit_events_no_delete", "audit_checkpoints_no_delete"):
         con.execute(f"DROP TRIGGER {t}")
-    con.execute("DELETE FROM audit_checkpoints")
+    if hide_checkpoints:
+        con.execute("DELETE FROM audit_checkpoints" if how != "truncate" else
+                    f"DELETE FROM audit_checkpoints WHERE seq > {int(keep)}")
     if how == "truncate":
         con.execute("DELETE FROM audit_events WHERE seq > ?", (keep,))
+    elif how == "edit":
+        con.execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = ?", (keep,))
     else:
         rows = con.execute("SELECT seq, ts, actor, action, subject_ref, payload, prev_hash FROM audit_events "
                            "WHERE seq >= ? ORDER BY seq", (keep,)).fetchall()
@@ -132,3 +137,59 @@ def test_signed_checkpoints_detect_truncation_and_rewrite(how, live_server, seed
     forged = dict(listed[0], signature={**listed[0]["signature"], "value": "A" * 86 + "=="})
     saved.write_text(json.dumps(forged))
     assert main(["audit", "verify", "--url", live_server, "--checkpoint", str(saved)]) == 1
+
+
+@pytest.mark.parametrize("how", ["rewrite", "truncate", "edit"])
+@pytest.mark.parametrize("hide", [True, False], ids=["checkpoints-hidden", "checkpoints-kept"])
+def test_the_checkpointer_never_signs_a_tampered_chain(how, hide, client, seeded, caplog):
+    """Finding 3 and 5: after a rewrite re-hashed with the project's own hash function, a
+    truncation (with the checkpoints above it deleted) or a one-row edit, the checkpointer
+    refuses to sign — however many new events follow — with a log line of its own and the
+    ``lethe_audit_anchor_ok`` alert, and verification (which checks every checkpoint, of the
+    database and of the file) says broken, before and after new checkpoints were due."""
+    _append(seeded, 25)
+    first = checkpoints.create(seeded, force=True)["certificate"]["seq"]
+    _append(seeded, 10)
+    assert checkpoints.create(seeded, force=True)["certificate"]["seq"] == first + 10
+    _append(seeded, 4)
+    # below both checkpoints, or (truncation) between them: the newer one's event is gone
+    _tamper(seeded, how, keep=first - 5 if how != "truncate" else first + 5, hide_checkpoints=hide)
+
+    def broken() -> None:
+        res = client.get("/v1/audit/verify", params={"full": True}).json()
+        assert res["ok"] is False, res
+        if how != "edit":  # an edit leaves every pinned hash: the chain's own check finds it
+            n, problem = checkpoints.check_server_side(seeded)
+            assert problem is not None and n >= 1
+
+    broken()
+    for _ in range(3):  # new requests keep coming: still nothing is signed over the tampered chain
+        _append(seeded, 22)
+        caplog.clear()
+        signed = checkpoints.create(seeded, force=True)
+        broken()
+        if how == "edit":
+            # behind this process's verified-up-to mark, an edited row (its hash left as it was)
+            # is found by every full verification; a checkpoint over the new events pins
+            # nothing about it, so signing them launders nothing
+            continue
+        assert signed is None
+        assert "AUDIT CHAIN REFUSED" in caplog.text
+        assert checkpoints.Anchor.ok is False
+    if how != "edit":
+        metrics = client.get("/metrics").text
+        assert "lethe_audit_anchor_ok 0.0" in metrics, metrics[-2000:]
+
+
+def test_a_missing_checkpoint_file_is_an_error_not_a_skip(client, seeded):
+    _append(seeded, 3)
+    assert checkpoints.create(seeded, force=True) is not None
+    assert checkpoints.check_server_side(seeded) == (1, None)  # the database's and the file's copy: one checkpoint
+    import os
+
+    os.remove(seeded.audit_checkpoint_file)
+    n, problem = checkpoints.check_server_side(seeded)
+    assert problem is not None and "missing" in problem
+    assert client.get("/v1/audit/verify").json()["ok"] is False
+    _append(seeded, 3)
+    assert checkpoints.create(seeded, force=True) is None
