@@ -150,4 +150,5 @@ def migrate(settings) -> None:
     cfg.set_main_option("script_location", os.path.join(ROOT, "migrations"))
     cfg.attributes["url"] = settings.database_url
     cfg.attributes["data_dir"] = settings.data_dir  # data migrations (0005) move files there
+    cfg.attributes["subject_secret"] = settings.subject_secret  # 0017 re-keys stored Idempotency-Keys
     command.upgrade(cfg, "head")

@@ -46,7 +46,7 @@ def subject_instances(subject_id: str, session: SessionDep, settings: SettingsDe
     seen = tenant_policy.visible_models(session, principal, settings)
     rows = [r for r in service.by_subject(session, ref, model) if seen is None or r.model_name in seen]
     if not rows:
-        raise LetheError(404, "unknown_subject", f"the catalogue holds no instances for subject {subject_id!r}"
+        raise LetheError(404, "unknown_subject", "the catalogue holds no instances for this subject"
                          + (f" in model {model!r}" if model else ""))
     return SubjectInstances(subject_ref=ref, instances=[
         InstanceRead(instance_id=r.instance_id, model=r.model_name, label=r.label, content_hash=r.content_hash,

@@ -60,8 +60,9 @@ def _targets(session: Session, body: ForgetCreate, ref: str, in_stores: bool) ->
             return {}
         if catalogue.by_subject(session, ref):
             raise LetheError(409, "already_erased",
-                             f"subject {body.subject_id!r} is already erased from every model that held their data")
-        raise LetheError(404, "unknown_subject", f"subject {body.subject_id!r} has no instances in any model's catalogue")
+                             "this subject is already erased from every model that held their data")
+        raise LetheError(404, "unknown_subject", "this subject has no instances in any model's catalogue and no row "
+                                                 "in any dataset")
     # a model that already forgot part of the subject: the rest by id (submit refuses erased ids)
     return {model: [r.instance_id for r in rows] if len(catalogue.by_subject(session, ref, model)) != len(rows)
             else None for model, rows in held.items()}
@@ -94,13 +95,13 @@ def submit_all(session: Session, settings: Settings, body: ForgetCreate, *, idem
     if body.instance_ids is not None:
         raise LetheError(422, "model_required", "instance_ids need a model; without a model give subject_id only")
     fp = service.fingerprint(body)
-    stored_key = service.stored_idempotency_key(tenant, idempotency_key)  # in the caller's tenant's namespace
+    stored_key = service.stored_idempotency_key(settings, tenant, idempotency_key)  # in the caller's tenant's namespace
     if stored_key is not None:
         old = session.execute(select(ErasureGroup).where(ErasureGroup.idempotency_key == stored_key)
                               ).scalar_one_or_none()
         if old is not None:
             if old.fingerprint != fp:
-                raise LetheError(409, "idempotency_key_reused", f"Idempotency-Key {idempotency_key!r} was already "
+                raise LetheError(409, "idempotency_key_reused", "this Idempotency-Key was already "
                                                                  f"used for erasure {old.id} with a different body")
             return old, requests_of(session, old.id), [], True
     ref = catalogue.subject_ref(settings.subject_secret, body.subject_id)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models import unlearn
 
@@ -37,7 +37,9 @@ class ForgetCreate(BaseModel):
                                                             "instance-wise unlearning; 'sisa'/'arcane' for exact "
                                                             "models); every method: docs/methods.md")
     target_label: int | None = Field(default=None, ge=0, le=MAX_DB_INT, description="objective 'relabel' only: the label to teach")
-    external_id: str | None = Field(default=None, max_length=256, description="your own reference (ticket id)")
+    external_id: str | None = Field(default=None, max_length=256,
+                                    description="your own reference (ticket id), stored and echoed as given: it "
+                                                "must not contain the subject id (Lethe stores no subject id)")
     callback_url: str | None = Field(default=None, max_length=2048,
                                      description="http(s) URL: every status change is POSTed here, signed "
                                                  "(Lethe-Signature, see docs/service.md)")
@@ -51,6 +53,15 @@ class ForgetCreate(BaseModel):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("callback_url must be an absolute http:// or https:// URL")
         return v
+
+    @model_validator(mode="after")
+    def _no_subject_in_external_id(self):
+        # the external id is stored and echoed (reads, webhooks, certificates): a ticket id
+        # that spells the subject's id would keep it after the erasure
+        if self.subject_id and self.external_id and self.subject_id.casefold() in self.external_id.casefold():
+            raise ValueError("external_id contains the subject id; Lethe stores no subject id: use a reference "
+                             "of your own that does not spell it")
+        return self
 
 
 class JobProgress(BaseModel):

@@ -78,9 +78,9 @@ def by_idempotency_key(session: Session, key: str) -> ForgetRequest | None:
 
 def _replay(session: Session, key: str, fp: str) -> ForgetRequest:
     existing = by_idempotency_key(session, key)
-    if existing.fingerprint != fp:
+    if existing.fingerprint != fp:  # the key is not repeated: it may name the subject
         raise LetheError(409, "idempotency_key_reused",
-                         f"Idempotency-Key {key!r} was already used for request {existing.id} with a different body")
+                         f"this Idempotency-Key was already used for request {existing.id} with a different body")
     return existing
 
 
@@ -110,7 +110,7 @@ def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempote
     the request belongs to it and ``idempotency_key`` lives in its namespace. ``policy``: what
     a tenant-bound caller may do (models, methods, quotas: app/tenants); None for operators."""
     fp = fingerprint(body)
-    key = stored_idempotency_key(tenant, idempotency_key)
+    key = stored_idempotency_key(settings, tenant, idempotency_key)
     replay = _idempotent_replay(session, key, fp)
     if replay is not None:
         return replay, None, True
@@ -136,14 +136,19 @@ def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempote
     return req, (job_id if created else None), False
 
 
-def stored_idempotency_key(tenant: str, key: str | None) -> str | None:
-    """The Idempotency-Key as sent, checked, in ``tenant``'s namespace."""
+KEY_REF = "hmac:"  # a stored Idempotency-Key: a keyed reference, never the key as sent
+
+
+def stored_idempotency_key(settings: Settings, tenant: str, key: str | None) -> str | None:
+    """How the Idempotency-Key is stored: checked, in ``tenant``'s namespace, as a keyed
+    reference (HMAC-SHA256 under the subject secret, like a subject id): finding the earlier
+    request needs only equality, and a key often names the person (``erase-patient-0007``)."""
     if key is None:
         return None
     if not (1 <= len(key) <= 200) or any(ord(c) < 32 for c in key):
         raise LetheError(422, "bad_idempotency_key",
                           "Idempotency-Key must be 1 to 200 characters, no control characters")
-    return tenants.namespaced_key(tenant, key)
+    return KEY_REF + catalogue.subject_ref(settings.subject_secret, tenants.namespaced_key(tenant, key))
 
 
 def _idempotent_replay(session: Session, key: str | None, fp: str) -> ForgetRequest | None:
@@ -247,8 +252,8 @@ def _catalogue_rows(session: Session, body: ForgetCreate, ref: str | None, found
     if body.instance_ids is None:
         rows = catalogue.by_subject(session, ref, body.model)
         if not rows:
-            raise LetheError(404, "unknown_subject",
-                             f"subject {body.subject_id!r} has no instances in the catalogue of model {body.model!r}")
+            raise LetheError(404, "unknown_subject",  # the id is not repeated: error bodies reach logs and tickets
+                             f"this subject has no instances in the catalogue of model {body.model!r}")
         return rows
     if found is None:
         found = catalogue.facts_by_ids(session, body.model, body.instance_ids)
@@ -259,7 +264,7 @@ def _catalogue_rows(session: Session, body: ForgetCreate, ref: str | None, found
         foreign = [i for i in body.instance_ids if found[i].subject_ref != ref]
         if foreign:
             raise LetheError(422, "instances_not_of_subject",
-                             f"these instances do not belong to subject {body.subject_id!r}: {_preview(foreign)}")
+                             f"these instances do not belong to this subject: {_preview(foreign)}")
     return [found[i] for i in body.instance_ids]
 
 
