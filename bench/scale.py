@@ -18,6 +18,11 @@ one subject per 3 rows, 10 % held out. Per size:
   and up to 10,000 held-out rows, decoded to arrays; peak RSS (VmHWM, reset after the
   warm-up read) above the RSS before the reads. The catalogue database's liveness filter (``catalogue.retained_arrays``)
   is not part of it: this is the store's share;
+- ``retrain_rows_per_s``: a full pass over the training rows (``store.batches``, 8,192 at a
+  time, decoded to arrays), rows / second: what a retrain reads per epoch;
+- ``storage``: ``local`` (fragments beside the index) or ``s3`` (fragments on moto's
+  standalone S3 server on loopback, a versioned bucket; bytes searched in every object
+  version);
 - ``erase1_*`` and ``erase100_*``: erasing 1 and 100 random training instances in two
   steps, as the service does: ``invisible_s`` = ``store.hide`` (index rows deleted and the
   deletion vector written in one transaction; a read by id is checked to fail afterwards),
@@ -31,6 +36,7 @@ Timings on a shared machine: run under ``flock /tmp/lethe-bench.lock``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -73,11 +79,47 @@ def adult_like(n: int, seed: int = 0):
     return pa.table(cols)
 
 
-def _settings(tmp: str):
+def _settings(tmp: str, dataset_url: str = ""):
     from app.settings import Settings
 
     return Settings(database_url=f"sqlite:///{tmp}/bench.db", data_dir=os.path.join(tmp, "data"),
-                    registry_dir=os.path.join(tmp, "registry"), subject_secret="bench-secret")
+                    registry_dir=os.path.join(tmp, "registry"), subject_secret="bench-secret", dataset_url=dataset_url)
+
+
+class S3Server:
+    """moto's standalone S3 server (``moto_server``, a dev dependency) on a free loopback
+    port with a versioned bucket: the object store of the ``s3`` rows."""
+
+    def __enter__(self):
+        import shutil as sh
+        import socket
+
+        import boto3
+
+        exe = sh.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+        self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        self.client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
+        deadline = time.time() + 30
+        while True:
+            try:
+                self.client.create_bucket(Bucket="lethe-bench")
+                break
+            except Exception:  # noqa: BLE001 - still starting
+                if time.time() > deadline or self.proc.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        self.client.put_bucket_versioning(Bucket="lethe-bench", VersioningConfiguration={"Status": "Enabled"})
+        self.url = f"s3://lethe-bench/datasets?endpoint_override=127.0.0.1:{port}&scheme=http"
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(10)
 
 
 def job_prep(root: str, forget: list[str], retain_rows: int, holdout_rows: int) -> dict:
@@ -120,14 +162,14 @@ def job_prep(root: str, forget: list[str], retain_rows: int, holdout_rows: int) 
             "job_rows": int(len(fy) + len(ry) + len(hy)), "job_x_mb": round((fx.nbytes + rx.nbytes + hx.nbytes) / 2**20, 1)}
 
 
-def measure(n: int, tmp: str, log) -> dict:
+def measure(n: int, tmp: str, log, storage: str = "local", s3: "S3Server | None" = None) -> dict:
     import pyarrow.parquet as pq
 
     from app.catalogue.service import subject_ref
     from app.datasets import service
     from app.datasets.formats import Source, Spec
 
-    s = _settings(tmp)
+    s = _settings(tmp, s3.url if storage == "s3" else "")
     os.makedirs(s.data_dir, exist_ok=True)
     t = time.perf_counter()
     table = adult_like(n)
@@ -163,18 +205,22 @@ def measure(n: int, tmp: str, log) -> dict:
     from app.datasets.formats import decode
 
     pattern = decode(store.read([victim]), store.schema)[0][0].tobytes()
-    assert _files_holding(store.root, pattern), "the victim's bytes were not found before erasure"
+    assert _holding(store, pattern, s3), "the victim's bytes were not found before erasure"
     e1 = _erase(store, [victim])
-    gone = not _files_holding(store.root, pattern)
+    gone = not _holding(store, pattern, s3)
     hundred = [train_ids[k] for k in rng.choice(len(train_ids), 101, replace=False) if train_ids[k] != victim][:100]
     e100 = _erase(store, hundred)
-    row = {"n": n, "storage": "local", "ingest_rows_per_s": round(n / ingest_s), "ingest_s": round(ingest_s, 3),
+    t, rows_read = time.perf_counter(), 0
+    for b in store.batches("train", batch_size=8192):  # a retrain's full pass over the training rows
+        rows_read += len(decode(b, store.schema)[1])
+    retrain_rows_per_s = rows_read / (time.perf_counter() - t)
+    row = {"n": n, "storage": storage, "ingest_rows_per_s": round(n / ingest_s), "ingest_s": round(ingest_s, 3),
            "ingest_cpu_s": round(ingest_cpu_s, 3),  # this process's CPU time: the wall figure is shared
            "ingest_rows_per_cpu_s": round(n / max(ingest_cpu_s, 1e-9)),
            "lookup_p50_ms": round(float(np.percentile(lat, 50)), 3), "lookup_p99_ms": round(float(np.percentile(lat, 99)), 3),
            **job, **{f"erase1_{k}": v for k, v in e1.items()}, "erase1_bytes_gone": gone,
            **{f"erase100_{k}": v for k, v in e100.items()},
-           "store_mb": round(store.disk_bytes() / 2**20, 1), "input_mb": round(os.path.getsize(path) / 2**20, 1),
+           "retrain_rows_per_s": round(retrain_rows_per_s), "store_mb": round(store.disk_bytes() / 2**20, 1), "input_mb": round(os.path.getsize(path) / 2**20, 1),
            "note": NOTE}
     log(row)
     return row
@@ -200,6 +246,18 @@ def _erase(store, ids: list[str]) -> dict:
             "fragments": rep.fragments_rewritten}
 
 
+def _holding(store, pattern: bytes, s3: "S3Server | None") -> list[str]:
+    """Files of the store's directory, and every object version under its prefix, holding
+    ``pattern``."""
+    found = _files_holding(store.root, pattern)
+    if store.objects is not None:
+        for v in store.objects.versions():
+            if "Size" in v and pattern in s3.client.get_object(Bucket=store.objects.bucket, Key=v["Key"],
+                                                                VersionId=v["VersionId"])["Body"].read():
+                found.append(f"{v['Key']}@{v['VersionId']}")
+    return found
+
+
 def _files_holding(root: str, pattern: bytes) -> list[str]:
     found = []
     for f in os.listdir(root):
@@ -212,13 +270,18 @@ def _files_holding(root: str, pattern: bytes) -> list[str]:
 def table_md(rows: list[dict]) -> str:
     head = ("| N | storage | ingest rows/s (per CPU s) | lookup p50 / p99 ms | job prep s | job peak MB "
             "| erase 1: invisible s, compaction s, MB rewritten, bytes gone "
-            "| erase 100: invisible s, compaction s, MB rewritten |\n|---|---|---|---|---|---|---|---|\n")
-    return head + "".join(
-        f"| {r['n']:,} | {r.get('storage', 'local')} | {r['ingest_rows_per_s']:,}"
-        + (f" ({r['ingest_rows_per_cpu_s']:,})" if "ingest_rows_per_cpu_s" in r else "") + " "
-        f"| {r['lookup_p50_ms']:.2f} / {r['lookup_p99_ms']:.2f} "
-        f"| {r['job_prep_s']:.3f} | {r['job_peak_mb']:.0f} "
-        f"| {_cell(r, 'erase1')}, {'yes' if r['erase1_bytes_gone'] else 'NO'} | {_cell(r, 'erase100')} |\n" for r in rows)
+            "| erase 100: invisible s, compaction s, MB rewritten | retrain pass rows/s |\n"
+            "|---|---|---|---|---|---|---|---|---|\n")
+    return head + "".join(_row_md(r) for r in rows)
+
+
+def _row_md(r: dict) -> str:
+    cpu = f" ({r['ingest_rows_per_cpu_s']:,})" if "ingest_rows_per_cpu_s" in r else ""
+    retrain = f"{r['retrain_rows_per_s']:,}" if "retrain_rows_per_s" in r else "-"
+    return (f"| {r['n']:,} | {r.get('storage', 'local')} | {r['ingest_rows_per_s']:,}{cpu} "
+            f"| {r['lookup_p50_ms']:.2f} / {r['lookup_p99_ms']:.2f} | {r['job_prep_s']:.3f} | {r['job_peak_mb']:.0f} "
+            f"| {_cell(r, 'erase1')}, {'yes' if r['erase1_bytes_gone'] else 'NO'} | {_cell(r, 'erase100')} "
+            f"| {retrain} |\n")
 
 
 def _cell(r: dict, k: str) -> str:
@@ -252,6 +315,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="10000,100000,1000000")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "scale.json"))
+    p.add_argument("--storage", default="local,s3", help="local (fragments beside the index) and/or s3 "
+                   "(fragments on moto's S3 server, a versioned bucket)")
     p.add_argument("--no-docs", action="store_true")
     p.add_argument("--job-prep", help=argparse.SUPPRESS)
     p.add_argument("--forget", help=argparse.SUPPRESS)
@@ -264,14 +329,17 @@ def main(argv=None) -> int:
         print(m, flush=True)
 
     rows = []
-    for n in [int(x) for x in a.sizes.split(",")]:
-        tmp = tempfile.mkdtemp(prefix=f"lethe-scale-{n}-")
-        try:
-            rows.append(measure(n, tmp, log))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        with open(a.out + ".partial", "w") as f:
-            json.dump(rows, f, indent=1)
+    storages = a.storage.split(",")
+    with S3Server() if "s3" in storages else contextlib.nullcontext() as s3:
+        for storage in storages:
+            for n in [int(x) for x in a.sizes.split(",")]:
+                tmp = tempfile.mkdtemp(prefix=f"lethe-scale-{n}-")
+                try:
+                    rows.append(measure(n, tmp, log, storage, s3))
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                with open(a.out + ".partial", "w") as f:
+                    json.dump(rows, f, indent=1)
     meta = {"note": NOTE, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     with open(a.out, "w") as f:
