@@ -62,10 +62,10 @@ def test_compose_requires_a_webhook_secret(compose, resolved):
 
 def test_services_start_order_and_healthchecks(resolved):
     svc = resolved["services"]
-    assert set(svc) == {"postgres", "redis", "migrate", "api", "worker"}
-    for name in ("postgres", "redis", "api", "worker"):
+    assert set(svc) == {"postgres", "redis", "objectstore", "objectstore-init", "migrate", "api", "worker", "worker-2"}
+    for name in ("postgres", "redis", "objectstore", "api", "worker", "worker-2"):
         assert svc[name]["healthcheck"]["test"], name
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "worker-2"):
         deps = svc[name]["depends_on"]
         assert deps["postgres"]["condition"] == "service_healthy"
         assert deps["redis"]["condition"] == "service_healthy"
@@ -73,13 +73,18 @@ def test_services_start_order_and_healthchecks(resolved):
         assert svc[name]["image"] == svc["migrate"]["image"]  # one image for gateway and worker
     assert svc["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     # everything talks to the compose Postgres and Redis, and shares the registry volume
-    for name in ("migrate", "api", "worker"):
+    for name in ("migrate", "api", "worker", "worker-2"):
+        assert svc[name]["depends_on"]["objectstore-init"]["condition"] == "service_completed_successfully"
         env = svc[name]["environment"]
+        # dataset fragments in the compose object store's versioned bucket
+        assert env["LETHE_DATASET_URL"].startswith("s3://lethe/") and "endpoint_override=objectstore:9000" in env["LETHE_DATASET_URL"]
         assert env["LETHE_DATABASE_URL"].startswith("postgresql+psycopg://") and "@postgres:5432/" in env["LETHE_DATABASE_URL"]
         assert env["LETHE_BROKER_URL"] == "redis://redis:6379/0"
         assert env["LETHE_SUBJECT_SECRET"] == "s3cret-0123456789"
         assert any(str(v).endswith(":/var/lib/lethe:rw") or str(v).endswith(":/var/lib/lethe") for v in svc[name]["volumes"]), svc[name]["volumes"]
-    assert svc["worker"]["command"][:5] == ["celery", "-A", "worker.celery_app", "worker", "--pool=solo"]
+    for name in ("worker", "worker-2"):
+        assert svc[name]["command"][:5] == ["celery", "-A", "worker.celery_app", "worker", "--pool=solo"]
+    assert "mc version enable" in svc["objectstore-init"]["entrypoint"][-1]  # erasure reaches every version
     assert "8000" in str(svc["api"]["ports"])
 
 
@@ -122,4 +127,4 @@ def test_the_cuda_base_is_chosen_at_build_time(compose, resolved):
     assert r.returncode == 0, r.stderr
     svc = yaml.safe_load(r.stdout)["services"]
     assert svc["migrate"]["build"]["args"]["BASE_IMAGE"] == cuda
-    assert {svc[n]["image"] for n in ("migrate", "api", "worker")} == {"lethe:cuda"}
+    assert {svc[n]["image"] for n in ("migrate", "api", "worker", "worker-2")} == {"lethe:cuda"}
