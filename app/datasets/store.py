@@ -638,7 +638,7 @@ class DatasetStore:
         import shutil
 
         if self.objects is not None:
-            self._unlink(self.objects.names())
+            self.objects.purge_all()
             self.objects.abort_uploads()
         self.close()
         shutil.rmtree(self.root, ignore_errors=True)
@@ -730,6 +730,14 @@ class ObjectFiles:
         """Delete every version of ``name``; returns the bytes they held."""
         freed = 0
         for v in self.versions(name):
+            self.s3.delete_object(Bucket=self.bucket, Key=v["Key"], VersionId=v["VersionId"])
+            freed += v.get("Size", 0)
+        return freed
+
+    def purge_all(self) -> int:
+        """Delete every version and delete marker under the prefix (a removed store)."""
+        freed = 0
+        for v in self.versions():
             self.s3.delete_object(Bucket=self.bucket, Key=v["Key"], VersionId=v["VersionId"])
             freed += v.get("Size", 0)
         return freed
