@@ -217,7 +217,8 @@ def risk_cell(d, shadows, calib, device, k, n_reference, max_approx=64) -> dict:
         approx_phi.append(logit_confidence(out, *shadows.targets))
         for m, o in [*((m, comp[m].outputs[i]) for m in PLANNER_COMPARED), ("approx_gap", out)]:
             sig = stopping_rule_signal(shadows.models[i], o, forget, retain, calib, seed, g_i)
-            rules[m].append([sig.get("df_confidence_drop"), sig.get("df_drop_expected")])
+            change = sig.get("df_confidence_change", sig.get("df_confidence_drop"))
+            rules[m].append([change, sig.get("df_drop_expected"), sig.get("df_confidence_change_raw", change)])
     approx_phi = np.stack(approx_phi)
     # per example: its mean risk over the shadows that trained on it; checked against the gap of the
     # n shadows themselves (n models on halves of the base pool and T: a larger reference set)
@@ -239,6 +240,14 @@ def risk_cell(d, shadows, calib, device, k, n_reference, max_approx=64) -> dict:
     return row
 
 
+def _gap_rule(sig, tau: float) -> bool:
+    """The stopping rule with each row's own gap: D_f's drift-corrected confidence dropped by at least
+    `tau` x the mean gap, and its own (uncorrected) confidence did not rise."""
+    change, expected = sig[0], sig[1]
+    raw = sig[2] if len(sig) > 2 else change
+    return change is not None and change <= -tau * expected and raw <= 0
+
+
 def plan_rows(risk_row: dict, threshold: float, tau: float) -> dict:
     """The `planner` row of one cell from its `risk` row: per shadow, the service's plan
     (app.jobs.planner.plan, with LETHE_RETRAIN_BELOW_S = 0: as for a model too slow to retrain by
@@ -258,8 +267,7 @@ def plan_rows(risk_row: dict, threshold: float, tau: float) -> dict:
         fallback = False
         c = r["retrain_cpu"][i]
         if not p.exact:
-            drop, expected = r["rules"]["approx_gap"][i]
-            fallback = not (drop is not None and drop <= -tau * expected)
+            fallback = not _gap_rule(r["rules"]["approx_gap"][i], tau)
             c = r["approx_cpu"][i] + (r["retrain_cpu"][i] if fallback else 0.0)
         plans.append({"method": RETRAIN_METHOD if (p.exact or fallback) else DEFAULT_METHOD, "exact": p.exact,
                       "fallback": fallback, "rows_at_risk": p.rows_at_risk,
@@ -281,8 +289,8 @@ def plan_rows(risk_row: dict, threshold: float, tau: float) -> dict:
     if "rules" in r:  # the stopping rule with each row's own gap, per risk band (a shadow is high-risk when any row is)
         band = {"high": [max(x) >= threshold for x in r["shadow_risk"]]}
         band["low"] = [not h for h in band["high"]]
-        out["rule_by_band"] = {b: {m: [int(sum(1 for i, (dr, ex) in enumerate(v) if sel[i] and dr is not None
-                                                   and dr <= -tau * ex)), int(sum(sel))]
+        out["rule_by_band"] = {b: {m: [int(sum(1 for i, sig in enumerate(v) if sel[i] and _gap_rule(sig, tau))),
+                                       int(sum(sel))]
                                    for m, v in r["rules"].items()} for b, sel in band.items()}
     return out
 

@@ -108,12 +108,14 @@ def band_excess(risk: np.ndarray, lr_approx: np.ndarray, lr_exact: np.ndarray, m
 
 
 def calibrate_threshold(risk: np.ndarray, lr_approx: np.ndarray, lr_exact: np.ndarray, member: np.ndarray,
-                        ok: np.ndarray, tol: float = 0.05, n_candidates: int = 20) -> dict:
+                        ok: np.ndarray, tol: float = 0.05, n_candidates: int = 20, min_examples: int = 16) -> dict:
     """The risk above which the approximate method leaks more than retraining: candidates r are
     quantiles of `risk`; the approximate path would serve the rows below r, so r is kept while the
     approximate method's U-LiRA AUC on the rows below it exceeds retraining's by at most `tol`
     (|excess|: over-unlearning stands out too). The threshold is the largest r such that every
-    cut up to r holds; +inf when the whole set holds, the lowest risk when no cut does."""
+    cut up to r holds; +inf when the whole set holds, the lowest risk when no cut does. Cuts with
+    fewer than `min_examples` rows below are not judged (the AUC of a handful of examples over a
+    few shadows is noise of +-0.1)."""
     risk = np.asarray(risk, dtype=np.float64)
     cands = np.unique(np.quantile(risk, np.linspace(0, 1, n_candidates, endpoint=False)[1:]))
     rows = []
@@ -127,6 +129,8 @@ def calibrate_threshold(risk: np.ndarray, lr_approx: np.ndarray, lr_exact: np.nd
                    if tail.any() else float("nan"))
         rows.append({"risk": float(r), "below_examples": int(below.sum()), "below_excess": float(ex),
                      "tail_excess": float(ex_tail)})
+        if below.sum() < min_examples:
+            continue
         if held and abs(ex) <= tol:
             threshold = float(r)
         else:

@@ -216,9 +216,26 @@ def publish(s: Settings, spec: JobSpec, worker: str, built: Built) -> str:
         governance.purge_superseded(db, s.registry_dir, spec.model_name, actor=f"worker:{worker}")
     if built.after_publish is not None:
         built.after_publish()
+    if (built.metrics or {}).get("exact") and sha is not None and spec.family == "instance":
+        _risk_job(s, spec)
     log.info("job %s completed: %s, %d instances erased, new weights sha256=%s", spec.job_id, spec.model_name,
              len(spec.forget_ids), (sha or "none (nothing left to erase)")[:16])
     return "completed"
+
+
+def _risk_job(s: Settings, spec: JobSpec) -> None:
+    """A retrain published an exact version: measure its rows' membership risk (worker/risk.py)
+    for the planner of the next jobs. After the job is complete; a failure fails nothing."""
+    from .risk import run_risk_job
+
+    try:
+        with session_scope(s.database_url) as db:
+            v = registry.version_by_job(db, spec.job_id)
+            version = v.version if v is not None else None
+        if version is not None:
+            run_risk_job(spec.model_name, version, settings=s)
+    except Exception:  # noqa: BLE001 - without new risk rows the planner reads the previous version's
+        log.exception("risk job after job %s failed", spec.job_id)
 
 
 def verify(s: Settings, objective: str, m: dict) -> None:
@@ -393,6 +410,8 @@ def _instance_wise(s: Settings, spec: JobSpec) -> Built:
         rx, ry = catalogue.retained_arrays(db, spec.model_name, exclude=set(spec.forget_ids), limit=s.job_retain_rows)
         n_retained = retained_count(db, spec.model_name, set(spec.forget_ids))
         train_s, history = jobs.cost_history(db, spec.model_name)
+        # each row's membership risk and gap, from the newest exact version's risk job (worker/risk.py)
+        _, row_risk = registry.row_risks(db, spec.model_name, spec.forget_ids)
     fx, fy = catalogue.load_arrays(forget_rows, check_hash=True)
     if not len(fy):  # a consolidation that serves no request: nothing to forget, only to retrain
         fx = np.zeros((0, *rx.shape[1:]), np.float32)
@@ -423,8 +442,11 @@ def _instance_wise(s: Settings, spec: JobSpec) -> Built:
             train_x, train_y = torch.from_numpy(ax), torch.from_numpy(ay)
         if len(fy):
             objective = DEFAULT_OBJECTIVE if spec.objective == CONSOLIDATE else spec.objective  # what it serves
+            gaps = [row_risk[i][1] for i in spec.forget_ids if i in row_risk]
             request = UnlearnRequest(forget_x=fx_t, forget_y=fy_t, objective=objective, target_labels=targets,
-                                     retain_x=train_x, retain_y=train_y, holdout_x=hx, holdout_y=hy, seed=0)
+                                     retain_x=train_x, retain_y=train_y, holdout_x=hx, holdout_y=hy, seed=0,
+                                     # each row aimed at its own membership gap, when every row has one
+                                     reference_gap=torch.tensor(gaps) if row_risk and len(gaps) == len(fy) else None)
             result = get_method(method)(copy.deepcopy(model), request, progress=progress)
         else:  # a consolidation serving no new request: retrain, nothing more to leave out
             from models.unlearn.baselines import retrain_from_scratch
@@ -445,14 +467,17 @@ def _instance_wise(s: Settings, spec: JobSpec) -> Built:
     facts = planner.Facts(sharded=False, method=resolve(spec.method, has_retained_data=has_retained).name,
                           k=int(len(fy)), has_retained=has_retained, train_seconds=train_s,
                           approx_history=history, label_objective=spec.objective in LABEL_OBJECTIVES,
-                          max_approx_instances=s.max_approx_instances, retrain_below_s=s.retrain_below_s)
+                          max_approx_instances=s.max_approx_instances, retrain_below_s=s.retrain_below_s,
+                          risks=[row_risk[i][0] if i in row_risk else None for i in spec.forget_ids] if row_risk else None,
+                          risk_threshold=s.risk_threshold)
     if spec.objective == CONSOLIDATE:  # the plan was made when the consolidation was asked for
         if not has_retained:
             raise JobFailed(f"{spec.model_name} has no retained data left to retrain on")
         chosen = planner.Plan(planner.RETRAIN, True, (spec.plan or {}).get("reason", "consolidation"), None, train_s)
     else:
         chosen = planner.plan(facts)
-    plan_doc = {**(spec.plan or {}), **chosen.to_json(facts)}
+    plan_doc = {**(spec.plan or {}), **chosen.to_json(facts),
+                "row_risk": {i: round(row_risk[i][0], 4) for i in spec.forget_ids if i in row_risk}}
     record_plan(s, spec, plan_doc)
     result, metrics = run(chosen.method)
     metrics["exact"] = bool(plan_doc["exact"])

@@ -86,7 +86,19 @@ def run_training(run_id: str, *, settings: Settings | None = None, worker_name: 
                               "version": version, "sha256": sha, "metrics": metrics})
     log.info("training run %s: %s v1 ready (test accuracy %.2f %%, %.1f s)", run_id, spec["model"], metrics["ta"],
              metrics["train_seconds"])
+    _risk_job(s, spec["model"], version)
     return training.COMPLETED
+
+
+def _risk_job(s: Settings, model_name: str, version: int) -> None:
+    """Every row's membership risk for the exact version just published (worker/risk.py), after
+    the model is ready: the planner reads it, and a failure never fails the training run."""
+    from .risk import run_risk_job
+
+    try:
+        run_risk_job(model_name, version, settings=s)
+    except Exception:  # noqa: BLE001 - without risk rows the planner plans as before
+        log.exception("risk job of %s v%s failed", model_name, version)
 
 
 def _train(s: Settings, run_id: str, spec: dict, t0: float):

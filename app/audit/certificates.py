@@ -87,6 +87,18 @@ def raw_data(session: Session, req) -> dict | None:
     return out
 
 
+def served_path(session: Session, req, metrics: dict) -> dict:
+    """Which path served this request's rows (every row of a job takes its job's path), why, and
+    each row's membership risk against the threshold the planner used (app/jobs/planner.py)."""
+    from app.jobs.models import Job
+
+    plan = (session.get(Job, req.job_id).plan or {}) if req.job_id else {}
+    risk = plan.get("row_risk") or {}
+    return {"served": "exact" if metrics.get("exact", plan.get("exact")) else "approximate",
+            "reason": plan.get("reason"), "risk_threshold": (plan.get("inputs") or {}).get("risk_threshold"),
+            "row_risk": {i: risk[i] for i in sorted(req.instance_ids) if i in risk}}
+
+
 def build(session: Session, req) -> dict:
     """The certificate body (deterministic: the same request gives the same bytes)."""
     if req.status != "completed":
@@ -110,6 +122,7 @@ def build(session: Session, req) -> dict:
         "exact_version": _version(session, req.model_name, req.exact_version),
         "consolidation_entry": _entry(consolidation_event(session, req)),
         "verification": metrics,
+        "path": served_path(session, req, metrics),
         "received_at": req.received_at.isoformat(), "completed_at": req.completed_at.isoformat(),
         "due_at": req.due_at.isoformat(), "completed_within_due": req.completed_at <= req.due_at,
         "audit_entry": _entry(event),

@@ -11,7 +11,7 @@ from .service import _store, by_ids, load_arrays
 
 
 def all_retained_arrays(session: Session, model_name: str, exclude: set[str],
-                        batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+                        batch_size: int = 8192, with_ids: bool = False):
     """EVERY retained training row of the model (what exact retraining trains on, unlike a
     job's bounded sample): the training split streamed through the store batch by batch
     (storage order), kept when the row is a live instance of this model and not excluded;
@@ -47,8 +47,10 @@ def all_retained_arrays(session: Session, model_name: str, exclude: set[str],
         xs.append(x)
         ids += rest
     if not ids:
-        return np.zeros((0,), np.float32), np.zeros((0,), np.int64)
-    return np.concatenate(xs), np.array([live[i] for i in ids], dtype=np.int64)
+        out = np.zeros((0,), np.float32), np.zeros((0,), np.int64)
+    else:
+        out = np.concatenate(xs), np.array([live[i] for i in ids], dtype=np.int64)
+    return (*out, ids) if with_ids else out
 
 
 def retained_count(session: Session, model_name: str, exclude: set[str]) -> int:

@@ -116,6 +116,7 @@ def plan(f: Facts) -> Plan:
            f"predicted {approx_s:.1f} s approximate < {retrain_s:.1f} s retraining")
     if f.risks is not None and f.risk_threshold is not None:
         why += f"; every row's risk below LETHE_RISK_THRESHOLD={f.risk_threshold:g} (highest " \
-               f"{max(float(r) for r in f.risks):.2f}), each aimed at its own membership gap"
+               f"{max((float(r) for r in f.risks if r is not None), default=float('nan')):.2f}), each aimed at its own " \
+               f"membership gap"
     return Plan(f.method, False, f"approximate ({why}); exact retraining if verification refuses it",
                 approx_s, retrain_s, len(hot))

@@ -103,3 +103,16 @@ class TrainingRun(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class RowRisk(Base):
+    """Per training row of an exact version: its membership risk (models/risk.py), measured once
+    by the risk job (worker/risk.py) when the version is published; the planner reads it."""
+
+    __tablename__ = "membership_risks"
+
+    model_name: Mapped[str] = mapped_column(ForeignKey("models.name"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    risk: Mapped[float] = mapped_column(Float)   # effect size of being trained on the row
+    gap: Mapped[float] = mapped_column(Float)    # mu_in - mu_out of its logit confidence: its own target drop

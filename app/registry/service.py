@@ -218,3 +218,22 @@ class ServingCache:
             model, meta = load_version(registry_dir, version, device="cpu")
             self._loaded[version.model_name] = (version.id, version.sha256, model, meta)
             return model, meta
+
+
+def row_risks(session: Session, model_name: str, instance_ids) -> tuple[int | None, dict[str, tuple[float, float]]]:
+    """(version, {instance id: (risk, gap)}) of the newest version whose risk job ran
+    (worker/risk.py); (None, {}) when none has."""
+    from sqlalchemy import func, select
+
+    from .models import RowRisk
+
+    version = session.execute(select(func.max(RowRisk.version)).where(RowRisk.model_name == model_name)).scalar()
+    if version is None:
+        return None, {}
+    ids, out = list(instance_ids), {}
+    for i in range(0, len(ids), 500):
+        for iid, risk, gap in session.execute(select(RowRisk.instance_id, RowRisk.risk, RowRisk.gap).where(
+                RowRisk.model_name == model_name, RowRisk.version == version,
+                RowRisk.instance_id.in_(ids[i:i + 500]))):
+            out[iid] = (risk, gap)
+    return version, out

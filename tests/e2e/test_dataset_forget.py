@@ -44,7 +44,8 @@ def test_register_parquet_forget_a_subject_bytes_gone(tmp_path):
 
     s = Settings(database_url=f"sqlite:///{tmp_path}/lethe.db", registry_dir=str(tmp_path / "registry"),
                  data_dir=str(tmp_path / "data"), subject_secret="e2e-secret", broker_url="", bootstrap_demo=False,
-                 embedded_worker=True, sweeper_interval_s=0.5, webhook_poll_s=0, erase_within_s=3.0)
+                 embedded_worker=True, sweeper_interval_s=0.5, webhook_poll_s=0, erase_within_s=3.0,
+                 risk_reference_models=0)
     migrate(s)
     # the user's table: 569 patients, 30 numeric features (standardised), one subject per patient
     d = load_breast_cancer()

@@ -1,0 +1,81 @@
+"""The risk job and the planner that reads it: every row of an exact version gets its membership
+risk (worker/risk.py, models/risk.py), the version's metrics show the summary and its cost, a
+deletion holding a row at or above LETHE_RISK_THRESHOLD is retrained, the plan and the
+certificate say which path served each row, and the retrained version is measured in turn.
+Real training of the toy model (no mocks of the ML)."""
+from sqlalchemy import select
+
+from app.audit import certificates
+from app.db import session_scope
+from app.forget.models import ForgetRequest
+from app.forget.schemas import ForgetCreate
+from app.forget.service import submit
+from app.jobs.models import Job
+from app.registry import service as registry
+from app.registry.models import RowRisk
+from worker import driver
+from worker.risk import run_risk_job
+
+from .conftest import MODEL
+
+
+def _risk_rows(s, version):
+    with session_scope(s.database_url) as db:
+        return {r.instance_id: r.risk for r in db.execute(select(RowRisk).where(
+            RowRisk.model_name == MODEL, RowRisk.version == version)).scalars()}
+
+
+def _forget(s, subject):
+    with session_scope(s.database_url) as db:
+        req, _, _ = submit(db, s, ForgetCreate(model=MODEL, subject_id=subject), idempotency_key=None, actor="t")
+        return req.id, req.job_id
+
+
+def test_risk_job_measures_every_row_and_the_planner_retrains_the_risky_ones(seeded, client):
+    s = seeded.model_copy(update={"risk_reference_models": 4, "retrain_below_s": 0.0})
+    summary = run_risk_job(MODEL, 1, settings=s)
+    risks = _risk_rows(s, 1)
+    assert len(risks) == 12 and summary["rows"] == 12 and summary["reference_models"] == 4
+    assert summary["seconds"] > 0 and "rows_above_threshold" in summary
+    v1 = [v for v in client.get(f"/v1/models/{MODEL}/versions").json()["versions"] if v["version"] == 1][0]
+    assert v1["metrics"]["membership_risk"]["rows"] == 12  # shown where the version is
+
+    # a threshold below alice's highest risk: her deletion goes exact, and says why
+    rid, job_id = _forget(s, "alice")
+    with session_scope(s.database_url) as db:
+        ids = list(db.get(ForgetRequest, rid).instance_ids)
+    top = max(risks[i] for i in ids)
+    assert top > 0  # being trained on a row makes the model more confident in it
+    s2 = s.model_copy(update={"risk_threshold": top})
+    assert driver.execute_job(job_id, settings=s2, worker_name="w1") == "completed"
+    with session_scope(s.database_url) as db:
+        job = db.get(Job, job_id)
+        assert set(job.plan["row_risk"]) == set(ids)
+        assert job.plan["inputs"]["risk_threshold"] == s2.risk_threshold
+        assert job.plan["method"] == "retrain" and "membership risk" in job.plan["reason"], job.plan
+        assert job.plan["path"] == "exact" and job.plan["rows_at_risk"] >= 1
+        cert = certificates.build(db, db.get(ForgetRequest, rid))
+        assert cert["path"]["row_risk"].keys() == set(ids)
+        assert cert["path"]["served"] == "exact" and "membership risk" in cert["path"]["reason"]
+        assert cert["path"]["risk_threshold"] == s2.risk_threshold
+        new_version = job.result_version
+    # the retrained version is an exact one: measured in turn, without alice's rows
+    assert set(_risk_rows(s, new_version)) == set(risks) - set(ids)
+
+
+def test_low_risk_rows_go_approximate_each_aimed_at_its_own_gap(seeded):
+    s = seeded.model_copy(update={"risk_reference_models": 4, "retrain_below_s": 0.0, "risk_threshold": 1e6})
+    run_risk_job(MODEL, 1, settings=s)
+    _, job_id = _forget(s, "alice")
+    assert driver.execute_job(job_id, settings=s, worker_name="w1") == "completed"
+    with session_scope(s.database_url) as db:
+        job = db.get(Job, job_id)
+        assert "every row's risk below LETHE_RISK_THRESHOLD=1e+06" in job.plan["reason"], job.plan
+        assert job.plan["rows_at_risk"] == 0 and job.plan["row_risk"]
+
+
+def test_no_risk_job_for_approximate_versions_or_when_off(seeded):
+    assert run_risk_job(MODEL, 1, settings=seeded) is None  # LETHE_RISK_REFERENCE_MODELS=0: off
+    with session_scope(seeded.database_url) as db:
+        registry.get_version(db, MODEL, 1).exact = False
+    assert run_risk_job(MODEL, 1, settings=seeded.model_copy(update={"risk_reference_models": 4})) is None
