@@ -217,3 +217,21 @@ def test_models_that_disagree_with_their_dataset_are_reported_not_rewritten(worl
         migrate(world)
     assert f"model {MODEL} disagrees with its dataset toy: 1 held-out row(s)" in caplog.text
     assert doctor_report(world) == report  # nothing was rewritten
+
+
+def test_the_access_answer_lists_every_row_by_dataset_and_split_and_who_holds_it(client, world):
+    body = client.get("/v1/subjects/alice/instances").json()
+    got = {(r["dataset"], r["split"], r["instance_id"]): r["models"] for r in body["rows"]}
+    assert got == {("toy", "train", "toy-00000"): [MODEL], ("toy", "train", "toy-00001"): [MODEL],
+                   ("toy", "train", "toy-00002"): [MODEL],
+                   (PEOPLE, "train", "p-0"): [PM], (PEOPLE, "train", "p-1"): [PM],
+                   (PEOPLE, "train", "p-2"): [],  # no model trained on it
+                   (PEOPLE, "test", "pt-0"): [], (PEOPLE, "test", "pt-1"): []}  # held-out
+    assert {(i["model"], i["instance_id"]) for i in body["instances"]} == \
+        {(MODEL, f"toy-0000{k}") for k in range(3)} | {(PM, "p-0"), (PM, "p-1")}
+    one = client.get("/v1/subjects/alice/instances", params={"model": PM}).json()
+    assert {r["dataset"] for r in one["rows"]} == {PEOPLE} and len(one["rows"]) == 5
+    # a subject only a held-out split holds is found, not a 404
+    dave = client.get("/v1/subjects/dave/instances").json()
+    assert dave["instances"] == [] and [(r["split"], r["instance_id"]) for r in dave["rows"]] == [("test", "pt-3")]
+    assert client.get("/v1/subjects/nobody/instances").status_code == 404
