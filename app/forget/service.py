@@ -30,7 +30,7 @@ from ..security import tenants
 from ..settings import Settings
 from ..tenants import service as tenant_policy
 from ..webhooks import service as webhooks
-from . import claims
+from . import claims, follow
 from . import models as fm
 from .models import ForgetRequest
 from .status import set_status
@@ -116,22 +116,29 @@ def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempote
         return replay, None, True
     sel = _select(session, settings, body, policy)
     req = _new_request(body, sel, idempotency_key=key, fingerprint=fp, tenant=tenant)
+    # a tenant's request over instances another open request covers follows it (follow.py):
+    # no claims, no job yet, no 409 that would say the instances are held
+    follows = policy is not None and bool(sel.rows) and bool(follow.holders(session, req.model_name, sel.ids))
     # before the INSERT, which carries job_id; a tenant's request that selects nothing has no
     # job (a no-data request: nodata.py closes it)
-    job_id, created = jobs.attach(session, req, settings.max_attempts) if sel.rows else (None, False)
+    job_id, created = jobs.attach(session, req, settings.max_attempts) if sel.rows and not follows else (None, False)
     event = audit.outbox_row(actor=actor, action="forget.received", subject_ref=req.subject_ref,
                              payload={"request_id": req.id, "model": req.model_name, "objective": req.objective,
                                       "method": req.method, "instances": len(req.instance_ids), "job_id": job_id,
                                       "due_at": req.due_at.isoformat()})
     try:
-        held = _record(session, req, event)
+        held = _record(session, req, event, claim=not follows)
     except IntegrityError:  # a concurrent retry with the same Idempotency-Key won the race
         session.rollback()
         replay = _idempotent_replay(session, key, fp)
         if replay is None:
             raise
         return replay, None, True
-    _refuse_overlap(session, req, held)
+    if policy is None:
+        _refuse_overlap(session, req, held)  # an operator: the precise 409
+    elif not follows and (held or catalogue.erased_among(session, req.model_name, req.instance_ids)):
+        follow.detach(session, req, job_id, created)  # claimed or erased since the check: follow too
+        job_id, created = None, False
     webhooks.status_changed(session, req, None)
     return req, (job_id if created else None), False
 
@@ -297,7 +304,7 @@ def _new_request(body: ForgetCreate, sel: _Selection, *, idempotency_key: str | 
     return req
 
 
-def _record(session: Session, req: ForgetRequest, event: dict) -> dict[str, tuple[str, str]]:
+def _record(session: Session, req: ForgetRequest, event: dict, *, claim: bool = True) -> dict[str, tuple[str, str]]:
     """INSERT the new request, claim its instances, record its audit event (``event``, an
     outbox row); returns what ``claims.take`` returns (the instances another open request
     holds). On Postgres the three are one statement (data-modifying CTEs: one round trip
@@ -305,7 +312,7 @@ def _record(session: Session, req: ForgetRequest, event: dict) -> dict[str, tupl
     # the columns the constructor set (_new_request sets them all); any other gets its default
     # in the INSERT and is loaded from the row if read
     values = {c.key: req.__dict__[c.key] for c in _REQUESTS.columns if c.key in req.__dict__}
-    conn, ids = session.connection(), sorted(set(req.instance_ids))
+    conn, ids = session.connection(), sorted(set(req.instance_ids)) if claim else []
     if conn.dialect.name != "postgresql":
         conn.execute(_REQUESTS.insert(), values)
         _persistent(session, req, values)

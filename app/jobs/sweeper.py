@@ -26,6 +26,7 @@ from ..periodic import PeriodicThread
 from ..forget import models as fm
 from ..registry import governance
 from ..registry import service as registry
+from ..forget import follow
 from ..forget.status import set_status
 from . import consolidation
 from . import service as jobs
@@ -110,6 +111,7 @@ def sweep_and_dispatch(settings, dispatcher) -> list[str]:
         ids = sweep(db, lease_s=settings.job_lease_s, stuck_queued_s=settings.stuck_queued_s)
     with session_scope(settings.database_url) as db:  # approximation debt due: a consolidation job
         started = consolidate_due(db, settings)
+    started += follow.resume(settings)  # requests that followed one now closed: on a job
     with session_scope(settings.database_url) as db:  # a crash after a publish may have left weights to purge
         governance.purge_all(db, settings.registry_dir, actor="sweeper")
     subjects.erase_pending(settings)  # a subject's rows no model held, left by a crash after the erasure's commit

@@ -71,3 +71,49 @@ def test_a_relabel_to_an_instances_own_label_erases_like_any_other(gw):
     assert driver.execute_job(job_id, settings=s, worker_name="w1") == "completed"
     done = c.get(f"/v1/forget/{hit.json()['id']}", headers=k["acme"]).json()
     assert done["status"] == "completed" and done["error"] is None and done["version_after"] == 2
+
+
+def test_a_second_request_for_a_pending_subject_follows_the_first(gw):
+    """Finding 2: a known subject pending elsewhere answered 409 naming its instance ids (to
+    another tenant too), an unknown one 202, and cancelling the first erased nothing. Now the
+    second request is accepted like any other, follows the first, and erases once it is
+    canceled."""
+    from app.forget import follow
+
+    s, c, k = gw
+    first = c.post("/v1/forget", json={"model": MODEL, "subject_id": "alice"}, headers=k["acme"])
+    assert first.status_code == 202
+    for tenant in ("beta", "acme"):  # another tenant, and the same one
+        hit = c.post("/v1/forget", json={"model": MODEL, "subject_id": "alice"}, headers=k[tenant])
+        miss = c.post("/v1/forget", json={"model": MODEL, "subject_id": "nobody-here"}, headers=k[tenant])
+        assert hit.status_code == miss.status_code == 202, (hit.text, miss.text)
+        assert "toy-" not in hit.text and first.json()["id"] not in hit.text
+        _same(hit.json(), miss.json())
+        _same(c.get(f"/v1/forget/{hit.json()['id']}", headers=k[tenant]).json(),
+              c.get(f"/v1/forget/{miss.json()['id']}", headers=k[tenant]).json())
+        if tenant == "beta":
+            follower = hit.json()["id"]
+    assert _job_of(s, follower) is None and follow.resume(s) == []  # still held by the first
+    # the first is canceled: the follower takes the instances over and erases them
+    assert c.post(f"/v1/forget/{first.json()['id']}/cancel", json={"reason": "changed my mind"},
+                  headers=k["acme"]).status_code == 200
+    started = follow.resume(s)
+    job_id = _job_of(s, follower)
+    assert job_id is not None and job_id in started
+    assert driver.execute_job(job_id, settings=s, worker_name="w1") == "completed"
+    done = c.get(f"/v1/forget/{follower}", headers=k["beta"]).json()
+    assert done["status"] == "completed" and sorted(done["instance_ids"]) == ["toy-00000", "toy-00001", "toy-00002"]
+
+
+def test_a_follower_whose_data_the_first_erased_closes_as_no_data(gw):
+    from app.forget import follow, nodata
+
+    s, c, k = gw
+    first = c.post("/v1/forget", json={"model": MODEL, "subject_id": "bob"}, headers=k["acme"]).json()["id"]
+    second = c.post("/v1/forget", json={"model": MODEL, "subject_id": "bob"}, headers=k["beta"]).json()["id"]
+    assert driver.execute_job(_job_of(s, first), settings=s, worker_name="w1") == "completed"
+    assert follow.resume(s) == []
+    with session_scope(s.database_url) as db:
+        assert nodata.resolve(db, hold_s=0) == [second]
+    done = c.get(f"/v1/forget/{second}", headers=k["beta"]).json()
+    assert done["status"] == "completed" and done["reason_code"] == "no_data" and done["instance_ids"] == []
