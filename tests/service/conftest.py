@@ -151,6 +151,19 @@ def seeded(settings):
     return seed(settings)
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def seeded_on(request, tmp_path):
+    """``seeded`` on SQLite, and again on a fresh Postgres database (dropped after), with
+    deployment-grade random secrets."""
+    import secrets
+
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else f"sqlite:///{tmp_path}/lethe.db"
+    s = make_settings(tmp_path, database_url=url, webhook_secret=secrets.token_hex(32))
+    s = s.model_copy(update={"subject_secret": secrets.token_hex(32)})
+    migrate(s)
+    return seed(s)
+
+
 @pytest.fixture
 def dispatcher():
     return RecordingDispatcher()

@@ -20,7 +20,8 @@ VOLATILE = ("id", "due_at", "received_at", "days_left")  # differ between any tw
 
 
 @pytest.fixture
-def gw(seeded, dispatcher):
+def gw(seeded_on, dispatcher):
+    seeded = seeded_on
     keys = {t: bearer(make_key(seeded, PORTAL, f"{t}-portal", tenant=t)) for t in ("acme", "beta")}
     ops = bearer(make_key(seeded, ["models:admin", "forget:read", "forget:write"], "ops"))
     with TestClient(create_app(seeded, dispatcher=dispatcher)) as c:

@@ -4,7 +4,6 @@ off, a row that can never be sent ends ``failed``, and one tenant's 200 poisoned
 (unsendable URLs, a receiver that never answers, a closed port) leave another tenant's
 healthy receiver served within 2 s (p99)."""
 import datetime as dt
-import secrets
 import socket
 import threading
 import time
@@ -22,31 +21,16 @@ from app.webhooks import outbound
 from app.webhooks import service as webhooks
 from app.webhooks.models import FAILED, PENDING, WebhookDelivery
 
-from app.cli import migrate
-
-from .conftest import MODEL, bearer, make_key, make_settings, seed
+from .conftest import MODEL, bearer, make_key
 
 PORTAL = ["forget:write", "forget:read"]
 POISON_URLS = ["http://127.0.0.1:{p}/1\r\nX: y", "http://127.0.0.1:{p}/a\tb", "http://127.0.0.1:{p}/\x7f",
                "http://127.0.0.1:{p}/a b", "http://127.0.0.1:0/", "ftp://127.0.0.1:{p}/"]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request, tmp_path):
-    """Seeded settings on SQLite, or on a fresh Postgres database (dropped after)."""
-    url = request.getfixturevalue("pg_url") if request.param == "postgres" else f"sqlite:///{tmp_path}/lethe.db"
-    s = make_settings(tmp_path, database_url=url, webhook_secret=secrets.token_hex(32))
-    return seed(migrate_settings(s.model_copy(update={"subject_secret": secrets.token_hex(32)})))
-
-
-def migrate_settings(s):
-    migrate(s)
-    return s
-
-
 @pytest.fixture
-def gw(backend, dispatcher):
-    s = backend.model_copy(update={"callback_allow": "127.0.0.0/8", "webhook_backoff_s": 30.0,
+def gw(seeded_on, dispatcher):
+    s = seeded_on.model_copy(update={"callback_allow": "127.0.0.0/8", "webhook_backoff_s": 30.0,
                                   "webhook_timeout_s": 2.0, "webhook_poll_s": 0.5})
     keys = {t: bearer(make_key(s, PORTAL, f"{t}-portal", tenant=t)) for t in ("acme", "beta")}
     ops = bearer(make_key(s, ["models:admin", "forget:read", "forget:write"], "ops"))
