@@ -130,6 +130,8 @@ class PredictBody(BaseModel):
     instance_ids: list[str] | None = Field(default=None, description="catalogued instances (raw data not erased)")
     inputs: list[Any] | None = Field(default=None, description="raw inputs, each shaped like the model's input_shape "
                                                                "(or flattened)")
+    probabilities: bool = Field(default=False, description="also return each prediction's probability vector "
+                                                           "(softmax of the logits, in the model's class order)")
 
 
 class Prediction(BaseModel):
@@ -137,6 +139,8 @@ class Prediction(BaseModel):
     label: int
     class_name: str
     confidence: float
+    probabilities: list[float] | None = Field(default=None, description="with probabilities=true: one per class, "
+                                                                        "in the order of the model's classes")
 
 
 class PredictRead(BaseModel):
@@ -262,8 +266,11 @@ def upload_model(session: SessionDep, settings: SettingsDep,
                                                        "(GET /v1/architectures)")],
                  dataset: Annotated[str, Form(description="dataset the manifest's instance ids come from")],
                  weights: Annotated[UploadFile, File(description="safetensors state dict (pickles are refused)")],
-                 manifest: Annotated[UploadFile, File(description='JSON: {"instances": [{"instance_id", '
-                                                                    '"subject_id"?}, ...]}')],
+                 manifest: Annotated[UploadFile | str, File(description='JSON, a file (-F manifest=@m.json) or the '
+                                                                          'text itself (-F \'manifest={...}\'): '
+                                                                          '{"instances": [{"instance_id", '
+                                                                          '"subject_id"?}, ...]} or '
+                                                                          '{"all_training_rows": true}')],
                  arch_params: Annotated[str | None, Form(description='JSON object: the architecture\'s constructor '
                                                                      'parameters, e.g. {"widths": [64, 32]}')] = None,
                  recipe: Annotated[str | None, Form(description='JSON object: how it was trained (optimizer, lr, '
@@ -273,7 +280,8 @@ def upload_model(session: SessionDep, settings: SettingsDep,
     split, re-saved with Lethe's metadata (content-addressed), registered as version 1 under
     `production`, and the manifest's instances are catalogued (subject ids as keyed hashes)."""
     out = register_upload(session, settings, name=name, arch=arch, dataset=dataset, weights=weights.file.read(),
-                          filename=weights.filename, manifest_raw=manifest.file.read(), actor=principal.actor,
+                          filename=weights.filename, actor=principal.actor,
+                          manifest_raw=manifest if isinstance(manifest, str) else manifest.file.read(),
                           arch_params=parse_json_field(arch_params, "arch_params"), recipe=parse_json_field(recipe, "recipe"))
     return UploadRead(**out)
 
@@ -353,7 +361,8 @@ def predict(name: str, body: PredictBody, session: SessionDep, settings: Setting
     classes = meta["classes"]
     return PredictRead(model=name, version=version.version, sha256=version.sha256, predictions=[
         Prediction(instance_id=ids[k], label=int(labels[k]), class_name=str(classes[int(labels[k])]),
-                   confidence=float(conf[k])) for k in range(n)])
+                   confidence=float(conf[k]), probabilities=probs[k].tolist() if body.probabilities else None)
+        for k in range(n)])
 
 
 class ArchitecturesRead(BaseModel):

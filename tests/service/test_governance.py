@@ -207,7 +207,10 @@ def test_bad_uploads_say_what_is_wrong(client, seeded, weights, form, manifest, 
 
 
 def test_a_model_trained_on_the_whole_training_split_needs_no_list(client, seeded):
-    r = _upload(client, _safetensors_bytes(), manifest={"all_training_rows": True})
+    # the manifest as a form field's text (curl -F 'manifest={...}'), not a file
+    r = client.post("/v1/models", data={"name": "my-digits", "arch": "cnn", "dataset": "digits",
+                                        "manifest": json.dumps({"all_training_rows": True})},
+                    files={"weights": ("model.safetensors", io.BytesIO(_safetensors_bytes()), "application/octet-stream")})
     assert r.status_code == 201, r.text
     ds = client.get("/v1/datasets/digits").json()
     assert r.json()["instances"] == ds["splits"]["train"] > 1000

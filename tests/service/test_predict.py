@@ -22,6 +22,25 @@ def test_predict_by_ids_and_inputs_agree(client, seeded):
     assert abs(b["predictions"][0]["confidence"] - body["predictions"][0]["confidence"]) < 1e-6
 
 
+def test_predict_can_return_the_probability_vector(client, seeded):
+    from models.checkpoint import load_checkpoint
+
+    plain = client.post(f"/v1/models/{MODEL}/predict", json={"instance_ids": ["toy-00003"]}).json()
+    assert plain["predictions"][0]["probabilities"] is None
+    r = client.post(f"/v1/models/{MODEL}/predict", json={"instance_ids": ["toy-00003"], "probabilities": True})
+    assert r.status_code == 200, r.text
+    p = r.json()["predictions"][0]
+    assert len(p["probabilities"]) == 10 and abs(sum(p["probabilities"]) - 1) < 1e-5
+    assert max(p["probabilities"]) == p["confidence"] and p["probabilities"].index(p["confidence"]) == p["label"]
+    with session_scope(seeded.database_url) as db:  # the served network's own softmax
+        v = registry.get_version(db, MODEL, 1)
+        x = catalogue.load_arrays([catalogue.by_ids(db, MODEL, ["toy-00003"])["toy-00003"]])[0]
+    net = load_checkpoint(registry.absolute_path(seeded.registry_dir, v.storage_path))[0].eval()
+    with torch.no_grad():
+        want = torch.softmax(net(torch.from_numpy(x)), 1)[0].numpy()
+    assert np.allclose(p["probabilities"], want, atol=1e-6)
+
+
 def test_predict_bad_input(client):
     url = f"/v1/models/{MODEL}/predict"
     cases = [
