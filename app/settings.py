@@ -177,6 +177,10 @@ class Settings(BaseSettings):
                                                                  "(effect size) is at or above this goes exact "
                                                                  "now (calibrated by `python -m bench.ulira "
                                                                  "--fit`)")
+    risk_recompute_fraction: float = Field(default=0.1, ge=0, le=1, description="the risk job runs again on a "
+                                                                               "new exact version only once this "
+                                                                               "share of the rows it measured is "
+                                                                               "gone (0 = on every exact version)")
     risk_tau: float = Field(default=0.25, ge=0, description="an approximate result is accepted when its rows "
                                                             "lost at least this share of their own membership gap")
     # consolidation (app/jobs/consolidation.py): approximate now, exact before the deadline

@@ -21,6 +21,7 @@ from collections import defaultdict
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results", "instance.json")
 ULIRA_RESULTS = os.path.join(ROOT, "bench", "results", "ulira.json")
+RISK_CALIBRATION = os.path.join(ROOT, "bench", "results", "risk_calibration.json")
 TARGETS = {"readme": os.path.join(ROOT, "README.md"), "docs": os.path.join(ROOT, "docs", "benchmarks.md")}
 SCENARIO_ORDER = ["1", "8", "32", "128", "10pct", "class", "hard8", "hard32"]
 AUC_TOL, GAP_TARGET, SPEED_TARGET = 0.05, 1.0, 10.0
@@ -202,7 +203,7 @@ def ulira_methods_table(udoc) -> str:
            "the same shadows| — the ranking the default is chosen by. Rows: `bench/results/ulira.json`."]
     order = []
     for r in udoc["rows"]:
-        if r["method"] not in order:
+        if r["method"] not in order and r["method"] != "planner":  # its own table, on its own shadows
             order.append(r["method"])
     for ds in sorted({k[0] for k in cells}):
         scs = sorted({k[1] for k in cells if k[0] == ds}, key=_order)
@@ -227,7 +228,73 @@ def ulira_methods_table(udoc) -> str:
 
 
 BLOCKS = {"instance-header": header, "instance-default": default_table, "instance-methods": methods_table}
-ULIRA_BLOCKS = {"ulira-default": ulira_default_table, "ulira-methods": ulira_methods_table}
+def _band(rs, band, m):
+    runs = [r["rule_by_band"][band][m] for r in rs if "rule_by_band" in r and m in r["rule_by_band"][band]]
+    n = sum(b for _, b in runs)
+    return f"{sum(a for a, _ in runs)}/{n}" if n else "–"
+
+
+def ulira_planner_table(udoc) -> str:
+    """The service's planner under full U-LiRA: what it would choose for each shadow's deletion
+    (risk measured on that shadow), beside noop, retrain and the default on the same shadows."""
+    rows = [r for r in udoc["rows"] if r["method"] == "planner"]
+    if not rows:
+        return "(no planner rows yet)"
+    cells = defaultdict(dict)
+    for r in rows:
+        cells[(r["dataset"], str(r["scenario"]))][r["seed"]] = r
+    r0 = rows[0]
+    out = [f"The planner (`app/jobs/planner.py`) under full U-LiRA: for each shadow's deletion, the risk job runs on "
+           f"that shadow ({r0['risk_reference_models'] or 4} reference models on halves of its training set), the plan "
+           f"is made with LETHE_RISK_THRESHOLD = {r0['threshold']:.3g} (calibrated on target-set seeds 3-4, never "
+           f"scored here) and LETHE_RETRAIN_BELOW_S = 0 (as for a model too slow to retrain by default), and what it "
+           f"chose runs: retraining, or the default aimed at each row's own gap, retrained when its rows lost less than "
+           f"τ = {r0['tau_gap']:g} of their gap (the worker's fallback). `noop`, `retrain` and the default run on the "
+           f"same shadows. met = planner within {AUC_TOL} of retraining on every seed. CPU s per deletion "
+           f"(one torch thread); the risk job's cost is per exact version: apart, and amortised over the deletions "
+           f"a version serves (it "
+           f"runs again only once LETHE_RISK_RECOMPUTE_FRACTION = {r0.get('risk_recompute_fraction', 0.1):g} of the rows it "
+           f"measured is gone, and only on an exact version: per deletion min(share that went exact, "
+           f"k / (fraction × rows)) risk jobs). Stopping rule with each row's own gap "
+           f"(τ = {r0['tau_gap']:g}): accepted / shadows, on shadows holding a row at or above the threshold "
+           f"(high) and the others (low). Rows: `bench/results/ulira.json` (`method: planner`).", "",
+           "| dataset | scenario | k | shadows | seeds | planner AUC | retrain AUC | planner − retrain (worst) | met "
+           "| noop AUC | default AUC | default with gaps AUC | went exact | planner CPU s | retrain CPU s "
+           "| planner / retrain | risk job CPU s (training runs) | + amortised risk | rule high: noop / retrain / default "
+           "| rule low: noop / retrain / default |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (ds, sc) in sorted(cells, key=lambda k: (k[0], _order(k[1]))):
+        by = cells[(ds, sc)]
+        seeds = sorted(by)
+        rs = [by[s] for s in seeds]
+        diff = [r["ulira_auc"] - r["same_shadows"]["retrain"]["ulira_auc"] for r in rs]
+        worst = max(diff, key=abs)
+
+        def same(m, key="ulira_auc"):
+            v = [r["same_shadows"][m][key] for r in rs if m in r["same_shadows"]]
+            return st.mean(v) if v else None
+        cpu, rcpu = st.mean(r["cpu_seconds"] for r in rs), same("retrain", "cpu_seconds")
+        risk = [r["risk_cpu_seconds"] for r in rs if r.get("risk_cpu_seconds")]
+        runs = [r["risk_cpu_seconds"] / r["train_seconds"] for r in rs if r.get("risk_cpu_seconds")]
+        amort = st.mean(r.get("risk_cpu_amortised") or 0.0 for r in rs)
+        n_sh = sum(len(r["plans"]) for r in rs)
+        n_ex = sum(sum(p["exact"] or p["fallback"] for p in r["plans"]) for r in rs)
+        n_fb = sum(r["fallbacks"] for r in rs)
+        d = udoc.get("default_method", "lethe_retrain_like")
+        out.append(f"| {ds} | {_scenario_label(sc)} | {rs[0]['k']} | {rs[0]['shadows']} | {','.join(map(str, seeds))} | "
+                   f"{st.mean(r['ulira_auc'] for r in rs):.3f} | {same('retrain'):.3f} | {st.mean(diff):+.3f} ({worst:+.3f}) | "
+                   f"{'yes' if all(abs(x) <= AUC_TOL for x in diff) else 'no'} | {_fmt(same('noop'), '.3f')} | "
+                   f"{_fmt(same(d), '.3f')} | {_fmt(same('approx_gap'), '.3f')} | {n_ex}/{n_sh}"
+                   f"{f' ({n_fb} fallback)' if n_fb else ''} | {cpu:.2f} | {rcpu:.2f} | {cpu / rcpu:.2f} | "
+                   f"{_fmt(st.mean(risk) if risk else None, '.2f')} ({_fmt(st.mean(runs) if runs else None, '.1f')}) | "
+                   f"{cpu + amort:.2f} | "
+                   f"{_band(rs, 'high', 'noop')} / {_band(rs, 'high', 'retrain')} / {_band(rs, 'high', d)} | "
+                   f"{_band(rs, 'low', 'noop')} / {_band(rs, 'low', 'retrain')} / {_band(rs, 'low', d)} |")
+    return "\n".join(out)
+
+
+ULIRA_BLOCKS = {"ulira-default": ulira_default_table, "ulira-methods": ulira_methods_table,
+                "ulira-planner": ulira_planner_table}
 
 
 def _sub(text, name, body):
@@ -235,13 +302,39 @@ def _sub(text, name, body):
     return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
 
 
-def render_text(text: str, doc, udoc=None) -> str:
+def risk_calibration_table(cdoc) -> str:
+    """The threshold fit (``python -m bench.ulira --fit``): per dataset and over all, the excess of
+    the default-with-gaps over retraining per risk band, and how well the risk job ranks rows."""
+    fits = cdoc.get("fit", {})
+    out = ["Threshold calibration (`python -m bench.ulira --fit`; runs: "
+           + "; ".join(f"`python -m bench.ulira {c}`" for c in cdoc.get("commands", []) if c) + f"; {cdoc['machine']}). "
+           "Per risk band (quantiles of the examples' risk, each example's risk the mean over the shadows that "
+           "trained on it): U-LiRA AUC of the default given each row's gap and of retraining, pairs pooled over the "
+           "cells. Threshold: the largest risk up to which the rows below stay within 0.05 of retraining (cuts "
+           "with ≥ 16 rows below judged). Spearman: the risk job's per-example risk (4 reference models per shadow) "
+           "against the gap of the cell's own shadows (more models).", "",
+           "| fit on | threshold | band (risk) | examples | default with gaps AUC | retrain AUC | excess |",
+           "|---|---|---|---|---|---|---|"]
+    for ds, f in fits.items():
+        for i, b in enumerate(f["bands"]):
+            out.append(f"| {ds if i == 0 else ''} | {_fmt(f['threshold'], '.3f') if i == 0 else ''} | "
+                       f"{b['lo']:.2f} – {b['hi']:.2f} | {b['examples']} | {_fmt(b['approx_auc'], '.3f')} | "
+                       f"{_fmt(b['exact_auc'], '.3f')} | {_fmt(b['excess'], '+.3f')} |")
+    out += ["", "Risk job: " + "; ".join(
+        f"{ds}: {f['risk_train_runs']:.1f} training runs (CPU), Spearman with the shadows' gap "
+        + ", ".join(f"{x:.2f}" for x in f["spearman_vs_shadow_gap"]) for ds, f in fits.items() if ds != "all") + "."]
+    return "\n".join(out)
+
+
+def render_text(text: str, doc, udoc=None, cdoc=None) -> str:
     for name, fn in BLOCKS.items():
         if f"<!-- render:{name} -->" in text:
             text = _sub(text, name, fn(doc))
     for name, fn in ULIRA_BLOCKS.items():
         if udoc is not None and f"<!-- render:{name} -->" in text:
             text = _sub(text, name, fn(udoc))
+    if cdoc is not None and "<!-- render:risk-calibration -->" in text:
+        text = _sub(text, "risk-calibration", risk_calibration_table(cdoc))
     return text
 
 
@@ -257,11 +350,15 @@ def main(argv=None) -> int:
     if os.path.exists(a.ulira_results):
         with open(a.ulira_results) as f:
             udoc = json.load(f)
+    cdoc = None
+    if os.path.exists(RISK_CALIBRATION):
+        with open(RISK_CALIBRATION) as f:
+            cdoc = json.load(f)
     stale = []
     for path in TARGETS.values():
         with open(path) as f:
             text = f.read()
-        new = render_text(text, doc, udoc)
+        new = render_text(text, doc, udoc, cdoc)
         if new != text:
             stale.append(path)
             if not a.check:

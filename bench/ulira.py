@@ -198,7 +198,8 @@ def risk_cell(d, shadows, calib, device, k, n_reference, max_approx=64) -> dict:
     row = {"same_shadows": {m: {**ulira_attack(phis[m], tm), "cpu_seconds": comp[m].cpu_seconds / n,
                                 "stop_rule_passes": comp[m].rule_passes, "stop_rule_runs": comp[m].rule_runs}
                             for m in PLANNER_COMPARED},
-           "retrain_cpu": comp["retrain"].run_cpu, "max_approx": max_approx, "risk_reference_models": 0}
+           "retrain_cpu": comp["retrain"].run_cpu, "max_approx": max_approx, "risk_reference_models": 0,
+           "shadow_rows": int(len(shadows.retain(0)[0]) + k)}
     if k > max_approx:  # the cap decides, whatever the risk: no risk job needed to plan this cell
         return row
     risk, gaps = np.full(tm.shape, np.nan), np.full(tm.shape, np.nan)
@@ -248,13 +249,25 @@ def _gap_rule(sig, tau: float) -> bool:
     return change is not None and change <= -tau * expected and raw <= 0
 
 
-def plan_rows(risk_row: dict, threshold: float, tau: float) -> dict:
+def _shadow_rows(r: dict) -> int:
+    """Training rows of one shadow (rows recorded before `shadow_rows` was: from the split sizes)."""
+    if "shadow_rows" in r:
+        return r["shadow_rows"]
+    d = load_dataset(r["dataset"])
+    n_test = len(d.x_test)
+    return (len(d.x_train) - 2 * r["k"] + n_test - n_test // 2) // 2 + r["k"]
+
+
+def plan_rows(risk_row: dict, threshold: float, tau: float, recompute_fraction: float = 0.1) -> dict:
     """The `planner` row of one cell from its `risk` row: per shadow, the service's plan
     (app.jobs.planner.plan, with LETHE_RETRAIN_BELOW_S = 0: as for a model too slow to retrain by
     default) given the shadow's forget rows' risk; rows at or above `threshold` -> retraining,
     else the default aimed at each row's own gap, accepted when its rows lost at least `tau` of
     their gap and otherwise refused and retrained (the worker's fallback). CPU per deletion:
-    the method(s) run; the risk job apart (`risk_cpu_seconds`, once per version)."""
+    the method(s) run; the risk job apart (`risk_cpu_seconds`, once per exact version it measures)
+    and amortised: it runs again once `recompute_fraction` of the rows it measured is gone, and
+    only on an exact version, so per deletion it costs min(share that went exact,
+    k / (fraction x rows)) risk jobs."""
     r = risk_row
     ss = r["same_shadows"]
     n, k = len(r["retrain_cpu"]), r["k"]
@@ -285,7 +298,12 @@ def plan_rows(risk_row: dict, threshold: float, tau: float) -> dict:
                fallbacks=int(sum(p["fallback"] for p in plans)), plans=plans,
                same_shadows=ss, not_converged=0, stop_rule_passes=0, stop_rule_runs=0,
                risk_reference_models=r.get("risk_reference_models", 0),
-               risk_cpu_seconds=r.get("risk_cpu_seconds"), risk_vs_shadow_gap_spearman=r.get("risk_vs_shadow_gap_spearman"))
+               risk_cpu_seconds=r.get("risk_cpu_seconds"), risk_vs_shadow_gap_spearman=r.get("risk_vs_shadow_gap_spearman"),
+               shadow_rows=_shadow_rows(r), risk_recompute_fraction=recompute_fraction)
+    if r.get("risk_cpu_seconds"):
+        share = min(out["exact_share"], k / (recompute_fraction * out["shadow_rows"])) if recompute_fraction \
+            else out["exact_share"]
+        out["risk_cpu_amortised"] = share * r["risk_cpu_seconds"]
     if "rules" in r:  # the stopping rule with each row's own gap, per risk band (a shadow is high-risk when any row is)
         band = {"high": [max(x) >= threshold for x in r["shadow_risk"]]}
         band["low"] = [not h for h in band["high"]]
@@ -402,7 +420,8 @@ def main(argv=None):
         doc = {"machine": docs[0]["machine"], "started": min(d["started"] for d in docs),
                "commands": [c for d in docs for c in d["commands"]] + [" ".join(argv)],
                "default_method": DEFAULT_METHOD,
-               "rows": [plan_rows(r, threshold, tau) for d in docs for r in d["rows"] if r["method"] == "risk"]}
+               "rows": [plan_rows(r, threshold, tau, st.risk_recompute_fraction)
+                        for d in docs for r in d["rows"] if r["method"] == "risk"]}
         with open(a.out, "w") as f:
             json.dump(doc, f, indent=1)
         for r in doc["rows"]:

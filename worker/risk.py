@@ -7,7 +7,9 @@ each row's risk (effect size of being trained on it) and gap (its own target dro
 approximate method) are stored in ``membership_risks``. The version's metrics gain a summary
 (``membership_risk``: quantiles, rows at or above ``LETHE_RISK_THRESHOLD``, the job's cost in
 seconds and as a multiple of the model's training run), which ``GET /v1/models/{name}/versions``
-shows. The planner (app/jobs/planner.py) reads the rows of the newest version that has them.
+shows. The planner (app/jobs/planner.py) reads the rows of the newest version that has them. A
+new exact version is measured again only once ``LETHE_RISK_RECOMPUTE_FRACTION`` of the rows last
+measured is gone (a retrain without a few rows changes little else; the job costs trainings).
 """
 from __future__ import annotations
 
@@ -47,6 +49,13 @@ def run_risk_job(model_name: str, version: int, *, settings: Settings | None = N
         first = registry.get_version(db, model_name, 1)
         train_s = ((first.metrics or {}).get("train_seconds") if first else None) or (v.metrics or {}).get("seconds")
         x, y, ids = all_retained_arrays(db, model_name, exclude=set(), with_ids=True)
+        measured, rows = registry.risk_coverage(db, model_name)
+        if measured is not None and measured != version and rows and \
+                len(set(ids) & rows) >= (1 - s.risk_recompute_fraction) * len(rows) and s.risk_recompute_fraction:
+            # the model changed too little: the rows measured on `measured` still stand for it
+            v.metrics = {**(v.metrics or {}), "membership_risk": {"measured_on_version": measured,
+                                                                 "rows_still_here": len(set(ids) & rows)}}
+            return None
     if len(ids) < 4:
         return None
 

@@ -237,3 +237,16 @@ def row_risks(session: Session, model_name: str, instance_ids) -> tuple[int | No
                 RowRisk.instance_id.in_(ids[i:i + 500]))):
             out[iid] = (risk, gap)
     return version, out
+
+
+def risk_coverage(session: Session, model_name: str) -> tuple[int | None, set[str]]:
+    """(newest version with risk rows, the instance ids it measured)."""
+    from sqlalchemy import func, select
+
+    from .models import RowRisk
+
+    version = session.execute(select(func.max(RowRisk.version)).where(RowRisk.model_name == model_name)).scalar()
+    if version is None:
+        return None, set()
+    return version, set(session.execute(select(RowRisk.instance_id).where(
+        RowRisk.model_name == model_name, RowRisk.version == version)).scalars())

@@ -32,7 +32,7 @@ def _forget(s, subject):
 
 
 def test_risk_job_measures_every_row_and_the_planner_retrains_the_risky_ones(seeded, client):
-    s = seeded.model_copy(update={"risk_reference_models": 4, "retrain_below_s": 0.0})
+    s = seeded.model_copy(update={"risk_reference_models": 4, "retrain_below_s": 0.0, "risk_recompute_fraction": 0.0})
     summary = run_risk_job(MODEL, 1, settings=s)
     risks = _risk_rows(s, 1)
     assert len(risks) == 12 and summary["rows"] == 12 and summary["reference_models"] == 4
@@ -72,6 +72,18 @@ def test_low_risk_rows_go_approximate_each_aimed_at_its_own_gap(seeded):
         job = db.get(Job, job_id)
         assert "every row's risk below LETHE_RISK_THRESHOLD=1e+06" in job.plan["reason"], job.plan
         assert job.plan["rows_at_risk"] == 0 and job.plan["row_risk"]
+
+
+def test_a_retrain_that_removed_few_rows_keeps_the_measured_risk(seeded):
+    s = seeded.model_copy(update={"risk_reference_models": 4, "max_approx_instances": 1,
+                                  "risk_recompute_fraction": 0.5})
+    run_risk_job(MODEL, 1, settings=s)
+    _, job_id = _forget(s, "alice")  # over the cap: retrained; 3 of 12 rows gone, under half
+    assert driver.execute_job(job_id, settings=s, worker_name="w1") == "completed"
+    with session_scope(s.database_url) as db:
+        v = db.get(Job, job_id).result_version
+        assert registry.get_version(db, MODEL, v).metrics["membership_risk"]["measured_on_version"] == 1
+    assert not _risk_rows(s, v) and len(_risk_rows(s, 1)) == 12
 
 
 def test_no_risk_job_for_approximate_versions_or_when_off(seeded):
