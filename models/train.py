@@ -46,7 +46,12 @@ class Recipe:
 
     ``trainer`` names the training code (models/trainers.py; ``lethe``: the loop below, whose
     parameters are the other fields) and ``trainer_params`` a plug-in's own parameters,
-    validated by its schema. With a plug-in only ``seed`` of the other fields is used."""
+    validated by its schema. With a plug-in only ``seed`` of the other fields is used.
+
+    ``start`` names the model's starting weights, a registered version
+    ``{"model", "version", "sha256"}``: every training of the model (its first and every
+    retrain) starts from them instead of a random initialisation, which is what "retraining"
+    means for a fine-tuned model (the registry resolves and checks it, app/registry/starting.py)."""
 
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -57,9 +62,10 @@ class Recipe:
     momentum: float = 0.9
     trainer: str = trainers.DEFAULT
     trainer_params: dict | None = None
+    start: dict | None = None
 
     FIELDS = ("optimizer", "lr", "epochs", "batch_size", "weight_decay", "seed", "momentum", "trainer",
-              "trainer_params")
+              "trainer_params", "start")
 
     @classmethod
     def from_dict(cls, d: dict | None, *, arch: str | None = None) -> "Recipe":
@@ -107,6 +113,24 @@ class Recipe:
             problems.append(f"recipe.trainer: {e}")
         except trainers.TrainerParamsError as e:
             problems.extend(f"recipe.{p}" for p in e.problems)
+        start = d.get("start")
+        if start is not None:
+            if not isinstance(start, dict):
+                problems.append(f"recipe.start must be an object {{model, version}}, got {start!r}")
+            else:
+                extra = sorted(set(start) - {"model", "version", "sha256"})
+                sha = start.get("sha256")
+                if extra:
+                    problems.append(f"recipe.start has unknown field(s) {extra} (fields: model, version, sha256)")
+                if not isinstance(start.get("model"), str) or not start.get("model"):
+                    problems.append(f"recipe.start.model must be a registered model's name, got {start.get('model')!r}")
+                if isinstance(start.get("version"), bool) or not isinstance(start.get("version"), int) \
+                        or start["version"] < 1:
+                    problems.append(f"recipe.start.version must be an integer >= 1, got {start.get('version')!r}")
+                if sha is not None and not (isinstance(sha, str) and len(sha) == 64
+                                            and all(c in "0123456789abcdef" for c in sha)):
+                    problems.append(f"recipe.start.sha256 must be 64 lowercase hex digits, got {sha!r}")
+                out["start"] = {k: start[k] for k in ("model", "version", "sha256") if k in start}
         if problems:
             raise RecipeError(problems)
         return cls(**out)
@@ -115,12 +139,14 @@ class Recipe:
         d = dataclasses.asdict(self)
         if self.trainer == trainers.DEFAULT:  # the built-in trainer: the recipe as it always was
             del d["trainer"], d["trainer_params"]
+        if self.start is None:
+            del d["start"]
         return d
 
     def trainer_run_params(self) -> tuple[str, dict | None]:
         """(trainer name, the parameters it is run with): the built-in trainer's are the recipe."""
         if self.trainer == trainers.DEFAULT:
-            return self.trainer, {k: v for k, v in self.to_json().items()}
+            return self.trainer, {k: v for k, v in self.to_json().items() if k != "start"}
         return self.trainer, self.trainer_params
 
     def make_optimizer(self, params) -> torch.optim.Optimizer:

@@ -19,7 +19,7 @@ import traceback
 from app.audit import service as audit
 from app.db import session_scope, utcnow
 from app.registry import service as registry
-from app.registry import training
+from app.registry import starting, training
 from app.registry.models import MODEL_FAILED, MODEL_READY, TrainingRun
 from app.settings import Settings, get_settings
 
@@ -113,6 +113,8 @@ def _train(s: Settings, run_id: str, spec: dict, t0: float):
     ids, x, y, refs = _split(store, "train")
     _, xte, yte, _ = _split(store, "test")
     recipe = Recipe.from_dict(spec["recipe"], arch=spec["arch"])
+    with session_scope(s.database_url) as db:  # the pinned starting weights, digest checked (None: random init)
+        start = starting.load(db, s, recipe.to_json())
     last = [0.0]
 
     def progress(stage: str, fraction: float) -> None:
@@ -125,7 +127,7 @@ def _train(s: Settings, run_id: str, spec: dict, t0: float):
     # the recipe's trainer (models/trainers.py); the held-out split is its early-stopping data
     model = train_model(spec["arch"], torch.from_numpy(x), torch.from_numpy(y), input_shape=spec["input_shape"],
                         num_classes=len(spec["classes"]), recipe=recipe, arch_params=spec["arch_params"],
-                        device=get_device(), progress=progress,
+                        device=get_device(), progress=progress, start=start,
                         heldout=(torch.from_numpy(xte), torch.from_numpy(yte)) if len(yte) else None)
     # the planner weighs this against an approximate job: the training alone, as a retrain repeats it
     train_s = round(time.perf_counter() - t_train, 2)

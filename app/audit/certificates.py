@@ -99,6 +99,14 @@ def served_path(session: Session, req, metrics: dict) -> dict:
             "row_risk": {i: risk[i] for i in sorted(req.instance_ids) if i in risk}}
 
 
+def _starting_point(session: Session, model_name: str) -> dict | None:
+    from ..registry import service as registry
+
+    m = registry.get_model(session, model_name)
+    start = (m.recipe or {}).get("start") if m is not None else None
+    return {k: start.get(k) for k in ("model", "version", "sha256")} if start else None
+
+
 def build(session: Session, req) -> dict:
     """The certificate body (deterministic: the same request gives the same bytes)."""
     if req.status != "completed":
@@ -109,6 +117,9 @@ def build(session: Session, req) -> dict:
     metrics = dict(req.metrics or {})
     # a tenant's request that found nothing to erase (app/forget/nodata.py) says so
     outcome = {"outcome": "no_data"} if req.reason_code == "no_data" else {}
+    start = _starting_point(session, req.model_name)
+    if start is not None:  # the weights every retrain of this model starts from (app/registry/starting.py)
+        outcome["starting_point"] = start
     return {**outcome,
         "type": CERTIFICATE_TYPE, "format_version": 1, "issuer": "lethe",
         "request_id": req.id, "external_id": req.external_id, "subject_ref": req.subject_ref,

@@ -25,6 +25,7 @@ from ..db import utcnow
 from ..errors import LetheError
 from ..settings import Settings
 from . import service as registry
+from . import starting
 from .models import MODEL_FAILED, MODEL_TRAINING, PRODUCTION, TrainingRun
 from .upload import NAME_RE, check_model_spec
 from ..events import service as events
@@ -77,6 +78,8 @@ def start(session: Session, settings: Settings, name: str, body: TrainBody, *, a
     shape, classes = list(ds.schema["shape"]), list(ds.classes)
     params, recipe = check_model_spec(body.arch, shape, len(classes),
                                       dataset_defaults(body.arch, ds.schema, body.arch_params), body.recipe)
+    recipe = starting.resolve(session, settings, recipe, arch=body.arch, input_shape=shape,
+                              num_classes=len(classes), arch_params=params)
     if old is not None:  # a failed training run left the name: train it again, as now specified
         old.dataset, old.arch, old.input_shape, old.classes = ds.name, body.arch, shape, classes
         old.arch_params, old.recipe, old.status = params or None, recipe, MODEL_TRAINING

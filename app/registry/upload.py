@@ -26,6 +26,7 @@ from ..datasets.demo import ensure_demo_dataset
 from ..datasets.models import READY
 from ..settings import Settings
 from . import service as registry
+from . import starting
 from .models import PRODUCTION
 from ..events import service as events
 
@@ -152,6 +153,8 @@ def register_upload(session: Session, settings: Settings, *, name: str, arch: st
     ds = _dataset(session, settings, dataset)
     input_shape, classes = tuple(ds.schema["shape"]), list(ds.classes)
     arch_params, recipe = check_model_spec(arch, input_shape, len(classes), arch_params, recipe)
+    recipe = starting.resolve(session, settings, recipe, arch=arch, input_shape=input_shape,
+                              num_classes=len(classes), arch_params=arch_params)
     model = build_model(arch, input_shape, len(classes), arch_params)
     try:
         model.load_state_dict(state, strict=True)

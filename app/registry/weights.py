@@ -45,6 +45,7 @@ from ..security import AUDIT_READ, FORGET_READ, MODELS_ADMIN, MODELS_READ, Princ
 from ..tenants import service as tenant_policy
 from . import governance
 from . import service
+from . import starting
 from .models import PURGED, ModelVersion
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -219,6 +220,9 @@ class ModelCard(BaseModel):
     aliases: list[str] = Field(description="aliases that point to this version now")
     architecture: dict = Field(description="arch, params (constructor parameters), input_shape, classes, family")
     recipe: dict | None = Field(description="the training recipe retraining uses")
+    starting_point: dict | None = Field(default=None, description="the pretrained weights every training of the "
+                                                                  "model starts from: model, version, sha256, the "
+                                                                  "dataset it was trained on, status, tainted")
     parent_version: int | None
     job: dict | None = Field(description="the job that published it: id, objective, method, finished_at")
     exact: bool
@@ -270,7 +274,7 @@ def model_card(name: str, version: VersionNo, session: SessionDep, settings: Set
         architecture={"arch": m.arch, "params": m.arch_params or {}, "input_shape": m.input_shape,
                       "classes": m.classes, "family": m.family},
         recipe=service.recipe_of(m).to_json() if m.family == "instance" else m.recipe,
-        parent_version=v.parent_version,
+        starting_point=starting.describe(session, m.recipe), parent_version=v.parent_version,
         job={"id": job.id, "objective": job.objective, "method": job.method,
              "finished_at": job.finished_at} if job is not None else None,
         exact=v.exact, superseded_by=governance.superseded_by(session, name, version, rows),

@@ -130,3 +130,19 @@ def test_plugin_failures_are_the_plugins_and_nothing_half_trained_comes_back(aug
         train_model("mlp", x, y, input_shape=digits.input_shape, num_classes=10, device=torch.device("cpu"),
                     recipe=Recipe.from_dict({"trainer": "augmented"}), cancelled=lambda: calls.append(1) or True)
     assert calls == [1]
+
+
+def test_retrain_starts_from_the_starting_weights_and_refuses_without_them(digits):
+    x, y = digits.x_train[:300], digits.y_train[:300]
+    base = train_model("mlp", x, y, input_shape=digits.input_shape, num_classes=10, device=torch.device("cpu"),
+                       recipe=Recipe(epochs=1, seed=5))
+    recipe = Recipe.from_dict({"epochs": 1, "lr": 1e-7, "start": {"model": "base", "version": 1}})
+    served = train_model("mlp", x, y, input_shape=digits.input_shape, num_classes=10, device=torch.device("cpu"),
+                         recipe=recipe, start=base.state_dict())
+    served.lethe_recipe = recipe.to_json()
+    req = UnlearnRequest(forget_x=x[:5], forget_y=y[:5], retain_x=x[5:], retain_y=y[5:])
+    with pytest.raises(ValueError, match="starting weights were not loaded"):
+        get_method("retrain")(served, req)
+    served.lethe_start = base.state_dict()
+    new = get_method("retrain")(served, req).model
+    assert all(torch.allclose(new.state_dict()[k], base.state_dict()[k], atol=1e-4) for k in base.state_dict())

@@ -1,0 +1,73 @@
+"""Pretrained starting points: a model's recipe names registered weights; its training
+starts from them (digest pinned at registration), the card names them with their dataset,
+and bad starting points are 422s naming the problem."""
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from app.db import session_scope
+from app.registry import service as registry
+
+from .test_own_models import _train, breast_cancer_parquet
+
+
+def _weights(settings, model, version):
+    with session_scope(settings.database_url) as db:
+        v = registry.get_version(db, model, version)
+        return load_file(registry.absolute_path(settings.registry_dir, v.storage_path)), v.sha256
+
+
+def _base(client, seeded, dispatcher):
+    r = client.post("/v1/datasets", data={"name": "cancer", "classes": json.dumps(["malignant", "benign"])},
+                    files={"file": ("cancer.parquet", breast_cancer_parquet(), "application/octet-stream")})
+    assert r.status_code == 201, r.text
+    r = client.post("/v1/models/cancer-base/train", json={"dataset": "cancer", "arch": "mlp",
+                                                          "arch_params": {"widths": [32]}, "recipe": {"epochs": 4}})
+    assert r.status_code == 202, r.text
+    assert _train(client, seeded, dispatcher, "cancer-base")["status"] == "completed"
+
+
+def test_training_starts_from_the_named_weights_and_the_card_says_so(client, seeded, dispatcher):
+    _base(client, seeded, dispatcher)
+    base, sha = _weights(seeded, "cancer-base", 1)
+    # fine-tuning with a tiny step: the result stays at the starting weights
+    r = client.post("/v1/models/cancer-ft/train", json={
+        "dataset": "cancer", "arch": "mlp", "arch_params": {"widths": [32]},
+        "recipe": {"epochs": 1, "lr": 1e-7, "start": {"model": "cancer-base", "version": 1}}})
+    assert r.status_code == 202, r.text
+    assert _train(client, seeded, dispatcher, "cancer-ft")["status"] == "completed"
+    ft, _ = _weights(seeded, "cancer-ft", 1)
+    assert all(torch.allclose(ft[k], base[k], atol=1e-4) for k in base)
+    m = client.get("/v1/models/cancer-ft").json()
+    assert m["recipe"]["start"] == {"model": "cancer-base", "version": 1, "sha256": sha}
+    card = client.get("/v1/models/cancer-ft/versions/1").json()
+    assert card["starting_point"] == {"model": "cancer-base", "version": 1, "sha256": sha, "dataset": "cancer",
+                                      "status": "READY", "tainted": False}
+    assert client.get("/v1/models/cancer-base/versions/1").json()["starting_point"] is None
+    # without a starting point the same recipe trains from a random initialisation
+    r = client.post("/v1/models/cancer-rand/train", json={"dataset": "cancer", "arch": "mlp",
+                                                          "arch_params": {"widths": [32]},
+                                                          "recipe": {"epochs": 1, "lr": 1e-7}})
+    assert r.status_code == 202 and _train(client, seeded, dispatcher, "cancer-rand")["status"] == "completed"
+    rand, _ = _weights(seeded, "cancer-rand", 1)
+    assert not all(torch.allclose(rand[k], base[k], atol=1e-4) for k in base)
+
+
+def test_bad_starting_points_are_refused_with_what_is_wrong(client, seeded, dispatcher):
+    _base(client, seeded, dispatcher)
+    cases = [({"model": "nope", "version": 1}, "model 'nope' is not registered"),
+             ({"model": "cancer-base", "version": 9}, "has no version 9"),
+             ({"model": "cancer-base", "version": 1, "sha256": "0" * 64}, "has sha256"),
+             ({"model": "toy-cnn", "version": 1}, "cannot start this network")]
+    for start, needle in cases:
+        r = client.post("/v1/models/cancer-x/train", json={"dataset": "cancer", "arch": "mlp",
+                                                           "arch_params": {"widths": [32]},
+                                                           "recipe": {"start": start}})
+        assert (r.status_code, r.json()["code"]) == (422, "bad_start"), r.text
+        assert needle in r.json()["detail"], r.text
+    r = client.post("/v1/models/cancer-x/train", json={"dataset": "cancer", "arch": "mlp",
+                                                       "recipe": {"start": {"model": "cancer-base", "version": 0,
+                                                                            "layer": 1}}})
+    assert (r.status_code, r.json()["code"]) == (422, "bad_recipe") and "recipe.start.version" in r.json()["detail"]
+    assert [m["name"] for m in client.get("/v1/models").json()] == ["cancer-base", "toy-cnn"]
