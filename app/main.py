@@ -32,6 +32,7 @@ from .observability import RequestContext
 from .jobs.sweeper import Sweeper
 from .forget.nodata import NoDataResolver
 from .registry.router import architectures_router, router as models_router, trainers_router
+from .registry.orders_router import issue_router as order_issue_router, router as orders_router
 from .registry.weights import router as weights_router
 from .events.router import router as events_router
 from .tenants.router import router as tenants_router
@@ -203,7 +204,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.state.limiter = RateLimiter({SUBMIT: settings.rate_submit_per_min, EXPENSIVE: settings.rate_expensive_per_min})
     app.state.settings, app.state.dispatcher, app.state.serving = settings, dispatcher, ServingCache()
     for r in (forget_router, models_router, weights_router, architectures_router, trainers_router, datasets_router,
-              subjects_router, audit_router, keys_router, tenants_router, events_router, dashboard_router):
+              subjects_router, audit_router, keys_router, tenants_router, events_router, dashboard_router,
+              orders_router, order_issue_router):
         app.include_router(r)
     errors.install(app)  # every error answer is {code, detail}
     security.install(app)  # scopes published in OpenAPI (x-required-scopes)

@@ -50,7 +50,7 @@ class StateCollector:
     def collect(self):
         from .forget.models import ForgetRequest
         from .jobs.models import Job
-        from .registry.models import ModelVersion
+        from .registry.models import ModelVersion, RetrainOrder
 
         try:
             with session_scope(self.database_url) as db:
@@ -65,6 +65,9 @@ class StateCollector:
                 completed = db.execute(select(ForgetRequest.model_name, ForgetRequest.received_at,
                                               ForgetRequest.due_at, ForgetRequest.completed_at).where(
                     ForgetRequest.status == "completed", ForgetRequest.completed_at.is_not(None))).all()
+                order_states = db.execute(select(RetrainOrder.status, RetrainOrder.escalated_at.is_not(None),
+                                                 func.count()).group_by(RetrainOrder.status,
+                                                                        RetrainOrder.escalated_at.is_not(None))).all()
                 latest = db.execute(select(ModelVersion.model_name, func.max(ModelVersion.version))
                                     .group_by(ModelVersion.model_name)).all()
                 versions = [db.execute(select(ModelVersion).where(ModelVersion.model_name == m,
@@ -92,6 +95,12 @@ class StateCollector:
         yield g
         g = GaugeMetricFamily("lethe_forget_requests_overdue", "queued or running requests past their due date")
         g.add_metric([], overdue)
+        yield g
+        g = GaugeMetricFamily("lethe_retrain_orders", "retrain orders to the customers' pipelines by status and "
+                                                      "whether they were escalated (app/registry/orders.py)",
+                              labels=["status", "escalated"])
+        for status, escalated, n in sorted(order_states):
+            g.add_metric([status, "true" if escalated else "false"], n)
         yield g
         jobs = dict(job_status)
         g = GaugeMetricFamily("lethe_queue_depth", "jobs waiting for a worker (status queued)")

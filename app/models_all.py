@@ -5,7 +5,8 @@ from .datasets.models import Dataset  # noqa: F401
 from .db import Base  # noqa: F401
 from .forget.models import ErasureGroup, ForgetRequest  # noqa: F401
 from .jobs.models import Job  # noqa: F401
-from .registry.models import AliasMove, ModelAlias, ModelVersion, RegisteredModel, RowRisk, TrainingRun  # noqa: F401
+from .registry.models import (AliasMove, ModelAlias, ModelVersion, RegisteredModel, RetrainOrder,  # noqa: F401
+                              RowRisk, TrainingRun)
 from .security.models import ApiKey  # noqa: F401
 from .events.models import RegistryEvent, Subscription  # noqa: F401
 from .webhooks.models import WebhookDelivery  # noqa: F401

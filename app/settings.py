@@ -194,6 +194,15 @@ class Settings(BaseSettings):
                                                                             "request served approximately is nearer "
                                                                             "than twice the model's training time "
                                                                             "plus this margin (checked by the sweeper)")
+    # retrain orders (app/registry/orders.py): exact versions trained by the customer's pipeline
+    order_due_s: float = Field(default=7 * 86_400.0, gt=0, description="due date of a retrain order when no request "
+                                                                       "served approximately sets an earlier one")
+    order_escalate_before_s: float = Field(default=86_400.0, ge=0, description="an order with no verified upload "
+                                                                              "this long before its due date is "
+                                                                              "escalated (audit, metric)")
+    order_max_ta_drop: float = Field(default=2.0, ge=0, le=100, description="an order's upload is refused when its "
+                                                                           "held-out accuracy is more than this many "
+                                                                           "points below the base version's")
     # erasure of dataset rows (app/datasets/store.py): hidden from every read at once, bytes
     # physically removed by a batched compaction within this bound (the sweeper and each
     # worker compact a dataset once its oldest hidden row is half this old)

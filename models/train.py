@@ -267,6 +267,25 @@ TRAINER = trainers.Trainer(name=trainers.DEFAULT, train=lethe_trainer, Params=Re
                                    "weight decay, momentum), cross-entropy", losses=("classification", "one-class"))
 
 
+class ExternalParams(pydantic.BaseModel):
+    """Whatever the customer's pipeline needs (handed to it with each retrain order)."""
+
+    model_config = pydantic.ConfigDict(extra="allow")
+
+
+def external_trainer(ctx: trainers.TrainContext) -> dict:
+    """Trained by the customer's own pipeline: Lethe never trains it."""
+    raise trainers.TrainerError("trainer 'external': this model is trained by the customer's own pipeline; Lethe "
+                                "does not train it (its exact versions come from retrain orders, "
+                                "app/registry/orders.py)")
+
+
+EXTERNAL = trainers.Trainer(name="external", train=external_trainer, Params=ExternalParams,
+                            summary="The customer's own pipeline: exact versions come from retrain orders "
+                                    "(GET /v1/retrain-orders), never from Lethe's workers")
+TRAINERS = [TRAINER, EXTERNAL]
+
+
 @torch.no_grad()
 def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Logits on CPU, computed in batches on the model's device, in eval mode."""

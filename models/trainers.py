@@ -54,7 +54,7 @@ from torch import nn
 from .plugins import EntryPointRegistry
 
 GROUP = "lethe.trainers"
-BUILTIN = "models.train:TRAINER"
+BUILTIN = "models.train:TRAINERS"
 DEFAULT = "lethe"
 
 

@@ -146,6 +146,10 @@ def request(session: Session, model_name: str, *, actor: str, reason: str,
     if get_family(m.family).sharded:
         raise LetheError(409, "exact_model", f"{model_name} is a {m.family} model: every version is exact "
                                              "(shards are retrained), there is nothing to consolidate")
+    if (m.recipe or {}).get("trainer") == "external":
+        raise LetheError(409, "external_trainer", f"{model_name} is trained by its own pipeline: its exact version "
+                                                  f"comes from a retrain order (POST /v1/models/{model_name}/"
+                                                  "retrain-orders, GET /v1/retrain-orders)")
     prod = registry.resolve_alias(session, model_name, PRODUCTION)
     if prod is None:
         raise LetheError(409, "no_production_version", f"model {model_name!r} has no '{PRODUCTION}' alias")

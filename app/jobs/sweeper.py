@@ -27,6 +27,7 @@ from ..forget import models as fm
 from ..registry import governance
 from ..registry import service as registry
 from ..forget import follow
+from ..registry import orders
 from ..forget.status import set_status
 from . import consolidation
 from . import service as jobs
@@ -99,6 +100,10 @@ def consolidate_due(session: Session, settings, *, now: dt.datetime | None = Non
                                 margin_s=settings.consolidate_margin_s)
         if why is None or consolidation.open_job(session, v.model_name) is not None:
             continue
+        m = registry.get_model(session, v.model_name)
+        if orders.is_external(m):  # the customer's pipeline retrains it: an order, not a job
+            orders.issue(session, settings, v.model_name, actor="sweeper", reason=why)
+            continue
         job, new = consolidation.request(session, v.model_name, actor="sweeper", reason=why,
                                          max_attempts=settings.max_attempts)
         if new:
@@ -112,6 +117,8 @@ def sweep_and_dispatch(settings, dispatcher) -> list[str]:
     with session_scope(settings.database_url) as db:  # approximation debt due: a consolidation job
         started = consolidate_due(db, settings)
     started += follow.resume(settings)  # requests that followed one now closed: on a job
+    with session_scope(settings.database_url) as db:  # retrain orders near their due date: escalated
+        orders.escalate_due(db, settings)
     with session_scope(settings.database_url) as db:  # a crash after a publish may have left weights to purge
         governance.purge_all(db, settings.registry_dir, actor="sweeper")
     subjects.erase_pending(settings)  # a subject's rows no model held, left by a crash after the erasure's commit

@@ -116,3 +116,30 @@ class RowRisk(Base):
     instance_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     risk: Mapped[float] = mapped_column(Float)   # effect size of being trained on the row
     gap: Mapped[float] = mapped_column(Float)    # mu_in - mu_out of its logit confidence: its own target drop
+
+
+class RetrainOrder(Base):
+    """An exact version to be trained by the customer's own pipeline (migration 0017,
+    app/registry/orders.py): the retained rows' snapshot, the recipe (trainer parameters,
+    starting point), a due date and a one-time upload credential (only its SHA-256 here)."""
+
+    __tablename__ = "retrain_orders"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    model_name: Mapped[str] = mapped_column(ForeignKey("models.name"), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # open | fulfilled | cancelled
+    base_version: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    snapshot_path: Mapped[str] = mapped_column(String(1024))
+    snapshot_sha256: Mapped[str] = mapped_column(String(64))
+    rows: Mapped[int] = mapped_column(Integer)
+    forget_ids: Mapped[list] = mapped_column(JSON)  # rows erased since the last exact version: scored on upload
+    recipe: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    token_sha256: Mapped[str] = mapped_column(String(64))
+    due_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    escalated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    fulfilled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    refusals: Mapped[list | None] = mapped_column(JSON, nullable=True)  # every refused upload: when and why

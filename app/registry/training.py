@@ -78,6 +78,10 @@ def start(session: Session, settings: Settings, name: str, body: TrainBody, *, a
     shape, classes = list(ds.schema["shape"]), list(ds.classes)
     params, recipe = check_model_spec(body.arch, shape, len(classes),
                                       dataset_defaults(body.arch, ds.schema, body.arch_params), body.recipe)
+    if (recipe or {}).get("trainer") == "external":
+        raise LetheError(422, "external_trainer", "a model with trainer 'external' is trained by your own pipeline: "
+                                                  "register its weights with POST /v1/models; Lethe issues retrain "
+                                                  "orders for its exact versions")
     recipe = starting.resolve(session, settings, recipe, arch=body.arch, input_shape=shape,
                               num_classes=len(classes), arch_params=params)
     if old is not None:  # a failed training run left the name: train it again, as now specified

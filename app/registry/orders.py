@@ -1,0 +1,307 @@
+"""Retrain orders: exact versions trained in the customer's own pipeline.
+
+A model whose recipe names the trainer ``external`` is trained on the customer's cluster,
+where Lethe's worker does not run. Its deletions are served approximately as usual, and
+the exact version that pays the approximation debt (app/jobs/consolidation.py) comes from
+a *retrain order* instead of a consolidation job:
+
+1. ``issue``: Lethe writes a snapshot of the retained training rows (Parquet: instance_id,
+   label, features; erased rows never enter it) under the registry, addressable by URI
+   (``file://`` path and ``GET /v1/retrain-orders/{id}/snapshot``, with its sha256), and
+   records the order: base version, recipe (trainer parameters, starting point), due date
+   (the earliest due date of the requests served approximately since the last exact
+   version, else ``LETHE_ORDER_DUE_S`` from now) and the rows erased since the last exact
+   version (what verification scores).
+2. ``claim``: the pipeline (polling ``GET /v1/retrain-orders?status=open``) takes the order
+   and receives a one-time upload credential; only its SHA-256 is stored.
+3. ``fulfil``: the pipeline uploads safetensors weights with that credential and the
+   weights' sha256. Lethe verifies: the digest; the architecture's contract (the weights
+   load strictly into the registered architecture); the accuracy gate (held-out accuracy
+   no more than ``LETHE_ORDER_MAX_TA_DROP`` points below the base version's); and the
+   erased rows scored like any exact version (``models.metrics.evaluate``) with a
+   membership test: the loss-threshold AUC of the erased rows against held-out rows must
+   not exceed 0.5 by more than three standard errors of the Mann-Whitney statistic under
+   the null (Mann & Whitney 1947; Hanley & McNeil, Radiology 1982, eq. 2 with A = 0.5):
+   weights trained on the erased rows too are refused. A refused upload consumes the
+   credential (the order is open again, the refusal recorded); a verified one is published
+   as an exact version by the publishing transaction of jobs (a job row of method
+   ``external`` names the order), which consolidates every request served approximately.
+4. ``escalate_due``: the sweeper escalates an open order ``LETHE_ORDER_ESCALATE_BEFORE_S``
+   before its due date (audit ``retrain_order.escalated``, ``escalated_at``, the
+   ``lethe_retrain_orders`` metric by state) so an operator acts before the deadline.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import io
+import os
+import secrets
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..audit import service as audit
+from ..catalogue.models import TrainingInstance
+from ..db import utcnow
+from ..errors import LetheError
+from ..settings import Settings
+from . import service as registry
+from .models import PRODUCTION, RetrainOrder
+
+EXTERNAL = "external"
+OPEN, CLAIMED, FULFILLED, CANCELLED = "open", "claimed", "fulfilled", "cancelled"
+AUC_Z = 3.0  # standard errors above 0.5 before the erased rows count as trained on
+
+
+def is_external(model) -> bool:
+    return (model.recipe or {}).get("trainer") == EXTERNAL
+
+
+def _erased_since_exact(session: Session, model_name: str, prod) -> list[str]:
+    """Rows erased by the versions since the last exact one (what the new exact version
+    must not have been trained on, and what verification scores)."""
+    by_number = {v.version: v for v in registry.versions(session, model_name)}
+    jobs, v = set(), prod
+    while v is not None and not v.exact:
+        if v.job_id:
+            jobs.add(v.job_id)
+        v = by_number.get(v.parent_version) if v.parent_version is not None else None
+    if not jobs:
+        return []
+    return sorted(session.execute(select(TrainingInstance.instance_id).where(
+        TrainingInstance.model_name == model_name, TrainingInstance.erased_by_job.in_(sorted(jobs)))).scalars())
+
+
+def _write_snapshot(settings: Settings, model, order_id: str, session: Session) -> tuple[str, str, int]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ..catalogue.retained import all_retained_arrays
+
+    x, y, ids = all_retained_arrays(session, model.name, exclude=set(), with_ids=True)
+    flat = x.reshape(len(x), -1) if len(x) else x.reshape(0, 0)
+    width = flat.shape[1] if len(x) else 0
+    table = pa.table({"instance_id": pa.array(ids, pa.string()), "label": pa.array(y, pa.int64()),
+                      "features": pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), width)})
+    table = table.replace_schema_metadata({"input_shape": ",".join(str(s) for s in model.input_shape),
+                                           "classes": ",".join(str(c) for c in model.classes)})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    raw = buf.getvalue()
+    rel = os.path.join("orders", order_id, "retained.parquet")
+    path = os.path.join(settings.registry_dir, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(raw)
+    return rel, hashlib.sha256(raw).hexdigest(), len(ids)
+
+
+def open_order(session: Session, model_name: str) -> RetrainOrder | None:
+    return session.execute(select(RetrainOrder).where(RetrainOrder.model_name == model_name,
+                                                      RetrainOrder.status.in_([OPEN, CLAIMED]))
+                           .order_by(RetrainOrder.created_at).limit(1)).scalar_one_or_none()
+
+
+def issue(session: Session, settings: Settings, model_name: str, *, actor: str,
+          reason: str) -> tuple[RetrainOrder, bool]:
+    """The model's open order, or a new one. Returns (order, created)."""
+    m = registry.get_model(session, model_name, lock=True)
+    if m is None:
+        raise LetheError(404, "unknown_model", f"model {model_name!r} is not registered")
+    if not is_external(m):
+        raise LetheError(409, "not_external", f"{model_name} is trained by Lethe (trainer "
+                                              f"{(m.recipe or {}).get('trainer', 'lethe')!r}): it is consolidated "
+                                              "by a job (POST /v1/models/{name}/consolidate), not by an order")
+    existing = open_order(session, model_name)
+    if existing is not None:
+        return existing, False
+    prod = registry.resolve_alias(session, model_name, PRODUCTION)
+    if prod is None:
+        raise LetheError(409, "no_production_version", f"model {model_name!r} has no '{PRODUCTION}' alias")
+    oid = str(uuid.uuid4())
+    rel, sha, rows = _write_snapshot(settings, m, oid, session)
+    now = utcnow()
+    due = prod.debt_due_at or now + dt.timedelta(seconds=settings.order_due_s)
+    order = RetrainOrder(id=oid, model_name=model_name, status=OPEN, base_version=prod.version, reason=reason,
+                         snapshot_path=rel, snapshot_sha256=sha, rows=rows,
+                         forget_ids=_erased_since_exact(session, model_name, prod), recipe=m.recipe,
+                         token_sha256="", due_at=due, created_at=now, refusals=[])
+    session.add(order)
+    audit.append(session, actor=actor, action="retrain_order.issued",
+                 payload={"order_id": oid, "model": model_name, "base_version": prod.version, "rows": rows,
+                          "snapshot_sha256": sha, "due_at": due.isoformat(), "reason": reason,
+                          "erased_rows": len(order.forget_ids)})
+    session.flush()
+    return order, True
+
+
+def claim(session: Session, order_id: str, *, actor: str) -> tuple[RetrainOrder, str]:
+    """Hand the order to a pipeline: a new one-time upload credential (returned once)."""
+    order = session.get(RetrainOrder, order_id)
+    if order is None:
+        raise LetheError(404, "unknown_order", f"retrain order {order_id!r} does not exist")
+    if order.status != OPEN:
+        raise LetheError(409, "order_not_open", f"retrain order {order_id} is {order.status}")
+    token = secrets.token_urlsafe(32)
+    order.token_sha256, order.status = hashlib.sha256(token.encode()).hexdigest(), CLAIMED
+    audit.append(session, actor=actor, action="retrain_order.claimed", payload={"order_id": order.id,
+                                                                                "model": order.model_name})
+    session.flush()
+    return order, token
+
+
+def _refuse(session: Session, order: RetrainOrder, actor: str, why: str, metrics: dict | None = None) -> None:
+    order.status, order.token_sha256 = OPEN, ""  # the credential is spent; the order can be claimed again
+    order.refusals = [*(order.refusals or []), {"at": utcnow().isoformat(), "reason": why, "metrics": metrics}]
+    audit.append(session, actor=actor, action="retrain_order.refused",
+                 payload={"order_id": order.id, "model": order.model_name, "reason": why, "metrics": metrics})
+    session.flush()
+
+
+def auc_bound(n_forget: int, n_test: int) -> float:
+    """0.5 + AUC_Z standard errors of the AUC under the null (Hanley & McNeil 1982, eq. 2
+    with A = 0.5 reduces to the Mann-Whitney variance (n1 + n2 + 1) / (12 n1 n2))."""
+    return 0.5 + AUC_Z * ((n_forget + n_test + 1) / (12.0 * n_forget * n_test)) ** 0.5
+
+
+def verify(session: Session, settings: Settings, order: RetrainOrder, weights: bytes) -> tuple[object, dict]:
+    """(model, metrics) for weights that pass every check; ValueError says which failed."""
+    import torch
+    from safetensors.torch import load as st_load
+
+    from models.architectures import build_model
+    from models.metrics import evaluate
+    from models.train import accuracy
+
+    from ..catalogue import service as catalogue
+    from ..catalogue.retained import all_retained_arrays
+    from ..datasets import service as datasets
+
+    m = registry.get_model(session, order.model_name)
+    try:
+        state = st_load(weights)
+    except Exception as e:  # noqa: BLE001 - not a safetensors file
+        raise ValueError(f"the weights are not a safetensors state dict ({e.__class__.__name__}: {e})") from None
+    model = build_model(m.arch, m.input_shape, len(m.classes), m.arch_params)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"the weights do not fit architecture {m.arch!r} {m.arch_params or {}}: "
+                         f"{str(e).splitlines()[0]}") from None
+    if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
+        raise ValueError("the weights hold non-finite values")
+    model.eval()
+    hx, hy = (torch.from_numpy(a) for a in datasets.holdout_arrays(settings, m.dataset, settings.job_holdout_rows))
+    base = registry.get_version(session, order.model_name, order.base_version)
+    base_ta = (base.metrics or {}).get("ta")
+    ta = accuracy(model, hx, hy)
+    metrics: dict = {"ta": ta, "base_ta": base_ta, "method": EXTERNAL, "exact": True, "order_id": order.id}
+    if base_ta is not None and ta < base_ta - settings.order_max_ta_drop:
+        raise ValueError(f"held-out accuracy {ta:.2f} % is more than LETHE_ORDER_MAX_TA_DROP="
+                         f"{settings.order_max_ta_drop:g} points below v{order.base_version}'s {base_ta:.2f} %")
+    if order.forget_ids:
+        rows = catalogue.by_ids(session, order.model_name, order.forget_ids)
+        fx, fy = catalogue.load_arrays([rows[i] for i in order.forget_ids if i in rows])
+        fx, fy = torch.from_numpy(fx), torch.from_numpy(fy)
+        rx, ry = all_retained_arrays(session, order.model_name, exclude=set())
+        retain = (torch.from_numpy(rx[:settings.job_holdout_rows]), torch.from_numpy(ry[:settings.job_holdout_rows]))
+        scored = evaluate(model, forget=(fx, fy), retain=retain, test=(hx, hy))
+        metrics.update({k: float(v) for k, v in scored.items()})
+        bound = auc_bound(len(fy), len(hy))
+        metrics["loss_auc_bound"] = bound
+        if scored["loss_auc"] > bound:
+            raise ValueError(f"the erased rows look trained on: loss-threshold AUC {scored['loss_auc']:.3f} against "
+                             f"held-out rows exceeds {bound:.3f} (0.5 + {AUC_Z:g} standard errors)")
+    return model, metrics
+
+
+def fulfil(session: Session, settings: Settings, order_id: str, token: str, weights: bytes, sha256: str, *,
+           actor: str) -> RetrainOrder:
+    """Verify the upload and publish it as an exact version (the jobs' publishing
+    transaction), or record the refusal and raise a 422 saying why."""
+    from ..jobs import service as jobs
+    from ..jobs.models import CONSOLIDATE, RUNNING, Job
+
+    order = session.get(RetrainOrder, order_id)
+    if order is None:
+        raise LetheError(404, "unknown_order", f"retrain order {order_id!r} does not exist")
+    if order.status != CLAIMED or not order.token_sha256 or not hmac.compare_digest(
+            order.token_sha256, hashlib.sha256(token.encode()).hexdigest()):
+        raise LetheError(403, "bad_order_token", "the upload credential is not this order's current one "
+                                                 "(each claim gives one credential, spent by one upload)")
+    got = hashlib.sha256(weights).hexdigest()
+    if got != sha256:
+        _refuse(session, order, actor, f"digest mismatch: the body's sha256 is {got}, the upload declared {sha256}")
+        raise LetheError(422, "order_refused", order.refusals[-1]["reason"])
+    try:
+        _, metrics = verify(session, settings, order, weights)
+    except ValueError as e:
+        _refuse(session, order, actor, str(e))
+        raise LetheError(422, "order_refused", str(e))
+    prod = registry.resolve_alias(session, order.model_name, PRODUCTION)
+    if prod is None or prod.version != order.base_version:
+        order.status = CANCELLED
+        audit.append(session, actor=actor, action="retrain_order.cancelled",
+                     payload={"order_id": order.id, "model": order.model_name,
+                              "reason": f"production moved to v{prod.version if prod else None}"})
+        raise LetheError(409, "order_superseded", f"production moved from v{order.base_version} since the order "
+                                                  "was issued: its snapshot is stale; a new order will be issued")
+    m = registry.get_model(session, order.model_name)
+    tmp = registry.weights_tmp_path(settings.registry_dir, order.model_name)
+    os.makedirs(os.path.dirname(tmp), exist_ok=True)
+    with open(tmp, "wb") as f:
+        f.write(weights)
+    rel = registry.publish_weights(settings.registry_dir, m.name, tmp, got)
+    claim_token = str(uuid.uuid4())
+    now = utcnow()
+    job = Job(id=str(uuid.uuid4()), model_name=m.name, objective=CONSOLIDATE, method=EXTERNAL, status=RUNNING,
+              progress=0.9, stage="verifying the order's upload", attempts=1, max_attempts=1, worker=actor[:256],
+              claim_token=claim_token, created_at=order.created_at, started_at=now, heartbeat_at=now,
+              base_version=order.base_version,
+              plan={"method": EXTERNAL, "exact": True, "reason": f"retrain order {order.id}: {order.reason}",
+                    "order_id": order.id})
+    session.add(job)
+    session.flush()
+    jobs.complete(session, job_id=job.id, token=claim_token, worker=f"order:{order.id}", instance_ids=[],
+                  sha256=got, storage_path=rel, metrics=metrics,
+                  stats={"order_id": order.id, "snapshot_sha256": order.snapshot_sha256, "rows": order.rows})
+    order.status, order.fulfilled_at, order.version, order.job_id, order.token_sha256 = \
+        FULFILLED, now, job.result_version, job.id, ""
+    audit.append(session, actor=actor, action="retrain_order.fulfilled",
+                 payload={"order_id": order.id, "model": order.model_name, "version": job.result_version,
+                          "sha256": got, "job_id": job.id, "snapshot_sha256": order.snapshot_sha256,
+                          "metrics": metrics})
+    session.flush()
+    return order
+
+
+def escalate_due(session: Session, settings: Settings, now: dt.datetime | None = None) -> list[str]:
+    """Escalate every unfulfilled order whose due date is within LETHE_ORDER_ESCALATE_BEFORE_S."""
+    now = now or utcnow()
+    lead = dt.timedelta(seconds=settings.order_escalate_before_s)
+    out = []
+    for order in session.execute(select(RetrainOrder).where(RetrainOrder.status.in_([OPEN, CLAIMED]),
+                                                            RetrainOrder.escalated_at.is_(None))).scalars():
+        if now + lead >= order.due_at:
+            order.escalated_at = now
+            audit.append(session, actor="sweeper", action="retrain_order.escalated",
+                         payload={"order_id": order.id, "model": order.model_name, "due_at": order.due_at.isoformat(),
+                                  "status": order.status, "reason": "no verified upload "
+                                  f"{settings.order_escalate_before_s:g} s before the due date"})
+            out.append(order.id)
+    session.flush()
+    return out
+
+
+def to_json(order: RetrainOrder, settings: Settings) -> dict:
+    path = os.path.join(settings.registry_dir, order.snapshot_path)
+    return {"id": order.id, "model": order.model_name, "status": order.status, "base_version": order.base_version,
+            "reason": order.reason, "due_at": order.due_at, "created_at": order.created_at,
+            "escalated": order.escalated_at is not None, "escalated_at": order.escalated_at,
+            "fulfilled_at": order.fulfilled_at, "version": order.version, "job_id": order.job_id,
+            "snapshot": {"uri": "file://" + os.path.abspath(path), "url": f"/v1/retrain-orders/{order.id}/snapshot",
+                         "sha256": order.snapshot_sha256, "rows": order.rows, "format": "parquet"},
+            "recipe": order.recipe, "erased_rows": len(order.forget_ids or []), "refusals": order.refusals or []}
