@@ -46,7 +46,8 @@ log = logging.getLogger("lethe")
 class BodyLimit:
     """Refuse request bodies above ``limit`` bytes with 413 (checks Content-Length and
     counts streamed chunks, so a chunked upload cannot slip past). ``overrides`` maps
-    (method, path) to another limit (the weights upload)."""
+    (method, path) to another limit (the weights upload); a path ending in ``/*/weights``
+    stands for any one path segment there (a retrain order's upload)."""
 
     def __init__(self, app, limit: int, overrides: dict | None = None):
         self.app, self.limit, self.overrides = app, limit, overrides or {}
@@ -54,7 +55,12 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = self.overrides.get((scope.get("method"), scope.get("path")), self.limit)
+        method, path = scope.get("method"), scope.get("path") or ""
+        limit = self.overrides.get((method, path))
+        if limit is None and path.endswith("/weights"):
+            head = path[:-len("/weights")].rpartition("/")[0]
+            limit = self.overrides.get((method, head + "/*/weights"))
+        limit = self.limit if limit is None else limit
         for k, v in scope.get("headers", []):
             if k == b"content-length" and v.isdigit() and int(v) > limit:
                 return await self._too_large(send, limit)
@@ -260,6 +266,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.add_middleware(JsonDepthLimit)  # deep JSON is a 422 before anything parses it (inside BodyLimit)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes,
                        overrides={("POST", "/v1/models"): settings.max_upload_bytes,  # weights upload
+                                  ("PUT", "/v1/retrain-orders/*/weights"): settings.max_upload_bytes,
                                   # a dataset and its evaluation file; each is checked against the limit
                                   ("POST", "/v1/datasets"): 2 * settings.max_dataset_bytes + 1_000_000})
     app.add_middleware(CookieBearer)  # /dashboard: the key cookie becomes a bearer token

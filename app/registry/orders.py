@@ -17,12 +17,13 @@ a *retrain order* instead of a consolidation job:
 3. ``fulfil``: the pipeline uploads safetensors weights with that credential and the
    weights' sha256. Lethe verifies: the digest; the architecture's contract (the weights
    load strictly into the registered architecture); the accuracy gate (held-out accuracy
-   no more than ``LETHE_ORDER_MAX_TA_DROP`` points below the base version's); and the
-   erased rows scored like any exact version (``models.metrics.evaluate``) with a
-   membership test: the loss-threshold AUC of the erased rows against held-out rows must
-   not exceed 0.5 by more than three standard errors of the Mann-Whitney statistic under
-   the null (Mann & Whitney 1947; Hanley & McNeil, Radiology 1982, eq. 2 with A = 0.5):
-   weights trained on the erased rows too are refused. A refused upload consumes the
+   no more than ``LETHE_ORDER_MAX_TA_DROP`` points below the base version's); and the rows
+   it was trained on, which the upload declares (instance ids): they must be exactly the
+   snapshot's, so weights declared as trained on an erased row, or on anything else, are
+   refused. The erased rows themselves cannot be scored against the upload as a worker
+   scores an exact version: by the time an order is answered they have left the dataset
+   store, and Lethe keeps no copy of erased data to test against; a pipeline that
+   misdeclares its rows is not caught by this check. A refused upload consumes the
    credential (the order is open again, the refusal recorded); a verified one is published
    as an exact version by the publishing transaction of jobs (a job row of method
    ``external`` names the order), which consolidates every request served approximately.
@@ -53,7 +54,6 @@ from .models import PRODUCTION, RetrainOrder
 
 EXTERNAL = "external"
 OPEN, CLAIMED, FULFILLED, CANCELLED = "open", "claimed", "fulfilled", "cancelled"
-AUC_Z = 3.0  # standard errors above 0.5 before the erased rows count as trained on
 
 
 def is_external(model) -> bool:
@@ -161,23 +161,22 @@ def _refuse(session: Session, order: RetrainOrder, actor: str, why: str, metrics
     session.flush()
 
 
-def auc_bound(n_forget: int, n_test: int) -> float:
-    """0.5 + AUC_Z standard errors of the AUC under the null (Hanley & McNeil 1982, eq. 2
-    with A = 0.5 reduces to the Mann-Whitney variance (n1 + n2 + 1) / (12 n1 n2))."""
-    return 0.5 + AUC_Z * ((n_forget + n_test + 1) / (12.0 * n_forget * n_test)) ** 0.5
+def _snapshot_ids(settings: Settings, order: RetrainOrder) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(os.path.join(settings.registry_dir, order.snapshot_path),
+                         columns=["instance_id"]).column("instance_id").to_pylist()
 
 
-def verify(session: Session, settings: Settings, order: RetrainOrder, weights: bytes) -> tuple[object, dict]:
+def verify(session: Session, settings: Settings, order: RetrainOrder, weights: bytes,
+           trained_ids: list[str]) -> tuple[object, dict]:
     """(model, metrics) for weights that pass every check; ValueError says which failed."""
     import torch
     from safetensors.torch import load as st_load
 
     from models.architectures import build_model
-    from models.metrics import evaluate
     from models.train import accuracy
 
-    from ..catalogue import service as catalogue
-    from ..catalogue.retained import all_retained_arrays
     from ..datasets import service as datasets
 
     m = registry.get_model(session, order.model_name)
@@ -202,24 +201,23 @@ def verify(session: Session, settings: Settings, order: RetrainOrder, weights: b
     if base_ta is not None and ta < base_ta - settings.order_max_ta_drop:
         raise ValueError(f"held-out accuracy {ta:.2f} % is more than LETHE_ORDER_MAX_TA_DROP="
                          f"{settings.order_max_ta_drop:g} points below v{order.base_version}'s {base_ta:.2f} %")
-    if order.forget_ids:
-        rows = catalogue.by_ids(session, order.model_name, order.forget_ids)
-        fx, fy = catalogue.load_arrays([rows[i] for i in order.forget_ids if i in rows])
-        fx, fy = torch.from_numpy(fx), torch.from_numpy(fy)
-        rx, ry = all_retained_arrays(session, order.model_name, exclude=set())
-        retain = (torch.from_numpy(rx[:settings.job_holdout_rows]), torch.from_numpy(ry[:settings.job_holdout_rows]))
-        scored = evaluate(model, forget=(fx, fy), retain=retain, test=(hx, hy))
-        metrics.update({k: float(v) for k, v in scored.items()})
-        bound = auc_bound(len(fy), len(hy))
-        metrics["loss_auc_bound"] = bound
-        if scored["loss_auc"] > bound:
-            raise ValueError(f"the erased rows look trained on: loss-threshold AUC {scored['loss_auc']:.3f} against "
-                             f"held-out rows exceeds {bound:.3f} (0.5 + {AUC_Z:g} standard errors)")
+    erased = set(order.forget_ids or [])
+    trained_on = set(trained_ids)
+    if trained_on & erased:
+        bad = sorted(trained_on & erased)
+        raise ValueError(f"trained on {len(bad)} erased row(s) ({', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}): "
+                         "an exact version must not have seen them")
+    snapshot_ids = set(_snapshot_ids(settings, order))
+    if trained_on != snapshot_ids:
+        extra, missing = sorted(trained_on - snapshot_ids), sorted(snapshot_ids - trained_on)
+        raise ValueError(f"the training rows declared are not the order's snapshot: {len(extra)} not in it "
+                         f"{extra[:5]}, {len(missing)} of it missing {missing[:5]}")
+    metrics.update(train_rows=len(trained_on), erased_rows=len(erased))
     return model, metrics
 
 
-def fulfil(session: Session, settings: Settings, order_id: str, token: str, weights: bytes, sha256: str, *,
-           actor: str) -> RetrainOrder:
+def fulfil(session: Session, settings: Settings, order_id: str, token: str, weights: bytes, sha256: str,
+           trained_ids: list[str], *, actor: str) -> RetrainOrder:
     """Verify the upload and publish it as an exact version (the jobs' publishing
     transaction), or record the refusal and raise a 422 saying why."""
     from ..jobs import service as jobs
@@ -237,7 +235,7 @@ def fulfil(session: Session, settings: Settings, order_id: str, token: str, weig
         _refuse(session, order, actor, f"digest mismatch: the body's sha256 is {got}, the upload declared {sha256}")
         raise LetheError(422, "order_refused", order.refusals[-1]["reason"])
     try:
-        _, metrics = verify(session, settings, order, weights)
+        _, metrics = verify(session, settings, order, weights, trained_ids)
     except ValueError as e:
         _refuse(session, order, actor, str(e))
         raise LetheError(422, "order_refused", str(e))

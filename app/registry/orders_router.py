@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from typing import Annotated
 
@@ -12,6 +13,7 @@ from sqlalchemy import select
 
 from ..deps import SessionDep, SettingsDep
 from ..errors import LetheError, responses
+from ..limits import check_depth
 from ..security import MODELS_ADMIN, MODELS_READ, Principal, require_scope
 from . import orders
 from .models import RetrainOrder
@@ -21,6 +23,7 @@ issue_router = APIRouter(prefix="/v1/models", tags=["models"])
 ADMIN = Annotated[Principal, Depends(require_scope(MODELS_ADMIN))]
 READER = Annotated[Principal, Depends(require_scope(MODELS_ADMIN, MODELS_READ))]
 MAX_WEIGHTS = 2 << 30
+MAX_MANIFEST = 64 << 20
 
 
 class OrderRead(BaseModel):
@@ -104,22 +107,32 @@ def claim(order_id: str, session: SessionDep, settings: SettingsDep, principal: 
 @router.put("/{order_id}/weights", response_model=OrderRead,
             responses=responses(e403="not the order's current credential", e404="unknown order",
                                 e409="production moved since the order was issued",
-                                e422="refused by verification (digest, architecture, accuracy, erased rows)"),
+                                e422="refused by verification (digest, architecture, accuracy, rows trained on)"),
             summary="Upload the order's weights (safetensors); verified, then published as an exact version")
 def upload(order_id: str, session: SessionDep, settings: SettingsDep, principal: ADMIN,
            weights: Annotated[UploadFile, File(description="the new weights: a safetensors state dict")],
+           manifest: Annotated[UploadFile, File(description='JSON {"instance_ids": [...]}: every row trained on')],
            x_order_token: Annotated[str, Header(min_length=1, max_length=256,
                                                 description="the credential POST .../claim returned")],
            x_content_sha256: Annotated[str, Header(pattern="^[0-9a-f]{64}$",
                                                    description="sha256 of the weights file")]):
     """Verification: the digest, the architecture's contract (strict load), the accuracy gate
-    (LETHE_ORDER_MAX_TA_DROP) and the erased rows' membership test; a refusal spends the
-    credential and is recorded on the order (claim it again to retry)."""
+    (LETHE_ORDER_MAX_TA_DROP) and the rows declared trained on (exactly the snapshot's: no
+    erased row); a refusal spends the credential and is recorded on the order (claim it
+    again to retry)."""
     body = weights.file.read(MAX_WEIGHTS + 1)
     if not body or len(body) > MAX_WEIGHTS:
         raise LetheError(422, "bad_weights", "the weights file must hold 1 byte to 2 GiB")
+    raw = manifest.file.read(MAX_MANIFEST + 1)
+    check_depth(raw, "manifest")
     try:
-        order = orders.fulfil(session, settings, order_id, x_order_token, body, x_content_sha256,
+        ids = json.loads(raw)["instance_ids"]
+        assert isinstance(ids, list) and all(isinstance(i, str) for i in ids) and len(raw) <= MAX_MANIFEST
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise LetheError(422, "bad_manifest", 'manifest must be JSON {"instance_ids": ["...", ...]} (at most '
+                                              f"{MAX_MANIFEST} bytes)") from None
+    try:
+        order = orders.fulfil(session, settings, order_id, x_order_token, body, x_content_sha256, ids,
                               actor=principal.actor)
     except LetheError as e:
         if e.status in (409, 422):

@@ -110,6 +110,15 @@ NOT_FOUND = {
     ("POST", "/v1/subscriptions"): {"json": {"url": "http://127.0.0.1:9/x", "model": UNKNOWN}},
     ("GET", "/v1/subscriptions"): None,
     ("GET", "/v1/trainers"): None,
+    ("POST", "/v1/models/{name}/retrain-orders"): {},
+    ("GET", "/v1/retrain-orders"): None,
+    ("GET", "/v1/retrain-orders/{order_id}"): {},
+    ("GET", "/v1/retrain-orders/{order_id}/snapshot"): {},
+    ("POST", "/v1/retrain-orders/{order_id}/claim"): {},
+    ("PUT", "/v1/retrain-orders/{order_id}/weights"): {
+        "headers": {"X-Order-Token": "t", "X-Content-SHA256": "0" * 64},
+        "files": {"weights": ("w.safetensors", b"x", "application/octet-stream"),
+                  "manifest": ("m.json", b'{"instance_ids": []}', "application/json")}},
     ("GET", "/v1/subscriptions/{sub_id}"): {},
     ("GET", "/v1/subscriptions/{sub_id}/deliveries"): {},
     ("DELETE", "/v1/subscriptions/{sub_id}"): {},
@@ -211,7 +220,8 @@ def test_every_error_of_every_route_is_code_and_detail_and_documented(seeded, di
                 kind = next(iter(op["requestBody"]["content"]))
                 check(method, path, c.request(method, url, content=b"\xff\xfe{", headers={**auth, "Content-Type": kind}),
                       400, "bad_request")
-                limit = body_limits.get((method, url), body_limits[None])
+                limit = body_limits.get((method, url), body_limits.get(
+                    (method, url.rsplit("/", 2)[0] + "/*/weights"), body_limits[None]))
                 check(method, path, c.request(method, url, content=b"x" * (limit + 1),
                                               headers={**auth, "Content-Type": "application/json"}),
                       413, "body_too_large")
@@ -221,6 +231,7 @@ def test_every_error_of_every_route_is_code_and_detail_and_documented(seeded, di
                     check(method, path, c.request(method, url, headers=auth, params={p["name"]: 10**20}), 422)
             if NOT_FOUND[(method, path)] is not None:
                 kw = NOT_FOUND[(method, path)]
-                check(method, path, c.request(method, url, headers=auth, **kw), 404)
+                kw = {**kw, "headers": {**auth, **kw.get("headers", {})}}
+                check(method, path, c.request(method, url, **kw), 404)
     walked = {k for k, v in ops.items() if v.get("x-required-scopes")}
     assert walked <= set(answered) and len(walked) >= 19, sorted(walked - set(answered))
