@@ -119,7 +119,7 @@ class RowRisk(Base):
 
 
 class RetrainOrder(Base):
-    """An exact version to be trained by the customer's own pipeline (migration 0017,
+    """An exact version to be trained by the customer's own pipeline (migration 0019,
     app/registry/orders.py): the retained rows' snapshot, the recipe (trainer parameters,
     starting point), a due date and a one-time upload credential (only its SHA-256 here)."""
 
