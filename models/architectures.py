@@ -15,13 +15,23 @@ whose ``__init__(input_shape, num_classes, **params)`` names its parameters with
 ``pyproject.toml`` and loaded first even when the installed metadata is stale, so a plug-in
 can never shadow ``cnn`` or ``mlp``.
 
-The contract every network keeps (what the unlearning methods use):
+The contract every network keeps (what the unlearning methods use). ``x`` is a float32
+tensor of shape ``(batch, *input_shape)`` (``input_shape`` a tuple of ints: the dataset's
+``shape``, e.g. ``(1, 28, 28)`` for images, ``(14,)`` for a tabular row; token ids for a
+``tokens`` dataset arrive as float32 holding integers, 0 = padding):
 
-- ``forward(x) == tail(trunk(x))``: Lethe's first unlearning phase edits only the tail on
-  cached trunk outputs (``models/unlearn/instance.py``); ``tail_modules()`` lists the
-  modules the tail trains;
-- ``head``: the final ``nn.Linear`` with one output per class (class count, PUMA's patch);
-- ``features(x)``: the input of ``head`` (PUMA, nearest-neighbour replay).
+- ``trunk(x) -> z`` (any tensor, batch first) and ``tail(z) -> logits`` of shape
+  ``(batch, num_classes)``, with ``forward(x) == tail(trunk(x))``: Lethe's first unlearning
+  phase edits only the tail on cached trunk outputs (``models/unlearn/instance.py``);
+- ``tail_modules() -> list[nn.Module]``: the modules the tail trains (their parameters are
+  the only ones that phase changes); it must include the head;
+- the head: the final ``nn.Linear(d, num_classes)`` (class count, PUMA's patch), the
+  attribute ``head`` or the one the class names in ``lethe_head = "<attribute>"`` (so a
+  trained model's state-dict keys need no renaming, e.g. ``lethe_head = "classifier"``);
+- ``features(x) -> (batch, d)``: the input of the head (PUMA, nearest-neighbour replay).
+
+Optional class attributes: ``lethe_inputs`` (``image | tabular | tokens | any``, checked
+against the dataset), ``lethe_min_size``, ``lethe_head``.
 
 :func:`validate` builds the network once and checks all of it on a dummy input, so a
 plug-in that breaks the contract is refused when a model is registered, not mid-job.
@@ -246,6 +256,11 @@ def dummy_input(arch: str, input_shape, n: int = 2) -> torch.Tensor:
     return x + 1 if get(arch).inputs == "tokens" else x
 
 
+def head_of(model: nn.Module) -> nn.Module:
+    """The network's head: the attribute named by its class's ``lethe_head`` (default ``head``)."""
+    return getattr(model, getattr(model, "lethe_head", "head"), None)
+
+
 def validate(arch: str, input_shape, num_classes: int, params: dict | None = None) -> dict:
     """Build the network once and check the contract on a dummy batch. Returns the resolved
     parameters and the parameter count; ArchitectureError says what is broken."""
@@ -258,20 +273,28 @@ def validate(arch: str, input_shape, num_classes: int, params: dict | None = Non
     except Exception as e:  # noqa: BLE001 - a constructor that fails on this input is the input's problem
         raise ArchitectureError(f"architecture {arch!r} cannot be built for input {list(input_shape)} and "
                                 f"{num_classes} classes with {resolved}: {e.__class__.__name__}: {e}") from e
+    check_contract(arch, model, dummy_input(arch, input_shape), num_classes)
+    return {"params": resolved, "parameters": int(sum(p.numel() for p in model.parameters()))}
+
+
+def check_contract(arch: str, model: nn.Module, x: torch.Tensor, num_classes: int) -> None:
+    """Check the contract (module docstring) on a built network and a valid batch ``x``;
+    ArchitectureError says what is broken."""
     missing = [m for m in ("trunk", "tail", "tail_modules", "features") if not callable(getattr(model, m, None))]
-    head = getattr(model, "head", None)
+    name = getattr(model, "lethe_head", "head")
+    head = head_of(model)
     if missing or not isinstance(head, nn.Linear):
         raise ArchitectureError(f"architecture {arch!r} breaks Lethe's contract: it needs methods trunk(x), tail(z), "
-                                f"tail_modules(), features(x) and a final nn.Linear 'head'"
-                                + (f"; missing {missing}" if missing else "; 'head' is not an nn.Linear"))
+                                f"tail_modules(), features(x) and a final nn.Linear head (attribute 'head', or the "
+                                f"one lethe_head names)"
+                                + (f"; missing {missing}" if missing else f"; {name!r} is not an nn.Linear"))
     if head.out_features != num_classes:
         raise ArchitectureError(f"architecture {arch!r}: head has {head.out_features} outputs for {num_classes} classes")
-    x = dummy_input(arch, input_shape)
     try:
         with torch.no_grad():
             out, split, feats = model(x), model.tail(model.trunk(x)), model.features(x)
     except Exception as e:  # noqa: BLE001
-        raise ArchitectureError(f"architecture {arch!r} fails on an input of shape {list(input_shape)}: "
+        raise ArchitectureError(f"architecture {arch!r} fails on an input of shape {list(x.shape)[1:]}: "
                                 f"{e.__class__.__name__}: {e}") from e
     if tuple(out.shape) != (len(x), num_classes):
         raise ArchitectureError(f"architecture {arch!r} returns logits of shape {list(out.shape)[1:]}, "
@@ -284,4 +307,3 @@ def validate(arch: str, input_shape, num_classes: int, params: dict | None = Non
     tail_params = {id(p) for m in model.tail_modules() for p in m.parameters()}
     if not all(id(p) in tail_params for p in head.parameters()):
         raise ArchitectureError(f"architecture {arch!r}: tail_modules() must include head")
-    return {"params": resolved, "parameters": int(sum(p.numel() for p in model.parameters()))}

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..architectures import head_of
 from ..train import Recipe, default_recipe, train_model
 from .registry import ProgressFn, UnlearnRequest, UnlearnResult
 
@@ -100,7 +101,7 @@ class _Run:
         self.cfg, self.gen = cfg, torch.Generator().manual_seed(req.seed)
         self.xf, self.yf = req.forget_x, req.forget_y
         self.xr, self.yr = req.retain_x, req.retain_y
-        self.num_classes = self.model.head.out_features
+        self.num_classes = head_of(self.model).out_features
         self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr if lr is None else lr,
                                    momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.mask: dict | None = None
@@ -311,7 +312,7 @@ def retrain_from_scratch(model, retain_x, retain_y, *, options: dict | None = No
                          "but its starting weights were not loaded: retraining from a random initialisation "
                          "would not be the model's retraining")
     new = train_model(arch, retain_x, retain_y, input_shape=tuple(retain_x.shape[1:]),
-                      num_classes=model.head.out_features, recipe=recipe,
+                      num_classes=head_of(model).out_features, recipe=recipe,
                       arch_params=getattr(model, "lethe_arch_params", None),
                       device=next(model.parameters()).device, progress=progress, start=start, heldout=heldout)
     for attr in ("lethe_recipe", "lethe_start"):  # a retrain of the retrain trains the same way

@@ -68,6 +68,7 @@ import torch.nn.functional as F
 
 from ..attacks import random_targets, scaled_eps, targeted_l2_pgd
 from ..importance import anchor_penalty, inverted_normalised, mas_importance
+from ..architectures import head_of
 from ..metrics import RetrainLikeTest
 from .registry import ProgressFn, UnlearnRequest, UnlearnResult
 
@@ -104,7 +105,7 @@ def _runner_up(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _num_classes(model: nn.Module) -> int:
-    return model.head.out_features
+    return head_of(model).out_features
 
 
 # --------------------------------------------------------------------------- paper recipe

@@ -18,7 +18,7 @@ enforce the box by clipping and redistributing — our choice). The model is the
 once, linearly: theta += -H^{-1} sum_i dw_i grad l_i. No retraining.
 
 Restriction (as the issue allows, and NOTES.md §4): only the final linear layer
-(``model.head``) is patched, on the frozen penultimate features (``model.features``).
+(``model.head``, or the layer ``lethe_head`` names) is patched, on the frozen penultimate features (``model.features``).
 For softmax cross-entropy on a linear layer the per-example gradients and the
 Hessian-vector products have closed forms; H^{-1} v is solved by conjugate gradient
 (H is positive definite thanks to mu > 0). On a convex problem (features fixed, theta
@@ -36,6 +36,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from ..architectures import head_of
 from .registry import UnlearnRequest, UnlearnResult
 
 
@@ -44,7 +45,7 @@ def _features(model: nn.Module, x: torch.Tensor, batch: int = 1024) -> torch.Ten
     model.eval()
     dev = next(model.parameters()).device
     out = [model.features(x[i:i + batch].to(dev)).double().cpu() for i in range(0, len(x), batch)]
-    h = torch.cat(out) if out else torch.empty(0, model.head.in_features, dtype=torch.float64)
+    h = torch.cat(out) if out else torch.empty(0, head_of(model).in_features, dtype=torch.float64)
     return torch.cat([h, torch.ones(len(h), 1, dtype=torch.float64)], 1)  # [h, 1]: bias as a column
 
 
@@ -144,7 +145,7 @@ def puma_delta(theta, h_r, y_r, h_f, y_f, *, mu: float, reweight: bool = True, b
 def puma_unlearn(model: nn.Module, request: UnlearnRequest, progress=None) -> UnlearnResult:
     """Options: damping (mu per training example, default 1e-3), reweight (True), box (1.0),
     criterion ("retain" | "holdout")."""
-    if not (hasattr(model, "features") and isinstance(getattr(model, "head", None), nn.Linear)):
+    if not (hasattr(model, "features") and isinstance(head_of(model), nn.Linear)):
         raise TypeError("PUMA patches the last layer: the model needs features(x) and a linear head")
     if request.retain_x is None:
         raise ValueError("PUMA needs the retained training data (its Hessian and reweighting use it)")
@@ -158,7 +159,7 @@ def puma_unlearn(model: nn.Module, request: UnlearnRequest, progress=None) -> Un
         crit = (_features(model, request.holdout_x), request.holdout_y.cpu())
     n = len(y_r) + len(y_f)
     mu = float(opts.get("damping", 1e-3)) * n
-    theta = _theta(model.head)
+    theta = _theta(head_of(model))
     if progress:
         progress("puma: influence + patch", 0.4)
     delta, dw, stats = puma_delta(theta, h_r, y_r, h_f, y_f, mu=mu, reweight=bool(opts.get("reweight", True)),
@@ -166,8 +167,9 @@ def puma_unlearn(model: nn.Module, request: UnlearnRequest, progress=None) -> Un
     new = copy.deepcopy(model)
     new_theta = theta + delta
     with torch.no_grad():
-        new.head.weight.copy_(new_theta[:, :-1].to(new.head.weight.dtype))
-        new.head.bias.copy_(new_theta[:, -1].to(new.head.bias.dtype))
+        head = head_of(new)
+        head.weight.copy_(new_theta[:, :-1].to(head.weight.dtype))
+        head.bias.copy_(new_theta[:, -1].to(head.bias.dtype))
     stats.update(mu=mu, patch_norm=float(delta.norm()), layer="head")
     if progress:
         progress("puma: done", 1.0)

@@ -159,3 +159,52 @@ def test_retrain_uses_the_models_architecture_parameters_and_stored_recipe():
                            arch_params={"widths": [12]})
     assert res.model.body[0].out_features == 12
     assert all(torch.equal(a, b) for a, b in zip(res.model.parameters(), expected.parameters()))
+
+
+def _doc_plugin():
+    """The minimal plug-in of docs/own-models.md, executed as the docs show it."""
+    import os
+    import re
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "own-models.md")) as f:
+        doc = f.read()
+    code = re.search(r"this block runs in `tests/unit/test_architectures.py`\):\n\n```python\n(.*?)```", doc, re.S)
+    ns: dict = {}
+    exec(compile(code.group(1), "docs/own-models.md", "exec"), ns)  # noqa: S102 - our own docs
+    return ns["ResidualMLP"]
+
+
+def test_the_docs_minimal_plugin_keeps_the_contract_with_its_own_head_name():
+    from models.unlearn import UnlearnRequest, get_method
+
+    cls = _doc_plugin()
+    arch = A.from_module_class("residual_mlp", cls)
+    assert arch.inputs == "tabular" and set(arch.params) == {"hidden"}
+    net = cls((30,), 2, hidden=16)
+    A.check_contract("residual_mlp", net, torch.zeros(2, 30), 2)
+    assert A.head_of(net) is net.classifier and "classifier.weight" in net.state_dict()
+    # weights trained elsewhere load under their own names; without lethe_head the head is not found
+    cls((30,), 2, hidden=16).load_state_dict(net.state_dict(), strict=True)
+    unnamed = type("Unnamed", (cls,), {"lethe_head": "head"})((30,), 2, hidden=16)
+    with pytest.raises(A.ArchitectureError, match="'head' is not an nn.Linear"):
+        A.check_contract("unnamed", unnamed, torch.zeros(2, 30), 2)
+    # trained as a user would, then unlearned: the tail phase and PUMA's head patch use 'classifier'
+    xtr, ytr, xte, yte = _breast_cancer()
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(150):
+        idx = torch.randint(0, len(xtr), (64,))
+        loss = torch.nn.functional.cross_entropy(net(xtr[idx]), ytr[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    assert accuracy(net, xte, yte) > 85
+    fx, fy = xtr[:3], ytr[:3]
+    req = UnlearnRequest(forget_x=fx, forget_y=fy, retain_x=xtr[3:], retain_y=ytr[3:], holdout_x=xte, holdout_y=yte,
+                         objective="misclassify")
+    new = get_method("lethe")(net, req).model
+    assert (new(fx).argmax(1) != fy).all() and accuracy(new, xte, yte) > 80
+    patched = get_method("puma")(net, UnlearnRequest(forget_x=fx, forget_y=fy, retain_x=xtr[3:], retain_y=ytr[3:]))
+    assert not torch.equal(patched.model.classifier.weight, net.classifier.weight)
+    assert torch.equal(patched.model.inp.weight, net.inp.weight)  # only the head is patched
