@@ -458,10 +458,12 @@ class DatasetStore:
         groups = [(f, g) for f in self._fragments(split) for g in range(f.row_groups)]
         tomb = self._tombstones(split)
         parts, have = [], 0
+        files: dict[str, pq.ParquetFile] = {}  # each footer read once (one request on an object store)
         for k in rng.permutation(len(groups)):
             frag, g = groups[k]
             try:
-                t = self._open(frag.file).read_row_group(g)
+                pf = files.get(frag.file) or files.setdefault(frag.file, self._open(frag.file))
+                t = pf.read_row_group(g)
             except FileNotFoundError:  # replaced by a compaction meanwhile; other groups will do
                 continue
             t = self._visible(frag, g, t, tomb, exclude, where)
