@@ -35,7 +35,8 @@ def service_env(tmp_path, **extra) -> dict:
                LETHE_WEBHOOK_SECRET="e2e-whsec-" + uuid.uuid4().hex,
                LETHE_CALLBACK_ALLOW="127.0.0.0/8",  # the test receiver listens on loopback
                LETHE_DEMO_EXACT_DATASET="",  # no exact demo unless a test asks (tests/e2e/test_exact_celery.py)
-               LETHE_RISK_REFERENCE_MODELS="0")  # the risk job is tested in tests/service/test_membership_risk.py
+               LETHE_RISK_REFERENCE_MODELS="0",  # the risk job is tested in tests/service/test_membership_risk.py
+               LETHE_ERASE_WITHIN_S="4")  # erased rows' bytes compacted away within seconds, not the hour
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

@@ -159,8 +159,8 @@ def forget_subject_and_check(c: httpx.Client, data_dir: str, webhook_secret: str
     ta_after = served_test_accuracy(c, ds)
     assert ta_after >= ta_before - 2.0, (ta_before, ta_after)
 
-    # the catalogue marks them erased and their raw data is gone: the worker rewrites the
-    # store's fragments right after the publishing commit, so allow it that moment
+    # the catalogue marks them erased and their raw data hidden from every read right after the
+    # publishing commit; a compaction removes their bytes within LETHE_ERASE_WITHIN_S (4 s here)
     deadline = time.time() + 60
     while True:
         inst = c.get("/v1/subjects/alice/instances").json()["instances"]
@@ -168,6 +168,9 @@ def forget_subject_and_check(c: httpx.Client, data_dir: str, webhook_secret: str
             break
         time.sleep(0.5)
     assert all(i["erased"] and i["raw_data_deleted"] for i in inst), inst
+    deadline = time.time() + 4 + 30  # the bound, plus a sweeper period and a loaded machine's slack
+    while any(files_holding(data_dir, p) for p in patterns) and time.time() < deadline:
+        time.sleep(0.5)
     assert [files_holding(data_dir, p) for p in patterns] == [[]] * len(patterns)  # bytes gone from every file
     gone = c.post(f"/v1/models/{MODEL}/predict", json={"instance_ids": ids})
     assert gone.status_code == 410
