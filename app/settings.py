@@ -173,10 +173,11 @@ class Settings(BaseSettings):
                              "(complementary halves, two models per side)")
         return v
 
-    risk_threshold: float = Field(default=1.0, ge=0, description="a deletion holding a row whose membership risk "
+    risk_threshold: float = Field(default=0.47, ge=0, description="a deletion holding a row whose membership risk "
                                                                  "(effect size) is at or above this goes exact "
                                                                  "now (calibrated by `python -m bench.ulira "
-                                                                 "--fit`)")
+                                                                 "--fit`: 0.476 on digits and adult, "
+                                                                 "bench/results/risk_calibration.json)")
     risk_recompute_fraction: float = Field(default=0.1, ge=0, le=1, description="the risk job runs again on a "
                                                                                "new exact version only once this "
                                                                                "share of the rows it measured is "

@@ -310,8 +310,8 @@ def risk_calibration_table(cdoc) -> str:
            + "; ".join(f"`python -m bench.ulira {c}`" for c in cdoc.get("commands", []) if c) + f"; {cdoc['machine']}). "
            "Per risk band (quantiles of the examples' risk, each example's risk the mean over the shadows that "
            "trained on it): U-LiRA AUC of the default given each row's gap and of retraining, pairs pooled over the "
-           "cells. Threshold: the largest risk up to which the rows below stay within 0.05 of retraining (cuts "
-           "with ≥ 16 rows below judged). Spearman: the risk job's per-example risk (4 reference models per shadow) "
+           "cells. Threshold: the lower edge of the lowest band from which every band up exceeds retraining's AUC "
+           "by more than 0.05; the service's LETHE_RISK_THRESHOLD is the fit over all datasets. Spearman: the risk job's per-example risk (4 reference models per shadow) "
            "against the gap of the cell's own shadows (more models).", "",
            "| fit on | threshold | band (risk) | examples | default with gaps AUC | retrain AUC | excess |",
            "|---|---|---|---|---|---|---|"]

@@ -37,7 +37,7 @@ from models.device import get_device
 from models.metrics import ShadowBank, logit_confidence
 from app.jobs.planner import Facts, plan
 from app.settings import Settings
-from models.risk import MembershipRisk, band_excess, calibrate_threshold, membership_risk, spearman
+from models.risk import MembershipRisk, calibrate_threshold, membership_risk, spearman
 from models.ulira import pair_scores, run_ulira, train_shadows, ulira_attack, unlearned_confidences
 from models.unlearn import UnlearnRequest, get_method
 from models.unlearn.instance import privacy_signal
@@ -374,16 +374,13 @@ def fit_threshold(path: str) -> dict:
             mem[i:i + len(e), j:j + e.shape[1]], ok[i:i + len(e), j:j + e.shape[1]] = m, o
             i, j = i + len(e), j + e.shape[1]
         fit = calibrate_threshold(risk, lr_a, lr_e, mem, ok)
-        edges = np.quantile(risk, [0, 0.5, 0.75, 0.9, 1.0])
-        edges[-1] += 1e-9
-        fit["bands"] = band_excess(risk, lr_a, lr_e, mem, ok, edges)
         fit["spearman_vs_shadow_gap"] = [r["risk_vs_shadow_gap_spearman"] for r in rs]
         fit["risk_train_runs"] = float(np.mean([r["risk_train_runs"] for r in rs]))
         fits[ds] = fit
     doc["fit"] = fits
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)
-    return {ds: {k: v for k, v in f.items() if k != "candidates"} for ds, f in fits.items()}
+    return fits
 
 
 def main(argv=None):

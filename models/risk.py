@@ -21,9 +21,9 @@ Cost: ``n_reference`` trainings on half the data, i.e. about n_reference / 2 tra
 version (reported by the caller as a multiple of one run).
 
 Threshold (``calibrate_threshold``): from full U-LiRA runs (``models/ulira.py``) of the
-approximate method and of retraining on the same shadows, the risk r up to which the approximate
-method's U-LiRA AUC on the rows below r stays within ``tol`` (0.05) of retraining's: rows below
-it may go approximate, a deletion holding any row at or above it goes to an exact path.
+approximate method and of retraining on the same shadows, the risk above which the approximate
+method's U-LiRA AUC exceeds retraining's by more than ``tol`` (0.05), judged per risk band: rows
+below it may go approximate, a deletion holding any row at or above it goes to an exact path.
 """
 from __future__ import annotations
 
@@ -107,32 +107,23 @@ def band_excess(risk: np.ndarray, lr_approx: np.ndarray, lr_exact: np.ndarray, m
     return out
 
 
+BAND_QUANTILES = (0.0, 0.5, 0.75, 0.9, 1.0)
+
+
 def calibrate_threshold(risk: np.ndarray, lr_approx: np.ndarray, lr_exact: np.ndarray, member: np.ndarray,
-                        ok: np.ndarray, tol: float = 0.05, n_candidates: int = 20, min_examples: int = 16) -> dict:
-    """The risk above which the approximate method leaks more than retraining: candidates r are
-    quantiles of `risk`; the approximate path would serve the rows below r, so r is kept while the
-    approximate method's U-LiRA AUC on the rows below it exceeds retraining's by at most `tol`
-    (|excess|: over-unlearning stands out too). The threshold is the largest r such that every
-    cut up to r holds; +inf when the whole set holds, the lowest risk when no cut does. Cuts with
-    fewer than `min_examples` rows below are not judged (the AUC of a handful of examples over a
-    few shadows is noise of +-0.1)."""
+                        ok: np.ndarray, tol: float = 0.05, quantiles=BAND_QUANTILES) -> dict:
+    """The risk above which the approximate method's per-example U-LiRA AUC exceeds retraining's
+    by more than `tol`: the examples are cut into risk bands (quantiles of `risk`; bands, not single
+    examples, because one example's AUC over a few shadows is noise of +-0.2); the threshold is the
+    lower edge of the lowest band from which every band up exceeds `tol`; +inf when the top band
+    does not (nothing to send exact), the lowest risk when every band does (everything exact)."""
     risk = np.asarray(risk, dtype=np.float64)
-    cands = np.unique(np.quantile(risk, np.linspace(0, 1, n_candidates, endpoint=False)[1:]))
-    rows = []
-    threshold = float(risk.min())
-    held = True
-    for r in list(cands) + [float("inf")]:
-        below = risk < r
-        ex = _pooled_auc(lr_approx, member, ok, below) - _pooled_auc(lr_exact, member, ok, below)
-        tail = ~below
-        ex_tail = (_pooled_auc(lr_approx, member, ok, tail) - _pooled_auc(lr_exact, member, ok, tail)
-                   if tail.any() else float("nan"))
-        rows.append({"risk": float(r), "below_examples": int(below.sum()), "below_excess": float(ex),
-                     "tail_excess": float(ex_tail)})
-        if below.sum() < min_examples:
-            continue
-        if held and abs(ex) <= tol:
-            threshold = float(r)
-        else:
-            held = False
-    return {"threshold": threshold, "tol": tol, "candidates": rows}
+    edges = np.quantile(risk, quantiles)
+    edges[-1] = np.nextafter(edges[-1], np.inf)
+    bands = band_excess(risk, lr_approx, lr_exact, member, ok, edges)
+    threshold = float("inf")
+    for b in reversed(bands):
+        if not b["excess"] > tol:
+            break
+        threshold = b["lo"]
+    return {"threshold": threshold, "tol": tol, "bands": bands}

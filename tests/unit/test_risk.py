@@ -57,8 +57,9 @@ def _scores(effect_above, n_shadows=16, n_x=200, seed=0):
 def test_threshold_sits_where_the_approximate_method_leaks():
     risk, (lr_a, ok), (lr_e, _), member = _scores(effect_above=3.0)
     fit = calibrate_threshold(risk, lr_a, lr_e, member, ok)
-    assert 2.6 <= fit["threshold"] <= 3.2, fit["threshold"]
-    assert all(abs(c["below_excess"]) <= 0.05 for c in fit["candidates"] if c["risk"] <= fit["threshold"])
+    assert 2.9 <= fit["threshold"] <= 3.1, fit["threshold"]
+    assert all(b["excess"] > 0.05 for b in fit["bands"] if b["lo"] >= fit["threshold"])
+    assert all(abs(b["excess"]) <= 0.05 for b in fit["bands"] if b["hi"] <= fit["threshold"])
     bands = band_excess(risk, lr_a, lr_e, member, ok, [0, 3.0, 4.01])
     assert abs(bands[0]["excess"]) < 0.05 and bands[1]["excess"] > 0.3
 
