@@ -53,6 +53,7 @@ from ..db import session_scope, utcnow
 from ..forget.models import ForgetRequest
 from ..periodic import PeriodicThread
 from . import outbound
+from ..events.models import Subscription
 from .models import DELIVERED, FAILED, PENDING, WebhookDelivery
 
 log = logging.getLogger("lethe.webhooks")
@@ -188,12 +189,14 @@ class Deliverer:
             clock = time.monotonic()
             self._parked = {i: t for i, t in self._parked.items() if t > clock}
             skip = [*self._inflight, *self._parked]
-        tenant = func.coalesce(ForgetRequest.tenant, "")
+        # a request's tenant, or a registry subscription's (app/events; an operator's: "")
+        tenant = func.coalesce(ForgetRequest.tenant, Subscription.tenant, "")
         rank = func.row_number().over(partition_by=tenant,
                                       order_by=(WebhookDelivery.created_at, WebhookDelivery.id)).label("rank")
         # in order per request: a change waits while an earlier one of the same request is pending
         q = (select(WebhookDelivery.id, WebhookDelivery.url, tenant.label("tenant"), rank)
              .outerjoin(ForgetRequest, ForgetRequest.id == WebhookDelivery.request_id)
+             .outerjoin(Subscription, Subscription.id == WebhookDelivery.subscription_id)
              .where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now, ~blocked))
         if skip:
             q = q.where(WebhookDelivery.id.not_in(skip))
