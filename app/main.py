@@ -35,6 +35,8 @@ from .registry.router import architectures_router, router as models_router, trai
 from .registry.orders_router import issue_router as order_issue_router, router as orders_router
 from .registry.weights import router as weights_router
 from .events.router import router as events_router
+from .mirror.router import router as mlflow_router
+from .mirror.service import MirrorPump
 from .tenants.router import router as tenants_router
 from .registry.service import ServingCache
 from .settings import Settings, get_settings
@@ -187,7 +189,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             start()
         # each off when its period is 0
         background = [Sweeper(settings, dispatcher), WebhookPump(settings), Checkpointer(settings),
-                      AuditDrainer(settings), NoDataResolver(settings)]
+                      AuditDrainer(settings), NoDataResolver(settings), MirrorPump(settings)]
         for b in background:
             b.start()
         metrics_server = _metrics_listener(settings, app.state.metrics)
@@ -209,9 +211,9 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
                               "forget, with a versioned registry and a hash-chained audit trail.")
     app.state.limiter = RateLimiter({SUBMIT: settings.rate_submit_per_min, EXPENSIVE: settings.rate_expensive_per_min})
     app.state.settings, app.state.dispatcher, app.state.serving = settings, dispatcher, ServingCache()
-    for r in (forget_router, models_router, weights_router, architectures_router, trainers_router, datasets_router,
-              subjects_router, audit_router, keys_router, tenants_router, events_router, dashboard_router,
-              orders_router, order_issue_router):
+    for r in (forget_router, mlflow_router, models_router, weights_router, architectures_router, trainers_router,
+              datasets_router, subjects_router, audit_router, keys_router, tenants_router, events_router,
+              dashboard_router, orders_router, order_issue_router):
         app.include_router(r)
     errors.install(app)  # every error answer is {code, detail}
     security.install(app)  # scopes published in OpenAPI (x-required-scopes)

@@ -142,6 +142,14 @@ class Settings(BaseSettings):
     callback_allow: str = Field(default="", description="comma-separated CIDR networks and host names a "
                                                         "callback_url may reach although not public "
                                                         "(e.g. 10.0.0.0/8,hooks.internal); empty = public only")
+    # the MLflow Model Registry mirror (app/mirror, docs/serving.md)
+    mlflow_tracking_uri: str = Field(default="", description="an MLflow tracking server (http://host:5000): every "
+                                                             "version and alias move is mirrored there, purged "
+                                                             "weights deleted from its artifact store; empty = off")
+    mlflow_sync_s: float = Field(default=1.0, ge=0, description="how often the gateway looks for registry events "
+                                                                "to mirror to MLflow; 0 = only `lethe mlflow sync`")
+    mlflow_full_sync_s: float = Field(default=60.0, ge=1, description="a full comparison with MLflow at least this "
+                                                                      "often (catches up after MLflow was down)")
     # sweeper: re-queue requests stuck in queued/running (workers died, messages lost)
     sweeper_interval_s: float = Field(default=5.0, description="period of the sweeper that re-queues jobs whose "
                                                                 "worker died; 0 = no sweeper thread")

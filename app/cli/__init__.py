@@ -20,12 +20,12 @@ import argparse
 import sys
 
 from ..db import ROOT, migrate
-from . import audit, certificate, docs, forget, keys, registry, server, tenants
+from . import audit, certificate, docs, forget, keys, mirror, registry, server, tenants
 from .common import Commands, connection_options
 
 __all__ = ["ROOT", "build_parser", "main", "migrate"]
 
-GROUPS = (forget, registry, audit, certificate, keys, tenants, server, docs)
+GROUPS = (forget, registry, audit, certificate, keys, tenants, mirror, server, docs)
 
 EPILOG = ("Exit codes: 0 ok; 1 negative answer (request failed, denied or canceled, chain broken, certificate "
           "invalid); 2 usage; 3 API error, refusal (401/403/404/409) or unreachable; 4 watch timeout.")

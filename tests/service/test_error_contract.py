@@ -109,6 +109,7 @@ NOT_FOUND = {
     ("GET", "/v1/models/{name}/versions/{version}"): {},
     ("POST", "/v1/subscriptions"): {"json": {"url": "http://127.0.0.1:9/x", "model": UNKNOWN}},
     ("GET", "/v1/subscriptions"): None,
+    ("POST", "/v1/models/import"): None,
     ("GET", "/v1/trainers"): None,
     ("POST", "/v1/models/{name}/retrain-orders"): {},
     ("GET", "/v1/retrain-orders"): None,
