@@ -43,6 +43,17 @@ class Api:
             return None
         return r.json() if "json" in r.headers.get("content-type", "") else r.text
 
+    def post_form(self, path: str, data: dict, files: dict) -> Any:
+        """POST a multipart form (``files``: field -> (filename, open binary file)); the
+        answer's JSON. An upload may take long: no read timeout."""
+        try:
+            r = self.http.post(path, data={k: v for k, v in data.items() if v is not None}, files=files,
+                               timeout=httpx.Timeout(self.http.timeout.connect, read=None, write=None))
+        except httpx.HTTPError as e:
+            raise self._unreachable(e) from e
+        self._raise_for_error(r, "POST", path, None)
+        return r.json()
+
     def download(self, path: str, out: IO[bytes], *, params: dict | None = None,
                  headers_out: dict | None = None) -> int:
         """GET ``path`` and stream the body into ``out`` (e.g. the audit export's JSON lines);

@@ -6,7 +6,9 @@
 - ``keys``: API keys, server side (``keys create | revoke | list``);
 - ``tenants``: tenants, server side (``tenants list | show | grant | revoke | set``);
 - ``forget``: ``forget``, ``watch``, ``status``, ``list``, ``cancel``, ``deny``, ``retry``;
-- ``registry``: ``models``, ``versions``, ``history``, ``rollback``;
+- ``registry``: ``models`` (``register``, ``train``, ``pull``, ``consolidate``), ``versions``,
+  ``history``, ``rollback``;
+- ``datasets``: ``datasets``, ``datasets add``;
 - ``audit``: ``audit verify | export | verify-export`` (the last one offline);
 - ``certificate``: ``certificate get | verify`` (verify offline with ``--public-key``);
 - ``docs``: regenerate (or ``--check``) the tables docs/ generates from the code.
@@ -20,12 +22,12 @@ import argparse
 import sys
 
 from ..db import ROOT, migrate
-from . import audit, certificate, docs, forget, keys, mirror, registry, server, tenants
+from . import audit, certificate, datasets, docs, forget, keys, mirror, registry, server, tenants
 from .common import Commands, connection_options
 
 __all__ = ["ROOT", "build_parser", "main", "migrate"]
 
-GROUPS = (forget, registry, audit, certificate, keys, tenants, mirror, server, docs)
+GROUPS = (forget, registry, datasets, audit, certificate, keys, tenants, mirror, server, docs)
 
 EPILOG = ("Exit codes: 0 ok; 1 negative answer (request failed, denied or canceled, chain broken, certificate "
           "invalid); 2 usage; 3 API error, refusal (401/403/404/409) or unreachable; 4 watch timeout.")

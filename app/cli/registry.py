@@ -1,8 +1,10 @@
-"""The model registry, client side: ``models``, ``versions``, ``history``, ``rollback``,
-``models pull`` (``/v1/models`` routes)."""
+"""The model registry, client side: ``models``, ``models register`` (a model trained
+elsewhere), ``models train`` (Lethe trains it, with progress), ``versions``, ``history``,
+``rollback``, ``models pull`` (``/v1/models`` routes)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import sys
@@ -13,15 +15,29 @@ from .common import Commands, emit
 
 def register(cmds: Commands) -> None:
     s = cmds.http("models", cmd_models, "the registered models: family, dataset, latest version, aliases; "
+                                        "`models register NAME --dataset D --arch A --weights F (--manifest M | "
+                                        "--all-training-rows)` registers a model trained elsewhere, `models train "
+                                        "NAME --dataset D --arch A` has Lethe train one and follows it (models:admin); "
                                         "`models consolidate NAME` retrains NAME from scratch now (models:admin); "
                                         "`models pull NAME[@alias|:version] -o FILE` downloads weights and checks "
                                         "their sha256 (models:read)")
-    s.add_argument("action", nargs="?", choices=["consolidate", "pull"],
-                   help="consolidate: a job that retrains from scratch; the next version is exact. pull: download "
+    s.add_argument("action", nargs="?", choices=["register", "train", "consolidate", "pull"],
+                   help="register: a model trained elsewhere (safetensors + manifest); train: Lethe trains it; "
+                        "consolidate: a job that retrains from scratch; the next version is exact. pull: download "
                         "a version's safetensors file")
-    s.add_argument("model", nargs="?", help="the model to consolidate, or NAME[@alias|:version] to pull "
-                                            "(default alias production)")
+    s.add_argument("model", nargs="?", help="the model to register, train or consolidate, or "
+                                            "NAME[@alias|:version] to pull (default alias production)")
     s.add_argument("-o", "--output", help="pull: the file to write (default NAME-vN.safetensors)")
+    s.add_argument("--dataset", help="register/train: the registered dataset it is (to be) trained on")
+    s.add_argument("--arch", help="register/train: an architecture of GET /v1/architectures (plug-ins included)")
+    s.add_argument("--arch-params", help="register/train: the architecture's parameters, a JSON object")
+    s.add_argument("--recipe", help="register/train: how it is trained, a JSON object")
+    s.add_argument("--weights", help="register: the safetensors state dict")
+    s.add_argument("--manifest", help='register: JSON file {"instances": [{"instance_id", "subject_id"?}, ...]}')
+    s.add_argument("--all-training-rows", action="store_true",
+                   help="register: the model was trained on the dataset's whole training split (no manifest)")
+    s.add_argument("--no-wait", action="store_true", help="train: return once started; do not follow it")
+    s.add_argument("--timeout", type=float, default=24 * 3600.0, help="train: seconds to follow the run")
 
     s = cmds.http("versions", cmd_versions,
                   "a model's versions (state: ready, tainted, purged), aliases and alias moves")
@@ -42,6 +58,10 @@ def register(cmds: Commands) -> None:
 def cmd_models(api: Api, args) -> int:
     if args.action == "pull":
         return cmd_pull(api, args)
+    if args.action == "register":
+        return cmd_register(api, args)
+    if args.action == "train":
+        return cmd_train(api, args)
     if args.action == "consolidate":
         if not args.model:
             raise CliError("usage: lethe models consolidate NAME", code=USAGE)
@@ -154,3 +174,73 @@ def cmd_rollback(api: Api, args) -> int:
                     json_body={"version": args.version, "reason": args.reason})
     emit(args, r, f"{r['model']}@{r['alias']} -> v{r['version']}" + ("" if r["moved"] else " (already there)"))
     return OK
+
+
+def _json_arg(raw: str | None, what: str) -> dict | None:
+    if raw is None:
+        return None
+    try:
+        v = json.loads(raw)
+    except ValueError as e:
+        raise CliError(f"--{what} is not JSON: {e}", code=USAGE)
+    if not isinstance(v, dict):
+        raise CliError(f"--{what} must be a JSON object", code=USAGE)
+    return v
+
+
+def cmd_register(api: Api, args) -> int:
+    """POST /v1/models (multipart): the weights file and the manifest (a file, or
+    {"all_training_rows": true})."""
+    if not (args.model and args.dataset and args.arch and args.weights) or \
+            bool(args.manifest) == bool(args.all_training_rows):
+        raise CliError("usage: lethe models register NAME --dataset D --arch A --weights FILE "
+                       "(--manifest FILE | --all-training-rows)", code=USAGE)
+    for path in (args.weights, args.manifest):
+        if path and not os.path.isfile(path):
+            raise CliError(f"no such file: {path}", code=USAGE)
+    data = {"name": args.model, "dataset": args.dataset, "arch": args.arch,
+            "arch_params": json.dumps(_json_arg(args.arch_params, "arch-params")) if args.arch_params else None,
+            "recipe": json.dumps(_json_arg(args.recipe, "recipe")) if args.recipe else None}
+    with open(args.weights, "rb") as w:
+        if args.all_training_rows:
+            data["manifest"] = json.dumps({"all_training_rows": True})
+            files = {"weights": (os.path.basename(args.weights), w)}
+            print(f"uploading {args.model} ...", file=sys.stderr)
+            r = api.post_form("/v1/models", data, files)
+        else:
+            with open(args.manifest, "rb") as m:
+                files = {"weights": (os.path.basename(args.weights), w),
+                         "manifest": (os.path.basename(args.manifest), m, "application/json")}
+                print(f"uploading {args.model} ...", file=sys.stderr)
+                r = api.post_form("/v1/models", data, files)
+    emit(args, r, f"{r['name']} v{r['version']} ({r['arch']} on {r['dataset']}): {r['instances']} training rows, "
+                  f"test accuracy {r['test_accuracy']:.1f}, sha256 {r['sha256'][:12]}...")
+    return OK
+
+
+def cmd_train(api: Api, args) -> int:
+    """POST /v1/models/{name}/train, then follow GET /v1/models/{name}/training (stage and
+    progress on stderr) until the run completes or fails."""
+    from .datasets import follow
+
+    if not (args.model and args.dataset and args.arch):
+        raise CliError("usage: lethe models train NAME --dataset D --arch A [--arch-params JSON] [--recipe JSON]",
+                       code=USAGE)
+    body = {"dataset": args.dataset, "arch": args.arch, "arch_params": _json_arg(args.arch_params, "arch-params"),
+            "recipe": _json_arg(args.recipe, "recipe")}
+    run = api.request("POST", f"/v1/models/{args.model}/train", json_body=body)
+    if not args.no_wait:
+        def state(runs):
+            r = next((x for x in runs if x["id"] == run["id"]), runs[0])
+            return r["status"] in ("completed", "failed"), r["progress"], r["stage"] or r["status"]
+
+        runs = follow(api, f"/v1/models/{args.model}/training", args.timeout, state)
+        run = next((x for x in runs if x["id"] == run["id"]), runs[0])
+    m = run.get("metrics") or {}
+    text = f"training run {run['id']} of {run['model']}: {run['status']}"
+    if run["status"] == "completed" and isinstance(m.get("ta"), (int, float)):
+        text += f", test accuracy {m['ta']:.1f}"
+    if run.get("error"):
+        text += f" ({run['error']})"
+    emit(args, run, text)
+    return NEGATIVE if run["status"] == "failed" else OK

@@ -419,3 +419,63 @@ def test_worker_runs_celery_only_with_a_broker(monkeypatch, capsys):
     assert run(capsys, "worker", "--hostname", "gpu0@%h")[0] == 0
     assert execs == [[sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo",
                       "--loglevel=INFO", "--hostname", "gpu0@%h"]]
+
+
+def test_cli_adds_a_dataset_registers_a_model_and_starts_training(live_server, seeded, capsys, tmp_path):
+    """`lethe datasets add`, `lethe models register` (a manifest file, or the whole training
+    split), `lethe models train`: the user's path without curl."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from safetensors.torch import save_file
+
+    from models.nets import build_model
+
+    n = 30
+    rng = np.random.default_rng(0)
+    pq.write_table(pa.table({"instance_id": [f"c-{i:03d}" for i in range(n)], "label": [i % 2 for i in range(n)],
+                             "subject_id": [f"person-{i // 3}" for i in range(n)],
+                             "split": ["test" if i % 5 == 0 else "train" for i in range(n)],
+                             "a": rng.random(n), "b": rng.random(n), "c": rng.random(n)}), tmp_path / "c.parquet")
+    u = ["--url", live_server]
+    code, out, err = run(capsys, "datasets", "add", "custs", str(tmp_path / "c.parquet"), "--classes", "0,1", *u)
+    assert code == 0, err
+    assert out.startswith("dataset custs: ready, train 24 rows, test 6 rows, 10 subjects"), out
+    code, out, _ = run(capsys, "datasets", *u)
+    assert code == 0 and "custs" in out
+
+    save_file(build_model("mlp", (3,), 2, {"widths": [8]}).state_dict(), tmp_path / "w.safetensors")
+    (tmp_path / "m.json").write_text(json.dumps({"instances": [{"instance_id": "c-001"}, {"instance_id": "c-002"}]}))
+    base = ["--dataset", "custs", "--arch", "mlp", "--arch-params", '{"widths": [8]}',
+            "--weights", str(tmp_path / "w.safetensors"), *u]
+    code, out, err = run(capsys, "models", "register", "custs-mlp", *base, "--manifest", str(tmp_path / "m.json"))
+    assert code == 0, err
+    assert out.startswith("custs-mlp v1 (mlp on custs): 2 training rows"), out
+    code, out, err = run(capsys, "models", "register", "custs-all", *base, "--all-training-rows")
+    assert code == 0 and "24 training rows" in out, err
+    code, out, err = run(capsys, "models", "register", "custs-x", *base)  # neither a manifest nor the whole split
+    assert code == 2 and "--all-training-rows" in err
+    (tmp_path / "bad.json").write_text(json.dumps({"instances": [{"instance_id": "c-000"}]}))  # a held-out row
+    code, out, err = run(capsys, "models", "register", "custs-y", *base, "--manifest", str(tmp_path / "bad.json"))
+    assert code == 3 and "not_training_rows" in err and "c-000" in err
+
+    code, out, err = run(capsys, "models", "train", "custs-lethe", "--dataset", "custs", "--arch", "mlp",
+                         "--recipe", '{"epochs": 1}', "--no-wait", *u)
+    assert code == 0 and out.startswith("training run ") and "of custs-lethe: queued" in out, (out, err)
+
+
+def test_cli_follows_a_run_and_prints_its_progress(capsys):
+    from app.cli.datasets import follow
+
+    answers = iter([[{"id": "r", "status": "running", "stage": "epoch 1/2", "progress": 0.25}],
+                    [{"id": "r", "status": "running", "stage": "epoch 2/2", "progress": 0.75}],
+                    [{"id": "r", "status": "completed", "stage": "done", "progress": 1.0}]])
+
+    class Fake:
+        def request(self, method, path):
+            return next(answers)
+
+    got = follow(Fake(), "/v1/models/x/training", 10, lambda rs: (rs[0]["status"] == "completed", rs[0]["progress"],
+                                                                  rs[0]["stage"]), every=0)
+    assert got[0]["status"] == "completed"
+    assert capsys.readouterr().err.splitlines() == ["epoch 1/2: 25%", "epoch 2/2: 75%", "done: 100%"]
