@@ -235,3 +235,11 @@ def test_the_access_answer_lists_every_row_by_dataset_and_split_and_who_holds_it
     dave = client.get("/v1/subjects/dave/instances").json()
     assert dave["instances"] == [] and [(r["split"], r["instance_id"]) for r in dave["rows"]] == [("test", "pt-3")]
     assert client.get("/v1/subjects/nobody/instances").status_code == 404
+
+
+def test_lethe_doctor_says_all_agree_and_exits_0(world, monkeypatch, capsys):
+    from app.cli import main, server
+
+    monkeypatch.setattr(server, "get_settings", lambda: world)
+    assert main(["doctor"]) == 0
+    assert "every model's catalogue agrees with its dataset" in capsys.readouterr().out
