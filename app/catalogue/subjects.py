@@ -90,6 +90,8 @@ def erase_unheld(settings, group_id: str, actor: str = "lethe") -> bool:
         if not claimed:
             return False
         group = db.get(ErasureGroup, group_id)
+        if group.datasets is None:  # recorded before erasures reached the stores: the datasets of its models
+            group.datasets = plan(db, settings, group.subject_ref, _datasets_of_models(db, group.models))
         record = {name: dict(entry) for name, entry in (group.datasets or {}).items()}
         for name in sorted(record):
             store = _store(settings, name)
@@ -121,6 +123,13 @@ def erase_unheld(settings, group_id: str, actor: str = "lethe") -> bool:
                          payload={"erasure_id": group.id, "dataset": name, **entry})
         group.datasets = record
     return True
+
+
+def _datasets_of_models(session: Session, models: list[str]) -> set[str]:
+    from ..registry.models import RegisteredModel
+
+    return set(session.execute(select(RegisteredModel.dataset).where(RegisteredModel.name.in_(list(models))))
+               .scalars()) - {None}
 
 
 def erase_pending(settings) -> int:

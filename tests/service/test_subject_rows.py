@@ -187,6 +187,15 @@ def test_a_crash_before_the_store_erasure_is_finished_by_the_sweep(client, world
     assert subjects.erase_pending(world) == 1 and subjects.erase_pending(world) == 0
     assert _left(world, "carol") == {}
     assert client.get(f"/v1/erasures/{gid}").json()["status"] == "completed"
+    # an erasure recorded before erasures reached the stores (migration 0014 left datasets empty):
+    # the sweep erases the subject's rows no model holds in its models' datasets
+    from app.forget.models import ErasureGroup
+
+    with session_scope(world.database_url) as db:
+        db.add(ErasureGroup(id="old-group", subject_ref=catalogue.subject_ref(world.subject_secret, "bob"),
+                            idempotency_key=None, fingerprint="x", models=[PM], created_by="t", datasets=None))
+    assert subjects.erase_pending(world) == 1
+    assert _left(world, "bob")[PEOPLE] == {"train": ["p-3"]}  # pt-2 (held-out) and p-4 (unused) gone
 
 
 def test_models_that_disagree_with_their_dataset_are_reported_not_rewritten(world, caplog):
