@@ -189,6 +189,10 @@ def train_model(arch: str, x: torch.Tensor, y: torch.Tensor, *, input_shape, num
     device = device or get_device()
     gen = seed_everything(recipe.seed)
     model = build_model(arch, input_shape, num_classes, arch_params)
+    if recipe.start is not None and start is None:
+        raise ValueError(f"the recipe starts from {recipe.start['model']} v{recipe.start['version']}, but its "
+                         "starting weights were not given: training from a random initialisation would not be "
+                         "this model's training")
     if start is not None:
         load_starting_point(model, start)
     model = model.to(device)

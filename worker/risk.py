@@ -22,6 +22,7 @@ from sqlalchemy import delete
 from app.catalogue.retained import all_retained_arrays
 from app.db import session_scope
 from app.registry import service as registry
+from app.registry import starting
 from app.registry.models import RowRisk
 from app.settings import Settings, get_settings
 
@@ -46,6 +47,9 @@ def run_risk_job(model_name: str, version: int, *, settings: Settings | None = N
             return None  # approximate versions inherit the last exact one's risk; sharded models retrain shards
         arch, shape, n_cls, params = model.arch, model.input_shape, len(model.classes), model.arch_params
         recipe = registry.recipe_of(model)
+        if recipe.trainer == "external":
+            return None  # trained by the customer's pipeline: Lethe cannot train its reference models
+        start = starting.load(db, s, recipe.to_json())  # reference models start where the model's training does
         first = registry.get_version(db, model_name, 1)
         train_s = ((first.metrics or {}).get("train_seconds") if first else None) or (v.metrics or {}).get("seconds")
         x, y, ids = all_retained_arrays(db, model_name, exclude=set(), with_ids=True)
@@ -61,7 +65,7 @@ def run_risk_job(model_name: str, version: int, *, settings: Settings | None = N
 
     def fit(xs, ys, seed):
         return train_model(arch, xs, ys, input_shape=shape, num_classes=n_cls, arch_params=params,
-                           recipe=dataclasses.replace(recipe, seed=seed), device=get_device())
+                           recipe=dataclasses.replace(recipe, seed=seed), device=get_device(), start=start)
 
     t, c = time.perf_counter(), time.process_time()
     r = membership_risk(fit, torch.from_numpy(x), torch.from_numpy(y), s.risk_reference_models,

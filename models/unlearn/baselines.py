@@ -306,11 +306,7 @@ def retrain_from_scratch(model, retain_x, retain_y, *, options: dict | None = No
     recipe = Recipe.from_dict(stored, arch=arch) if stored else default_recipe(arch)
     overrides = {k: options[o] for k, o in (("seed", "train_seed"), ("epochs", "epochs")) if o in options}
     recipe = dataclasses.replace(recipe, **overrides)
-    start = getattr(model, "lethe_start", None)
-    if recipe.start is not None and start is None:
-        raise ValueError(f"the model's recipe starts from {recipe.start['model']} v{recipe.start['version']}, "
-                         "but its starting weights were not loaded: retraining from a random initialisation "
-                         "would not be the model's retraining")
+    start = getattr(model, "lethe_start", None)  # train_model refuses a recipe's start without its weights
     new = train_model(arch, retain_x, retain_y, input_shape=tuple(retain_x.shape[1:]),
                       num_classes=head_of(model).out_features, recipe=recipe,
                       arch_params=getattr(model, "lethe_arch_params", None),

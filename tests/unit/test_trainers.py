@@ -141,7 +141,7 @@ def test_retrain_starts_from_the_starting_weights_and_refuses_without_them(digit
                          recipe=recipe, start=base.state_dict())
     served.lethe_recipe = recipe.to_json()
     req = UnlearnRequest(forget_x=x[:5], forget_y=y[:5], retain_x=x[5:], retain_y=y[5:])
-    with pytest.raises(ValueError, match="starting weights were not loaded"):
+    with pytest.raises(ValueError, match="starting weights were not given"):
         get_method("retrain")(served, req)
     served.lethe_start = base.state_dict()
     new = get_method("retrain")(served, req).model
