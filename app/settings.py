@@ -14,6 +14,32 @@ DEV_SUBJECT_SECRET = "lethe-dev-secret-change-me"
 DEV_WEBHOOK_SECRET = "lethe-dev-webhook-secret-change-me"
 
 
+MIN_SECRET_BYTES = 32
+
+
+def weak_secret(value: str, dev: str | None = None) -> str | None:
+    """Why ``value`` is not a secret a deployment may use, or None. At least
+    ``MIN_SECRET_BYTES`` bytes, and not obviously low-entropy: a random value of that length
+    (``secrets.token_hex(16)`` or longer, ``token_urlsafe(24)``...) has at least 6 distinct
+    characters and more than 2.5 bits of Shannon entropy per character (token_hex(16): at
+    least 2.86 in 200,000 draws) and is not a shorter string repeated; one character, a short
+    alphabet or a repeated word is refused."""
+    import math
+    from collections import Counter
+
+    if dev is not None and value == dev:
+        return "is the development default"
+    if len(value.encode("utf-8")) < MIN_SECRET_BYTES:
+        return f"is shorter than {MIN_SECRET_BYTES} bytes"
+    counts = Counter(value)
+    bits = -sum(n / len(value) * math.log2(n / len(value)) for n in counts.values())
+    if (value + value).find(value, 1) < len(value):
+        return "is a shorter string repeated: use a random value"
+    if len(counts) < 6 or bits <= 2.5:
+        return f"has low entropy ({len(counts)} distinct characters, {bits:.1f} bits per character): use a random value"
+    return None
+
+
 class InsecureSettings(ValueError):
     pass
 
@@ -125,7 +151,8 @@ class Settings(BaseSettings):
                                                                                   "is this old")
     audit_checkpoint_poll_s: float = Field(default=30.0, ge=0, description="checkpoint thread period; 0 = off")
     audit_checkpoint_file: str = Field(default="", description="also append each checkpoint here (JSON lines), "
-                                                               "outside the database; empty = none")
+                                                               "outside the database; required outside the "
+                                                               "embedded demo (empty = none)")
     # signed webhooks (callback_url on a request)
     webhook_secret: str = Field(default=DEV_WEBHOOK_SECRET,
                                 description="HMAC-SHA256 key for the Lethe-Signature header: set it in production "
@@ -251,18 +278,26 @@ class Settings(BaseSettings):
         return self.embedded and self.database_url.startswith("sqlite")
 
     def check_secrets(self) -> None:
-        """Refuse to start a deployment (a broker, or a server database) with the development
-        subject or webhook secret: with them, subject references are reversible by anyone
-        who reads this repository (HMAC("alice") matches) and webhooks can be forged."""
+        """Refuse to run a deployment (a broker, or a server database) — gateway, worker,
+        migrate, bootstrap, each before it touches any data — with a development or weak
+        subject or webhook secret (with the development ones, subject references are
+        reversible by anyone who reads this repository, HMAC("alice") matches, and webhooks
+        can be forged), or without an audit anchor outside the database
+        (``LETHE_AUDIT_CHECKPOINT_FILE``: whoever controls the database can delete its own
+        checkpoints with the events they pin)."""
         if self.demo:
             return
-        weak = [name for name, value, dev in (("LETHE_SUBJECT_SECRET", self.subject_secret, DEV_SUBJECT_SECRET),
-                                              ("LETHE_WEBHOOK_SECRET", self.webhook_secret, DEV_WEBHOOK_SECRET))
-                if value == dev or len(value) < 16]
-        if weak:
-            raise InsecureSettings(f"{' and '.join(weak)} must be set to a secret of at least 16 characters "
-                                   "(the development defaults are only accepted by the embedded demo: SQLite, no "
-                                   "broker)")
+        problems = [f"{name} {why}" for name, value, dev in (
+            ("LETHE_SUBJECT_SECRET", self.subject_secret, DEV_SUBJECT_SECRET),
+            ("LETHE_WEBHOOK_SECRET", self.webhook_secret, DEV_WEBHOOK_SECRET))
+            for why in [weak_secret(value, dev)] if why]
+        if not self.audit_checkpoint_file:
+            problems.append("LETHE_AUDIT_CHECKPOINT_FILE is not set (a deployment needs its audit checkpoints outside "
+                            "the database too: a path on write-once or separately backed-up storage)")
+        if problems:
+            raise InsecureSettings("; ".join(problems) + " (development values are only accepted by the embedded "
+                                   "demo: SQLite, no broker). Make a secret with: python -c 'import secrets; "
+                                   "print(secrets.token_hex(32))'")
 
     def web_concurrency_problem(self) -> str | None:
         """Why ``web_concurrency`` cannot be honoured, or None."""

@@ -62,6 +62,7 @@ def service_env(tmp: str, db_url: str, queue: str, dataset: str, key: str) -> di
                LETHE_DEMO_DATASET=dataset, LETHE_DEMO_EXACT_DATASET="", LETHE_DEVICE="cpu",
                LETHE_SUBJECT_SECRET="bench-subject-secret-" + uuid.uuid4().hex, LETHE_BOOTSTRAP_ADMIN_KEY=key,
                LETHE_WEBHOOK_SECRET="bench-whsec-" + uuid.uuid4().hex,
+               LETHE_AUDIT_CHECKPOINT_FILE=os.path.join(tmp, "audit", "checkpoints.jsonl"),
                PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
     return env
 

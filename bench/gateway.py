@@ -172,6 +172,7 @@ def start_lethe(url: str, tmp: str, processes: int) -> tuple[Server, str]:
     env.update(LETHE_DATABASE_URL=url, LETHE_REGISTRY_DIR=os.path.join(tmp, "registry"),
                LETHE_DATA_DIR=os.path.join(tmp, "data"), LETHE_SUBJECT_SECRET=SECRET, LETHE_BROKER_URL="",
                LETHE_WEBHOOK_SECRET="bench-webhook-secret-" + uuid.uuid4().hex,
+               LETHE_AUDIT_CHECKPOINT_FILE=os.path.join(tmp, "audit", "checkpoints.jsonl"),
                LETHE_EMBEDDED_WORKER="false", LETHE_BOOTSTRAP_DEMO="false", LETHE_BOOTSTRAP_ADMIN_KEY=KEY,
                LETHE_PORT=str(port), LETHE_WEB_CONCURRENCY=str(processes),
                # the load is one caller at hundreds of requests a second: what is measured is the

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import queue
 import threading
 import time
@@ -66,7 +67,18 @@ def _json_logs(**_):
 
 @worker_init.connect
 def _refuse_development_secrets(**_):
-    get_settings().check_secrets()  # a worker writes subject references and webhook rows
+    """A worker writes subject references and webhook rows: with development or weak secrets
+    it exits (status 2) before it takes a task. Celery's signal dispatch logs and swallows an
+    exception raised here, so the refusal ends the process itself."""
+    from app.settings import InsecureSettings
+
+    try:
+        get_settings().check_secrets()
+    except InsecureSettings as e:
+        logging.getLogger("lethe.worker").critical("refusing to start: %s", e)
+        sys.stderr.write(f"refusing to start: {e}\n")
+        sys.stderr.flush()
+        os._exit(2)
 
 
 def _name(task) -> str:

@@ -29,10 +29,18 @@ def register(cmds: Commands) -> None:
 
 
 def server_settings() -> Settings:
+    """The settings of a command that touches data (serve, migrate, bootstrap, worker): a
+    deployment's development or weak secrets, or a missing audit anchor, stop it here, before
+    anything is read or written (``Settings.check_secrets``)."""
     from ..observability import configure_logging
+    from ..settings import InsecureSettings
 
     settings = get_settings()
     configure_logging(settings.log_format)
+    try:
+        settings.check_secrets()
+    except InsecureSettings as e:
+        raise CliError(f"refusing to start: {e}", USAGE) from None
     return settings
 
 
@@ -123,7 +131,7 @@ def worker_argv(settings: Settings, extra: list[str]) -> list[str]:
 
 
 def cmd_worker(args) -> int:
-    argv = worker_argv(get_settings(), args.celery_args)
+    argv = worker_argv(server_settings(), args.celery_args)
     sys.stdout.flush()
     os.execv(argv[0], argv)  # the worker replaces this process: signals reach Celery directly
     return OK  # not reached

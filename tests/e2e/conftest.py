@@ -33,6 +33,7 @@ def service_env(tmp_path, **extra) -> dict:
                # the first admin key, registered at start the way an operator would (README)
                LETHE_BOOTSTRAP_ADMIN_KEY="e2e-admin-" + uuid.uuid4().hex,
                LETHE_WEBHOOK_SECRET="e2e-whsec-" + uuid.uuid4().hex,
+               LETHE_AUDIT_CHECKPOINT_FILE=str(tmp_path / "audit-anchor" / "checkpoints.jsonl"),
                LETHE_CALLBACK_ALLOW="127.0.0.0/8",  # the test receiver listens on loopback
                LETHE_DEMO_EXACT_DATASET="",  # no exact demo unless a test asks (tests/e2e/test_exact_celery.py)
                LETHE_RISK_REFERENCE_MODELS="0",  # the risk job is tested in tests/service/test_membership_risk.py

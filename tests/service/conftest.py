@@ -44,6 +44,7 @@ def make_settings(tmp_path, **kw) -> Settings:
     return Settings(registry_dir=str(tmp_path / "registry"), data_dir=str(tmp_path / "data"), subject_secret=SECRET,
                     broker_url="", bootstrap_demo=False, embedded_worker=False,
                     **{"database_url": f"sqlite:///{tmp_path}/lethe.db", "sweeper_interval_s": 0,
+                       "audit_checkpoint_file": str(tmp_path / "audit-anchor" / "checkpoints.jsonl"),
                        "webhook_poll_s": 0, "audit_checkpoint_poll_s": 0, "audit_drain_s": 0,
                        "risk_reference_models": 0,  # the risk job: tests/service/test_membership_risk.py
                        **kw})

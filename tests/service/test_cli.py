@@ -416,6 +416,13 @@ def test_worker_runs_celery_only_with_a_broker(monkeypatch, capsys):
     code, _, err = run(capsys, "worker")
     assert code == 2 and "LETHE_BROKER_URL is empty" in err and "LETHE_EMBEDDED_WORKER" in err and not execs
     monkeypatch.setattr(server, "get_settings", lambda: Settings(broker_url="redis://127.0.0.1:6379/9"))
+    code, _, err = run(capsys, "worker")  # the development secrets: refused before Celery starts
+    assert code == 2 and "LETHE_SUBJECT_SECRET" in err and not execs
+    import secrets
+
+    good = dict(subject_secret=secrets.token_hex(32), webhook_secret=secrets.token_hex(32),
+                audit_checkpoint_file="/tmp/lethe-anchor.jsonl")
+    monkeypatch.setattr(server, "get_settings", lambda: Settings(broker_url="redis://127.0.0.1:6379/9", **good))
     assert run(capsys, "worker", "--hostname", "gpu0@%h")[0] == 0
     assert execs == [[sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo",
                       "--loglevel=INFO", "--hostname", "gpu0@%h"]]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import secrets
 import threading
 import time
 from collections import Counter
@@ -224,7 +225,7 @@ def test_many_more_requests_in_flight_than_connections_all_answer(pg):
 
     _reset(pg)
     rid = _submit(pg, {"model": MODEL, "instance_ids": [_ids(3)]})[0]
-    s = pg.model_copy(update={"subject_secret": "x" * 32, "webhook_secret": "y" * 32})  # a deployment's
+    s = pg.model_copy(update={"subject_secret": secrets.token_hex(32), "webhook_secret": secrets.token_hex(32)})  # a deployment's
     with TestClient(create_app(s, dispatcher=RecordingDispatcher()), headers=bearer(make_key(s))) as c:
         t0 = time.monotonic()
         codes = _run(120, lambda k: c.get(f"/v1/forget/{rid}" if k % 2 else "/v1/audit?limit=1").status_code)
@@ -325,7 +326,7 @@ def test_submit_and_polls_over_http_on_the_event_loop(pg):
     _reset(pg)
     rng = random.Random(1)
     bodies = [{"model": MODEL, "instance_ids": [_ids(i) for i in rng.sample(range(40, 56), 2)]} for _ in range(48)]
-    s = pg.model_copy(update={"subject_secret": "x" * 32, "webhook_secret": "y" * 32})
+    s = pg.model_copy(update={"subject_secret": secrets.token_hex(32), "webhook_secret": secrets.token_hex(32)})
     sent = RecordingDispatcher()
     app = create_app(s, dispatcher=sent)
     key = make_key(s)
@@ -382,7 +383,7 @@ def test_a_portals_policy_read_with_its_key_on_postgres(pg):
     from .conftest import RecordingDispatcher, bearer, make_key
 
     _reset(pg)
-    s = pg.model_copy(update={"subject_secret": "x" * 32, "webhook_secret": "y" * 32})
+    s = pg.model_copy(update={"subject_secret": secrets.token_hex(32), "webhook_secret": secrets.token_hex(32)})
     portal = make_key(s, [security.FORGET_WRITE, security.FORGET_READ], name="acme-portal", tenant="acme")
     body = {"model": MODEL, "instance_ids": [_ids(57)]}
     with session_scope(s.database_url) as db:

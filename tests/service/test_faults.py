@@ -1,6 +1,8 @@
 """Faults around an accepted request (issue 13, item 6): a broker fault after the commit
 still answers 202 (the job stays queued for the sweeper), the gateway never waits on a
 result backend, and an unreachable database answers JSON 503 with Retry-After."""
+import os
+import tempfile
 import time
 
 from fastapi.testclient import TestClient
@@ -13,7 +15,9 @@ from app.main import create_app
 from .conftest import MODEL, RecordingDispatcher, bearer, make_key
 
 # a deployment (Postgres or a broker) refuses the development secrets (Settings.check_secrets)
-DEPLOYMENT_SECRETS = {"subject_secret": "a-deployment-secret-1", "webhook_secret": "a-deployment-webhook-secret-1"}
+DEPLOYMENT_SECRETS = {"subject_secret": "a-deployment-secret-4f0c9e27b1d85a36", "webhook_secret":
+                      "a-deployment-webhook-secret-9b2e7d41c06f3a58",
+                      "audit_checkpoint_file": os.path.join(tempfile.gettempdir(), "lethe-faults-anchor.jsonl")}
 
 
 class BrokenDispatcher(RecordingDispatcher):

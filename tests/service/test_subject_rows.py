@@ -99,8 +99,8 @@ def world(request, tmp_path):
         con.execute(f'CREATE DATABASE "{name}"')
     try:
         s = make_settings(tmp_path, database_url=f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}",
-                          webhook_secret="a-webhook-secret-for-tests").model_copy(
-            update={"subject_secret": "a-subject-secret-for-tests"})
+                          webhook_secret="a-webhook-secret-for-tests-" + uuid.uuid4().hex).model_copy(
+            update={"subject_secret": "a-subject-secret-for-tests-" + uuid.uuid4().hex})
         migrate(s)
         yield seed(s)
     finally:
