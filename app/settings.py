@@ -59,6 +59,18 @@ class Settings(BaseSettings):
                                                      "options, e.g. ?endpoint_override=host:9000&scheme=http; AWS_* "
                                                      "credentials); erasure deletes every object version. The "
                                                      "index stays under LETHE_DATA_DIR")
+
+    @field_validator("dataset_url")
+    @classmethod
+    def _dataset_url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if v and (parts.scheme != "s3" or not parts.netloc):
+            raise ValueError(f"LETHE_DATASET_URL must be empty (fragments under LETHE_DATA_DIR) or "
+                             f"s3://bucket/prefix[?endpoint_override=host:port&scheme=http]; got {v!r}")
+        return v
+
     # queue: empty => embedded in-process worker thread
     broker_url: str = Field(default="", description="redis://host:port/db for Celery; empty = embedded worker")
     queue_name: str = Field(default="lethe", description="Celery queue the gateway sends jobs to and `lethe worker` "

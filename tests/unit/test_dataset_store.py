@@ -345,3 +345,14 @@ def test_service_writes_new_datasets_to_the_object_store_and_compacts_them(s3_se
         service.build_store(s, "refused", Source(path, "parquet"), Spec(kind="tensor", feature_column="x"), progress=False)
     after = {v["Key"] for v in client.list_object_versions(Bucket=BUCKET).get("Versions", [])}
     assert after - before == {k for k in after if k.startswith(prefix)}  # only the ready dataset's objects
+
+
+def test_a_dataset_url_that_is_not_s3_is_refused_at_start():
+    from pydantic import ValidationError
+
+    from app.settings import Settings
+
+    assert Settings(dataset_url="s3://bucket/prefix?endpoint_override=127.0.0.1:9000&scheme=http").dataset_url
+    for bad in ("/srv/data", "file:///srv/data", "gs://bucket/x", "s3:///no-bucket"):
+        with pytest.raises(ValidationError, match="LETHE_DATASET_URL must be empty"):
+            Settings(dataset_url=bad)
