@@ -83,6 +83,9 @@ def _run(settings, job_id: str, model: str, seed_: int) -> None:
         catalogue.purge_erased_raw(db, model)
 
 
+SQLITE_ONLY = pytest.mark.parametrize("world", ["sqlite"], indirect=True)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def world(request, tmp_path):
     """toy + toy-cnn (conftest's seed) and dataset people + people-cnn, on either backend."""
@@ -176,6 +179,7 @@ def test_a_subject_no_model_holds_is_erased_from_the_stores_alone(client, world)
     assert again.status_code == 404 and again.json()["code"] == "unknown_subject"
 
 
+@SQLITE_ONLY  # the backend-specific paths run on both in the tests above
 def test_a_crash_before_the_store_erasure_is_finished_by_the_sweep(client, world):
     from app.forget import groups
     from app.forget.schemas import ForgetCreate
@@ -198,6 +202,7 @@ def test_a_crash_before_the_store_erasure_is_finished_by_the_sweep(client, world
     assert _left(world, "bob")[PEOPLE] == {"train": ["p-3"]}  # pt-2 (held-out) and p-4 (unused) gone
 
 
+@SQLITE_ONLY
 def test_models_that_disagree_with_their_dataset_are_reported_not_rewritten(world, caplog):
     """A catalogue written before manifests were checked: a held-out row named as a training row,
     a row with another subject. `lethe doctor` and the migration's log name the model."""
@@ -228,6 +233,7 @@ def test_models_that_disagree_with_their_dataset_are_reported_not_rewritten(worl
     assert doctor_report(world) == report  # nothing was rewritten
 
 
+@SQLITE_ONLY
 def test_the_access_answer_lists_every_row_by_dataset_and_split_and_who_holds_it(client, world):
     body = client.get("/v1/subjects/alice/instances").json()
     got = {(r["dataset"], r["split"], r["instance_id"]): r["models"] for r in body["rows"]}
@@ -246,6 +252,7 @@ def test_the_access_answer_lists_every_row_by_dataset_and_split_and_who_holds_it
     assert client.get("/v1/subjects/nobody/instances").status_code == 404
 
 
+@SQLITE_ONLY
 def test_lethe_doctor_says_all_agree_and_exits_0(world, monkeypatch, capsys):
     from app.cli import main, server
 
