@@ -3,7 +3,8 @@ dispatcher. The tasks only adapt Celery to ``worker.driver``, which does the wor
 embedded worker calls the same driver).
 
 Tasks: ``lethe.run_job(job_id)`` runs a job (``driver.execute_job``). A sharded model's
-member retrains fan out as a chord: a group of ``lethe.exact_member(spec, m)`` tasks, joined
+member retrains fan out as a chord: a group of ``lethe.exact_member(spec, m)`` tasks
+(``sharded.retrain_member``), joined
 by the callback ``lethe.exact_assemble`` (``driver.finish_sharded``: verify, publish), with
 the errback ``lethe.exact_failed`` (a member failed: nothing is published, the alias stays,
 and the job is tried again while it has attempts left).
@@ -31,7 +32,8 @@ from celery.signals import setup_logging, worker_init
 
 from app.settings import Settings, get_settings
 
-from . import driver, training
+from . import driver, sharded, training
+from .job import JobSpec, default_worker_name
 
 
 def make_celery(settings: Settings, *, results: bool = True) -> Celery:
@@ -112,12 +114,12 @@ def _chord(spec: dict) -> None:
 
 @celery_app.task(name="lethe.exact_member", bind=True, acks_late=True, ignore_result=False)
 def exact_member(self, spec: dict, member: int) -> dict:
-    return driver.retrain_member(get_settings(), driver.JobSpec.from_json(spec), member)
+    return sharded.retrain_member(get_settings(), JobSpec.from_json(spec), member)
 
 
 @celery_app.task(name="lethe.exact_assemble", bind=True, acks_late=True, ignore_result=False)
 def exact_assemble(self, results: list[dict], spec: dict) -> str:
-    return driver.finish_sharded(get_settings(), driver.JobSpec.from_json(spec), results, _name(self))
+    return driver.finish_sharded(get_settings(), JobSpec.from_json(spec), results, _name(self))
 
 
 @celery_app.task(name="lethe.exact_failed")
@@ -125,9 +127,9 @@ def exact_failed(request, exc, traceback, spec: dict) -> str:
     """The chord's errback: a member retrain failed, so nothing is published and the attempt
     fails; while attempts are left the job is queued again and sent after a back-off (a new
     claim, a new chord), else it fails for good with this error."""
-    job = driver.JobSpec.from_json(spec)
+    job = JobSpec.from_json(spec)
     outcome = driver.fail_job(get_settings(), job, f"member retrain failed: {exc.__class__.__name__}: {exc}",
-                              f"celery:{driver.default_worker_name()}", retryable=True)
+                              f"celery:{default_worker_name()}", retryable=True)
     if outcome == "retry":
         run_job.apply_async((job.job_id,), countdown=5)
     return outcome

@@ -23,7 +23,8 @@ The choices, in order:
 6. this model's past approximate jobs predict a cost at least that of retraining: retrain;
 7. otherwise the requested (or default) approximate method -- each row aimed at its own
    membership gap when the version's risk is known -- with exact retraining as the fallback
-   when its result is refused by verification (``worker.driver``).
+   when its result is refused by the publishing rules (``app.jobs.publishing``;
+   ``worker.instance_wise`` runs both).
 
 The plan records each row's risk, the threshold and the reason; ``path`` says per row which
 path served it ("exact" or "approximate").

@@ -67,11 +67,12 @@ def test_deep_manifest_is_422(client):
 
 def test_failed_job_shows_a_reference_not_a_traceback(client, seeded, monkeypatch, caplog):
     import worker.driver as driver
+    from worker import instance_wise
 
     def boom(*a, **kw):
         raise RuntimeError("disk full at /srv/secret/path")
 
-    monkeypatch.setattr(driver, "_instance_wise", boom)
+    monkeypatch.setattr(instance_wise, "build", boom)
     rid = client.post("/v1/forget", json={"model": MODEL, "subject_id": "alice"}).json()["id"]
     job_id = client.get(f"/v1/forget/{rid}").json()["job"]["id"]
     with caplog.at_level(logging.ERROR, logger="lethe"):

@@ -12,10 +12,13 @@ from app.audit.models import AuditEvent
 from app.db import session_scope
 from app.forget.schemas import ForgetCreate
 from app.forget.service import submit
+from app.jobs import publishing
 from app.jobs import service as jobs
 from app.jobs.models import Job
 from app.registry import service as registry
 from worker import driver
+from worker.job import ClaimLost
+from worker.lease import Lease
 
 from .conftest import MODEL
 
@@ -35,15 +38,15 @@ def _planned(settings, job_id):
 
 def test_refused_approximate_result_falls_back_to_exact_retraining(seeded, monkeypatch):
     calls = []
-    real_verify = driver.verify
+    real_refusals = publishing.refusals
 
-    def verify(s, objective, m):  # the gate refuses the first (approximate) result, as on a bulk job
+    def refusals(objective, m, **limits):  # the rules refuse the first (approximate) result, as on a bulk job
         calls.append(m["method"])
         if len(calls) == 1:
-            raise driver.VerificationFailed("test accuracy fell 22.30 pt (limit 5.0)", metrics=m)
-        return real_verify(s, objective, m)
+            return ["test accuracy fell 22.30 pt (limit 5.0)"]
+        return real_refusals(objective, m, **limits)
 
-    monkeypatch.setattr(driver, "verify", verify)
+    monkeypatch.setattr(publishing, "refusals", refusals)
     _, job_id = _submit(seeded, subject_id="alice")
     assert driver.execute_job(job_id, settings=seeded, worker_name="w1") == "completed"
     assert calls[0] != "retrain" and calls[1:] == ["retrain"]  # the fallback is verified at publish
@@ -95,7 +98,7 @@ def test_lease_beats_while_a_method_is_silent_and_notices_a_lost_claim(seeded):
     spec = driver._claim(s, job_id, "w1")
     with session_scope(s.database_url) as db:
         db.get(Job, job_id).heartbeat_at = None
-    with driver.Lease(s, spec) as lease:
+    with Lease(s, spec) as lease:
         time.sleep(1.3)
         with session_scope(s.database_url) as db:
             assert db.get(Job, job_id).heartbeat_at is not None
@@ -103,9 +106,9 @@ def test_lease_beats_while_a_method_is_silent_and_notices_a_lost_claim(seeded):
         time.sleep(1.2)
         assert lease.lost
         try:
-            driver.beat(s, spec, "training", 0.5)
+            lease.beat("training", 0.5)
             raise AssertionError("a lost claim must stop the job")
-        except driver.ClaimLost:
+        except ClaimLost:
             pass
 
 

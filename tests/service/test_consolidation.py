@@ -17,6 +17,7 @@ from app.jobs.models import Job
 from app.jobs.sweeper import sweep_and_dispatch
 from app.registry import service as registry
 from worker import driver
+from worker.lease import Lease
 
 from .conftest import MODEL, complete_request, submit_and_claim
 
@@ -148,8 +149,8 @@ def test_queued_deletions_are_served_by_the_consolidation_and_later_ones_after_i
     assert late_job != cons_id
     with session_scope(seeded.database_url) as db:
         assert jobs.claim(db, late_job, worker="w2", lease_s=seeded.job_lease_s).outcome == "defer"
-    with driver.Lease(seeded, spec):
-        assert driver.publish(seeded, spec, "w1", driver._build(seeded, spec, None)) == "completed"
+    with Lease(seeded, spec) as lease:
+        assert driver.publish(seeded, spec, "w1", driver._build(seeded, spec, lease, None)) == "completed"
     with session_scope(seeded.database_url) as db:
         r = db.get(ForgetRequest, bob)
         assert r.status == "completed" and r.version_after == 3 and r.exact_version == 3

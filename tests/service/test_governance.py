@@ -32,10 +32,11 @@ def _erase_alice(client, settings, *, through_worker=False, monkeypatch=None):
     r = client.post("/v1/forget", json={"model": MODEL, "subject_id": "alice"}).json()
     sha, rel = save_net(settings, seed=11)
     if through_worker:
-        from worker import driver
+        from worker import driver, instance_wise
+        from worker.job import Built
 
         metrics = {"ua": 100.0, "ta_drop": 0.0, "method": "lethe"}
-        monkeypatch.setattr(driver, "_instance_wise", lambda *a, **k: driver.Built(metrics, {}, lambda: (sha, rel)))
+        monkeypatch.setattr(instance_wise, "build", lambda *a, **k: Built(metrics, {}, lambda: (sha, rel)))
         assert driver.execute_job(r["job_id"], settings=settings, worker_name="w1") == "completed"
     else:
         with session_scope(settings.database_url) as db:

@@ -145,7 +145,7 @@ def test_embedded_restart_resumes_an_orphaned_job(seeded):
 
 
 def test_verification_gate(seeded):
-    from worker.driver import VerificationFailed, verify
+    from worker.job import VerificationFailed, verify
 
     good = {"ua": 100.0, "ta_drop": 0.5, "ta": 97.0, "method": "lethe"}
     verify(seeded, "misclassify", good)

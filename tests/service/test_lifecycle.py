@@ -178,14 +178,15 @@ def test_sweeper_redispatches_a_queued_job_whose_message_was_lost(client, seeded
 
 
 def test_quality_gate_refusal_fails_the_request_and_is_audited(client, seeded, monkeypatch):
-    from worker import driver
+    from worker import driver, instance_wise
+    from worker.job import Built
 
-    def refused(s, spec):  # the method ran; the real gate sees a 10-point drop
+    def refused(s, spec, lease):  # the method ran; the real gate sees a 10-point drop
         def write():
             raise AssertionError("the gate let a 10-point drop through")
-        return driver.Built({"ua": 100.0, "ta": 80.0, "base_ta": 90.0, "ta_drop": 10.0, "method": "lethe"}, {}, write)
+        return Built({"ua": 100.0, "ta": 80.0, "base_ta": 90.0, "ta_drop": 10.0, "method": "lethe"}, {}, write)
 
-    monkeypatch.setattr(driver, "_instance_wise", refused)
+    monkeypatch.setattr(instance_wise, "build", refused)
     a = _post(client, subject_id="alice")
     assert driver.execute_job(a["job_id"], settings=seeded, worker_name="w1") == "failed"
     got = client.get(f"/v1/forget/{a['id']}").json()
