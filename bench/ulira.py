@@ -40,7 +40,7 @@ from app.settings import Settings
 from models.risk import MembershipRisk, calibrate_threshold, membership_risk, spearman
 from models.ulira import pair_scores, run_ulira, train_shadows, ulira_attack, unlearned_confidences
 from models.unlearn import UnlearnRequest, get_method
-from models.unlearn.instance import privacy_signal
+from models.unlearn.lethe import privacy_signal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_METHODS = ["noop", "retrain", "lethe_retrain_like", "lethe", "finetune", "neggrad_plus", "random_labels",

@@ -22,7 +22,7 @@ tensor of shape ``(batch, *input_shape)`` (``input_shape`` a tuple of ints: the 
 
 - ``trunk(x) -> z`` (any tensor, batch first) and ``tail(z) -> logits`` of shape
   ``(batch, num_classes)``, with ``forward(x) == tail(trunk(x))``: Lethe's first unlearning
-  phase edits only the tail on cached trunk outputs (``models/unlearn/instance.py``);
+  phase edits only the tail on cached trunk outputs (``models/unlearn/lethe.py``);
 - ``tail_modules() -> list[nn.Module]``: the modules the tail trains (their parameters are
   the only ones that phase changes); it must include the head;
 - the head: the final ``nn.Linear(d, num_classes)`` (class count, PUMA's patch), the

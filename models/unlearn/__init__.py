@@ -5,8 +5,11 @@ docs/methods.md are derived from it. The interface and how to add a method:
 imported the first time ``get_method`` asks for it.
 
 Layers (imports point down only):
-    instance.py, puma.py, sisa.py, arcane.py   the methods
-    shards.py                                  what SISA and ARCANE share (plans, slices, bundles)
+    lethe.py, puma.py, baselines.py,           the methods (lethe.py: Lethe's own instance-wise
+      sisa.py, arcane.py                         method; it may use the paper's adversarial examples)
+    paper.py                                   Cha et al.'s instance-wise recipe and its ablations
+    shards.py, common.py                       what SISA and ARCANE share (plans, slices, bundles);
+                                                 what both instance-wise methods share
     registry.py                                the interface and the catalogue
 """
 from __future__ import annotations
@@ -28,20 +31,20 @@ register_family("arcane", sharded=True, default_method="arcane",
                 description="ARCANE ensemble: one one-class sub-model per class, trained block by block")
 
 # --- methods --------------------------------------------------------------------------------
-register("lethe", "models.unlearn.instance:lethe", family="instance", objectives=ALL, needs_retained_data=True,
+register("lethe", "models.unlearn.lethe:lethe", family="instance", objectives=ALL, needs_retained_data=True,
          exact=False, description="Lethe's default: bounded per-instance edit of the network's tail with teacher "
                                   "replay of retained data; the whole network only if needed")
-register("paper_full", "models.unlearn.instance:paper_full", family="instance", objectives=ALL,
+register("paper_full", "models.unlearn.paper:paper_full", family="instance", objectives=ALL,
          needs_retained_data=False, exact=False,
          description="Cha et al. (AAAI 2024) as published: gradient ascent + adversarial examples + "
                      "inverted MAS importance anchor, until every instance is misclassified")
 register_choice("instance", with_retained="lethe", without_retained="paper_full",
                 description="the instance family's default: `lethe` when the service holds the retained data, "
                             "`paper_full` otherwise")
-register("paper_ga", "models.unlearn.instance:paper_ga", family="instance", objectives=ALL,
+register("paper_ga", "models.unlearn.paper:paper_ga", family="instance", objectives=ALL,
          needs_retained_data=False, exact=False,
          description="Cha et al. ablation: gradient ascent on the forget set only")
-register("paper_ga_adv", "models.unlearn.instance:paper_ga_adv", family="instance", objectives=ALL,
+register("paper_ga_adv", "models.unlearn.paper:paper_ga_adv", family="instance", objectives=ALL,
          needs_retained_data=False, exact=False,
          description="Cha et al. ablation: gradient ascent + adversarial examples (no importance anchor)")
 register("puma", "models.unlearn.puma:puma_unlearn", family="instance", objectives=INFLUENCE,

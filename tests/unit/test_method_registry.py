@@ -61,7 +61,7 @@ def test_register_refuses_bad_entries(monkeypatch):
     monkeypatch.setattr(registry, "METHODS", dict(registry.METHODS))
     good = dict(family="instance", needs_retained_data=False, exact=False, description="x")
     with pytest.raises(ValueError, match="registered twice"):
-        registry.register("lethe", "models.unlearn.instance:lethe", **good)
+        registry.register("lethe", "models.unlearn.lethe:lethe", **good)
     with pytest.raises(ValueError, match="unknown model family"):
         registry.register("new", "m:f", **{**good, "family": "nope"})
     with pytest.raises(ValueError, match="subset"):
@@ -72,7 +72,7 @@ def test_register_refuses_bad_entries(monkeypatch):
         registry.register("new", "m:f", **{**good, "description": "two\nlines"})
     with pytest.raises(KeyError, match="unknown unlearning method 'nope'"):
         unlearn.get_method("nope")
-    info = registry.register("new", "models.unlearn.instance:paper_ga", **good)
+    info = registry.register("new", "models.unlearn.paper:paper_ga", **good)
     assert "new" in unlearn.methods_for("instance") and info.load() is unlearn.get_method("paper_ga")
 
 

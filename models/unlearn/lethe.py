@@ -1,37 +1,31 @@
-"""Instance-wise unlearning (Cha et al., "Learning to Unlearn: Instance-wise Unlearning for
-Pre-trained Classifiers", AAAI 2024, arXiv 2301.11578).
+"""Lethe's own instance-wise method (``lethe``, the service default for the instance family):
+the catalogue holds the remaining data, so the method can replay it. It keeps the goal of
+Cha et al. (AAAI 2024, arXiv 2301.11578; their recipe is ``models/unlearn/paper.py``): every
+forget instance misclassified (or relabelled), the rest of the model intact; and its
+size-weighted loss (the forget batch counts by its share of the step, ``_Phase._loss``). It
+replaces the rest. Choices (each measured; bench/instance.py runs the ablations):
 
-Two families live here, behind the one method interface:
-
-``paper_ga``, ``paper_ga_adv``, ``paper_full``: the published recipe and its ablations, for
-models whose training data Lethe does not hold. Per SGD step (NOTES §1, public code L2UL):
-
-    L = -CE(f(x_f), y_f) * |B_f| / (|B_f| + |B_adv|)          (gradient ascent on D_f)
-        + CE(f(x_adv), y_adv) * |B_adv| / (|B_f| + |B_adv|)    (adversarial examples, target labels)
-        + lambda * sum_i W_i (theta_i - theta0_i)^2 / 2          (inverted MAS importance anchor)
-
-stopping as soon as every forget instance is misclassified (checked after every step).
-For ``relabel`` the first term becomes +CE(f(x_f), y_target) (the paper's second objective).
-
-``lethe`` (the service default): the catalogue holds the remaining data, so the method
-can replay it. Choices (each measured; bench/instance.py runs the ablations):
   * bounded objective: each forget instance is trained *towards* a label (its runner-up
     class for ``misclassify``: the nearest wrong class, the smallest boundary move) with
     cross-entropy, never unbounded ascent, so the loss cannot blow up (no NaN);
   * per-instance stopping: an instance leaves the forget loss once it is misclassified
     with a margin, so flipped instances are not pushed further than needed;
-  * teacher replay: every step also matches the *original* model's logits (KL at T=2) on a
-    batch of retained data. Labels alone give almost no gradient on training data the model
-    already fits, so a CE replay only pushes back after the damage is done (measured on
-    mnist5k k=32, stop at the flip: CE replay -5.6 pt test accuracy, teacher replay -1.2);
+  * teacher replay: every step also matches the *original* model's logits (KL at T=2, as in
+    knowledge distillation, Hinton et al. 2015) on a batch of retained data. Labels alone give
+    almost no gradient on training data the model already fits, so a CE replay only pushes
+    back after the damage is done (measured on mnist5k k=32, stop at the flip: CE replay
+    -5.6 pt test accuracy, teacher replay -1.2);
   * focused replay: half of each replay batch comes from the 16 nearest retained neighbours
     of each forget instance in the model's feature space (trunk outputs): flipping an instance
     moves the boundary for its look-alikes first, so that is where replay must hold it
     (measured with input-space neighbours, k=32: -1.2 -> +0.4 pt);
   * two phases: first only the tail of the network (models/nets.py: fc + head of the CNN,
     last hidden layer + head of the MLP, last block + head of ResNet-18) trains, on trunk
-    outputs computed once, ~10x cheaper a step; the whole network trains only when the tail
-    could not reach the goal or lost guard accuracy (in practice large k);
+    outputs computed once. A tail step skips the trunk's forward and backward passes, so it
+    is cheaper by the trunk's share of the compute: about 2x for the CNN on 8x8 digits, about
+    50x for the same CNN on 28x28 MNIST (one CPU thread, a forget batch of 32 plus its replay
+    batch). The whole network trains only when the tail could not reach the goal or lost
+    guard accuracy (in practice large k);
   * the paper's adversarial examples (cheap PGD) and importance anchor stay available as
     options, off by default (see the ablation rows);
   * a guard: accuracy on a slice of retained data is checked every few steps; a step
@@ -39,6 +33,7 @@ can replay it. Choices (each measured; bench/instance.py runs the ablations):
     once the goal holds, replay continues until guard accuracy is back within ``repair_tol``.
   * hyper-parameters without dataset constants: step sizes are a share of the edited weights'
     norm, step caps grow with k, the flip margin is a share of the model's own top-2 logit gap.
+
 ``retrain_like`` (the service's default for deletions, models.unlearn.DEFAULT_OBJECTIVE)
 replaces "flip every instance" by what retraining would do: each forget instance loses the
 confidence that being trained on gave it, per example, and no more (metrics.RetrainLikeTest:
@@ -66,161 +61,12 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ..attacks import random_targets, scaled_eps, targeted_l2_pgd
+from ..attacks import scaled_eps
 from ..importance import anchor_penalty, inverted_normalised, mas_importance
-from ..architectures import head_of
 from ..metrics import RetrainLikeTest
+from .common import device_of, logits_of, runner_up
+from .paper import make_adversarial
 from .registry import ProgressFn, UnlearnRequest, UnlearnResult
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _freeze_batchnorm(model: nn.Module) -> None:
-    """Tiny forget batches would corrupt BatchNorm running statistics: keep them fixed."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-
-
-def _input_clip(x: torch.Tensor) -> tuple[float, float] | None:
-    """Images live in [0, 1]; standardised tabular data has no box."""
-    return (0.0, 1.0) if x.dim() == 4 and float(x.min()) >= 0.0 and float(x.max()) <= 1.0 else None
-
-
-@torch.no_grad()
-def _logits(model, x):
-    was = model.training
-    model.eval()
-    out = model(x)
-    model.train(was)
-    return out
-
-
-def _runner_up(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    masked = logits.clone()
-    masked[torch.arange(len(y)), y] = float("-inf")
-    return masked.argmax(1)
-
-
-def _num_classes(model: nn.Module) -> int:
-    return head_of(model).out_features
-
-
-# --------------------------------------------------------------------------- paper recipe
-
-
-@dataclass
-class PaperConfig:
-    """Defaults of the paper's public CIFAR-10 scripts (NOTES §1)."""
-
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    forget_batch: int = 32
-    adv_batch: int = 256
-    adv_per_instance: int = 20
-    pgd_steps: int = 100
-    eps_at_cifar: float = 4.0  # scaled to the input size by attacks.scaled_eps
-    lam: float = 1.0
-    max_steps: int = 500
-    use_adv: bool = True
-    use_importance: bool = True
-
-
-def make_adversarial(model, x, y, *, per_instance, pgd_steps, eps, step_size=None, seed=0):
-    """Adversarial examples from the *original* model, each labelled with its target class."""
-    gen = torch.Generator().manual_seed(seed)
-    targets = random_targets(y, _num_classes(model), per_instance, gen).to(x.device)
-    x_rep = x.repeat_interleave(per_instance, dim=0)
-    x_adv = targeted_l2_pgd(model, x_rep, targets, eps=eps, steps=pgd_steps, step_size=step_size,
-                            clip=_input_clip(x), generator=gen)
-    return x_adv, targets
-
-
-def paper_unlearn(model: nn.Module, req: UnlearnRequest, cfg: PaperConfig,
-                  progress: ProgressFn | None = None) -> UnlearnResult:
-    t0 = time.perf_counter()
-    model = copy.deepcopy(model)
-    dev = _device_of(model)
-    xf, yf = req.forget_x.to(dev), req.forget_y.to(dev)
-    relabel = req.objective == "relabel"
-    gen = torch.Generator().manual_seed(req.seed)
-    if relabel:
-        targets = (req.target_labels.to(dev) if req.target_labels is not None
-                   else _runner_up(_logits(model, xf), yf))
-
-    stats = {"method_family": "paper", "adv_examples": 0}
-    x_adv = y_adv = None
-    if cfg.use_adv:
-        if progress:
-            progress("adversarial examples", 0.0)
-        x_adv, y_adv = make_adversarial(model, xf, yf, per_instance=cfg.adv_per_instance,
-                                        pgd_steps=cfg.pgd_steps, eps=scaled_eps(xf.shape[1:], cfg.eps_at_cifar),
-                                        seed=req.seed)
-        stats["adv_examples"] = len(x_adv)
-    weights = anchor = None
-    if cfg.use_importance:
-        if progress:
-            progress("weight importance", 0.0)
-        weights = inverted_normalised(mas_importance(model, xf))
-        anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
-
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    model.train()
-    _freeze_batchnorm(model)
-
-    def done() -> bool:
-        pred = _logits(model, xf).argmax(1)
-        return bool((pred == targets).all()) if relabel else bool((pred != yf).all())
-
-    steps = 0
-    while not done() and steps < cfg.max_steps:
-        order = torch.randperm(len(xf), generator=gen)
-        for start in range(0, len(xf), cfg.forget_batch):
-            idx = order[start:start + cfg.forget_batch].to(dev)
-            bf = len(idx)
-            out_f = model(xf[idx])
-            loss_f = F.cross_entropy(out_f, targets[idx]) if relabel else -F.cross_entropy(out_f, yf[idx])
-            loss = loss_f
-            if x_adv is not None:
-                a_idx = torch.randint(0, len(x_adv), (min(cfg.adv_batch, len(x_adv)),), generator=gen).to(dev)
-                ba = len(a_idx)
-                loss = loss_f * bf / (bf + ba) + F.cross_entropy(model(x_adv[a_idx]), y_adv[a_idx]) * ba / (bf + ba)
-            if weights is not None:
-                loss = loss + cfg.lam * anchor_penalty(model, anchor, weights)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            steps += 1
-            if progress:
-                progress("unlearning", min(steps / cfg.max_steps, 1.0))
-            if done() or steps >= cfg.max_steps:
-                break
-    model.eval()
-    finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
-    stats.update({"steps": steps, "converged": done() if finite else False, "finite": finite,
-                  "seconds": time.perf_counter() - t0})
-    return UnlearnResult(model, stats)
-
-
-def paper_ga(model, req, progress=None):
-    """Ablation: gradient ascent on D_f only."""
-    return paper_unlearn(model, req, PaperConfig(use_adv=False, use_importance=False, **req.options), progress)
-
-
-def paper_ga_adv(model, req, progress=None):
-    """Ablation: gradient ascent + adversarial examples."""
-    return paper_unlearn(model, req, PaperConfig(use_importance=False, **req.options), progress)
-
-
-def paper_full(model, req, progress=None):
-    """The full published method: gradient ascent + adversarial examples + MAS importance."""
-    return paper_unlearn(model, req, PaperConfig(**req.options), progress)
-
-
-# --------------------------------------------------------------------------- Lethe's default
 
 
 @dataclass
@@ -234,10 +80,12 @@ class LetheConfig:
                                      # weight of a converged model by ~lr: measured -9 pt at k=1)
     forget_batch: int = 32
     replay_batch: int = 64
-    forget_weight: float = 1.0       # on top of the size share (see _step_loss)
+    forget_weight: float = 1.0       # on top of the size share (see _Phase._loss)
     margin_rel: float = 0.1          # flip objectives: an instance leaves the loss once it is past the
                                      # boundary by this share of the median top-2 logit gap on retained data
-    # phase 1: edit only the tail (models/nets.py) on cached trunk outputs: ~50x cheaper a step.
+    # phase 1: edit only the tail (models/nets.py) on cached trunk outputs: a step skips the
+    # trunk's forward and backward passes (cheaper by the trunk's share of the compute; see the
+    # module docstring).
     # Step caps grow with k: base * sqrt(1 + k / forget_batch), so every forget instance is drawn
     # about as often at k = 1 as at k = 4000 relative to the work (0 skips phase 1).
     tail_steps: int = 300
@@ -381,10 +229,10 @@ class _FullView:
         return self.model(self.job.xf if idx is None else self.job.xf[idx])
 
     def guard(self):
-        return _logits(self.model, self.job.xg)
+        return logits_of(self.model, self.job.xg)
 
     def holdout(self):
-        return _logits(self.model, self.job.xh)
+        return logits_of(self.model, self.job.xh)
 
     def replay(self, n_random, n_focus, gen):
         j = self.job
@@ -504,8 +352,8 @@ def _retrain_like_test(model, req, cfg, xf, yf, xh, yh, gen, dev) -> RetrainLike
     m_idx = torch.randperm(len(req.retain_x), generator=gen)[:cfg.members_size]
     xm, ym = req.retain_x[m_idx].to(dev), req.retain_y[m_idx].to(dev)
     gap = req.reference_gap[keep.cpu()].cpu().numpy() if req.reference_gap is not None else None
-    test = RetrainLikeTest(_phi(_logits(model, xf[keep]), yf[keep]).cpu().numpy(),
-                           _phi(_logits(model, xm), ym).cpu().numpy(), _phi(_logits(model, xh), yh).cpu().numpy(),
+    test = RetrainLikeTest(_phi(logits_of(model, xf[keep]), yf[keep]).cpu().numpy(),
+                           _phi(logits_of(model, xm), ym).cpu().numpy(), _phi(logits_of(model, xh), yh).cpu().numpy(),
                            tau=cfg.retrain_tau, floor_rel=cfg.retrain_floor_rel, expected_shift=gap)
     test.keep = keep  # the forget instances it speaks for
     return test
@@ -513,22 +361,22 @@ def _retrain_like_test(model, req, cfg, xf, yf, xh, yh, gen, dev) -> RetrainLike
 
 def _goal(model, req, cfg, xf, yf, xg, test):
     """The objective's goal and the labels D_f is trained towards (runner-up unless given)."""
-    orig_logits = _logits(model, xf)
-    runner_up = _runner_up(orig_logits, yf)
+    orig_logits = logits_of(model, xf)
+    nearest = runner_up(orig_logits, yf)
     relabel = req.objective == "relabel"
-    targets = req.target_labels.to(xf.device) if relabel and req.target_labels is not None else runner_up
+    targets = req.target_labels.to(xf.device) if relabel and req.target_labels is not None else nearest
     # margin in the model's own logit scale: a share of the typical top-2 gap on retained data
-    top2 = _logits(model, xg).topk(2, dim=1).values
+    top2 = logits_of(model, xg).topk(2, dim=1).values
     margin = cfg.margin_rel * float((top2[:, 0] - top2[:, 1]).median())
     flip = _FlipGoal(relabel, targets, yf, margin)
     if req.objective == "retrain_like":
         gone = ~torch.isin(yf.cpu(), req.retain_y.unique()).to(yf.device)
-        return _RetrainLikeGoal(test, yf, gone, flip), runner_up
+        return _RetrainLikeGoal(test, yf, gone, flip), nearest
     return flip, targets
 
 
 def _prepare(model, req: UnlearnRequest, cfg: LetheConfig, gen, progress) -> _Job:
-    dev = _device_of(model)
+    dev = device_of(model)
     xf, yf = req.forget_x.to(dev), req.forget_y.to(dev)
     # guard set: a fixed slice of retained data, scored before and during unlearning
     g_idx = torch.randperm(len(req.retain_x), generator=gen)[:cfg.guard_size]
@@ -548,7 +396,7 @@ def _prepare(model, req: UnlearnRequest, cfg: LetheConfig, gen, progress) -> _Jo
                   else torch.empty(0, dtype=torch.long))
     n_focus = int(round(cfg.replay_focus * cfg.replay_batch)) if len(focus_pool) else 0
     job = _Job(dev, xf, yf, req.retain_x, req.retain_y, xg, yg, xh, yh, focus_pool, n_focus,
-               base_guard=_accuracy(_logits(model, xg), yg), goal=goal, privacy=test)
+               base_guard=_accuracy(logits_of(model, xg), yg), goal=goal, privacy=test)
     if cfg.use_adv:
         if progress:
             progress("adversarial examples", 0.0)
@@ -710,8 +558,8 @@ def _privacy_signal(model, job: _Job) -> dict:
     if job.privacy is None:
         return {}
     keep = job.privacy.keep
-    phi_f = _phi(_logits(model, job.xf[keep]), job.yf[keep]).cpu().numpy()
-    phi_h = _phi(_logits(model, job.xh), job.yh).cpu().numpy()
+    phi_f = _phi(logits_of(model, job.xf[keep]), job.yf[keep]).cpu().numpy()
+    phi_h = _phi(logits_of(model, job.xh), job.yh).cpu().numpy()
     change = job.privacy.drop(phi_f, phi_h)
     expected = float(job.privacy.shift.mean())
     return {"df_confidence_change": change, "df_confidence_change_raw": job.privacy.raw_change(phi_f),
@@ -747,7 +595,7 @@ def lethe_unlearn(model: nn.Module, req: UnlearnRequest, cfg: LetheConfig,
     if tail_ok:
         done = _run_tail_phase(model, job, cfg, k, gen, stats, progress)
         phases.append("tail")
-    if not done or _accuracy(_logits(model, job.xg), job.yg) < job.base_guard - cfg.repair_tol:
+    if not done or _accuracy(logits_of(model, job.xg), job.yg) < job.base_guard - cfg.repair_tol:
         done = _run_full_phase(model, original, job, cfg, k, gen, stats, progress)
         phases.append("full")
     _set_trainable(model)
@@ -758,7 +606,7 @@ def lethe_unlearn(model: nn.Module, req: UnlearnRequest, cfg: LetheConfig,
         # judged on the model returned, not on the phase's last check (repair steps ran after it)
         done = done and signal["retrain_like_passes"]
     stats.update({"phase": "+".join(phases), "steps": stats.get("tail_steps", 0) + stats.get("full_steps", 0),
-                  "converged": bool(done), "guard_acc_after": _accuracy(_logits(model, job.xg), job.yg),
+                  "converged": bool(done), "guard_acc_after": _accuracy(logits_of(model, job.xg), job.yg),
                   "seconds": time.perf_counter() - t0})
     return UnlearnResult(model, stats)
 
