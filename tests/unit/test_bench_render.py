@@ -43,7 +43,7 @@ def test_completion_block_is_rendered_from_its_results_file():
     import json
     import os
 
-    from bench import completion
+    from bench import completion, planner_choices
 
     with open(completion.OUT) as f:
         doc = json.load(f)
@@ -51,11 +51,12 @@ def test_completion_block_is_rendered_from_its_results_file():
         text = f.read()
     block = text[text.index(completion.BEGIN):text.index(completion.END) + len(completion.END)]
     assert block == completion.markdown(doc)
-    assert os.path.basename(completion.INSTANCE) == "instance.json"
+    assert os.path.basename(planner_choices.INSTANCE) == "instance.json"
 
 
 def test_planner_choices_use_measured_rows_and_say_not_measured():
     from bench import completion
+    from bench.planner_choices import choices_table
 
     rows = [_row("retrain", 0, 0.50, 0.52, 1.0), {**_row("retrain", 0, 0.9, 0.9, 9.0), "train_seed": 1},
             _row("lethe_retrain_like", 0, 0.55, 0.52, 2.0), _row("lethe_retrain_like", 1, 0.57, 0.52, 4.0)]
@@ -64,14 +65,14 @@ def test_planner_choices_use_measured_rows_and_say_not_measured():
     base = {"dataset": "digits", "train_seconds": 4.0, "train_seconds_from": "t"}
     planner = [{**base, "k": 8, "method": "retrain", "exact": True, "reason": "cheap"},
                {**base, "k": 1000, "method": "retrain", "exact": True, "reason": "cap"}]
-    out = completion.choices_table(planner, {"default_method": "lethe_retrain_like", "rows": rows})
+    out = choices_table(planner, {"default_method": "lethe_retrain_like", "rows": rows})
     k8, k1000 = out
     assert k8["retrain"]["ta"] == 98.0 and k8["retrain"]["seeds"] == [0]  # training seed 1 is not the recipe
     assert k8["approximate"]["ta"] == 96.0 and k8["approximate"]["seconds"] == 1.0
     assert k8["approximate"]["seeds"] == [0, 1] and k8["approximate"]["d_uauc"] == 0.04
     assert k8["planner"] == k8["retrain"]
-    approx = completion.choices_table([{**planner[0], "method": "lethe", "exact": False}],
-                                      {"default_method": "lethe_retrain_like", "rows": rows})[0]
+    approx = choices_table([{**planner[0], "method": "lethe", "exact": False}],
+                           {"default_method": "lethe_retrain_like", "rows": rows})[0]
     assert approx["planner"] == approx["approximate"]
     assert k1000["retrain"] is k1000["approximate"] is k1000["planner"] is None
     text = completion.markdown({"machine": "m", "rows": [], "planner": planner, "choices": out,
