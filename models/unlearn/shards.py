@@ -3,8 +3,8 @@ one-class sub-models), each trained slice by slice with a checkpoint after every
 and a bundle format (a manifest plus one safetensors file per member).
 
 Slice checkpoints are named by the SHA-256 of the instance ids trained so far (and of the
-recipe), as in SISA's public code (Bourtoule et al., S&P 2021, §IV-B "Slicing";
-NOTES.md §2): a deletion recomputes the names, and every name that did not change is a
+recipe), as in SISA's public code (Bourtoule et al., S&P 2021, "Slicing";
+github.com/cleverhans-lab/machine-unlearning, sharded.py ``getShardHash``): a deletion recomputes the names, and every name that did not change is a
 checkpoint it may reuse. Reuse falls out of naming; nothing else decides it.
 
 Determinism: stage r of member m is trained with a generator seeded by (seed, m, r) and a
@@ -69,7 +69,7 @@ class ExactConfig:
 
     def epochs_at(self, r: int) -> int:
         """Epochs of slice stage r. SISA trains slice r on slices 0..r; with 2e/(R+1) epochs per
-        stage the samples seen equal e epochs on the whole shard (NOTES.md §2, public code)."""
+        stage the samples seen equal e epochs on the whole shard (SISA's public code, sisa.py)."""
         if self.slices <= 1:
             return self.epochs
         return max(1, round(2 * self.epochs / (self.slices + 1)))

@@ -1,22 +1,20 @@
 """SISA: Sharded, Isolated, Sliced, Aggregated training (Bourtoule et al., "Machine
 Unlearning", IEEE S&P 2021, arXiv 1912.03817).
 
-- §IV-A Sharding: the training set is split uniformly at random into S disjoint shards;
+- Sharding: the training set is split uniformly at random into S disjoint shards;
   one model per shard, trained in isolation (no information crosses shards).
-- §IV-B Slicing: each shard is split into R disjoint slices; the model is trained on
+- Slicing: each shard is split into R disjoint slices; the model is trained on
   slice 1, checkpointed, trained on slices 1..2, checkpointed, ... (incremental training).
   Stage r gets 2e/(R+1) epochs so the total samples seen match e epochs on the shard
-  (the public code's schedule, NOTES.md §2). Checkpoints are named by the SHA-256 of the
+  (the public code's schedule: github.com/cleverhans-lab/machine-unlearning, sisa.py,
+  ``avg_epochs_per_slice``). Checkpoints are named by the SHA-256 of the
   ids trained so far (``shards.slice_key``), so a deletion reuses every stage before the
   first slice it touches.
-- §IV-C Aggregation: label-based majority vote, or the mean of the shard models' softmax
+- Aggregation: label-based majority vote, or the mean of the shard models' softmax
   outputs (``aggregation="vote"|"softmax"``).
-- Unlearning (§IV, Fig. 2): drop the instance from its slice and retrain only its shard,
+- Unlearning: drop the instance from its slice and retrain only its shard,
   from the checkpoint taken before that slice. With deterministic training the result is
   bit-identical to training that shard from scratch without the instance (tested).
-
-Section/figure numbers cite the papers' structure as we read it; this session could not open
-the PDFs (only abstracts and reviews), so check them before quoting. NOTES.md holds the checked facts.
 """
 from __future__ import annotations
 
@@ -27,7 +25,7 @@ from .shards import (DataFn, ExactConfig, MemoryStore, Plan, ShardedMethod, Shar
 
 
 def partition(ids: list[str], shards: int, slices: int, seed: int = 0) -> Plan:
-    """Uniformly random shards (§IV-A), then R contiguous, near-equal slices per shard (§IV-B).
+    """Uniformly random shards (Sharding), then R contiguous, near-equal slices per shard (Slicing).
     Within a shard, ids keep the order of the random permutation (the training order)."""
     if shards < 1 or slices < 1:
         raise ValueError("shards and slices must be >= 1")
