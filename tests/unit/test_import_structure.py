@@ -106,3 +106,109 @@ def test_the_walk_sees_a_cycle_and_a_forbidden_import():
     g = _graph()
     assert "app.db" in g["app.forget.service"][0] or "app.db" in g["app.main"][0]
     assert "sqlalchemy" in g["app.db"][1]
+
+
+# The packages top to bottom (docs/architecture.md draws the same list): a module may import its
+# own layer and the layers below it, never one above. A pattern is a module, a package (its
+# modules too) or ``app.*.router`` (every package's routes: the HTTP layer composes domains).
+LAYERS: list[tuple[str, ...]] = [
+    ("app.main", "app.cli", "app.bootstrap", "app.models_all", "worker"),   # entry points
+    ("app.*.router", "app.registry.weights", "app.dashboard", "app.metrics"),  # HTTP
+    ("app.deps", "app.security.guard", "app.security"),                     # HTTP edge (app.security: its face)
+    ("app.forget",),
+    ("app.jobs",),
+    ("app.tenants",),
+    ("app.registry",),
+    ("app.catalogue",),
+    ("app.datasets",),
+    ("app.security.*",),
+    ("app.audit", "app.webhooks"),
+    ("app.db", "app.settings", "app.errors", "app.limits", "app.observability", "app.periodic", "app.client",
+     "app"),                                                                # infrastructure
+    ("models",),
+]
+
+# Imports that still run upward, each (importing module, imported package or module): to be
+# removed, never added to. A new upward import is a design change: move the shared thing down.
+KNOWN_EXCEPTIONS: set[tuple[str, str]] = {
+    # the request row (app/forget/models.py) and its one status change (app/forget/status.py) are
+    # read and moved by the domains below the request domain: jobs complete and fail requests,
+    # tenants count them for quotas, webhooks describe them, subject erasure records its group
+    ("app.jobs.service", "app.forget.models"), ("app.jobs.service", "app.forget.status"),
+    ("app.jobs.sweeper", "app.forget.models"), ("app.jobs.sweeper", "app.forget.status"),
+    ("app.jobs.consolidation", "app.forget.models"),
+    ("app.tenants.service", "app.forget.models"),
+    ("app.webhooks.service", "app.forget.models"),
+    ("app.catalogue.subjects", "app.forget.models"),
+    # certificates are evidence of a request: they belong to the request domain
+    ("app.audit.certificates", "app.registry.service"), ("app.audit.certificates", "app.catalogue.models"),
+    # the subject reference belongs below both catalogue and datasets
+    ("app.datasets.service", "app.catalogue.service"),
+    # which models use a dataset is a registry question
+    ("app.datasets.service", "app.registry.models"),
+    # the dashboard's session credential is checked by the scope check
+    ("app.security.guard", "app.dashboard.session"),
+    # a key's tenant row is created with the key
+    ("app.security.keys", "app.tenants.models"), ("app.security.keys", "app.tenants.service"),
+}
+
+
+def _layer(module: str) -> int | None:
+    """Index in LAYERS of the pattern that matches ``module`` most specifically: the module
+    itself, then a ``*`` pattern, then the longest package (None: not layered)."""
+    best, best_rank = None, (-1, -1)
+    for i, patterns in enumerate(LAYERS):
+        for p in patterns:
+            if "*" in p:
+                head, _, tail = p.partition("*")
+                middle = module[len(head):len(module) - len(tail)]
+                ok = module.startswith(head) and module.endswith(tail) and bool(middle) and "." not in middle
+                rank = (1, len(p))
+            else:
+                ok = module == p or module.startswith(p + ".")
+                rank = (2 if module == p else 0, len(p))
+            if ok and rank > best_rank:
+                best, best_rank = i, rank
+    return best
+
+
+def _upward() -> set[tuple[str, str]]:
+    """(importer, imported) for every import from a layer to one above it."""
+    out = set()
+    for name, (project, _) in _graph().items():
+        a = _layer(name)
+        for dep in project:
+            b = _layer(dep)
+            if a is not None and b is not None and b < a:
+                out.add((name, dep))
+    return out
+
+
+def _excused(edge: tuple[str, str]) -> bool:
+    importer, imported = edge
+    return any(importer == m and (imported == t or imported.startswith(t + ".")) for m, t in KNOWN_EXCEPTIONS)
+
+
+def test_every_module_has_a_layer():
+    missing = sorted(n for n in _graph() if n.split(".")[0] in ("app", "worker", "models") and _layer(n) is None)
+    assert not missing, f"modules outside LAYERS: {missing}"
+
+
+def test_imports_point_down_the_layers():
+    bad = sorted(e for e in _upward() if not _excused(e))
+    assert not bad, "imports that run up the layers (move what both need down): " + ", ".join(f"{a} -> {b}" for a, b in bad)
+
+
+def test_known_exceptions_are_still_needed():
+    """An exception that no import uses any more is removed from the list, so it cannot come back."""
+    up = _upward()
+    stale = sorted(x for x in KNOWN_EXCEPTIONS if not any(_excused(e) and e[0] == x[0] and
+                                                            (e[1] == x[1] or e[1].startswith(x[1] + ".")) for e in up))
+    assert not stale, f"known exceptions no import needs: {stale}"
+
+
+def test_the_layer_check_sees_an_upward_import():
+    assert _layer("app.forget.router") == 1 and _layer("app.forget.service") == 3
+    assert _layer("app.security.guard") == 2 and _layer("app.security.keys") == 9 and _layer("app.security") == 2
+    assert _layer("app.jobs.service") < _layer("app.registry.service") < _layer("app.db")
+    assert _layer("worker.driver") == 0 and _layer("models.unlearn.lethe") == len(LAYERS) - 1
