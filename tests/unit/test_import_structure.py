@@ -113,7 +113,7 @@ def test_the_walk_sees_a_cycle_and_a_forbidden_import():
 # modules too) or ``app.*.router`` (every package's routes: the HTTP layer composes domains).
 LAYERS: list[tuple[str, ...]] = [
     ("app.main", "app.cli", "app.bootstrap", "app.models_all", "worker"),   # entry points
-    ("app.*.router", "app.registry.weights", "app.dashboard", "app.metrics"),  # HTTP
+    ("app.*.router", "app.registry.weights", "app.registry.orders_router", "app.dashboard", "app.metrics"),  # HTTP
     ("app.deps", "app.security.guard", "app.security"),                     # HTTP edge (app.security: its face)
     ("app.forget",),
     ("app.jobs",),
@@ -137,12 +137,15 @@ KNOWN_EXCEPTIONS: set[tuple[str, str]] = {
     # tenants count them for quotas, webhooks describe them, subject erasure records its group
     ("app.jobs.service", "app.forget.models"), ("app.jobs.service", "app.forget.status"),
     ("app.jobs.sweeper", "app.forget.models"), ("app.jobs.sweeper", "app.forget.status"),
-    ("app.jobs.consolidation", "app.forget.models"),
+    ("app.jobs.consolidation", "app.forget.models"), ("app.jobs.sweeper", "app.forget.follow"),
     ("app.tenants.service", "app.forget.models"),
     ("app.webhooks.service", "app.forget.models"),
     ("app.catalogue.subjects", "app.forget.models"),
     # certificates are evidence of a request: they belong to the request domain
     ("app.audit.certificates", "app.registry.service"), ("app.audit.certificates", "app.catalogue.models"),
+    ("app.audit.certificates", "app.jobs.models"),
+    # a retrain order of the registry queues a job
+    ("app.registry.orders", "app.jobs.models"), ("app.registry.orders", "app.jobs.service"),
     # the subject reference belongs below both catalogue and datasets
     ("app.datasets.service", "app.catalogue.service"),
     # which models use a dataset is a registry question
