@@ -151,7 +151,7 @@ KNOWN_EXCEPTIONS: set[tuple[str, str]] = {
     # the subject reference belongs below both catalogue and datasets
     ("app.datasets.service", "app.catalogue.service"),
     # which models use a dataset is a registry question
-    ("app.datasets.service", "app.registry.models"),
+    ("app.datasets.service", "app.registry.models"), ("app.catalogue.subjects", "app.registry.models"),
     # the dashboard's session credential is checked by the scope check
     ("app.security.guard", "app.dashboard.session"),
     # a key's tenant row is created with the key
