@@ -147,7 +147,7 @@ class Settings(BaseSettings):
     no_data_hold_s: float = Field(default=30.0, ge=0, le=86400,
                                   description="a tenant's request that selects nothing the model holds is closed "
                                               "(completed, reason_code no_data) once this old (docs/service.md)")
-    # dashboard sessions and the HTTP edge (app/dashboard/session.py, app/main.py)
+    # dashboard sessions and the HTTP edge (app/security/sessions.py, app/main.py)
     dashboard_session_ttl_s: float = Field(default=8 * 3600, gt=0, le=7 * 86400,
                                            description="a dashboard session cookie expires after this")
     session_secret: str = Field(default="", description="HMAC key of dashboard session tokens; empty = random per "

@@ -26,7 +26,7 @@ from fastapi.templating import Jinja2Templates
 
 from ..deps import SessionDep, SettingsDep
 from ..security import require_scope
-from . import session as dashboard_session
+from ..security import sessions as dashboard_session
 from . import view
 
 COOKIE = "lethe_dashboard_session"

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from ..db import read_scope
 from ..deps import RequestDb, request_db, request_session
 from ..errors import LetheError
-from ..dashboard import session as dashboard_session
+from . import sessions as dashboard_session
 from . import ratelimit, tenants
 from .keys import authenticate, unauthorized
 from .models import ApiKey
@@ -118,7 +118,7 @@ def bearer_token(request: Request) -> str:
 
 def principal_of(request: Request, token: str, session: Session | None = None) -> Principal:
     """Step 2: the active key the token names. On ``/dashboard`` paths the token may also be
-    a dashboard session (app/dashboard/session.py).
+    a dashboard session (app/security/sessions.py).
 
     On Postgres the key is read in the request's own session (``session``, the one its
     route uses: one connection checkout, one transaction per request, which matters on the

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app import security
-from app.dashboard import session as dashboard_session
+from app.security import sessions as dashboard_session
 from app.dashboard.router import COOKIE
 from app.db import session_scope
 from app.main import create_app

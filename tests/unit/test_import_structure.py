@@ -152,8 +152,6 @@ KNOWN_EXCEPTIONS: set[tuple[str, str]] = {
     ("app.datasets.service", "app.catalogue.service"),
     # which models use a dataset is a registry question
     ("app.datasets.service", "app.registry.models"), ("app.catalogue.subjects", "app.registry.models"),
-    # the dashboard's session credential is checked by the scope check
-    ("app.security.guard", "app.dashboard.session"),
     # a key's tenant row is created with the key
     ("app.security.keys", "app.tenants.models"), ("app.security.keys", "app.tenants.service"),
     # a webhook delivery row may carry a registry event
