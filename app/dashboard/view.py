@@ -133,6 +133,7 @@ def overview(session: Session, *, status: str | None = None, model: str | None =
             "requests": [request_row(r, now) for r in list_requests(session, status=status, model=model)],
             "jobs": [job_row(j, n) for j, n in recent_jobs(session)],
             "models": model_views(session),
+            "subscriptions": subscription_rows(session), "deliveries": delivery_rows(session),
             # incremental (only events since the last check) and outside this page's transaction
             "audit": {**(audit.verify_incremental(database_url) if database_url else audit.verify(session)),
                       "head_seq": seq, "head_hash": head}}
@@ -147,3 +148,36 @@ def live(session: Session, now: dt.datetime | None = None) -> dict:
             "open_requests": {r.id: r.status for r in open_reqs},
             "head_seq": audit.head(session)[0]}
 
+
+
+def subscription_rows(session: Session) -> list[dict]:
+    """Live registry-event subscriptions (app/events) with their deliveries by status."""
+    from ..events.models import Subscription
+    from ..webhooks import outbound
+    from ..webhooks.models import WebhookDelivery
+
+    counts: dict[str, dict[str, int]] = {}
+    for sid, status, n in session.execute(select(WebhookDelivery.subscription_id, WebhookDelivery.status, func.count())
+                                          .where(WebhookDelivery.subscription_id.is_not(None))
+                                          .group_by(WebhookDelivery.subscription_id, WebhookDelivery.status)).all():
+        counts.setdefault(sid, {})[status] = n
+    subs = session.execute(select(Subscription).where(Subscription.deleted_at.is_(None))
+                           .order_by(Subscription.created_at)).scalars()
+    return [{"id": x.id, "model": x.model_name or "every model", "tenant": x.tenant or "operators",
+             "events": ", ".join(x.events), "destination": outbound.destination(x.url), "deliveries": counts.get(x.id, {})}
+            for x in subs]
+
+
+def delivery_rows(session: Session, limit: int = 30) -> list[dict]:
+    """The latest webhook deliveries of both kinds: a request's status change or a registry
+    event for a subscription (one delivery machinery)."""
+    from ..webhooks import outbound
+    from ..webhooks.models import WebhookDelivery
+
+    rows = session.execute(select(WebhookDelivery).order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id)
+                           .limit(limit)).scalars()
+    return [{"id": d.id, "event": d.event, "for": (f"request {d.request_id[:8]}" if d.request_id
+                                                    else f"subscription {(d.subscription_id or '')[:8]}"),
+             "destination": outbound.destination(d.url), "status": d.status, "attempts": d.attempts,
+             "last": d.last_status_code if d.last_status_code is not None else (d.last_error or "")[:80],
+             "created_at": d.created_at} for d in rows]

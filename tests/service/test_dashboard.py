@@ -112,3 +112,30 @@ def test_chart_geometry():
     ys = [p["y"] for p in s["ta"]["points"]]
     assert ys == sorted(ys)  # falling accuracy goes down the chart (SVG y grows downwards)
     assert s["ra"]["points"] == [] and c["has_points"]
+
+
+def test_dashboard_shows_subscriptions_and_deliveries_of_both_kinds(client, seeded):
+    """Registry-event subscriptions and the latest deliveries, request webhooks beside them."""
+    from app.events import service as events
+    from app.events.models import Subscription
+    from app.registry import service as registry
+
+    with session_scope(seeded.database_url) as db:
+        db.add(Subscription(id="sub-00000001", tenant=None, model_name=MODEL, url="https://serving.example.com/hooks",
+                            events=list(events.MODEL_EVENTS), created_by="test"))
+        db.flush()
+        events.alias_moved(db, MODEL, "production", None, registry.get_version(db, MODEL, 1), actor="test")
+    rid = client.post("/v1/forget", json={"model": MODEL, "subject_id": "bob"}).json()["id"]
+    with session_scope(seeded.database_url) as db:  # a portal's webhook of that request (as status_changed records it)
+        from app.webhooks import service as webhooks
+
+        req = db.get(ForgetRequest, rid)
+        req.callback_url = "https://portal.example.com/cb"
+        webhooks._record(db, req, webhooks.EVENT, webhooks.request_payload(req, None))
+    html = client.get("/dashboard").text
+    row = _row(html, "data-subscription", "sub-00000001")
+    assert MODEL in row and "operators" in row and "https://serving.example.com:443" in row and "pending 1" in row
+    deliveries = html.split('id="deliveries"')[1].split("</table>")[0]
+    assert "model.alias_moved" in deliveries and "subscription sub-0000" in deliveries
+    assert "forget.status_changed" in deliveries and f"request {rid[:8]}" in deliveries
+    assert "https://portal.example.com:443" in deliveries
