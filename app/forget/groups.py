@@ -14,7 +14,7 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..audit import certificates
+from . import certificates
 from ..audit import service as audit
 from ..audit.signing import sign_document
 from ..catalogue import service as catalogue

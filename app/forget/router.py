@@ -12,7 +12,7 @@ from ..limits import MAX_DB_INT
 from ..jobs import service as jobs
 from ..jobs.dispatch import send_after_commit
 from ..jobs.schemas import JobRead
-from ..audit import certificates
+from . import certificates
 from ..catalogue import subjects
 from ..db import utcnow
 from ..security import (AUDIT_READ, FORGET_READ, FORGET_WRITE, MODELS_ADMIN, Principal, require_scope,

@@ -5,7 +5,7 @@ certificate say which path served each row, and the retrained version is measure
 Real training of the toy model (no mocks of the ML)."""
 from sqlalchemy import select
 
-from app.audit import certificates
+from app.forget import certificates
 from app.db import session_scope
 from app.forget.models import ForgetRequest
 from app.forget.schemas import ForgetCreate

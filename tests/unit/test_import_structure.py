@@ -143,9 +143,6 @@ KNOWN_EXCEPTIONS: set[tuple[str, str]] = {
     ("app.tenants.service", "app.forget.models"),
     ("app.webhooks.service", "app.forget.models"),
     ("app.catalogue.subjects", "app.forget.models"),
-    # certificates are evidence of a request: they belong to the request domain
-    ("app.audit.certificates", "app.registry.service"), ("app.audit.certificates", "app.catalogue.models"),
-    ("app.audit.certificates", "app.jobs.models"),
     # a retrain order of the registry queues a job
     ("app.registry.orders", "app.jobs.models"), ("app.registry.orders", "app.jobs.service"),
     # the subject reference belongs below both catalogue and datasets

@@ -1,5 +1,7 @@
 """Deletion certificates: a signed statement, per completed request, of what was erased
-from which model version, how forgetting was verified, and where the audit log says so."""
+from which model version, how forgetting was verified, and where the audit log says so.
+Evidence of a request, so part of the request domain; it reads the audit trail and signs
+with the audit key (``app/audit/signing.py``)."""
 from __future__ import annotations
 
 import hashlib
@@ -8,10 +10,10 @@ import json
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..registry import service as registry
+from ..audit.models import AuditEvent
+from ..audit.signing import sign_document
 from ..errors import LetheError
-from .models import AuditEvent
-from .signing import sign_document
+from ..registry import service as registry
 
 CERTIFICATE_TYPE = "lethe.deletion_certificate"
 
