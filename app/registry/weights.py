@@ -41,7 +41,9 @@ from ..forget.models import ForgetRequest
 from ..jobs.consolidation import Debt
 from ..jobs.models import Job
 from ..limits import MAX_DB_INT
+from ..db import read_scope
 from ..security import AUDIT_READ, FORGET_READ, MODELS_ADMIN, MODELS_READ, Principal, require_scope
+from ..security.guard import require_scope_streaming
 from ..tenants import service as tenant_policy
 from . import governance
 from . import service
@@ -50,7 +52,8 @@ from .models import PURGED, ModelVersion
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 # weights: serving systems (models:read) and operators; portals and auditors have no use for them
-WEIGHTS = require_scope(MODELS_READ, MODELS_ADMIN)
+# read in short sessions of their own: a download holds no connection while its bytes go out
+WEIGHTS = require_scope_streaming(MODELS_READ, MODELS_ADMIN)
 CARD = require_scope(FORGET_READ, AUDIT_READ, MODELS_ADMIN, MODELS_READ)
 CHUNK = 1 << 20
 VersionNo = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="version number")]
@@ -176,11 +179,11 @@ def stream_weights(request: Request, settings, v: ModelVersion, extra: dict | No
                                                 "description": "the safetensors file"},
                        206: {"description": "the byte range asked for"}},
             summary="Download a version's weights (safetensors; ETag/Digest carry its sha256; Range resumes)")
-def version_weights(name: str, version: VersionNo, request: Request, session: SessionDep, settings: SettingsDep,
+def version_weights(name: str, version: VersionNo, request: Request, settings: SettingsDep,
                     principal: Annotated[Principal, Depends(WEIGHTS)]):
-    _model(session, settings, principal, name)
-    v = _version(session, name, version)
-    session.close()  # the stream holds no connection
+    with read_scope(settings.database_url) as session:
+        _model(session, settings, principal, name)
+        v = _version(session, name, version)
     return stream_weights(request, settings, v, {"Cache-Control": "private, max-age=31536000, immutable"})
 
 
@@ -189,14 +192,14 @@ def version_weights(name: str, version: VersionNo, request: Request, session: Se
                                                 "description": "the safetensors file"},
                        206: {"description": "the byte range asked for"}},
             summary="Download the weights an alias (e.g. production) points to now; Lethe-Version says which")
-def alias_weights(name: str, alias: str, request: Request, session: SessionDep, settings: SettingsDep,
+def alias_weights(name: str, alias: str, request: Request, settings: SettingsDep,
                   principal: Annotated[Principal, Depends(WEIGHTS)]):
     """The alias moves when a deletion publishes a new version: the answer is never cached
     (`Cache-Control: no-cache`), `Content-Location` names the version's own URL, and a
     resumed download should ask that URL (or send `If-Range` with the ETag)."""
-    _model(session, settings, principal, name)
-    v = _aliased(session, name, alias)
-    session.close()
+    with read_scope(settings.database_url) as session:
+        _model(session, settings, principal, name)
+        v = _aliased(session, name, alias)
     return stream_weights(request, settings, v, {
         "Cache-Control": "no-cache", "Content-Location": f"/v1/models/{name}/versions/{v.version}/weights"})
 

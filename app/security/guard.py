@@ -85,6 +85,20 @@ def require_scope_on_loop(scope: str, *alternatives: str, limit: str | None = No
     return _named(dependency, allowed, limit)
 
 
+def require_scope_streaming(scope: str, *alternatives: str):
+    """``require_scope`` for routes that stream a long answer (weights downloads): the key is
+    read in a short session of its own, not the request's, so the download holds neither a
+    connection nor a place at the database gate (app/deps.py) while its bytes go out.
+    Same steps, same answers."""
+    allowed = tuple(check_scopes((scope, *alternatives)))
+
+    def dependency(request: Request,
+                   _credentials: HTTPAuthorizationCredentials | None = Security(_bearer)) -> Principal:
+        return _admit(request, principal_of(request, bearer_token(request)), allowed, None)
+
+    return _named(dependency, allowed, None)
+
+
 def _principal_in(session: Session, request: Request, token: str) -> Principal:
     return principal_of(request, token, session)
 

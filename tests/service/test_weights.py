@@ -179,3 +179,28 @@ def test_lethe_models_pull_verifies_the_digest(seeded, tmp_path, monkeypatch, ca
     finally:
         server.should_exit = True
         t.join(10)
+
+
+def test_a_download_holds_no_database_session():
+    """The weights routes read in short sessions of their own: a long download holds neither a
+    connection nor a place at the request-session gate (app/deps.py), which every other
+    route's session takes until its answer is sent."""
+    from fastapi.routing import APIRoute
+
+    from app.deps import request_db, request_session
+    from app.registry.weights import router
+
+    def calls(dependant):
+        stack, out = [dependant], set()
+        while stack:
+            d = stack.pop()
+            out.add(d.call)
+            stack.extend(d.dependencies)
+        return out
+
+    weights = [r for r in router.routes if isinstance(r, APIRoute) and r.path.endswith("/weights")]
+    assert len(weights) == 2
+    for r in weights:
+        assert not calls(r.dependant) & {request_session, request_db}, r.path
+    card = next(r for r in router.routes if isinstance(r, APIRoute) and r.path.endswith("/versions/{version}"))
+    assert request_session in calls(card.dependant)  # (the check can see one)
