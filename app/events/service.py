@@ -43,8 +43,11 @@ CONSOLIDATED = "model.consolidated"
 TAINTED = "model.tainted"
 FORGET_COMPLETED = "forget.completed"
 FORGET_FAILED = "forget.failed"
+ORDER_ISSUED = "retrain_order.issued"        # app/registry/orders.py: an exact version for the customer's pipeline
+ORDER_ESCALATED = "retrain_order.escalated"  # ...not uploaded LETHE_ORDER_ESCALATE_BEFORE_S before its due date
 MODEL_EVENTS = (VERSION_PUBLISHED, ALIAS_MOVED, VERSION_PURGED, CONSOLIDATED, TAINTED)
-OPERATOR_EVENTS = (FORGET_COMPLETED, FORGET_FAILED)  # about requests: operators' subscriptions only
+# about requests and orders: operators' subscriptions only
+OPERATOR_EVENTS = (FORGET_COMPLETED, FORGET_FAILED, ORDER_ISSUED, ORDER_ESCALATED)
 EVENTS = MODEL_EVENTS + OPERATOR_EVENTS
 
 

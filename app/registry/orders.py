@@ -28,8 +28,10 @@ a *retrain order* instead of a consolidation job:
    as an exact version by the publishing transaction of jobs (a job row of method
    ``external`` names the order), which consolidates every request served approximately.
 4. ``escalate_due``: the sweeper escalates an open order ``LETHE_ORDER_ESCALATE_BEFORE_S``
-   before its due date (audit ``retrain_order.escalated``, ``escalated_at``, the
-   ``lethe_retrain_orders`` metric by state) so an operator acts before the deadline.
+   before its due date (audit ``retrain_order.escalated``, ``escalated_at``, the event
+   ``retrain_order.escalated``, the ``lethe_retrain_orders`` metric by state) so an operator
+   acts before the deadline. Issuing an order emits ``retrain_order.issued``: both are
+   operator events of the registry's signed webhook deliveries (app/events/service.py).
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ from ..audit import service as audit
 from ..catalogue.models import TrainingInstance
 from ..db import utcnow
 from ..errors import LetheError
+from ..events import service as events
 from ..settings import Settings
 from . import service as registry
 from .models import PRODUCTION, RetrainOrder
@@ -130,11 +133,12 @@ def issue(session: Session, settings: Settings, model_name: str, *, actor: str,
                          forget_ids=_erased_since_exact(session, model_name, prod), recipe=m.recipe,
                          token_sha256="", due_at=due, created_at=now, refusals=[])
     session.add(order)
-    audit.append(session, actor=actor, action="retrain_order.issued",
-                 payload={"order_id": oid, "model": model_name, "base_version": prod.version, "rows": rows,
-                          "snapshot_sha256": sha, "due_at": due.isoformat(), "reason": reason,
-                          "erased_rows": len(order.forget_ids)})
+    facts = {"order_id": oid, "model": model_name, "base_version": prod.version, "rows": rows,
+             "snapshot_sha256": sha, "due_at": due.isoformat(), "reason": reason, "erased_rows": len(order.forget_ids)}
+    audit.append(session, actor=actor, action="retrain_order.issued", payload=facts)
     session.flush()
+    events.emit(session, model_name, events.ORDER_ISSUED,  # signed delivery to the operators' subscriptions
+                {**facts, "url": f"/v1/retrain-orders/{oid}"})
     return order, True
 
 
@@ -285,10 +289,11 @@ def escalate_due(session: Session, settings: Settings, now: dt.datetime | None =
                                                             RetrainOrder.escalated_at.is_(None))).scalars():
         if now + lead >= order.due_at:
             order.escalated_at = now
-            audit.append(session, actor="sweeper", action="retrain_order.escalated",
-                         payload={"order_id": order.id, "model": order.model_name, "due_at": order.due_at.isoformat(),
-                                  "status": order.status, "reason": "no verified upload "
-                                  f"{settings.order_escalate_before_s:g} s before the due date"})
+            facts = {"order_id": order.id, "model": order.model_name, "due_at": order.due_at.isoformat(),
+                     "status": order.status,
+                     "reason": f"no verified upload {settings.order_escalate_before_s:g} s before the due date"}
+            audit.append(session, actor="sweeper", action="retrain_order.escalated", payload=facts)
+            events.emit(session, order.model_name, events.ORDER_ESCALATED, facts)
             out.append(order.id)
     session.flush()
     return out

@@ -149,3 +149,5 @@ def test_an_unanswered_order_is_escalated_before_its_due_date(client, seeded, di
     ev = client.get("/v1/audit", params={"action": "retrain_order.escalated"}).json()["entries"]
     assert ev and ev[0]["payload"]["order_id"] == order["id"]
     assert 'lethe_retrain_orders{escalated="true",status="open"} 1.0' in client.get("/metrics").text
+    got = [e["event"] for e in client.get("/v1/events", params={"model": "cancer-ext"}).json()]
+    assert {"retrain_order.issued", "retrain_order.escalated"} <= set(got), got
