@@ -31,7 +31,9 @@ from app.jobs import planner
 from app.jobs import service as jobs
 from app.jobs.models import CONSOLIDATE
 from app.registry import service as registry
+from app.registry import starting
 from app.settings import Settings
+from models.trainers import TrainerError
 from models.unlearn import DEFAULT_OBJECTIVE, get_method, resolve
 from models.unlearn.registry import LABEL_OBJECTIVES, fixed_relabel_targets
 
@@ -122,7 +124,12 @@ def _load(s: Settings, spec: JobSpec, fx, fy, rx, ry, n_retained, train_s, histo
     from models.train import accuracy, predict
 
     model, meta = load_checkpoint(base_file(s, spec), device=get_device())
-    model.lethe_recipe = spec.recipe  # what retraining from scratch trains with
+    model.lethe_recipe = spec.recipe  # what retraining from scratch trains with (its trainer, models/trainers.py)
+    with session_scope(s.database_url) as db:  # ...and from which weights (app/registry/starting.py)
+        try:
+            model.lethe_start = starting.load(db, s, spec.recipe)
+        except ValueError as e:  # gone or not the pinned digest: no retrain can be this model's
+            raise JobFailed(f"starting point of {spec.model_name}: {e}") from e
     hx, hy = holdout(s, spec)
     fx_t, fy_t = torch.from_numpy(fx), torch.from_numpy(fy)
     has_retained = len(ry) > 0
@@ -168,11 +175,18 @@ def _run(job: _Inputs, method: str, progress: Callable[[str, float], None]):
                                  retain_x=train_x, retain_y=train_y, holdout_x=job.hx, holdout_y=job.hy, seed=0,
                                  # each row aimed at its own membership gap, when every row has one
                                  reference_gap=torch.tensor(gaps) if job.row_risk and len(gaps) == job.k else None)
-        result = get_method(method)(copy.deepcopy(job.model), request, progress=progress)
+        try:
+            result = get_method(method)(copy.deepcopy(job.model), request, progress=progress)
+        except TrainerError as e:  # the model's own training code failed: final, retrying repeats it
+            raise JobFailed(str(e)) from e
     else:  # a consolidation serving no new request: retrain, nothing more to leave out
         from models.unlearn.baselines import retrain_from_scratch
 
-        result = retrain_from_scratch(copy.deepcopy(job.model), train_x, train_y, progress=progress)
+        try:
+            result = retrain_from_scratch(copy.deepcopy(job.model), train_x, train_y, progress=progress,
+                                          heldout=(job.hx, job.hy) if len(job.hy) else None)
+        except TrainerError as e:
+            raise JobFailed(str(e)) from e
     progress("verifying", 1.0)
     m = _measure(job, result.model)
     m.update(method=method, objective=job.spec.objective, seconds=round(time.perf_counter() - t, 3),

@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 from app.db import session_scope
 from app.registry import service as registry
+from worker import driver
 
 from .test_own_models import _train, breast_cancer_parquet
 
@@ -45,6 +46,15 @@ def test_training_starts_from_the_named_weights_and_the_card_says_so(client, see
     assert card["starting_point"] == {"model": "cancer-base", "version": 1, "sha256": sha, "dataset": "cancer",
                                       "status": "READY", "tainted": False}
     assert client.get("/v1/models/cancer-base/versions/1").json()["starting_point"] is None
+    # a deletion retrained exactly starts from the same weights, and its certificate says which
+    f = client.post("/v1/forget", json={"subject_id": "patient-0003", "model": "cancer-ft", "method": "retrain"})
+    assert f.status_code == 202, f.text
+    assert driver.execute_job(dispatcher.sent[-1], settings=seeded, worker_name="w1") == "completed"
+    assert client.get(f"/v1/forget/{f.json()['id']}").json()["version_after"] == 2
+    v2, _ = _weights(seeded, "cancer-ft", 2)
+    assert all(torch.allclose(v2[k], base[k], atol=1e-4) for k in base)
+    cert = client.get(f"/v1/forget/{f.json()['id']}/certificate").json()["certificate"]
+    assert cert["starting_point"] == {"model": "cancer-base", "version": 1, "sha256": sha}
     # without a starting point the same recipe trains from a random initialisation
     r = client.post("/v1/models/cancer-rand/train", json={"dataset": "cancer", "arch": "mlp",
                                                           "arch_params": {"widths": [32]},

@@ -49,6 +49,18 @@ def test_own_trainer_trains_retrains_and_consolidates(client, seeded, dispatcher
     job = client.get(f"/v1/jobs/{c.json()['id']}").json()
     assert job["stats"]["trainer"] == "augmented" and job["result_version"] == 3, job
 
+    # the team's code breaks: the job fails at once with the plug-in's error (no retry), nothing published
+    from app.db import session_scope
+    from app.registry import service as registry
+
+    with session_scope(seeded.database_url) as db:
+        registry.get_model(db, "cancer-aug").recipe = {"trainer": "broken", "seed": 2}
+    c = client.post("/v1/models/cancer-aug/consolidate")
+    assert driver.execute_job(c.json()["id"], settings=seeded, worker_name="w1") == "failed"
+    job = client.get(f"/v1/jobs/{c.json()['id']}").json()
+    assert job["status"] == "failed" and "trainer 'broken'" in job["error"] and job["attempts"] == 1, job
+    assert client.get("/v1/models/cancer-aug").json()["latest_version"] == 3
+
 
 def test_bad_trainer_specs_are_422_and_a_failing_plugin_publishes_nothing(client, seeded, dispatcher, augtrain):
     _dataset(client)
