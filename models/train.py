@@ -13,9 +13,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable
 
-import pydantic
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -246,35 +245,35 @@ def _loop(model: nn.Module, data, recipe: Recipe, generator, progress, check_can
     return steps
 
 
-class RecipeParams(pydantic.BaseModel):
-    """The built-in trainer's parameters: the recipe (see :class:`Recipe`)."""
-
-    model_config = pydantic.ConfigDict(extra="forbid")
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = pydantic.Field(1e-3, gt=0.0, le=10.0, allow_inf_nan=False)
-    epochs: int = pydantic.Field(Recipe.epochs, ge=1, le=MAX_EPOCHS)
-    batch_size: int = pydantic.Field(64, ge=1, le=MAX_BATCH)
-    weight_decay: float = pydantic.Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False)
-    seed: int = pydantic.Field(0, ge=0, le=2**63 - 1)
-    momentum: float = pydantic.Field(0.9, ge=0.0, le=0.999, allow_inf_nan=False)
+def _check_recipe(params: dict) -> dict:
+    """The built-in trainer's parameters are the recipe's own fields (Recipe.from_dict)."""
+    extra = sorted(set(params) - set(Recipe.FIELDS[:7]))
+    if extra:
+        raise trainers.TrainerParamsError(trainers.DEFAULT, [f"unknown field(s) {extra}"])
+    try:
+        r = Recipe.from_dict(params)
+    except RecipeError as e:
+        raise trainers.TrainerParamsError(trainers.DEFAULT, e.problems) from None
+    return {k: v for k, v in r.to_json().items() if k in Recipe.FIELDS[:7]}
 
 
 def lethe_trainer(ctx: trainers.TrainContext) -> dict:
     """Lethe's own loop: cross-entropy, the recipe's optimizer, shuffled mini-batches."""
-    recipe = Recipe(**ctx.params.model_dump())  # the built-in trainer's parameters are the recipe
+    recipe = Recipe(**ctx.params)  # the built-in trainer's parameters are the recipe
     steps = _loop(ctx.model, ctx.data, recipe, ctx.generator, ctx.progress, ctx.check_cancelled)
     return {"epochs": recipe.epochs, "steps": steps}
 
 
-TRAINER = trainers.Trainer(name=trainers.DEFAULT, train=lethe_trainer, Params=RecipeParams,
+TRAINER = trainers.Trainer(name=trainers.DEFAULT, train=lethe_trainer, check=_check_recipe,
+                           schema={"type": "object", "description": "the recipe's own fields",
+                                   "properties": {k: {} for k in Recipe.FIELDS[:7]}},
                            summary="Lethe's own loop: the model's recipe (optimizer, lr, epochs, batch size, "
                                    "weight decay, momentum), cross-entropy", losses=("classification", "one-class"))
 
 
-class ExternalParams(pydantic.BaseModel):
+def _any_object(params: dict) -> dict:
     """Whatever the customer's pipeline needs (handed to it with each retrain order)."""
-
-    model_config = pydantic.ConfigDict(extra="allow")
+    return dict(params)
 
 
 def external_trainer(ctx: trainers.TrainContext) -> dict:
@@ -284,7 +283,8 @@ def external_trainer(ctx: trainers.TrainContext) -> dict:
                                 "app/registry/orders.py)")
 
 
-EXTERNAL = trainers.Trainer(name="external", train=external_trainer, Params=ExternalParams,
+EXTERNAL = trainers.Trainer(name="external", train=external_trainer, check=_any_object,
+                            schema={"type": "object", "description": "any JSON object, handed to the pipeline"},
                             summary="The customer's own pipeline: exact versions come from retrain orders "
                                     "(GET /v1/retrain-orders), never from Lethe's workers")
 TRAINERS = [TRAINER, EXTERNAL]

@@ -14,8 +14,9 @@ Trainers come from the entry-point group ``lethe.trainers``, like architectures:
     augmented = "my_package.training:TRAINER"
 
 An entry point's object is a :class:`Trainer`, a list/tuple/dict of them, or a function
-``train(ctx: TrainContext) -> dict`` whose ``Params`` attribute (a pydantic model) declares
-its parameters (the entry point's name is then the trainer's name). Lethe's own loop
+``train(ctx: TrainContext) -> dict`` whose ``Params`` attribute (a pydantic model, used
+through its own methods: models/ itself imports no service-layer library) declares its
+parameters (the entry point's name is then the trainer's name). Lethe's own loop
 (``models.train``, Adam/AdamW/SGD with the stored recipe) is the built-in trainer
 ``lethe``, loaded first so a plug-in cannot shadow it.
 
@@ -45,9 +46,8 @@ import inspect
 import json
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
-import pydantic
 import torch
 from torch import nn
 
@@ -77,12 +77,6 @@ class TrainerError(RuntimeError):
 
 class TrainingCancelled(RuntimeError):
     """The run was cancelled while training (``TrainContext.check_cancelled``)."""
-
-
-class NoParams(pydantic.BaseModel):
-    """A trainer without parameters."""
-
-    model_config = pydantic.ConfigDict(extra="forbid")
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -134,7 +128,7 @@ class TrainContext:
     data: DataSource
     heldout: DataSource | None
     device: torch.device
-    params: pydantic.BaseModel
+    params: Any  # the trainer's validated parameters (an instance of its Params; a dict for the built-ins)
     seed: int
     generator: torch.Generator
     progress: Callable[[str, float], None] = lambda stage, fraction: None
@@ -147,12 +141,17 @@ class TrainContext:
 
 @dataclass(frozen=True)
 class Trainer:
-    """A training function by name: ``train(ctx) -> metrics``; ``Params`` validates its
-    parameters (pydantic, extra fields refused)."""
+    """A training function by name: ``train(ctx) -> metrics``. ``Params`` (a pydantic model
+    class: ``model_validate``, ``model_dump_json``, ``model_json_schema``) validates a
+    plug-in's parameters; a built-in gives ``check(params) -> dict`` (raising
+    TrainerParamsError) and ``schema`` instead, and receives the checked dict. None of both:
+    the trainer takes no parameters."""
 
     name: str
     train: Callable[[TrainContext], dict | None]
-    Params: type[pydantic.BaseModel] = NoParams
+    Params: Any = None
+    check: Callable[[dict], dict] | None = None
+    schema: dict | None = None
     summary: str = ""
     source: str = ""
     losses: tuple = ("classification",)  # what it optimises; ARCANE's one-class members need Lethe's own loss
@@ -162,22 +161,38 @@ class Trainer:
         every problem."""
         if params is not None and not isinstance(params, dict):
             raise TrainerParamsError(self.name, [f"trainer_params must be a JSON object, got {params!r}"])
+        params = params or {}
+        if self.check is not None:
+            return self.check(params)
+        if self.Params is None:
+            if params:
+                raise TrainerParamsError(self.name, [f"trainer {self.name!r} takes no parameters, got "
+                                                     f"{sorted(params)}"])
+            return {}
         try:
-            return json.loads(self.Params.model_validate(params or {}).model_dump_json())
-        except pydantic.ValidationError as e:
+            return json.loads(self.Params.model_validate(params).model_dump_json())
+        except Exception as e:  # noqa: BLE001 - pydantic's ValidationError, read through its errors()
+            if not callable(getattr(e, "errors", None)):
+                raise TrainerParamsError(self.name, [f"trainer_params: {e.__class__.__name__}: {e}"]) from None
             raise TrainerParamsError(self.name, [
                 f"trainer_params.{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
                 + ("" if err["type"] == "extra_forbidden" else f" (got {err.get('input')!r})")
                 for err in e.errors()]) from None
 
+    def instance(self, checked: dict):
+        """What ``ctx.params`` is: the Params instance, or the checked dict for the built-ins."""
+        return self.Params.model_validate(checked) if self.Params is not None and self.check is None else checked
+
     def to_json(self) -> dict:
-        return {"name": self.name, "summary": self.summary, "source": self.source,
-                "params": self.Params.model_json_schema()}
+        schema = (self.schema if self.schema is not None else
+                  self.Params.model_json_schema() if self.Params is not None else {"type": "object", "properties": {}})
+        return {"name": self.name, "summary": self.summary, "source": self.source, "params": schema}
 
 
 def from_function(name: str, fn: Callable, source: str = "") -> Trainer:
-    params = getattr(fn, "Params", NoParams)
-    if not (inspect.isclass(params) and issubclass(params, pydantic.BaseModel)):
+    params = getattr(fn, "Params", None)
+    if params is not None and not (inspect.isclass(params) and all(
+            callable(getattr(params, m, None)) for m in ("model_validate", "model_json_schema"))):
         raise TrainerError(f"{source or name}: Params must be a pydantic model class")
     doc = (inspect.getdoc(fn) or "").strip().splitlines()
     return Trainer(name=name, train=fn, Params=params, summary=doc[0] if doc else "", source=source)
@@ -260,7 +275,7 @@ def run(name: str | None, params: dict | None, model: nn.Module, data: DataSourc
     Raises TrainerError (anything the trainer did wrong), TrainingCancelled, TrainerNotFound,
     TrainerParamsError."""
     t = get(name)
-    p = t.Params.model_validate(t.validate(params))
+    p = t.instance(t.validate(params))
     if generator is None:
         generator = torch.Generator().manual_seed(seed)
     ctx = TrainContext(model=model, data=data, heldout=heldout, device=device or next(model.parameters()).device,
