@@ -165,7 +165,7 @@ def job_prep(root: str, forget: list[str], retain_rows: int, holdout_rows: int) 
 def measure(n: int, tmp: str, log, storage: str = "local", s3: "S3Server | None" = None) -> dict:
     import pyarrow.parquet as pq
 
-    from app.catalogue.service import subject_ref
+    from app.security.pseudonyms import subject_ref
     from app.datasets import service
     from app.datasets.formats import Source, Spec
 

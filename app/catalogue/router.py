@@ -10,6 +10,7 @@ from ..deps import SessionDep, SettingsDep
 from ..errors import LetheError, responses
 from ..security import MODELS_ADMIN, SUBJECTS_READ, Principal, require_scope
 from ..tenants import service as tenant_policy
+from ..security import pseudonyms
 from ..security.ratelimit import EXPENSIVE
 from . import service
 
@@ -57,7 +58,7 @@ def subject_instances(subject_id: str, session: SessionDep, settings: SettingsDe
     and rows no model trained on included), with the models that hold each; `instances`: the
     models' catalogue rows. A tenant's key sees only the models granted to it and their
     datasets (app/tenants); `model` narrows both to one model."""
-    ref = service.subject_ref(settings.subject_secret, subject_id)
+    ref = pseudonyms.subject_ref(settings.subject_secret, subject_id)
     seen = tenant_policy.visible_models(session, principal, settings)
     rows = [r for r in service.by_subject(session, ref, model) if seen is None or r.model_name in seen]
     stored = _stored_rows(session, settings, ref, seen, model)

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..catalogue.service import subject_refs
+from ..security.pseudonyms import subject_refs
 from ..db import session_scope
 from ..settings import Settings
 from .formats import Converter, DatasetError, Source, Spec, bad

@@ -21,7 +21,7 @@ from ..catalogue import service as catalogue
 from ..catalogue import subjects
 from ..db import utcnow
 from ..errors import LetheError
-from ..security import tenants
+from ..security import pseudonyms, tenants
 from ..settings import Settings
 from . import models as fm
 from . import service
@@ -104,7 +104,7 @@ def submit_all(session: Session, settings: Settings, body: ForgetCreate, *, idem
                 raise LetheError(409, "idempotency_key_reused", "this Idempotency-Key was already "
                                                                  f"used for erasure {old.id} with a different body")
             return old, requests_of(session, old.id), [], True
-    ref = catalogue.subject_ref(settings.subject_secret, body.subject_id)
+    ref = pseudonyms.subject_ref(settings.subject_secret, body.subject_id)
     if policy is None:  # every dataset: held-out rows and rows no model trained on included
         rows = subjects.plan(session, settings, ref)
         held = _targets(session, body, ref, bool(rows))

@@ -26,7 +26,7 @@ from ..jobs import models as jm
 from ..jobs import service as jobs
 from ..registry import service as registry
 from ..registry.models import RegisteredModel
-from ..security import tenants
+from ..security import pseudonyms, tenants
 from ..settings import Settings
 from ..tenants import service as tenant_policy
 from ..webhooks import service as webhooks
@@ -155,7 +155,7 @@ def stored_idempotency_key(settings: Settings, tenant: str, key: str | None) -> 
     if not (1 <= len(key) <= 200) or any(ord(c) < 32 for c in key):
         raise LetheError(422, "bad_idempotency_key",
                           "Idempotency-Key must be 1 to 200 characters, no control characters")
-    return KEY_REF + catalogue.subject_ref(settings.subject_secret, tenants.namespaced_key(tenant, key))
+    return KEY_REF + pseudonyms.subject_ref(settings.subject_secret, tenants.namespaced_key(tenant, key))
 
 
 def _idempotent_replay(session: Session, key: str | None, fp: str) -> ForgetRequest | None:
@@ -176,7 +176,7 @@ def _select(session: Session, settings: Settings, body: ForgetCreate,
     _check_shape(settings, body, model)
     method = _check_method(body, model, policy)
     tenant_policy.check_quota(session, policy)
-    ref = catalogue.subject_ref(settings.subject_secret, body.subject_id) if body.subject_id is not None else None
+    ref = pseudonyms.subject_ref(settings.subject_secret, body.subject_id) if body.subject_id is not None else None
     if policy is not None:  # a tenant's key: no answer may tell what the catalogue holds
         return _Selection(method, ref, _held_rows(session, body, ref, found))
     rows = _catalogue_rows(session, body, ref, found)

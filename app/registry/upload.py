@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from ..audit import service as audit
 from ..catalogue import service as catalogue
 from ..catalogue.models import TrainingInstance
+from ..security import pseudonyms
 from ..errors import LetheError
 from ..limits import check_depth
 from ..datasets import service as datasets
@@ -164,7 +165,7 @@ def register_upload(session: Session, settings: Settings, *, name: str, arch: st
                          f"(input {list(input_shape)}, {len(classes)} classes): {str(e)[:800]}")
     model.eval()
     items = parse_manifest(manifest_raw)
-    refs = {it["instance_id"]: catalogue.subject_ref(settings.subject_secret, it["subject_id"])
+    refs = {it["instance_id"]: pseudonyms.subject_ref(settings.subject_secret, it["subject_id"])
             for it in items or () if it["subject_id"]}
     try:
         rows = catalogue.rows_for_model(datasets.store_dir(settings, ds.name), name, ds.name,

@@ -6,7 +6,7 @@ import datetime as dt
 import re
 import sqlite3
 
-from app.catalogue.service import subject_ref
+from app.security.pseudonyms import subject_ref
 from app.dashboard.router import COOKIE, CookieBearer
 from app.dashboard.view import chart
 from app.db import session_scope

@@ -55,7 +55,7 @@ def test_register_parquet_then_read_it_back(client, seeded):
     assert [d["name"] for d in client.get("/v1/datasets").json()] == ["customers", "toy"]  # toy: the fixture's
     assert client.get("/v1/datasets/customers").json()["rows"] == 40
     store = datasets.open_store(seeded, "customers")
-    from app.catalogue.service import subject_ref
+    from app.security.pseudonyms import subject_ref
 
     assert store.lookup_subject(subject_ref(SECRET, "person-3")) == ["cust-0006", "cust-0007"]
     # the raw subject id is nowhere in the store

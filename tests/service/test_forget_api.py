@@ -4,6 +4,7 @@ import pytest
 
 from app.catalogue import service as catalogue
 from app.db import session_scope
+from app.security.pseudonyms import subject_ref
 
 from .conftest import MODEL, counts
 
@@ -122,7 +123,7 @@ def test_accepted_request_is_recorded_with_due_date_and_audit(client, seeded, di
     events = client.get("/v1/audit", params={"action": "forget.received"}).json()["entries"]
     assert len(events) == 1 and events[0]["payload"]["request_id"] == body["id"]
     # the audit log keeps the keyed hash, never the raw subject id
-    assert events[0]["subject_ref"] == catalogue.subject_ref("test-secret", "alice")
+    assert events[0]["subject_ref"] == subject_ref("test-secret", "alice")
     assert "alice" not in str(events[0])
     job = client.get(f"/v1/jobs/{body['job_id']}").json()
     assert job["request_ids"] == [body["id"]] and job["attempts"] == 0

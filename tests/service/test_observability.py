@@ -7,7 +7,7 @@ import logging
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.catalogue.service import subject_ref
+from app.security.pseudonyms import subject_ref
 from app.observability import JsonFormatter
 from worker.driver import execute_job
 

@@ -16,6 +16,7 @@ from app.catalogue.models import TrainingInstance
 from app.cli import migrate
 from app.datasets import service as datasets
 from app.datasets.formats import Spec
+from app.security.pseudonyms import subject_ref
 from app.db import session_scope
 from app.jobs import service as jobs
 from app.main import create_app
@@ -120,7 +121,7 @@ def client(world):
 
 
 def _left(settings, subject: str) -> dict:
-    ref = catalogue.subject_ref(settings.subject_secret, subject)
+    ref = subject_ref(settings.subject_secret, subject)
     with session_scope(settings.database_url) as db:
         return subjects.rows_in_stores(db, settings, ref)
 
@@ -196,7 +197,7 @@ def test_a_crash_before_the_store_erasure_is_finished_by_the_sweep(client, world
     from app.forget.models import ErasureGroup
 
     with session_scope(world.database_url) as db:
-        db.add(ErasureGroup(id="old-group", subject_ref=catalogue.subject_ref(world.subject_secret, "bob"),
+        db.add(ErasureGroup(id="old-group", subject_ref=subject_ref(world.subject_secret, "bob"),
                             idempotency_key=None, fingerprint="x", models=[PM], created_by="t", datasets=None))
     assert subjects.erase_pending(world) == 1
     assert _left(world, "bob")[PEOPLE] == {"train": ["p-3"]}  # pt-2 (held-out) and p-4 (unused) gone
@@ -219,7 +220,7 @@ def test_models_that_disagree_with_their_dataset_are_reported_not_rewritten(worl
     with session_scope(world.database_url) as db:
         db.bulk_insert_mappings(TrainingInstance, [bad])
         db.execute(update(TrainingInstance).where(TrainingInstance.instance_id == "toy-00004")
-                   .values(subject_ref=catalogue.subject_ref(world.subject_secret, "someone-else")))
+                   .values(subject_ref=subject_ref(world.subject_secret, "someone-else")))
     report = doctor_report(world)
     assert report == {MODEL: {"dataset": "toy", "held_out_rows": 1, "subject_mismatch": 1,
                               "examples": ["toy-00004", "toy-test-00000"]}}

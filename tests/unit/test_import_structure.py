@@ -145,8 +145,6 @@ KNOWN_EXCEPTIONS: set[tuple[str, str]] = {
     ("app.catalogue.subjects", "app.forget.models"),
     # a retrain order of the registry queues a job
     ("app.registry.orders", "app.jobs.models"), ("app.registry.orders", "app.jobs.service"),
-    # the subject reference belongs below both catalogue and datasets
-    ("app.datasets.service", "app.catalogue.service"),
     # which models use a dataset is a registry question
     ("app.datasets.service", "app.registry.models"), ("app.catalogue.subjects", "app.registry.models"),
     # a key's tenant row is created with the key
