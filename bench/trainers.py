@@ -126,7 +126,8 @@ def table(rows: list[dict]) -> str:
         return f"{statistics.mean(v):.2f} ± {statistics.pstdev(v):.2f}"
 
     for (model, trainer), rs in groups.items():
-        label = "own (augmented)" if trainer == "augmented" else "Lethe's default loop"
+        label = {"augmented": "own (augmented)", "lethe": "Lethe's default loop",
+                 "external": "own pipeline via a retrain order (round trip)"}.get(trainer, trainer)
         out.append(f"| {model} | {label} | {len(rs)} | {ms([r['original_accuracy'] for r in rs])} | "
                    f"{ms([r['accuracy'] for r in rs])} | "
                    f"{ms([r['accuracy'] - r['original_accuracy'] for r in rs])} | "
