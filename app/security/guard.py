@@ -43,8 +43,9 @@ class Principal:
 
     @property
     def caller(self) -> str:
-        """Who rate limits count (ratelimit.py)."""
-        return f"key:{self.key_id}"
+        """Who rate limits count (ratelimit.py): a tenant's keys share one bucket (a second
+        key must not double a portal's allowance); keys of the default tenant count apart."""
+        return f"tenant:{self.tenant}" if self.tenant != tenants.DEFAULT else f"key:{self.key_id}"
 
     @property
     def actor(self) -> str:

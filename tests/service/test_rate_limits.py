@@ -42,6 +42,21 @@ def test_submissions_are_rate_limited_per_caller(limited):
     assert c.post("/v1/forget/x/cancel", headers=a).status_code == 429  # cancel counts as a submission
 
 
+def test_a_tenants_keys_share_its_submission_limit(limited):
+    """Finding 12: a second key of the same tenant got a fresh allowance."""
+    s, c, clock = limited
+    ops = bearer(make_key(s, ["models:admin"], name="ops"))
+    c.put(f"/v1/tenants/acme/models/{MODEL}", headers=ops).raise_for_status()
+    k1, k2 = (bearer(make_key(s, ["forget:write"], name=f"acme-{i}", tenant="acme")) for i in (1, 2))
+    for subject in ("alice", "bob", "user-5"):
+        assert c.post("/v1/forget", json={"model": MODEL, "subject_id": subject}, headers=k1).status_code == 202
+    r = c.post("/v1/forget", json={"model": MODEL, "subject_id": "user-6"}, headers=k2)
+    assert r.status_code == 429 and r.json()["code"] == "rate_limited", r.text
+    other = bearer(make_key(s, ["forget:write"], name="globex-1", tenant="globex"))
+    c.put(f"/v1/tenants/globex/models/{MODEL}", headers=ops).raise_for_status()
+    assert c.post("/v1/forget", json={"model": MODEL, "subject_id": "user-6"}, headers=other).status_code == 202
+
+
 def test_expensive_routes_are_rate_limited(limited):
     s, c, clock = limited
     h = bearer(make_key(s, ["forget:read", "audit:read", "models:admin"], name="reader"))
