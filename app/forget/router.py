@@ -51,6 +51,21 @@ def _hides(principal: Principal | None, req: ForgetRequest) -> bool:
     return principal is not None and principal.sees_tenant is not None and req.status not in (fm.COMPLETED, fm.FAILED)
 
 
+# figures of a whole (pooled) job: what the other requests it served weigh, and where it ran
+POOLED_FIGURES = ("k", "forget_size", "train_rows", "seconds", "job_seconds")
+
+
+def own_figures(metrics: dict | None, k: int | None) -> dict | None:
+    """A tenant's view of a job's metrics (no oracle: a tenant sees its own request's figures
+    only): the pooled volume and timings go; ``k`` is its own request's instance count."""
+    if metrics is None:
+        return None
+    out = {key: v for key, v in metrics.items() if key not in POOLED_FIGURES}
+    if k is not None:
+        out["k"] = k
+    return out
+
+
 def _read(session, req: ForgetRequest, job=False, principal: Principal | None = None) -> ForgetRead:
     """``job``: the request's job when the caller already has it (False: look it up)."""
     hide = _hides(principal, req)
@@ -63,7 +78,9 @@ def _read(session, req: ForgetRequest, job=False, principal: Principal | None = 
                       instance_ids=None if hide else req.instance_ids,
                       received_at=req.received_at, due_at=req.due_at, completed_at=req.completed_at,
                       error=req.error, version_before=req.version_before, version_after=req.version_after,
-                      exact_version=req.exact_version, metrics=req.metrics,
+                      exact_version=req.exact_version,
+                      metrics=own_figures(req.metrics, len(req.instance_ids or []))
+                      if principal is not None and principal.sees_tenant is not None else req.metrics,
                       job=JobProgress(id=job.id, status=job.status, stage=job.stage, progress=job.progress,
                                       attempts=job.attempts) if job else None,
                       days_left=service.days_left(req), overdue=service.overdue(req), reason_code=req.reason_code,
@@ -273,4 +290,8 @@ def _read_job(session, job_id: str, principal: Principal) -> JobRead:
     found = jobs.get_with_request_ids(session, job_id, principal.sees_tenant)  # one query
     if found is None:
         raise LetheError(404, "unknown_job", f"job {job_id!r} not found")
-    return JobRead.of(*found)
+    read = JobRead.of(*found)
+    if principal.sees_tenant is not None:  # a portal: its own requests' figures, not the pool's
+        read = read.model_copy(update={"worker": None, "plan": None, "stats": None,
+                                       "metrics": own_figures(read.metrics, None)})
+    return read

@@ -118,3 +118,19 @@ def test_a_follower_whose_data_the_first_erased_closes_as_no_data(gw):
         assert nodata.resolve(db, hold_s=0) == [second]
     done = c.get(f"/v1/forget/{second}", headers=k["beta"]).json()
     assert done["status"] == "completed" and done["reason_code"] == "no_data" and done["instance_ids"] == []
+
+
+def test_a_pooled_job_shows_a_tenant_its_own_figures_only(gw):
+    """Finding 8: a pooled job showed one tenant the other's erasure volume (k, forget_size),
+    the plan's history and the worker host."""
+    s, c, k = gw
+    mine = c.post("/v1/forget", json={"model": MODEL, "subject_id": "bob"}, headers=k["acme"]).json()["id"]
+    theirs = c.post("/v1/forget", json={"model": MODEL, "subject_id": "alice"}, headers=k["beta"]).json()["id"]
+    job_id = _job_of(s, mine)
+    assert job_id == _job_of(s, theirs)  # one pooled job
+    assert driver.execute_job(job_id, settings=s, worker_name="host-7") == "completed"
+    read = c.get(f"/v1/forget/{mine}", headers=k["acme"]).json()
+    assert read["metrics"]["k"] == 2 and not {"forget_size", "train_rows"} & set(read["metrics"])
+    job = c.get(f"/v1/jobs/{job_id}", headers=k["acme"]).json()
+    assert job["worker"] is None and job["plan"] is None and job["stats"] is None
+    assert "k" not in job["metrics"] and "host-7" not in str(job) and job["request_ids"] == [mine]
