@@ -238,13 +238,38 @@ def resolve_params(arch: str, params: dict | None) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
+MAX_PARAMETERS = 500_000_000  # 2 GB of float32: far above anything a CPU service unlearns
+
+
+def _meta_parameters(a, shape, num_classes: int, kwargs: dict) -> int | None:
+    """The parameter count of the network, built on the meta device (no memory is
+    allocated), or None when the constructor cannot build there (a plug-in may not)."""
+    try:
+        with torch.device("meta"):
+            m = a.build(shape, num_classes, **kwargs)
+        return int(sum(p.numel() for p in m.parameters()))
+    except RuntimeError as e:
+        if "overflow" in str(e):  # a tensor too large to even describe
+            return 2**63 - 1
+        return None
+    except Exception:  # noqa: BLE001 - the real build below reports what is wrong
+        return None
+
+
 def build_model(arch: str, input_shape, num_classes: int, params: dict | None = None) -> nn.Module:
-    """Build ``arch`` for inputs of ``input_shape`` and ``num_classes`` classes."""
+    """Build ``arch`` for inputs of ``input_shape`` and ``num_classes`` classes (refused, with
+    ``ArchitectureError``, above ``MAX_PARAMETERS`` parameters: counted without allocating)."""
     a = get(arch)
     resolved = resolve_params(arch, params)
     a.check_input(input_shape)
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in resolved.items()}
-    model = a.build(tuple(int(s) for s in input_shape), int(num_classes), **kwargs)
+    shape = tuple(int(s) for s in input_shape)
+    n = _meta_parameters(a, shape, int(num_classes), kwargs)
+    if n is not None and n > MAX_PARAMETERS:
+        count = "more parameters than a tensor can hold" if n == 2**63 - 1 else f"{n:,} parameters"
+        raise ArchitectureError(f"architecture {arch!r} with {resolved} has {count}; at most "
+                                f"{MAX_PARAMETERS:,} (check the sizes in its parameters)")
+    model = a.build(shape, int(num_classes), **kwargs)
     # what rebuilds it (retraining from scratch): plain attributes, not part of the state dict
     model.lethe_arch, model.lethe_arch_params = arch, resolved
     return model

@@ -208,3 +208,14 @@ def test_the_docs_minimal_plugin_keeps_the_contract_with_its_own_head_name():
     patched = get_method("puma")(net, UnlearnRequest(forget_x=fx, forget_y=fy, retain_x=xtr[3:], retain_y=ytr[3:]))
     assert not torch.equal(patched.model.classifier.weight, net.classifier.weight)
     assert torch.equal(patched.model.inp.weight, net.inp.weight)  # only the head is patched
+
+
+@pytest.mark.parametrize("arch,shape,params", [("cnn", (1, 8, 8), {"width": 2147483647}),
+                                               ("mlp", (64,), {"widths": [2147483647]})])
+def test_a_huge_architecture_is_refused_before_anything_is_allocated(arch, shape, params):
+    """Issue 22 finding 14: the gateway tried to allocate the model and echoed the allocator."""
+    from models.architectures import ArchitectureError, validate
+
+    with pytest.raises(ArchitectureError, match="at most 500,000,000") as e:
+        validate(arch, shape, 10, params)
+    assert "alloc" not in str(e.value).lower()
