@@ -180,8 +180,10 @@ def test_readyz_reports_an_unreachable_broker(seeded):
     from app.main import create_app
     from worker.celery_app import CeleryDispatcher
 
-    s = seeded.model_copy(update={"broker_url": "redis://127.0.0.1:1/0", "subject_secret": "a-deployment-secret-1",
-                                  "webhook_secret": "a-deployment-webhook-secret-1"})
+    import secrets
+
+    s = seeded.model_copy(update={"broker_url": "redis://127.0.0.1:1/0", "subject_secret": secrets.token_hex(32),
+                                  "webhook_secret": secrets.token_hex(32)})
     from .conftest import bearer, make_key
 
     with TestClient(create_app(s, dispatcher=CeleryDispatcher(s))) as c:
