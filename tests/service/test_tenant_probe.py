@@ -60,7 +60,7 @@ def world(seeded, dispatcher):
         secrets = {*reqs, *job_ids, group["id"], "acme-ext-77", "acme-ext-78", "acme-hook-secret",
                    "toy-00003", "toy-00004", "toy-00006", "toy-00007"}
         fill = {"request_id": reqs, "job_id": sorted(job_ids), "erasure_id": [group["id"]], "name": [MODEL],
-                "alias": ["production"], "subject_id": ["bob", "user-6"], "tenant": ["acme"], "model": [MODEL]}
+                "alias": ["production"], "version": ["1"], "subject_id": ["bob", "user-6"], "tenant": ["acme"], "model": [MODEL]}
         yield c, globex, secrets, fill
 
 
