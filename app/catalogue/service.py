@@ -274,3 +274,19 @@ def purge_erased_raw(session: Session, model_name: str | None = None) -> int:
                 TrainingInstance.raw_deleted_at.is_(None)).values(raw_deleted_at=now))
     session.flush()
     return removed
+
+
+def data_taint(session: Session, model_name: str) -> int:
+    """How many of the model's live (not erased) training instances were erased from another
+    model trained on the same data (same dataset and instance id): a model is *tainted*
+    until it has forgotten them too. A subject erased with ``POST /v1/forget`` and no model
+    reaches every such model; naming one model leaves the others tainted."""
+    from sqlalchemy.orm import aliased
+
+    other = aliased(TrainingInstance)
+    return int(session.execute(
+        select(func.count(func.distinct(TrainingInstance.instance_id)))
+        .select_from(TrainingInstance)
+        .join(other, (other.dataset == TrainingInstance.dataset) & (other.instance_id == TrainingInstance.instance_id))
+        .where(TrainingInstance.model_name == model_name, TrainingInstance.erased_at.is_(None),
+               other.model_name != model_name, other.erased_at.is_not(None))).scalar() or 0)

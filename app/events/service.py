@@ -137,9 +137,9 @@ def version_purged(session: Session, v, *, superseded_by: int | None, serving_ve
 def tainted_elsewhere(session: Session, model_name: str, instance_ids: list[str], job_id: str) -> list[RegistryEvent]:
     """``model.tainted`` for every other model trained on rows ``model_name`` just erased
     (same dataset and instance id, not erased there): they still hold the erased data and
-    must forget it too (``governance.data_taint``)."""
+    must forget it too (``catalogue.service.data_taint``)."""
     from ..catalogue.models import TrainingInstance as T
-    from ..registry.governance import data_taint
+    from ..catalogue.service import data_taint
 
     dataset = session.execute(select(T.dataset).where(T.model_name == model_name).limit(1)).scalar()
     others = sorted(session.execute(select(T.model_name).distinct().where(

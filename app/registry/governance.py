@@ -82,22 +82,6 @@ def superseded_by(session: Session, model_name: str, version: int, versions: lis
     return None
 
 
-def data_taint(session: Session, model_name: str) -> int:
-    """How many of the model's live (not erased) training instances were erased from another
-    model trained on the same data (same dataset and instance id): a model is *tainted*
-    until it has forgotten them too. A subject erased with ``POST /v1/forget`` and no model
-    reaches every such model; naming one model leaves the others tainted."""
-    from sqlalchemy.orm import aliased
-
-    other = aliased(TrainingInstance)
-    return int(session.execute(
-        select(func.count(func.distinct(TrainingInstance.instance_id)))
-        .select_from(TrainingInstance)
-        .join(other, (other.dataset == TrainingInstance.dataset) & (other.instance_id == TrainingInstance.instance_id))
-        .where(TrainingInstance.model_name == model_name, TrainingInstance.erased_at.is_(None),
-               other.model_name != model_name, other.erased_at.is_not(None))).scalar() or 0)
-
-
 def alias_history(session: Session, model_name: str, alias: str | None = None) -> list[AliasMove]:
     q = select(AliasMove).where(AliasMove.model_name == model_name)
     if alias:

@@ -175,7 +175,7 @@ def list_models(session: SessionDep, settings: SettingsDep, principal: Reader):
 
 
 def _model_read(session, m, vs) -> ModelRead:
-    held = governance.data_taint(session, m.name)
+    held = catalogue.data_taint(session, m.name)
     return ModelRead(name=m.name, dataset=m.dataset, arch=m.arch, input_shape=m.input_shape, classes=m.classes,
                      aliases=service.aliases(session, m.name), latest_version=vs[-1].version if vs else None,
                      family=m.family, status=m.status or "ready", arch_params=m.arch_params or {},

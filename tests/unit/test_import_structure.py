@@ -151,8 +151,8 @@ KNOWN_EXCEPTIONS: set[tuple[str, str]] = {
     ("app.security.keys", "app.tenants.models"), ("app.security.keys", "app.tenants.service"),
     # a webhook delivery row may carry a registry event
     ("app.webhooks.service", "app.events.models"),
-    # a registry event reads the version's taint and the tenants that may see the model
-    ("app.events.service", "app.registry.governance"), ("app.events.service", "app.tenants.service"),
+    # a registry event reads the tenants that may see the model
+    ("app.events.service", "app.tenants.service"),
 }
 
 
