@@ -95,6 +95,9 @@ def _stored_rows(session, settings, ref: str, seen: set[str] | None, model: str 
                     TrainingInstance.erased_at.is_(None))):
                 if (seen is None or m in seen) and (model is None or m == model):
                     holders.setdefault(iid, []).append(m)
+        # A tenant's key sees a stored row only through a model granted to it that holds the
+        # row: the other rows of a shared dataset (other tenants' subjects, held-out rows) would
+        # tell it who is in the data (no oracle, docs/service.md). Operators see every row.
         out += [SubjectRow(dataset=dataset, split=split, instance_id=i, models=sorted(holders.get(i, [])))
-                for split, got in sorted(by_split.items()) for i in got]
+                for split, got in sorted(by_split.items()) for i in got if seen is None or holders.get(i)]
     return out

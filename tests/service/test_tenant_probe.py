@@ -59,7 +59,12 @@ def world(seeded, dispatcher):
         job_ids = {c.get(f"/v1/forget/{r}", headers=op).json()["job"]["id"] for r in (done["id"], open_["id"])}
         secrets = {*reqs, *job_ids, group["id"], "acme-ext-77", "acme-ext-78", "acme-hook-secret",
                    "toy-00003", "toy-00004", "toy-00006", "toy-00007"}
-        fill = {"request_id": reqs, "job_id": sorted(job_ids), "erasure_id": [group["id"]], "name": [MODEL],
+        # a serving system of acme's subscribes to its model's events (a models:read key of acme)
+        serving = bearer(make_key(s, ["models:read"], "acme-serving", tenant="acme"))
+        sub = c.post("/v1/subscriptions", json={"url": HOOK, "model": MODEL}, headers=serving)
+        assert sub.status_code == 201, sub.text
+        secrets.add(sub.json()["id"])
+        fill = {"request_id": reqs, "sub_id": [sub.json()["id"]], "order_id": ["order-of-nobody"], "job_id": sorted(job_ids), "erasure_id": [group["id"]], "name": [MODEL],
                 "alias": ["production"], "version": ["1"], "subject_id": ["bob", "user-6"], "tenant": ["acme"], "model": [MODEL]}
         yield c, globex, secrets, fill
 
