@@ -310,8 +310,8 @@ def _numeric(x, path="inputs") -> None:
 @router.post("/{name}/predict", response_model=PredictRead,
              summary="Predict with the version the 'production' alias points to now",
              responses=responses(e404="unknown model", e409="no 'production' alias",
-                                 e410="raw data of a catalogued instance erased: send its inputs instead",
-                                 e422="not exactly one of instance_ids/inputs, too many, wrong shape, not numbers",
+                                 e422="not exactly one of instance_ids/inputs, too many, wrong shape, not numbers, "
+                                      "an id with no stored data (never catalogued or erased: the same answer)",
                                  e500="the weights fail their sha256 check or are missing"))
 def predict(name: str, body: PredictBody, session: SessionDep, settings: SettingsDep, serving: ServingDep,
             principal: Annotated[Principal, Depends(require_scope(FORGET_READ, MODELS_ADMIN, limit=EXPENSIVE))]):
@@ -327,12 +327,13 @@ def predict(name: str, body: PredictBody, session: SessionDep, settings: Setting
     ids: list[str | None] = [None] * n
     if body.instance_ids is not None:
         rows = catalogue.by_ids(session, name, body.instance_ids)
-        unknown = [i for i in body.instance_ids if i not in rows]
-        if unknown:
-            raise LetheError(422, "unknown_instances", f"not in the catalogue of {name!r}: {', '.join(unknown[:10])}")
-        gone = [i for i in body.instance_ids if rows[i].raw_deleted_at is not None or rows[i].erased_at is not None]
-        if gone:
-            raise LetheError(410, "raw_data_erased", f"raw data erased for: {', '.join(gone[:10])}; send their inputs instead")
+        # one answer for "never catalogued" and "erased": a distinct 410 told a caller which
+        # ids had been in the data and were erased (no oracle, docs/service.md)
+        missing = [i for i in body.instance_ids if i not in rows
+                   or rows[i].raw_deleted_at is not None or rows[i].erased_at is not None]
+        if missing:
+            raise LetheError(422, "unknown_instances", f"no stored data in the catalogue of {name!r} for: "
+                                                       f"{', '.join(missing[:10])}; send their inputs instead")
         x, _ = catalogue.load_arrays([rows[i] for i in body.instance_ids])
         ids = list(body.instance_ids)
     else:

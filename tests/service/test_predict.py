@@ -86,3 +86,22 @@ def test_corrupted_weights_are_refused(client, seeded):
         f.write(b"\x00\x01\x02\x03")
     r = client.post(f"/v1/models/{MODEL}/predict", json={"inputs": [[0.0] * 64]})
     assert r.status_code == 500 and "sha256" in r.json()["detail"]
+
+
+def test_predict_by_id_answers_alike_for_erased_and_never_catalogued(client, seeded):
+    """No oracle: an erased instance and one that never existed get the same status, code and
+    message shape, so a forget:read key cannot learn that someone was in the data."""
+    import datetime as dt
+
+    from app.catalogue.models import TrainingInstance
+
+    with session_scope(seeded.database_url) as db:
+        row = db.query(TrainingInstance).filter_by(model_name=MODEL, instance_id="toy-00004").one()
+        row.erased_at = dt.datetime.now(dt.timezone.utc)
+    url = f"/v1/models/{MODEL}/predict"
+    erased = client.post(url, json={"instance_ids": ["toy-00004"]})
+    never = client.post(url, json={"instance_ids": ["toy-09999"]})
+    assert erased.status_code == never.status_code == 422, (erased.text, never.text)
+    a, b = erased.json(), never.json()
+    assert a["code"] == b["code"] == "unknown_instances"
+    assert a["detail"].replace("toy-00004", "ID") == b["detail"].replace("toy-09999", "ID")
