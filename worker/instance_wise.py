@@ -2,7 +2,8 @@
 
     build
       _read          the forget rows, a bounded sample of the retained rows
-                     (LETHE_JOB_RETAIN_ROWS), the model's cost history   (one read transaction)
+                     (LETHE_JOB_RETAIN_ROWS), the model's cost history, each forget row's
+                     membership risk and gap (worker/risk.py)            (one read transaction)
       _load          the base checkpoint (sha256 checked), the holdout, the base accuracy
       _choose        the planner (``app.jobs.planner.plan``) on the job's facts; a
                      consolidation's plan was made when it was asked for
