@@ -55,6 +55,7 @@ METHOD_ROWS = {
     "l1_sparse": ("l1_sparse", "retrain_like", {}),
     "scrub": ("scrub", "retrain_like", {}),
     "salun": ("salun", "retrain_like", {}),
+    "puma": ("puma", "retrain_like", {}),
 }
 SHADOWS = {"digits": 16, "adult": 16, "mnist5k": 8}  # each trains in seconds (mnist5k: tens of seconds)
 

@@ -22,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results", "instance.json")
 ULIRA_RESULTS = os.path.join(ROOT, "bench", "results", "ulira.json")
 RISK_CALIBRATION = os.path.join(ROOT, "bench", "results", "risk_calibration.json")
+ARCANE_ABLATION = os.path.join(ROOT, "bench", "results", "arcane_ablation.json")
 TARGETS = {"readme": os.path.join(ROOT, "README.md"), "docs": os.path.join(ROOT, "docs", "benchmarks.md")}
 SCENARIO_ORDER = ["1", "8", "32", "128", "10pct", "class", "hard8", "hard32"]
 AUC_TOL, GAP_TARGET, SPEED_TARGET = 0.05, 1.0, 10.0
@@ -326,7 +327,26 @@ def risk_calibration_table(cdoc) -> str:
     return "\n".join(out)
 
 
-def render_text(text: str, doc, udoc=None, cdoc=None) -> str:
+def arcane_ablation_table(adoc) -> str:
+    """Where ARCANE's accuracy goes (``python -m bench.arcane_ablation``): test accuracy per
+    one-class learner / selection variant and per aggregation of the one-class scores."""
+    aggregations = list(adoc["rows"][0]["accuracy"]) if adoc["rows"] else []
+    out = [f"ARCANE ablation (`python -m bench.arcane_ablation {adoc['command']}`; {adoc['machine']}; "
+           f"{adoc['started']}). Test accuracy (%) before any deletion, mean over the seeds listed; "
+           "`mean` is the aggregation the service uses. Every variant reads each sub-model's own class only.", "",
+           "| dataset | seeds | learner / selection | " + " | ".join(f"`{a}`" for a in aggregations)
+           + " | monolithic | CPU s (ensemble) |", "|---|---|---|" + "---|" * (len(aggregations) + 2)]
+    groups = defaultdict(list)
+    for r in adoc["rows"]:
+        groups[(r["dataset"], r["variant"])].append(r)
+    for (ds, variant), rs in groups.items():
+        out.append(f"| {ds} | {_seeds(rs)} | {variant} | "
+                   + " | ".join(f"{st.mean(r['accuracy'][a] for r in rs):.2f}" for a in aggregations)
+                   + f" | {st.mean(r['monolithic_accuracy'] for r in rs):.2f} | {st.mean(r['cpu_seconds'] for r in rs):.1f} |")
+    return "\n".join(out)
+
+
+def render_text(text: str, doc, udoc=None, cdoc=None, adoc=None) -> str:
     for name, fn in BLOCKS.items():
         if f"<!-- render:{name} -->" in text:
             text = _sub(text, name, fn(doc))
@@ -335,6 +355,8 @@ def render_text(text: str, doc, udoc=None, cdoc=None) -> str:
             text = _sub(text, name, fn(udoc))
     if cdoc is not None and "<!-- render:risk-calibration -->" in text:
         text = _sub(text, "risk-calibration", risk_calibration_table(cdoc))
+    if adoc is not None and "<!-- render:arcane-ablation -->" in text:
+        text = _sub(text, "arcane-ablation", arcane_ablation_table(adoc))
     return text
 
 
@@ -354,11 +376,15 @@ def main(argv=None) -> int:
     if os.path.exists(RISK_CALIBRATION):
         with open(RISK_CALIBRATION) as f:
             cdoc = json.load(f)
+    adoc = None
+    if os.path.exists(ARCANE_ABLATION):
+        with open(ARCANE_ABLATION) as f:
+            adoc = json.load(f)
     stale = []
     for path in TARGETS.values():
         with open(path) as f:
             text = f.read()
-        new = render_text(text, doc, udoc, cdoc)
+        new = render_text(text, doc, udoc, cdoc, adoc)
         if new != text:
             stale.append(path)
             if not a.check:

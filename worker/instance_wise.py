@@ -145,7 +145,8 @@ def _load(s: Settings, spec: JobSpec, fx, fy, rx, ry, n_retained, train_s, histo
 def _choose(job: _Inputs) -> tuple[planner.Plan, planner.Facts]:
     """The planner's choice on this job's facts (a consolidation's was made when it was asked for)."""
     s, spec = job.s, job.spec
-    facts = planner.Facts(sharded=False, method=resolve(spec.method, has_retained_data=job.has_retained).name,
+    info = resolve(spec.method, has_retained_data=job.has_retained)
+    facts = planner.Facts(sharded=False, method=info.name, serves_deletions=info.serves_deletions,
                           k=job.k, has_retained=job.has_retained, train_seconds=job.train_s,
                           approx_history=job.history, label_objective=spec.objective in LABEL_OBJECTIVES,
                           max_approx_instances=s.max_approx_instances, retrain_below_s=s.retrain_below_s,

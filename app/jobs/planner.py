@@ -5,10 +5,14 @@ The choices, in order:
 
 1. a sharded model (SISA, ARCANE) retrains the affected shards: exact, and cheap by design;
 2. no retained data: only a data-free approximate method can run;
-3. more instances than ``LETHE_MAX_APPROX_INSTANCES``: exact retraining from scratch with the
+3. a method the catalogue marks as not an unlearning method on its own
+   (``MethodInfo.serves_deletions`` False: full U-LiRA shows its result is no closer to
+   retraining than the unchanged model, e.g. PUMA, docs/unlearning.md): exact retraining;
+   the method never serves a deletion;
+4. more instances than ``LETHE_MAX_APPROX_INSTANCES``: exact retraining from scratch with the
    model's recipe (flipping a large share of the data is label noise an approximate method
    cannot absorb; the instance-wise benchmark shows the quality loss at k = 128);
-4. (not for the label objectives) a row whose membership risk (``models/risk.py``: the effect
+5. (not for the label objectives) a row whose membership risk (``models/risk.py``: the effect
    size of being trained on it, measured once per exact version by reference models on halves
    of its training data) is at or above ``LETHE_RISK_THRESHOLD``: retrain now. The threshold is
    calibrated by full U-LiRA (Hayes et al., SaTML 2025): above it the approximate method's
@@ -16,12 +20,12 @@ The choices, in order:
    so an approximate edit would publish a model an attacker tells apart from retraining on
    exactly the rows a model memorised. Retraining without the whole forget set serves every
    row of the job exactly;
-5. (not for the label objectives misclassify/relabel, whose promise retraining cannot keep)
+6. (not for the label objectives misclassify/relabel, whose promise retraining cannot keep)
    a model whose recorded training time is at most ``LETHE_RETRAIN_BELOW_S``: retrain — exact,
    and no slower than the approximate method (on ``adult`` the default ran at 0.5-3.4x the
    speed of a 2.4-3.7 s retrain);
-6. this model's past approximate jobs predict a cost at least that of retraining: retrain;
-7. otherwise the requested (or default) approximate method -- each row aimed at its own
+7. this model's past approximate jobs predict a cost at least that of retraining: retrain;
+8. otherwise the requested (or default) approximate method -- each row aimed at its own
    membership gap when the version's risk is known -- with exact retraining as the fallback
    when its result is refused by the publishing rules (``app.jobs.publishing``;
    ``worker.instance_wise`` runs both).
@@ -52,6 +56,7 @@ class Facts:
     retrain_below_s: float = 10.0
     risks: list | None = None       # per forget row, its membership risk (None: not measured for this version)
     risk_threshold: float | None = None  # LETHE_RISK_THRESHOLD: rows at or above it go exact
+    serves_deletions: bool = True   # the catalogue's MethodInfo.serves_deletions of ``method``
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,9 @@ def plan(f: Facts) -> Plan:
     if not f.has_retained:
         return Plan(f.method, False, "no retained data in the catalogue: only a data-free method can run",
                     approx_s, None)
+    if not f.serves_deletions:
+        return Plan(RETRAIN, True, f"{f.method} is not an unlearning method on its own (full U-LiRA: its result is "
+                                   f"told apart from retraining; docs/unlearning.md): exact retraining", approx_s, retrain_s)
     if f.k > f.max_approx_instances:
         return Plan(RETRAIN, True, f"{f.k} instances exceed the approximate cap "
                                    f"(LETHE_MAX_APPROX_INSTANCES={f.max_approx_instances}): exact retraining",

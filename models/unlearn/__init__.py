@@ -47,8 +47,10 @@ register("paper_ga", "models.unlearn.paper:paper_ga", family="instance", objecti
 register("paper_ga_adv", "models.unlearn.paper:paper_ga_adv", family="instance", objectives=ALL,
          needs_retained_data=False, exact=False,
          description="Cha et al. ablation: gradient ascent + adversarial examples (no importance anchor)")
+# PUMA is not near retraining under full U-LiRA (bench/results/ulira.json, docs/unlearning.md):
+# callable for study, never the way a deletion is served (the planner retrains instead)
 register("puma", "models.unlearn.puma:puma_unlearn", family="instance", objectives=INFLUENCE,
-         needs_retained_data=True, exact=False, reaches_objective=False,
+         needs_retained_data=True, exact=False, reaches_objective=False, serves_deletions=False,
          description="PUMA (Wu et al., AAAI 2022): influence-function patch of the last layer, retained data "
                      "reweighted so performance holds; no retraining")
 register("sisa", "models.unlearn.sisa:sisa", family="sisa", objectives=INFLUENCE, needs_retained_data=True,

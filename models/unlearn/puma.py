@@ -1,30 +1,41 @@
 """PUMA: Performance Unchanged Model Augmentation (Wu, Hashemi, Srinivasa, AAAI 2022,
 arXiv 2203.00846), on the last layer.
 
-Training objective with per-example weights w (all 1 for the served model):
+What the paper does (its section "Performance Unchanged Model Augmentation"; Fig. 1):
+each training point i pulls the model along its own projection direction, the influence
+direction -H^{-1} grad l_i of the reweighted optimum (the paper's Eq. 12, after the
+influence functions of Koh & Liang, ICML 2017); removing the marked points alone moves the
+model towards high loss of the performance criterion C (Fig. 1b); PUMA reweights the
+remaining points so that their directions cancel that loss of C (Fig. 1c), and patches the
+model linearly with the weighted sum of directions, without retraining. The paper claims the
+result can "fool a membership attack" while keeping performance (abstract; its experiments).
+
+Here, with per-example weights w (all 1 for the served model):
     J(theta; w) = sum_i w_i l(x_i, y_i; theta) + (mu/2) ||theta||^2
-A small change dw moves the optimum by the influence-function (first-order Taylor)
-estimate  d theta = -H^{-1} sum_i dw_i grad l_i,  H = Hessian of J at theta (the
-paper's Taylor expansion of the reweighted optimum; the paper keeps the original H).
-The performance criterion C (here: mean loss on the retained training data, or on a
-holdout set) then changes by  dC = sum_i dw_i I_i,  I_i = -grad C^T H^{-1} grad l_i,
-the influence of each point on C.
+A small change dw moves the optimum by d theta = -H^{-1} sum_i dw_i grad l_i (Eq. 12's
+directions, summed), H = Hessian of J at theta, kept at the original model (first order).
+C (mean loss on the retained training data, or on a holdout set) then changes by
+dC = sum_i dw_i I_i,  I_i = -grad C^T H^{-1} grad l_i, the influence of point i on C.
 
 PUMA removes the marked points (dw_i = -1) and picks weights for the remaining data so
 that C does not change: minimise ||dw_R||^2 subject to sum_R dw_j I_j = sum_F I_i and
-|dw_j| <= box (the paper solves a constrained problem by projected steps with a step
-size eta; we solve the same equality-constrained least-norm problem in closed form and
-enforce the box by clipping and redistributing — our choice). The model is then patched
-once, linearly: theta += -H^{-1} sum_i dw_i grad l_i. No retraining.
+|dw_j| <= box. We solve this equality-constrained least-norm problem in closed form and
+enforce the box by clipping and redistributing (our choice of solver). The model is then
+patched once, linearly: theta += -H^{-1} sum_i dw_i grad l_i. No retraining.
 
-Restriction (Lethe's choice): only the final linear layer
-(``model.head``, or the layer ``lethe_head`` names) is patched, on the frozen penultimate
-features (``model.features``).
+Approximations, stated: (1) only the final linear layer (``model.head``, or the layer
+``lethe_head`` names) is patched, on the frozen penultimate features (``model.features``);
+the paper patches the whole network. (2) The Hessian is the exact one of that layer's
+convex problem, with damping mu > 0, not a network Hessian. (3) First order: H and the
+gradients are taken at the original model.
 For softmax cross-entropy on a linear layer the per-example gradients and the
-Hessian-vector products have closed forms; H^{-1} v is solved by conjugate gradient
-(H is positive definite thanks to mu > 0). On a convex problem (features fixed, theta
-at the optimum of J) the patch with ``reweight=False`` is the Newton step towards the
-exactly retrained model (tested).
+Hessian-vector products have closed forms; H^{-1} v is solved by conjugate gradient.
+On a convex problem (features fixed, theta at the optimum of J) the patch with
+``reweight=False`` is the Newton step towards the exactly retrained model (tested).
+
+Measured removal (full U-LiRA, ``bench/ulira.py``, docs/unlearning.md): the patched model
+is not near retraining per example, so the catalogue marks PUMA ``serves_deletions=False``
+and the planner serves a deletion that asks for it by exact retraining.
 """
 from __future__ import annotations
 

@@ -37,7 +37,10 @@ checkpoint; ``sisa``/``arcane``: a sharded bundle); ``objectives`` — which of
 training data; ``exact`` — the result is what retraining without the data gives (not an
 approximation); ``reaches_objective`` — it drives every forget instance to a
 ``LABEL_OBJECTIVES`` goal, so the worker refuses to publish a model where one is
-left (False for methods that remove influence instead: retraining, influence patches).
+left (False for methods that remove influence instead: retraining, influence patches);
+``serves_deletions`` — its result may be published as a deletion (False for a method that
+full U-LiRA, ``bench/ulira.py``, shows does not remove what retraining removes: the planner
+then serves the deletion by exact retraining, and the method stays callable for study).
 A sharded family's methods are ``ShardedMethod`` objects (``models.unlearn.shards``), which
 the worker can also run member by member.
 """
@@ -175,6 +178,7 @@ class MethodInfo:
     description: str
     reaches_objective: bool = True
     picks: tuple[str, str] | None = None  # a choice: (method with retained data, method without)
+    serves_deletions: bool = True   # False: not an unlearning method on its own; the planner retrains
 
     def load(self) -> Method:
         if self.picks is not None:
@@ -196,13 +200,13 @@ def register_family(name: str, *, sharded: bool, default_method: str, descriptio
 
 def register(name: str, entry: str, *, family: str, objectives: tuple[str, ...] = OBJECTIVES,
              needs_retained_data: bool, exact: bool, description: str,
-             reaches_objective: bool = True) -> MethodInfo:
+             reaches_objective: bool = True, serves_deletions: bool = True) -> MethodInfo:
     """Add a method to the catalogue (see the module docstring). ``entry`` is
     "package.module:attribute"; the module is imported on first use."""
     if ":" not in entry:
         raise ValueError(f"method {name!r}: entry must be 'module:attribute', got {entry!r}")
     return _add(MethodInfo(name, entry, family, tuple(objectives), needs_retained_data, exact, description,
-                           reaches_objective))
+                           reaches_objective, serves_deletions=serves_deletions))
 
 
 def register_choice(name: str, *, with_retained: str, without_retained: str, description: str) -> MethodInfo:
@@ -214,7 +218,7 @@ def register_choice(name: str, *, with_retained: str, without_retained: str, des
     return _add(MethodInfo(name, f"{a.entry} | {b.entry}", a.family,
                            tuple(o for o in a.objectives if o in b.objectives), b.needs_retained_data,
                            a.exact and b.exact, description, a.reaches_objective and b.reaches_objective,
-                           picks=(a.name, b.name)))
+                           picks=(a.name, b.name), serves_deletions=a.serves_deletions and b.serves_deletions))
 
 
 def _add(info: MethodInfo) -> MethodInfo:
@@ -300,9 +304,10 @@ def markdown() -> str:
     lines += [f"| `{o}` | {d} |" for o, d in OBJECTIVE_DESCRIPTIONS.items()]
     lines += ["", "## Methods", "",
               "| method | family | objectives | needs retained data | exact | refused unless every instance "
-              "reaches the objective | description |", "|---|---|---|---|---|---|---|"]
+              "reaches the objective | serves a deletion on its own | description |", "|---|---|---|---|---|---|---|---|"]
     for m in METHODS.values():
         lines.append(f"| `{m.name}` | `{m.family}` | {', '.join(m.objectives)} | {yes(m.needs_retained_data)} | "
-                     f"{yes(m.exact)} | {yes(m.reaches_objective)} | {m.description} |")
+                     f"{yes(m.exact)} | {yes(m.reaches_objective)} | "
+                     f"{yes(m.serves_deletions) if m.serves_deletions else 'no: the planner retrains'} | {m.description} |")
     return "\n".join(lines) + "\n"
 

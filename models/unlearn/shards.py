@@ -244,8 +244,9 @@ class OneClassAE(nn.Module):
 
 
 def build_member(config: ExactConfig) -> nn.Module:
-    if config.kind == "arcane":
-        return OneClassAE(config.input_shape)
+    if config.kind == "arcane":  # arch_params: the autoencoder's widths ({"hidden", "code"}), default 64/16
+        widths = {k: int(v) for k, v in (config.arch_params or {}).items() if k in ("hidden", "code")}
+        return OneClassAE(config.input_shape, **widths)
     return build_model(config.arch, config.input_shape, len(config.classes), config.arch_params)
 
 

@@ -152,15 +152,18 @@ def test_a_failed_shard_retrain_fails_the_job_and_the_alias_stays(exact_service)
     assert not c.get("/v1/subjects/carol/instances", params={"model": "digits-sisa"}).json()["instances"][0]["erased"]
 
 
-def test_puma_through_the_worker_on_an_instance_model(seeded):
+def test_puma_is_served_by_retraining(seeded):
+    """PUMA is not an unlearning method on its own (full U-LiRA, docs/unlearning.md): a request
+    that names it is accepted and served by exact retraining, and the plan says why."""
     s = seeded.model_copy(update={"embedded_worker": True})
     with TestClient(create_app(s), headers=bearer(make_key(s))) as c:
         r = c.post("/v1/forget", json={"model": MODEL, "subject_id": "alice", "method": "puma"})
         assert r.status_code == 202, r.text
         done = _wait(c, r.json()["id"])
         assert done["status"] == "completed", done
-        assert done["metrics"]["method"] == "puma" and (done["version_before"], done["version_after"]) == (1, 2)
+        assert done["metrics"]["method"] == "retrain" and (done["version_before"], done["version_after"]) == (1, 2)
         job = c.get(f"/v1/jobs/{done['job']['id']}").json()
-        assert job["stats"]["layer"] == "head" and job["stats"]["patch_norm"] > 0
+        assert job["plan"]["exact"] is True and job["plan"]["method"] == "retrain", job["plan"]
+        assert "not an unlearning method on its own" in job["plan"]["reason"]
         r = c.post("/v1/forget", json={"model": MODEL, "subject_id": "bob", "method": "sisa"})
         assert r.status_code == 422 and r.json()["code"] == "method_not_supported"

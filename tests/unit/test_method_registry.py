@@ -88,3 +88,17 @@ def test_which_results_must_reach_the_objective():
     assert unlearn.must_reach("lethe", "misclassify") and unlearn.must_reach("paper_ga", "relabel")
     assert not unlearn.must_reach("lethe", "retrain_like")
     assert not any(unlearn.must_reach(m, "misclassify") for m in ("puma", "sisa", "arcane", "retrain"))
+
+
+def test_a_method_that_does_not_remove_never_serves_a_deletion():
+    """PUMA's full U-LiRA AUC is not near retraining's (bench/results/ulira.json, docs/unlearning.md):
+    the catalogue says so, its docs table says so, and the planner serves such a request by retraining."""
+    from app.jobs.planner import RETRAIN, Facts, plan
+
+    assert not unlearn.method_info("puma").serves_deletions
+    assert all(unlearn.method_info(m).serves_deletions for m in ("lethe", "instance", "retrain", "sisa", "arcane"))
+    assert "| `puma` |" in registry.markdown() and "no: the planner retrains" in registry.markdown()
+    info = unlearn.resolve("puma", has_retained_data=True)
+    p = plan(Facts(sharded=False, method=info.name, k=1, has_retained=True, train_seconds=600.0,
+                   serves_deletions=info.serves_deletions))
+    assert (p.method, p.exact) == (RETRAIN, True) and "not an unlearning method on its own" in p.reason

@@ -21,6 +21,10 @@ def facts(**kw):
     (dict(approx_history=[[8, 4.0], [32, 12.0]]), "lethe", False, "predicted"),
     (dict(train_seconds=None), "lethe", False, "no retraining time recorded"),
     (dict(), "lethe", False, "no approximate history yet"),
+    # a method full U-LiRA shows does not remove (PUMA): never serves a deletion, even when cheap
+    (dict(method="puma", serves_deletions=False), RETRAIN, True, "not an unlearning method on its own"),
+    (dict(method="puma", serves_deletions=False, train_seconds=None, label_objective=True), RETRAIN, True,
+     "not an unlearning method on its own"),
 ])
 def test_plan_table(kw, method, exact, why):
     p = plan(facts(**kw))

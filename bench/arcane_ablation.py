@@ -1,0 +1,117 @@
+"""Benchmark: where ARCANE's accuracy goes (Yan et al., IJCAI 2022; models/unlearn/arcane.py).
+
+    python -m bench.arcane_ablation                       # adult, seed 0
+    python -m bench.arcane_ablation --datasets adult,digits --seeds 0,1
+
+ARCANE turns a k-class task into k one-class tasks (sub-model c sees only class c) and
+predicts the class whose sub-model accepts x best. Three things can cost accuracy against the
+monolithic model, and each is varied here alone, on the same training data, before any deletion:
+
+- the one-class learner's capacity (``OneClassAE`` hidden/code widths, ``ExactConfig.arch_params``);
+- the aggregation of the k one-class scores (computed on the same trained sub-models):
+  ``mean`` (served: reconstruction error over the sub-model's mean error on its own class),
+  ``raw`` (error alone), ``zscore`` (error standardised by its own class's mean and standard
+  deviation) and ``pvalue`` (the share of the sub-model's own training errors at or above the
+  test error: an empirical one-class p-value, still reading only the sub-model's own class);
+- representative data selection (rho: share of each class kept by k-center; 1.0 = all).
+
+Every score a variant uses comes from one sub-model and its own class's data, so each keeps
+ARCANE's one-deletion-one-sub-model property. ``monolithic`` is the served single network
+(models/train.py recipe) on the same split. Writes bench/results/arcane_ablation.json; the
+table in docs/benchmarks.md is rendered from it by ``python -m bench.render``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from bench.instance import machine
+from models.data import DEFAULT_ARCH, load_dataset
+from models.train import DEFAULT_EPOCHS, accuracy, train_model
+from models.unlearn.arcane import train_arcane
+from models.unlearn.shards import ExactConfig, MemoryStore
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AGGREGATIONS = ("mean", "raw", "zscore", "pvalue")
+# (label, arch_params of the one-class autoencoder, rho)
+VARIANTS = [("served: AE 64/16, all data", None, 1.0),
+            ("AE 256/32, all data", {"hidden": 256, "code": 32}, 1.0),
+            ("AE 16/4, all data", {"hidden": 16, "code": 4}, 1.0),
+            ("AE 64/16, k-center 50 %", None, 0.5)]
+
+
+@torch.no_grad()
+def _errors(member, x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
+    return torch.cat([member.errors(x[i:i + batch]) for i in range(0, len(x), batch)])
+
+
+@torch.no_grad()
+def aggregate(model, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per aggregation, the predicted class of every test row. Each sub-model's statistics are
+    read on its own class's training rows only."""
+    errs = torch.stack([_errors(m, test_x) for m in model.members], 1)   # (n, k)
+    own = [_errors(m, train_x[train_y == c]) for c, m in enumerate(model.members)]
+    mean = torch.stack([e.mean() for e in own]).clamp_min(1e-8)
+    std = torch.stack([e.std() if len(e) > 1 else torch.ones(()) for e in own]).clamp_min(1e-8)
+    pval = torch.stack([(e[None, :] >= errs[:, c:c + 1]).float().mean(1) for c, e in enumerate(own)], 1)
+    scores = {"mean": -errs / mean, "raw": -errs, "zscore": -(errs - mean) / std, "pvalue": pval}
+    return {a: s.argmax(1) for a, s in scores.items()}
+
+
+def run(names, seeds, slices, log=print):
+    rows = []
+    for name in names:
+        d = load_dataset(name)
+        x, y, tx, ty = d.x_train, d.y_train, d.x_test, d.y_test
+        arch = DEFAULT_ARCH[name]
+        epochs = DEFAULT_EPOCHS[arch]
+        for seed in seeds:
+            c = time.process_time()
+            mono = train_model(arch, x, y, input_shape=d.input_shape, num_classes=d.num_classes, seed=seed,
+                               device="cpu")
+            mono_acc, mono_s = accuracy(mono, tx, ty), time.process_time() - c
+            log(f"[{name} seed {seed}] monolithic {arch}: {mono_acc:.2f} % ({mono_s:.1f} CPU s)")
+            ids = [f"{name}-{i}" for i in range(len(y))]
+            for label, params, rho in VARIANTS:
+                cfg = ExactConfig(kind="arcane", arch="ae1c", dataset=name, input_shape=d.input_shape,
+                                  classes=d.classes, shards=d.num_classes, slices=slices, epochs=epochs, seed=seed,
+                                  rho=rho, lr=3e-3, arch_params=params)
+                c = time.process_time()
+                model = train_arcane(cfg, ids, x, y, store=MemoryStore())
+                cpu = time.process_time() - c
+                served = accuracy(model, tx, ty)
+                preds = aggregate(model, x, y, tx)
+                acc = {a: 100.0 * float((p == ty).float().mean()) for a, p in preds.items()}
+                row = dict(dataset=name, seed=seed, variant=label, arch_params=params, rho=rho, slices=slices,
+                           epochs=epochs, accuracy=acc, served_accuracy=served, monolithic_accuracy=mono_acc,
+                           cpu_seconds=cpu, monolithic_cpu_seconds=mono_s)
+                rows.append(row)
+                log(f"[{name} seed {seed}] {label}: " + " ".join(f"{a} {v:.2f}" for a, v in acc.items())
+                    + f" (served {served:.2f}; monolithic {mono_acc:.2f}; {cpu:.1f} CPU s)")
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", default="adult")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--slices", type=int, default=5, help="training-state blocks per sub-model (bench.exact: 5)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "arcane_ablation.json"))
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    rows = run(a.datasets.split(","), [int(s) for s in a.seeds.split(",")], a.slices)
+    doc = {"machine": machine(), "started": started,
+           "command": " ".join(argv if argv is not None else __import__("sys").argv[1:]), "rows": rows}
+    with open(a.out, "w") as f:
+        json.dump(doc, f, indent=1)
+    print(f"wrote {a.out}; render the table with `python -m bench.render`")
+
+
+if __name__ == "__main__":
+    main()
