@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import torch
@@ -102,12 +103,18 @@ def main(argv=None):
     p.add_argument("--slices", type=int, default=5, help="training-state blocks per sub-model (bench.exact: 5)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "arcane_ablation.json"))
+    p.add_argument("--append", action="store_true", help="add the rows to those already in --out")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rows = run(a.datasets.split(","), [int(s) for s in a.seeds.split(",")], a.slices)
-    doc = {"machine": machine(), "started": started,
-           "command": " ".join(argv if argv is not None else __import__("sys").argv[1:]), "rows": rows}
+    command = " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--append")
+    doc = {"machine": machine(), "started": started, "commands": [], "rows": []}
+    if a.append and os.path.exists(a.out):
+        with open(a.out) as f:
+            doc = json.load(f)
+    doc["commands"].append(command)
+    doc["rows"] += rows
     with open(a.out, "w") as f:
         json.dump(doc, f, indent=1)
     print(f"wrote {a.out}; render the table with `python -m bench.render`")

@@ -331,8 +331,8 @@ def arcane_ablation_table(adoc) -> str:
     """Where ARCANE's accuracy goes (``python -m bench.arcane_ablation``): test accuracy per
     one-class learner / selection variant and per aggregation of the one-class scores."""
     aggregations = list(adoc["rows"][0]["accuracy"]) if adoc["rows"] else []
-    out = [f"ARCANE ablation (`python -m bench.arcane_ablation {adoc['command']}`; {adoc['machine']}; "
-           f"{adoc['started']}). Test accuracy (%) before any deletion, mean over the seeds listed; "
+    out = ["ARCANE ablation (" + "; ".join(f"`python -m bench.arcane_ablation {c}`" for c in adoc["commands"])
+           + f"; {adoc['machine']}; {adoc['started']}). Test accuracy (%) before any deletion, mean over the seeds listed; "
            "`mean` is the aggregation the service uses. Every variant reads each sub-model's own class only.", "",
            "| dataset | seeds | learner / selection | " + " | ".join(f"`{a}`" for a in aggregations)
            + " | monolithic | CPU s (ensemble) |", "|---|---|---|" + "---|" * (len(aggregations) + 2)]

@@ -1,0 +1,32 @@
+"""The ARCANE ablation's knobs (bench/arcane_ablation.py): the one-class learner's widths travel
+in ``arch_params``; the served aggregation is the ensemble's own forward."""
+import torch
+
+from bench.arcane_ablation import AGGREGATIONS, aggregate
+from models.data import load_dataset
+from models.unlearn.arcane import train_arcane
+from models.unlearn.shards import ExactConfig, MemoryStore, build_member
+
+
+def _cfg(**kw):
+    d = load_dataset("digits")
+    return d, ExactConfig(kind="arcane", arch="ae1c", dataset="digits", input_shape=d.input_shape, classes=d.classes,
+                          shards=d.num_classes, slices=1, epochs=1, **kw)
+
+
+def test_learner_widths_come_from_arch_params_and_other_keys_are_ignored():
+    _, cfg = _cfg(arch_params={"hidden": 8, "code": 3, "depth": 7})
+    m = build_member(cfg)
+    assert (m.enc[0].out_features, m.enc[2].out_features) == (8, 3)
+    _, cfg = _cfg()
+    assert build_member(cfg).enc[0].out_features == 64  # the served default
+
+
+def test_every_aggregation_predicts_every_row_and_the_served_one_is_the_model():
+    d, cfg = _cfg(arch_params={"hidden": 16, "code": 4})
+    x, y = d.x_train[:300], d.y_train[:300]
+    model = train_arcane(cfg, [str(i) for i in range(len(y))], x, y, store=MemoryStore())
+    preds = aggregate(model, x, y, d.x_test[:50])
+    assert set(preds) == set(AGGREGATIONS) and all(p.shape == (50,) for p in preds.values())
+    # the served aggregation is the model's own forward
+    assert torch.equal(preds["mean"], model(d.x_test[:50]).argmax(1))
