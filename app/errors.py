@@ -212,8 +212,8 @@ def _document_operation(op: dict) -> None:
         statuses += [401, 403, 503]  # the key is looked up in the database
     if "requestBody" in op:
         statuses += [400, 413, 422]
-    elif res.get("422", {}).get("description") == "Validation Error" and not _can_be_invalid(op):
-        del res["422"]  # FastAPI adds it for any parameter; a plain string in the path cannot be invalid
+    elif op.get("parameters"):
+        statuses.append(422)  # a control character in a path or query parameter (app/limits.py)
     if any(p.get("in") == "path" for p in op.get("parameters", [])):
         statuses.append(404)  # an id in the path that names nothing
     for s in statuses:
@@ -226,11 +226,3 @@ def _document_operation(op: dict) -> None:
         media = (r.get("content") or {}).get("application/json") or {}
         if media.get("schema", {}).get("$ref", _VALIDATION_REF) == _VALIDATION_REF:  # a route's own model stays
             r["content"] = {"application/json": {**media, "schema": {"$ref": _REF}}}
-
-
-def _can_be_invalid(op: dict) -> bool:
-    for p in op.get("parameters", ()):
-        sch = p.get("schema", {})
-        if p.get("in") != "path" or sch.get("type") != "string" or set(sch) - {"type", "title", "description"}:
-            return True
-    return False

@@ -464,8 +464,18 @@ class DatasetStore:
             try:
                 pf = files.get(frag.file) or files.setdefault(frag.file, self._open(frag.file))
                 t = pf.read_row_group(g)
-            except FileNotFoundError:  # replaced by a compaction meanwhile; other groups will do
-                continue
+            except FileNotFoundError:  # a compaction replaced the fragment meanwhile: read its new file
+                # (every fragment may have been replaced since the listing; skipping them all
+                # would answer an empty sample)
+                frag = next((f for f in self._fragments(split) if f.name == frag.name), None)
+                tomb = self._tombstones(split)
+                if frag is None or g >= frag.row_groups:
+                    continue
+                try:
+                    pf = files.setdefault(frag.file, self._open(frag.file))
+                    t = pf.read_row_group(g)
+                except FileNotFoundError:  # replaced once more; other groups will do
+                    continue
             t = self._visible(frag, g, t, tomb, exclude, where)
             parts.append(t)
             have += t.num_rows

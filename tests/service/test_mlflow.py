@@ -125,8 +125,13 @@ def test_versions_aliases_and_purges_reach_mlflow(seeded, mlflow_server, monkeyp
     monkeypatch.setenv("LETHE_REGISTRY_DIR", s.registry_dir)
     monkeypatch.setenv("LETHE_MLFLOW_TRACKING_URI", mlflow_server["url"])
     from app import cli
+    from app.settings import get_settings
 
-    assert cli.main(["mlflow", "sync"]) == 0
+    get_settings.cache_clear()  # the command reads the environment set above, not an earlier test's
+    try:
+        assert cli.main(["mlflow", "sync"]) == 0
+    finally:
+        get_settings.cache_clear()
     printed = capsys.readouterr().out
     out = json.loads(printed.strip().splitlines()[-1]) if printed.strip() else printed
     assert (out["created"], out["aliases"], out["purged"]) == (1, 1, 1), printed
