@@ -32,7 +32,7 @@ from app.jobs import planner
 from app.jobs import service as jobs
 from app.jobs.models import CONSOLIDATE
 from app.registry import service as registry
-from app.registry import starting
+from app.registry import orders, starting
 from app.settings import Settings
 from models.trainers import TrainerError
 from models.unlearn import DEFAULT_OBJECTIVE, get_method, resolve
@@ -147,6 +147,7 @@ def _choose(job: _Inputs) -> tuple[planner.Plan, planner.Facts]:
     s, spec = job.s, job.spec
     info = resolve(spec.method, has_retained_data=job.has_retained)
     facts = planner.Facts(sharded=False, method=info.name, serves_deletions=info.serves_deletions,
+                          retrains_here=_retrains_here(spec),
                           k=job.k, has_retained=job.has_retained, train_seconds=job.train_s,
                           approx_history=job.history, label_objective=spec.objective in LABEL_OBJECTIVES,
                           max_approx_instances=s.max_approx_instances, retrain_below_s=s.retrain_below_s,
@@ -230,6 +231,8 @@ def _fallback(job: _Inputs, lease: Lease, progress, plan_doc: dict, result, metr
         verify(job.s, job.spec.objective, metrics)
         return result, metrics
     except VerificationFailed as refused:  # exact fallback, not failure
+        if not _retrains_here(job.spec):  # only its own pipeline can retrain it: the refusal is final
+            raise
         chosen = metrics["method"]
         log.warning("job %s: %s refused (%s); retraining from scratch", job.spec.job_id, chosen, refused)
         lease.record_plan({**plan_doc, "method": planner.RETRAIN, "exact": True, "fallback_from": chosen,
@@ -238,6 +241,12 @@ def _fallback(job: _Inputs, lease: Lease, progress, plan_doc: dict, result, metr
         result, metrics = _run(job, planner.RETRAIN, progress)
         metrics["exact"] = True
         return result, metrics
+
+
+def _retrains_here(spec: JobSpec) -> bool:
+    """False for a model its own pipeline retrains (trainer ``external``): a job of Lethe's
+    cannot retrain it; its exact versions come from retrain orders (app/registry/orders.py)."""
+    return (spec.recipe or {}).get("trainer") != orders.EXTERNAL
 
 
 def _writer(s: Settings, spec: JobSpec, new_model, meta: dict, method: str) -> Callable[[], tuple[str, str]]:

@@ -57,6 +57,8 @@ class Facts:
     risks: list | None = None       # per forget row, its membership risk (None: not measured for this version)
     risk_threshold: float | None = None  # LETHE_RISK_THRESHOLD: rows at or above it go exact
     serves_deletions: bool = True   # the catalogue's MethodInfo.serves_deletions of ``method``
+    retrains_here: bool = True      # False: the model's own pipeline retrains it (trainer ``external``,
+                                    # app/registry/orders.py), so no job of Lethe's can retrain it
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,10 @@ def plan(f: Facts) -> Plan:
     approx_s = predict_approx_seconds(f.approx_history, f.k)
     if not f.has_retained:
         return Plan(f.method, False, "no retained data in the catalogue: only a data-free method can run",
+                    approx_s, None)
+    if not f.retrains_here:  # its exact version comes from a retrain order, whatever the rules below say
+        return Plan(f.method, False, "the model is retrained by its own pipeline (trainer 'external'): approximate "
+                                     "now; its exact version comes from a retrain order (GET /v1/retrain-orders)",
                     approx_s, None)
     if not f.serves_deletions:
         return Plan(RETRAIN, True, f"{f.method} is not an unlearning method on its own (full U-LiRA: its result is "

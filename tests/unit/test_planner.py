@@ -25,6 +25,10 @@ def facts(**kw):
     (dict(method="puma", serves_deletions=False), RETRAIN, True, "not an unlearning method on its own"),
     (dict(method="puma", serves_deletions=False, train_seconds=None, label_objective=True), RETRAIN, True,
      "not an unlearning method on its own"),
+    # a model its own pipeline retrains: approximate now, whatever would send it to retraining here
+    (dict(retrains_here=False, k=65), "lethe", False, "retrained by its own pipeline"),
+    (dict(retrains_here=False, train_seconds=3.0, risks=[0.9] * 8, risk_threshold=0.47), "lethe", False,
+     "retrain order"),
 ])
 def test_plan_table(kw, method, exact, why):
     p = plan(facts(**kw))
