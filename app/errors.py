@@ -124,11 +124,14 @@ def _allowed_methods(request: Request) -> list[str]:
     from fastapi.routing import iter_route_contexts
     from starlette.routing import compile_path
 
-    path, methods = request.url.path, set()
+    path, found = request.url.path, []
     for route in iter_route_contexts(request.app.routes):  # included routers flattened
         if route.path_format and route.methods and compile_path(route.path_format)[0].match(path):
-            methods |= route.methods
-    return sorted(methods)
+            found.append((route.path_format.count("{"), route.methods))
+    # the most specific paths only: /aliases/history is a resource of its own, not an alias
+    # named "history" of /aliases/{alias} (whose PUT refuses that name)
+    fewest = min((n for n, _ in found), default=0)
+    return sorted({m for n, methods in found if n == fewest for m in methods})
 
 
 def _request_id(request: Request) -> str:

@@ -30,6 +30,7 @@ from . import service as registry
 from .models import PRODUCTION, PURGED, READY, AliasMove, ModelVersion
 
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+RESERVED_ALIASES = frozenset({"history"})
 
 
 def lineage_jobs(session: Session, model_name: str, version: int) -> set[str]:
@@ -97,6 +98,8 @@ def set_alias(session: Session, *, model_name: str, alias: str, version: int, ac
         raise LetheError(404, "unknown_model", f"model {model_name!r} is not registered")
     if not ALIAS_RE.match(alias):
         raise LetheError(422, "bad_alias", "an alias is 1-64 characters: a-z, 0-9, '_' or '-', starting with a letter")
+    if alias in RESERVED_ALIASES:  # GET .../aliases/history is the moves' log: such an alias could not be read
+        raise LetheError(422, "bad_alias", f"{alias!r} names a route of its own (.../aliases/{alias}); choose another")
     v = registry.get_version(session, model_name, version)
     if v is None:
         known = [x.version for x in registry.versions(session, model_name)]

@@ -34,6 +34,12 @@ def test_framework_errors_get_a_code(client):
     r = client.delete("/v1/models")
     assert_error(r, 405, "method_not_allowed")
     assert {"GET", "POST"} <= set(r.headers["allow"].split(", ")), r.headers  # both routes on the path
+    # a literal path is its own resource: /aliases/history is not the alias "history" of
+    # /aliases/{alias}, whose PUT refuses that name
+    r = client.delete("/v1/models/toy-cnn/aliases/history")
+    assert_error(r, 405, "method_not_allowed")
+    assert r.headers["allow"] == "GET", r.headers
+    assert_error(client.put("/v1/models/toy-cnn/aliases/history", json={"version": 1}), 422, "bad_alias")
 
 
 def test_an_unhandled_exception_answers_a_reference_not_a_traceback(seeded, dispatcher, caplog):
