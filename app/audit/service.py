@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.orm import Session
@@ -172,12 +172,19 @@ def verify(session: Session, batch: int = 1000) -> dict:
     {ok, entries, head, first_bad_seq, reason}. The routes use ``verify_incremental``, which
     never holds the write lock (after ``drain_pending``)."""
     drain(session)
-    prev, expected_seq, count, last_seq = GENESIS, 1, 0, 0
-    while True:
-        rows = session.execute(select(AuditEvent).where(AuditEvent.seq > last_seq)
-                               .order_by(AuditEvent.seq).limit(batch)).scalars().all()
-        if not rows:
-            break
+    return _rehash(lambda after: _events_after(session, after, batch), 0, GENESIS)
+
+
+def _events_after(session: Session, seq: int, batch: int) -> list[AuditEvent]:
+    return session.execute(select(AuditEvent).where(AuditEvent.seq > seq)
+                           .order_by(AuditEvent.seq).limit(batch)).scalars().all()
+
+
+def _rehash(fetch: Callable[[int], list[AuditEvent]], seq: int, head: str) -> dict:
+    """Re-hash the chain after event ``seq`` (whose hash is ``head``) to the newest event,
+    ``fetch(after_seq)`` giving the next batch. Same result shape as ``verify``."""
+    prev, expected_seq, count, last_seq = head, seq + 1, seq, seq
+    while rows := fetch(last_seq):
         bad, prev, expected_seq, count = _check_rows(rows, prev, expected_seq, count)
         if bad:
             return bad
@@ -235,18 +242,11 @@ def verify_after(url: str, seq: int, head: str, *, batch: int = 1000) -> dict:
     """Re-hash the chain after event ``seq``, whose hash must be ``head`` (a signed
     checkpoint's: the caller checked the event still carries it), up to the newest event; each
     batch in its own read-only transaction. Same result shape as ``verify``."""
-    prev, expected_seq, count, last_seq = head, seq + 1, seq, seq
-    while True:
+    def fetch(after: int) -> list[AuditEvent]:
         with read_scope(url) as db:
-            rows = db.execute(select(AuditEvent).where(AuditEvent.seq > last_seq)
-                              .order_by(AuditEvent.seq).limit(batch)).scalars().all()
-        if not rows:
-            break
-        bad, prev, expected_seq, count = _check_rows(rows, prev, expected_seq, count)
-        if bad:
-            return bad
-        last_seq = rows[-1].seq
-    return {"ok": True, "entries": count, "head": prev, "first_bad_seq": None, "reason": None}
+            return _events_after(db, after, batch)
+
+    return _rehash(fetch, seq, head)
 
 
 def page(session: Session, *, after_seq: int = 0, limit: int = 100, action: str | None = None) -> list[AuditEvent]:
