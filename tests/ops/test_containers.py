@@ -4,6 +4,7 @@ started: Debian's docker-compose 1.29 validates the compose file against its sch
 from __future__ import annotations
 
 import os
+import sys
 import re
 import shlex
 import subprocess
@@ -128,3 +129,22 @@ def test_the_cuda_base_is_chosen_at_build_time(compose, resolved):
     svc = yaml.safe_load(r.stdout)["services"]
     assert svc["migrate"]["build"]["args"]["BASE_IMAGE"] == cuda
     assert {svc[n]["image"] for n in ("migrate", "api", "worker", "worker-2")} == {"lethe:cuda"}
+
+
+def test_the_image_installs_the_mlflow_extra_by_default():
+    """The image's requirements come from pyproject.toml through the Dockerfile's own snippet, run
+    here as the build runs it: the default EXTRAS add the MLflow client, EXTRAS="" leaves it out."""
+    with open(os.path.join(ROOT, "Dockerfile")) as f:
+        text = f.read().replace("\\\n", " ")
+    default = re.search(r'^ARG EXTRAS="([^"]*)"', text, re.M).group(1)
+    snippet = re.search(r"python -c '([^']+)' > /tmp/requirements.txt", text).group(1)
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+
+    def requirements(extras):
+        r = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT, env={**os.environ, "EXTRAS": extras},
+                           capture_output=True, text=True, check=True)
+        return r.stdout.split()
+
+    assert requirements(default) == project["dependencies"] + project["optional-dependencies"]["mlflow"]
+    assert requirements("") == project["dependencies"]
