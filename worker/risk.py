@@ -6,8 +6,8 @@ complementary halves of its retained rows (LiRA's offline calibration, Carlini e
 each row's risk (effect size of being trained on it) and gap (its own target drop for the
 approximate method) are stored in ``membership_risks``. The version's metrics gain a summary
 (``membership_risk``: quantiles, rows at or above ``LETHE_RISK_THRESHOLD``, the job's cost in
-seconds and as a multiple of the model's training run), which ``GET /v1/models/{name}/versions``
-shows. The planner (app/jobs/planner.py) reads the rows of the newest version that has them. A
+seconds and as a multiple of the model's training run, when it ran), which ``GET
+/v1/models/{name}/versions`` and the version's card (``membership_risk``) show. The planner (app/jobs/planner.py) reads the rows of the newest version that has them. A
 new exact version is measured again only once ``LETHE_RISK_RECOMPUTE_FRACTION`` of the rows last
 measured is gone (a retrain without a few rows changes little else; the job costs trainings).
 """
@@ -20,7 +20,7 @@ import time
 from sqlalchemy import delete
 
 from app.catalogue.retained import all_retained_arrays
-from app.db import session_scope
+from app.db import session_scope, utcnow
 from app.registry import service as registry
 from app.registry import starting
 from app.registry.models import RowRisk
@@ -71,7 +71,7 @@ def run_risk_job(model_name: str, version: int, *, settings: Settings | None = N
     r = membership_risk(fit, torch.from_numpy(x), torch.from_numpy(y), s.risk_reference_models,
                         seed=1000 * version + int(recipe.seed or 0))
     seconds = time.perf_counter() - t
-    summary = {**r.summary(s.risk_threshold), "seconds": round(seconds, 2),
+    summary = {**r.summary(s.risk_threshold), "computed_at": utcnow().isoformat(), "seconds": round(seconds, 2),
                "cpu_seconds": round(time.process_time() - c, 2),
                "training_runs": round(seconds / train_s, 2) if train_s else None}
     with session_scope(s.database_url) as db:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import math
 import os
 import re
 from typing import Annotated
@@ -31,7 +32,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, func, or_, select
 
 from ..catalogue.models import TrainingInstance
 from ..deps import SessionDep, SettingsDep
@@ -48,7 +49,7 @@ from ..tenants import service as tenant_policy
 from . import governance
 from . import service
 from . import starting
-from .models import PURGED, ModelVersion
+from .models import PURGED, ModelVersion, RowRisk
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 # weights: serving systems (models:read) and operators; portals and auditors have no use for them
@@ -235,6 +236,15 @@ class ModelCard(BaseModel):
     metrics: dict | None
     dataset: dict = Field(description="name and rows: how many of its catalogued rows the weights were trained on "
                                       "(every row of the model's catalogue not erased in this version's lineage)")
+    membership_risk: dict | None = Field(default=None, description=(
+        "the membership-risk summary the planner uses for this version: that of the newest exact version in its "
+        "lineage whose risk job ran (worker/risk.py; an approximate version, or an exact one that changed too "
+        "little, keeps it): measured_on_version, computed_at, reference_models, cost (seconds, cpu_seconds, "
+        "training_runs: the job's cost as a multiple of one training run), rows measured, the risk quantiles, "
+        "threshold (LETHE_RISK_THRESHOLD) and rows_above_threshold (a deletion holding such a row is retrained), "
+        "and recompute (the policy: measured again on the next exact version once LETHE_RISK_RECOMPUTE_FRACTION "
+        "of the measured rows is gone; rows_gone in this version's lineage). None: never measured "
+        "(LETHE_RISK_REFERENCE_MODELS=0, a sharded or externally trained model, or the job has not run yet)"))
     certificates: list[CertificateRef] = Field(description="deletion certificates naming this version (a "
                                                            "models:read key sees only their number)")
     certificates_count: int
@@ -282,8 +292,46 @@ def model_card(name: str, version: VersionNo, session: SessionDep, settings: Set
              "finished_at": job.finished_at} if job is not None else None,
         exact=v.exact, superseded_by=governance.superseded_by(session, name, version, rows),
         debt=Debt.of(v).to_json(), tainted=governance.taint(session, name, version)["tainted"], metrics=v.metrics,
-        dataset={"name": m.dataset, "rows": int(trained or 0)}, certificates=shown, certificates_count=len(certs),
+        dataset={"name": m.dataset, "rows": int(trained or 0)},
+        membership_risk=_risk_card(session, settings, name, version, rows, lineage), certificates=shown, certificates_count=len(certs),
         weights_url=f"/v1/models/{name}/versions/{version}/weights" if v.status != PURGED else None)
+
+
+def _risk_card(session, settings, name: str, version: int, rows, lineage: set[str]) -> dict | None:
+    """The risk summary of the newest measured exact version in `version`'s lineage (worker/risk.py
+    records it on the version's metrics; an exact version it skipped points to the measured one),
+    with the rows at or above today's threshold and the rows its lineage erased since."""
+    by_number = {r.version: r for r in rows}
+    v, seen = by_number.get(version), set()
+    while v is not None and v.version not in seen:
+        seen.add(v.version)
+        summary = (v.metrics or {}).get("membership_risk") or {}
+        if "reference_models" in summary:
+            break
+        nxt = summary.get("measured_on_version", v.parent_version)
+        v = by_number.get(nxt) if nxt is not None else None
+    else:
+        return None
+    measured = (RowRisk.model_name == name, RowRisk.version == v.version)
+    above = session.execute(select(func.count()).select_from(RowRisk).where(
+        *measured, RowRisk.risk >= settings.risk_threshold)).scalar()
+    gone = 0
+    if lineage:
+        gone = session.execute(select(func.count()).select_from(RowRisk).join(TrainingInstance, and_(
+            TrainingInstance.model_name == RowRisk.model_name, TrainingInstance.instance_id == RowRisk.instance_id))
+            .where(*measured, TrainingInstance.erased_by_job.in_(sorted(lineage)))).scalar()
+    n, fraction = int(summary.get("rows", 0)), settings.risk_recompute_fraction
+    return {"measured_on_version": v.version, "computed_at": summary.get("computed_at"),
+            "reference_models": summary.get("reference_models"),
+            "cost": {"seconds": summary.get("seconds"), "cpu_seconds": summary.get("cpu_seconds"),
+                     "training_runs": summary.get("training_runs")},
+            "rows": n, **{q: summary.get(q) for q in ("risk_median", "risk_p90", "risk_p99", "risk_max")},
+            "threshold": settings.risk_threshold, "rows_above_threshold": int(above or 0),
+            "recompute": {"fraction": fraction, "rows_gone": int(gone or 0),
+                          "rows_gone_to_recompute": math.ceil(fraction * n) if fraction else 0,
+                          "policy": (f"measured again on the next exact version once {fraction:g} of the {n} rows "
+                                     "measured is gone (LETHE_RISK_RECOMPUTE_FRACTION)" if fraction else
+                                     "measured again on every exact version (LETHE_RISK_RECOMPUTE_FRACTION=0)")}}
 
 
 def _certificates(session, name: str, version: int) -> list[CertificateRef]:

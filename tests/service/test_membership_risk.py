@@ -63,18 +63,47 @@ def test_risk_job_measures_every_row_and_the_planner_retrains_the_risky_ones(see
     assert set(_risk_rows(s, new_version)) == set(risks) - set(ids)
 
 
-def test_low_risk_rows_go_approximate_each_aimed_at_its_own_gap(seeded):
+def test_low_risk_rows_go_approximate_each_aimed_at_its_own_gap(seeded, client):
     s = seeded.model_copy(update={"risk_reference_models": 4, "retrain_below_s": 0.0, "risk_threshold": 1e6})
-    run_risk_job(MODEL, 1, settings=s)
-    _, job_id = _forget(s, "alice")
+    summary = run_risk_job(MODEL, 1, settings=s)
+    rid, job_id = _forget(s, "alice")
     assert driver.execute_job(job_id, settings=s, worker_name="w1") == "completed"
     with session_scope(s.database_url) as db:
         job = db.get(Job, job_id)
         assert "every row's risk below LETHE_RISK_THRESHOLD=1e+06" in job.plan["reason"], job.plan
         assert job.plan["rows_at_risk"] == 0 and job.plan["row_risk"]
+        approx_version = job.result_version
+        alice = len(db.get(ForgetRequest, rid).instance_ids)
+    # the approximate version's card shows the risk of the exact version it came from, and what its
+    # lineage erased of the rows measured there
+    card = client.get(f"/v1/models/{MODEL}/versions/{approx_version}").json()
+    assert not card["exact"]
+    risk = card["membership_risk"]
+    assert risk["measured_on_version"] == 1 and risk["rows"] == 12
+    assert risk["cost"]["training_runs"] == summary["training_runs"]
+    assert risk["recompute"]["rows_gone"] == alice == 3
+    assert client.get(f"/v1/models/{MODEL}/versions/1").json()["membership_risk"]["recompute"]["rows_gone"] == 0
 
 
-def test_a_retrain_that_removed_few_rows_keeps_the_measured_risk(seeded):
+def test_the_model_card_shows_the_risk_summary_of_the_exact_version(seeded, client):
+    assert client.get(f"/v1/models/{MODEL}/versions/1").json()["membership_risk"] is None  # not measured yet
+    s = seeded.model_copy(update={"risk_reference_models": 4})
+    summary = run_risk_job(MODEL, 1, settings=s)
+    risks = _risk_rows(s, 1)
+    card = client.get(f"/v1/models/{MODEL}/versions/1").json()["membership_risk"]
+    threshold = seeded.risk_threshold  # the service's own LETHE_RISK_THRESHOLD
+    assert card["measured_on_version"] == 1 and card["reference_models"] == 4 and card["rows"] == 12
+    assert card["computed_at"] == summary["computed_at"]
+    assert card["cost"] == {k: summary[k] for k in ("seconds", "cpu_seconds", "training_runs")}
+    assert card["cost"]["cpu_seconds"] > 0
+    assert card["threshold"] == threshold
+    assert card["rows_above_threshold"] == sum(r >= threshold for r in risks.values())
+    assert card["risk_max"] == max(risks.values())
+    assert card["recompute"]["fraction"] == seeded.risk_recompute_fraction
+    assert card["recompute"]["rows_gone"] == 0 and "LETHE_RISK_RECOMPUTE_FRACTION" in card["recompute"]["policy"]
+
+
+def test_a_retrain_that_removed_few_rows_keeps_the_measured_risk(seeded, client):
     s = seeded.model_copy(update={"risk_reference_models": 4, "max_approx_instances": 1,
                                   "risk_recompute_fraction": 0.5})
     run_risk_job(MODEL, 1, settings=s)
@@ -84,6 +113,9 @@ def test_a_retrain_that_removed_few_rows_keeps_the_measured_risk(seeded):
         v = db.get(Job, job_id).result_version
         assert registry.get_version(db, MODEL, v).metrics["membership_risk"]["measured_on_version"] == 1
     assert not _risk_rows(s, v) and len(_risk_rows(s, 1)) == 12
+    card = client.get(f"/v1/models/{MODEL}/versions/{v}").json()  # an exact version that kept v1's risk
+    assert card["exact"] and card["membership_risk"]["measured_on_version"] == 1
+    assert card["membership_risk"]["recompute"]["rows_gone"] == 3
 
 
 def test_no_risk_job_for_approximate_versions_or_when_off(seeded):
