@@ -6,7 +6,7 @@ from .db import Base  # noqa: F401
 from .forget.models import ErasureGroup, ForgetRequest  # noqa: F401
 from .jobs.models import Job  # noqa: F401
 from .registry.models import (AliasMove, ModelAlias, ModelVersion, RegisteredModel, RetrainOrder,  # noqa: F401
-                              RowRisk, TrainingRun)
+                              RowRisk, SealedProbe, TrainingRun)
 from .security.models import ApiKey  # noqa: F401
 from .events.models import RegistryEvent, Subscription  # noqa: F401
 from .webhooks.models import WebhookDelivery  # noqa: F401

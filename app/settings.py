@@ -251,6 +251,15 @@ class Settings(BaseSettings):
     order_max_ta_drop: float = Field(default=2.0, ge=0, le=100, description="an order's upload is refused when its "
                                                                            "held-out accuracy is more than this many "
                                                                            "points below the base version's")
+    order_seal_forget_rows: bool = Field(default=True, description="the approximate job of a model its own pipeline "
+                                                                   "retrains seals its forget rows (encrypted, key in "
+                                                                   "the database) until its requests' due date, so an "
+                                                                   "order's upload is scored on them "
+                                                                   "(app/registry/probes.py)")
+    order_membership_alpha: float = Field(default=0.01, gt=0, lt=0.5, description="an order's upload is refused when "
+                                                                                  "its sealed forget rows look trained "
+                                                                                  "on: one-sided rank test against the "
+                                                                                  "held-out rows below this p-value")
     # erasure of dataset rows (app/datasets/store.py): hidden from every read at once, bytes
     # physically removed by a batched compaction within this bound (the sweeper and each
     # worker compact a dataset once its oldest hidden row is half this old)

@@ -82,6 +82,18 @@ def loss_auc(model, forget, test) -> float:
     return auc(-lf, -lt)
 
 
+def rank_test_p(auc_value: float, n_pos: int, n_neg: int) -> float:
+    """One-sided p-value of the Mann-Whitney test for an AUC as large as ``auc_value`` when
+    both samples come from one distribution (normal approximation, no tie correction:
+    H0 mean 0.5, variance (n_pos + n_neg + 1) / (12 n_pos n_neg); Mann & Whitney 1947)."""
+    import math
+
+    if n_pos == 0 or n_neg == 0 or auc_value != auc_value:
+        return float("nan")
+    sd = math.sqrt((n_pos + n_neg + 1) / (12.0 * n_pos * n_neg))
+    return 0.5 * math.erfc((auc_value - 0.5) / sd / math.sqrt(2.0))
+
+
 def mia_efficacy(model, forget, retain, test, seed: int = 0) -> float:
     from sklearn.svm import SVC
 

@@ -96,7 +96,27 @@ def build(s: Settings, spec: JobSpec, lease: Lease) -> Built:
         result, metrics = _fallback(job, lease, progress, plan_doc, result, metrics)
     metrics["job_seconds"] = round(time.perf_counter() - t0, 3)  # fallback included; "seconds": the method's own
     stats = {k: v for k, v in (result.stats or {}).items() if isinstance(v, (int, float, str, bool, type(None)))}
-    return Built(metrics, stats, _writer(s, spec, result.model, job.meta, metrics["method"]))
+    return Built(metrics, stats, _writer(s, spec, result.model, job.meta, metrics["method"]),
+                 in_publish=_sealer(job) if not metrics["exact"] else None)
+
+
+def _sealer(job: _Inputs) -> Callable | None:
+    """A model its own pipeline retrains keeps its forget rows sealed until its requests' due
+    date, so the retrain order's upload is scored on them (app/registry/probes.py); sealed in
+    the publishing transaction, before the rows leave the dataset store."""
+    spec = job.spec
+    if _retrains_here(spec) or not job.k or not job.s.order_seal_forget_rows:
+        return None
+    fx, fy, ids = job.fx.numpy().copy(), job.fy.numpy().copy(), list(spec.forget_ids)
+
+    def seal(db) -> None:
+        from app.registry import probes
+
+        due = [r.due_at for r in jobs.requests_of(db, spec.job_id, open_only=False)]
+        probes.seal(db, job.s, model_name=spec.model_name, job_id=spec.job_id, instance_ids=ids, x=fx, y=fy,
+                    due_at=min(due) if due else None, actor="worker")
+
+    return seal
 
 
 def _read(s: Settings, spec: JobSpec):

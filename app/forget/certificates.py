@@ -141,7 +141,18 @@ def build(session: Session, req) -> dict:
         "audit_entry": _entry(event),
         # the erased rows in the dataset store: hidden at once, bytes gone after compaction
         "raw_data": raw_data(session, req),
+        **_sealed(session, req),
     }
+
+
+def _sealed(session: Session, req) -> dict:
+    """A model its own pipeline retrains kept the request's rows sealed until its retrain
+    order's upload was scored on them, or the due date (app/registry/probes.py): when they
+    were sealed, until when they could be kept, when the key was destroyed and why."""
+    from ..registry import probes
+
+    got = probes.for_job(session, req.job_id)
+    return {"sealed_rows": got} if got is not None else {}
 
 
 def issue(session: Session, settings, req) -> dict:

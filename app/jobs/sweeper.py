@@ -27,7 +27,7 @@ from ..forget import models as fm
 from ..registry import governance
 from ..registry import service as registry
 from ..forget import follow
-from ..registry import orders
+from ..registry import orders, probes
 from ..forget.status import set_status
 from . import consolidation
 from . import service as jobs
@@ -119,6 +119,8 @@ def sweep_and_dispatch(settings, dispatcher) -> list[str]:
     started += follow.resume(settings)  # requests that followed one now closed: on a job
     with session_scope(settings.database_url) as db:  # retrain orders near their due date: escalated
         orders.escalate_due(db, settings)
+    with session_scope(settings.database_url) as db:  # sealed forget rows at their requests' due date: shredded
+        probes.shred_due(db, settings)
     with session_scope(settings.database_url) as db:  # a crash after a publish may have left weights to purge
         governance.purge_all(db, settings.registry_dir, actor="sweeper")
     subjects.erase_pending(settings)  # a subject's rows no model held, left by a crash after the erasure's commit

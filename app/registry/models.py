@@ -143,3 +143,26 @@ class RetrainOrder(Base):
     version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     refusals: Mapped[list | None] = mapped_column(JSON, nullable=True)  # every refused upload: when and why
+
+
+class SealedProbe(Base):
+    """The forget rows of one approximate job of a model its own pipeline retrains, sealed
+    until an order's upload is scored on them or their requests' due date (migration 0020,
+    app/registry/probes.py): AES-256-GCM ciphertext under the registry, its key here only
+    (None once shredded)."""
+
+    __tablename__ = "sealed_probes"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    model_name: Mapped[str] = mapped_column(ForeignKey("models.name"), index=True)
+    job_id: Mapped[str] = mapped_column(String(36), index=True)
+    instance_ids: Mapped[list] = mapped_column(JSON)
+    rows: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(String(1024))
+    sha256: Mapped[str] = mapped_column(String(64))         # of the ciphertext file
+    key_hex: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    keep_until: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    shredded_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    shred_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    scored_by: Mapped[list | None] = mapped_column(JSON, nullable=True)  # order ids whose upload was scored on it

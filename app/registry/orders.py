@@ -20,10 +20,12 @@ a *retrain order* instead of a consolidation job:
    no more than ``LETHE_ORDER_MAX_TA_DROP`` points below the base version's); and the rows
    it was trained on, which the upload declares (instance ids): they must be exactly the
    snapshot's, so weights declared as trained on an erased row, or on anything else, are
-   refused. The erased rows themselves cannot be scored against the upload as a worker
-   scores an exact version: by the time an order is answered they have left the dataset
-   store, and Lethe keeps no copy of erased data to test against; a pipeline that
-   misdeclares its rows is not caught by this check. A refused upload consumes the
+   refused; and the erased rows themselves, scored on the upload the way a worker scores an
+   exact version (``membership``): they left the dataset store when the approximate job
+   published, but that job sealed a copy of them (app/registry/probes.py, kept encrypted
+   until its requests' due date at the latest), so weights trained on them are refused
+   whatever the upload declares, when the model's own training rows are told from unseen
+   ones at all. A refused upload consumes the
    credential (the order is open again, the refusal recorded); a verified one is published
    as an exact version by the publishing transaction of jobs (a job row of method
    ``external`` names the order), which consolidates every request served approximately.
@@ -172,6 +174,14 @@ def _snapshot_ids(settings: Settings, order: RetrainOrder) -> list[str]:
                          columns=["instance_id"]).column("instance_id").to_pylist()
 
 
+class Refused(ValueError):
+    """Verification refused the upload; ``metrics``: what it measured."""
+
+    def __init__(self, message: str, metrics: dict | None = None):
+        super().__init__(message)
+        self.metrics = metrics
+
+
 def verify(session: Session, settings: Settings, order: RetrainOrder, weights: bytes,
            trained_ids: list[str]) -> tuple[object, dict]:
     """(model, metrics) for weights that pass every check; ValueError says which failed."""
@@ -217,7 +227,80 @@ def verify(session: Session, settings: Settings, order: RetrainOrder, weights: b
         raise ValueError(f"the training rows declared are not the order's snapshot: {len(extra)} not in it "
                          f"{extra[:5]}, {len(missing)} of it missing {missing[:5]}")
     metrics.update(train_rows=len(trained_on), erased_rows=len(erased))
+    metrics["forget_membership"] = check = membership(session, settings, order, model, (hx, hy))
+    if check["verdict"] == TRAINED_ON:
+        raise Refused(f"the erased rows look trained on: {check['rows']} sealed erased row(s) score AUC "
+                         f"{check['auc']:.3f} against the held-out rows (p = {check['p_value']:.2g} < "
+                         f"LETHE_ORDER_MEMBERSHIP_ALPHA={settings.order_membership_alpha:g}), as near the rows "
+                         f"it was trained on (AUC {check['members_auc']:.3f}) as to unseen ones; an exact version "
+                         "must not have seen them", check)
     return model, metrics
+
+
+TRAINED_ON, NOT_DETECTED, INCONCLUSIVE, NOT_SCORED = "trained_on", "not_detected", "inconclusive", "not_scored"
+MEMBER_ROWS = 2000  # retained rows read from the snapshot as the members' reference
+
+
+def _snapshot_sample(settings: Settings, order: RetrainOrder, input_shape, limit: int):
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+
+    t = pq.read_table(os.path.join(settings.registry_dir, order.snapshot_path), columns=["label", "features"])
+    if t.num_rows > limit:
+        idx = np.random.default_rng(0).choice(t.num_rows, limit, replace=False)
+        t = t.take(np.sort(idx))
+    x = np.array(t.column("features").combine_chunks().flatten(), np.float32).reshape(t.num_rows, *input_shape)
+    return torch.from_numpy(x), torch.from_numpy(t.column("label").to_numpy().astype(np.int64))
+
+
+def membership(session: Session, settings: Settings, order: RetrainOrder, model, heldout) -> dict:
+    """Score the upload on the order's erased rows, from their sealed copies
+    (app/registry/probes.py), the way an exact version is scored (``models.metrics``): the
+    loss-threshold attack's AUC of the erased rows against the held-out rows (0.5: they look
+    unseen, as they must for a retrain without them), the one-sided rank test's p-value of
+    that AUC, and the same AUC for rows the upload was trained on (a sample of the snapshot)
+    as the scale: how far this model tells its training rows from unseen ones at all.
+
+    Verdict ``trained_on`` (refused) when the erased rows sit significantly above the
+    held-out rows (p < LETHE_ORDER_MEMBERSHIP_ALPHA), at least halfway to the training rows,
+    and the model's training rows themselves are significantly told from unseen ones;
+    ``inconclusive`` when the model does not tell its own training rows from unseen ones (no
+    membership test can then); ``not_detected`` otherwise; ``not_scored`` when no erased row
+    is sealed (sealing off, or the probes were shredded at their due date). Under the null
+    (the erased rows exchangeable with held-out rows, never trained on) an honest upload is
+    refused with probability at most alpha."""
+    import torch
+
+    from models.metrics import evaluate, loss_auc, rank_test_p
+
+    from . import probes
+
+    m = registry.get_model(session, order.model_name)
+    erased = list(order.forget_ids or [])
+    sealed = probes.live(session, order.model_name, erased)
+    fx, fy, ids = probes.open_rows(settings, sealed, erased) if sealed else (None, None, [])
+    out: dict = {"erased_rows": len(erased), "rows": len(ids), "probes": [p.id for p in sealed],
+                 "alpha": settings.order_membership_alpha}
+    if not ids or not len(heldout[1]):
+        return {**out, "verdict": NOT_SCORED, "reason": "no erased row is sealed (LETHE_ORDER_SEAL_FORGET_ROWS off, "
+                                                        "or shredded at its requests' due date)" if not ids else
+                "the held-out split is empty"}
+    forget = (torch.from_numpy(fx).reshape(len(ids), *m.input_shape), torch.from_numpy(fy))
+    members = _snapshot_sample(settings, order, m.input_shape, MEMBER_ROWS)
+    scored = evaluate(model, forget=forget, retain=members, test=heldout)  # an exact version's figures
+    a, ma = float(scored["loss_auc"]), float(loss_auc(model, members, heldout))
+    p, mp = rank_test_p(a, len(ids), len(heldout[1])), rank_test_p(ma, len(members[1]), len(heldout[1]))
+    alpha = settings.order_membership_alpha
+    if not mp < alpha:
+        verdict = INCONCLUSIVE
+    elif p < alpha and a >= (0.5 + ma) / 2:
+        verdict = TRAINED_ON
+    else:
+        verdict = NOT_DETECTED
+    figures = {"auc": a, "p_value": p, "members_auc": ma, "members_p_value": mp, "ua": float(scored["ua"]),
+               "mia_efficacy": float(scored["mia_efficacy"])}
+    return {**out, "verdict": verdict, **{k: (v if v == v else None) for k, v in figures.items()}}
 
 
 def fulfil(session: Session, settings: Settings, order_id: str, token: str, weights: bytes, sha256: str,
@@ -241,7 +324,7 @@ def fulfil(session: Session, settings: Settings, order_id: str, token: str, weig
     try:
         _, metrics = verify(session, settings, order, weights, trained_ids)
     except ValueError as e:
-        _refuse(session, order, actor, str(e))
+        _refuse(session, order, actor, str(e), getattr(e, "metrics", None))
         raise LetheError(422, "order_refused", str(e))
     prod = registry.resolve_alias(session, order.model_name, PRODUCTION)
     if prod is None or prod.version != order.base_version:
@@ -272,6 +355,12 @@ def fulfil(session: Session, settings: Settings, order_id: str, token: str, weig
                   stats={"order_id": order.id, "snapshot_sha256": order.snapshot_sha256, "rows": order.rows})
     order.status, order.fulfilled_at, order.version, order.job_id, order.token_sha256 = \
         FULFILLED, now, job.result_version, job.id, ""
+    from . import probes
+
+    for p in probes.live(session, order.model_name, list(order.forget_ids or [])):  # their purpose is served
+        p.scored_by = [*(p.scored_by or []), order.id]
+        probes.shred(session, settings, p, reason=f"retrain order {order.id} fulfilled: v{job.result_version} "
+                                                  "was verified on them", actor=actor)
     audit.append(session, actor=actor, action="retrain_order.fulfilled",
                  payload={"order_id": order.id, "model": order.model_name, "version": job.result_version,
                           "sha256": got, "job_id": job.id, "snapshot_sha256": order.snapshot_sha256,
@@ -308,3 +397,4 @@ def to_json(order: RetrainOrder, settings: Settings) -> dict:
             "snapshot": {"uri": "file://" + os.path.abspath(path), "url": f"/v1/retrain-orders/{order.id}/snapshot",
                          "sha256": order.snapshot_sha256, "rows": order.rows, "format": "parquet"},
             "recipe": order.recipe, "erased_rows": len(order.forget_ids or []), "refusals": order.refusals or []}
+

@@ -107,7 +107,8 @@ def claim(order_id: str, session: SessionDep, settings: SettingsDep, principal: 
 @router.put("/{order_id}/weights", response_model=OrderRead,
             responses=responses(e403="not the order's current credential", e404="unknown order",
                                 e409="production moved since the order was issued",
-                                e422="refused by verification (digest, architecture, accuracy, rows trained on)"),
+                                e422="refused by verification (digest, architecture, accuracy, rows trained on, "
+                                     "erased rows scored as trained on)"),
             summary="Upload the order's weights (safetensors); verified, then published as an exact version")
 def upload(order_id: str, session: SessionDep, settings: SettingsDep, principal: ADMIN,
            weights: Annotated[UploadFile, File(description="the new weights: a safetensors state dict")],
@@ -117,8 +118,9 @@ def upload(order_id: str, session: SessionDep, settings: SettingsDep, principal:
            x_content_sha256: Annotated[str, Header(pattern="^[0-9a-f]{64}$",
                                                    description="sha256 of the weights file")]):
     """Verification: the digest, the architecture's contract (strict load), the accuracy gate
-    (LETHE_ORDER_MAX_TA_DROP) and the rows declared trained on (exactly the snapshot's: no
-    erased row); a refusal spends the credential and is recorded on the order (claim it
+    (LETHE_ORDER_MAX_TA_DROP), the rows declared trained on (exactly the snapshot's: no
+    erased row) and the erased rows themselves, scored on the weights from their sealed copy
+    (refused when they look trained on, LETHE_ORDER_MEMBERSHIP_ALPHA); a refusal spends the credential and is recorded on the order (claim it
     again to retry)."""
     body = weights.file.read(MAX_WEIGHTS + 1)
     if not body or len(body) > MAX_WEIGHTS:

@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import os
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -25,12 +26,12 @@ from .test_own_models import breast_cancer_parquet
 ARCH = {"widths": [32]}
 
 
-def _fit(x, y, seed=0, epochs=60):
+def _fit(x, y, seed=0, epochs=60, arch=ARCH):
     """The customer's own loop: plain PyTorch, full batch."""
     from models.architectures import build_model
 
     torch.manual_seed(seed)
-    net = build_model("mlp", [30], 2, ARCH)
+    net = build_model("mlp", [x.shape[1]], 2, arch)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     for _ in range(epochs):
         opt.zero_grad()
@@ -75,8 +76,10 @@ def _forget_approximately(client, settings, dispatcher):
     return rid
 
 
-def _pipeline(client, x, y, ids, train, *, include_erased=False):
-    """Poll, claim, read the snapshot, train, upload. Returns the upload's answer."""
+def _pipeline(client, x, y, ids, train, *, include_erased=False, declare=True, fit=None):
+    """Poll, claim, read the snapshot, train, upload. Returns the upload's answer.
+    ``include_erased``: trained on a stale copy holding the erased rows too, declared as
+    such unless ``declare`` is False (the manifest then lists the snapshot's rows only)."""
     [order] = client.get("/v1/retrain-orders", params={"status": "open"}).json()
     claimed = client.post(f"/v1/retrain-orders/{order['id']}/claim").json()
     snap = client.get(claimed["snapshot"]["url"])
@@ -89,8 +92,9 @@ def _pipeline(client, x, y, ids, train, *, include_erased=False):
         have = set(trained)
         extra = [i for i, iid in enumerate(ids) if train[i] and iid not in have]
         sx, sy = torch.cat([sx, x[extra]]), torch.cat([sy, y[extra]])
-        trained += [ids[i] for i in extra]
-    raw = save(_fit(sx, sy, seed=1))
+        if declare:
+            trained += [ids[i] for i in extra]
+    raw = save((fit or _fit)(sx, sy, seed=1))
     return client.put(f"/v1/retrain-orders/{order['id']}/weights",
                       headers={"X-Order-Token": claimed["upload_token"],
                                "X-Content-SHA256": hashlib.sha256(raw).hexdigest()},
@@ -127,6 +131,8 @@ def test_pipeline_retrains_and_the_deletion_becomes_exact(client, seeded, dispat
     assert body["exact_version"] == 3, body
     v3 = client.get("/v1/models/cancer-ext/versions/3").json()
     assert v3["exact"] is True and v3["job"]["method"] == "external" and v3["metrics"]["order_id"] == order["id"]
+    # this MLP does not tell its training rows from held-out ones: the erased rows' score cannot decide
+    assert v3["metrics"]["forget_membership"]["verdict"] == "inconclusive", v3["metrics"]["forget_membership"]
     cert = client.get(f"/v1/forget/{rid}/certificate").json()["certificate"]
     assert cert["exact_version"]["version"] == 3
     actions = [e["action"] for e in client.get("/v1/audit", params={"limit": 200}).json()["entries"]]
@@ -151,3 +157,85 @@ def test_an_unanswered_order_is_escalated_before_its_due_date(client, seeded, di
     assert 'lethe_retrain_orders{escalated="true",status="open"} 1.0' in client.get("/metrics").text
     got = [e["event"] for e in client.get("/v1/events", params={"model": "cancer-ext"}).json()]
     assert {"retrain_order.issued", "retrain_order.escalated"} <= set(got), got
+
+
+NOISY = {"widths": [128]}
+
+
+def _noisy_parquet(n=600, d=20):
+    """Labels a linear rule flips for 20 % of the rows: a wide MLP memorises its training rows,
+    so whether it was trained on a row shows in its confidence on it."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, d)).astype("float32")
+    y = ((x @ rng.normal(size=d)) > 0).astype(int)
+    flip = rng.random(n) < 0.2
+    y[flip] = 1 - y[flip]
+    split = np.where(rng.random(n) < 0.25, "test", "train")
+    ids = [f"nz-{i:04d}" for i in range(n)]
+    cols = {"instance_id": ids, "label": [["a", "b"][t] for t in y],
+            "subject_id": [f"patient-{i // 20:04d}" for i in range(n)], "split": split}
+    cols.update({f"f{j:02d}": x[:, j] for j in range(d)})
+    buf = io.BytesIO()
+    pq.write_table(pa.table(cols), buf)
+    return buf.getvalue(), ids, torch.tensor(x), torch.tensor(y), split == "train"
+
+
+def _fit_noisy(x, y, seed=0):
+    return _fit(x, y, seed=seed, epochs=300, arch=NOISY)
+
+
+def test_an_upload_trained_on_the_erased_rows_is_refused_by_measurement(client, seeded, dispatcher):
+    """The pipeline trains on its stale copy (the erased rows too) but declares the snapshot's
+    rows only: the erased rows, sealed by the approximate job before they left the store,
+    score like training rows and the upload is refused; the honest upload is scored on the
+    same rows, accepted, and the sealed copy is shredded at once."""
+    from app.registry import probes
+    from app.registry.models import SealedProbe
+
+    seeded.max_test_accuracy_drop = seeded.order_max_ta_drop = 15.0  # noisy labels: accuracy moves between seeds
+    raw, ids, x, y, train = _noisy_parquet()
+    r = client.post("/v1/datasets", data={"name": "noisy", "classes": json.dumps(["a", "b"])},
+                    files={"file": ("noisy.parquet", raw, "application/octet-stream")})
+    assert r.status_code == 201, r.text
+    r = client.post("/v1/models", data={"name": "noisy-ext", "arch": "mlp", "dataset": "noisy",
+                                        "arch_params": json.dumps(NOISY),
+                                        "recipe": json.dumps({"trainer": "external", "trainer_params": {}})},
+                    files={"weights": ("m.safetensors", io.BytesIO(save(_fit_noisy(x[train], y[train]))),
+                                       "application/octet-stream"),
+                           "manifest": ("m.json", io.BytesIO(b'{"all_training_rows": true}'), "application/json")})
+    assert r.status_code == 201, r.text
+    f = client.post("/v1/forget", json={"subject_id": "patient-0001", "model": "noisy-ext"})
+    assert f.status_code == 202, f.text
+    s = seeded.model_copy(update={"retrain_below_s": 0})
+    assert driver.execute_job(dispatcher.sent[-1], settings=s, worker_name="w1") == "completed"
+    rid = f.json()["id"]
+    with session_scope(seeded.database_url) as db:  # sealed in the publishing transaction, until the due date
+        [p] = db.query(SealedProbe).all()
+        assert p.rows == int(train[20:40].sum()) and p.key_hex
+        assert probes.shred_due(db, seeded) == []
+    cert = client.get(f"/v1/forget/{rid}/certificate").json()["certificate"]
+    assert cert["sealed_rows"]["shredded_at"] is None and cert["sealed_rows"]["rows"] == p.rows
+    order = client.post("/v1/models/noisy-ext/retrain-orders").json()
+    bad = _pipeline(client, x, y, ids, train, include_erased=True, declare=False, fit=_fit_noisy)
+    assert (bad.status_code, bad.json()["code"]) == (422, "order_refused"), bad.text
+    assert "the erased rows look trained on" in bad.json()["detail"], bad.text
+    check = client.get(f"/v1/retrain-orders/{order['id']}").json()["refusals"][-1]["metrics"]
+    assert check["verdict"] == "trained_on" and check["rows"] == p.rows and check["p_value"] < 0.01, check
+    good = _pipeline(client, x, y, ids, train, fit=_fit_noisy)
+    assert good.status_code == 200, good.text
+    v = good.json()["version"]
+    card = client.get(f"/v1/models/noisy-ext/versions/{v}").json()
+    check = card["metrics"]["forget_membership"]
+    assert check["verdict"] == "not_detected" and check["rows"] == p.rows and check["members_p_value"] < 0.01, check
+    assert check["auc"] < check["members_auc"]
+    with session_scope(seeded.database_url) as db:
+        p = db.get(SealedProbe, p.id)
+        assert p.key_hex is None and p.shredded_at is not None and p.scored_by == [order["id"]]
+        assert not os.path.exists(os.path.join(seeded.registry_dir, p.path))
+    cert = client.get(f"/v1/forget/{rid}/certificate").json()["certificate"]
+    assert cert["exact_version"]["version"] == v
+    assert cert["sealed_rows"]["shredded_at"] and cert["sealed_rows"]["scored_by_orders"] == [order["id"]]
+    actions = [e["action"] for e in client.get("/v1/audit", params={"limit": 200}).json()["entries"]]
+    assert {"probe.sealed", "probe.shredded"} <= set(actions)
