@@ -122,6 +122,11 @@ def build(session: Session, req) -> dict:
     start = _starting_point(session, req.model_name)
     if start is not None:  # the weights every retrain of this model starts from (app/registry/starting.py)
         outcome["starting_point"] = start
+    from ..jobs.restarts import lineage_of
+
+    follows = lineage_of(session, req)
+    if follows is not None:  # recorded because its starting point forgot the subject (app/jobs/restarts.py)
+        outcome["lineage"] = follows
     return {**outcome,
         "type": CERTIFICATE_TYPE, "format_version": 1, "issuer": "lethe",
         "request_id": req.id, "external_id": req.external_id, "subject_ref": req.subject_ref,

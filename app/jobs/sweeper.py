@@ -29,7 +29,7 @@ from ..registry import service as registry
 from ..forget import follow
 from ..registry import orders, probes
 from ..forget.status import set_status
-from . import consolidation
+from . import consolidation, restarts
 from . import service as jobs
 from ..datasets import service as datasets
 from .dispatch import send_after_commit
@@ -116,6 +116,8 @@ def sweep_and_dispatch(settings, dispatcher) -> list[str]:
         ids = sweep(db, lease_s=settings.job_lease_s, stuck_queued_s=settings.stuck_queued_s)
     with session_scope(settings.database_url) as db:  # approximation debt due: a consolidation job
         started = consolidate_due(db, settings)
+    with session_scope(settings.database_url) as db:  # a starting point forgot: the models fine-tuned from it
+        started += restarts.restarts_due(db, settings)
     started += follow.resume(settings)  # requests that followed one now closed: on a job
     with session_scope(settings.database_url) as db:  # retrain orders near their due date: escalated
         orders.escalate_due(db, settings)

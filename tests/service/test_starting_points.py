@@ -81,3 +81,79 @@ def test_bad_starting_points_are_refused_with_what_is_wrong(client, seeded, disp
                                                                             "layer": 1}}})
     assert (r.status_code, r.json()["code"]) == (422, "bad_recipe") and "recipe.start.version" in r.json()["detail"]
     assert [m["name"] for m in client.get("/v1/models").json()] == ["cancer-base", "toy-cnn"]
+
+
+def _clinic_b_parquet() -> bytes:
+    """The same table as another clinic's: other patients (no subject of 'cancer' in it)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(io.BytesIO(breast_cancer_parquet()))
+    t = t.set_column(t.schema.get_field_index("subject_id"), "subject_id",
+                     pa.array([s.replace("patient-", "clinic-b-") for s in t.column("subject_id").to_pylist()]))
+    buf = io.BytesIO()
+    pq.write_table(t, buf)
+    return buf.getvalue()
+
+
+def test_a_starting_point_that_forgets_restarts_the_models_fine_tuned_from_it(client, seeded, dispatcher):
+    """cancer-ft is fine-tuned from cancer-base v1 on another clinic's data: it holds none of
+    patient-0003's rows, only their influence through the starting weights. When cancer-base
+    forgets patient-0003, the sweeper re-pins cancer-ft to the new cancer-base version and
+    records a request for the same subject on an exact retrain that starts from it; its
+    certificate names the starting point's request. An external model fine-tuned from the
+    same weights gets a retrain order carrying the new starting point."""
+    from safetensors.torch import save
+
+    from app.jobs.sweeper import sweep_and_dispatch
+
+    _base(client, seeded, dispatcher)
+    r = client.post("/v1/datasets", data={"name": "clinic-b", "classes": json.dumps(["malignant", "benign"])},
+                    files={"file": ("b.parquet", _clinic_b_parquet(), "application/octet-stream")})
+    assert r.status_code == 201, r.text
+    start = {"model": "cancer-base", "version": 1}
+    r = client.post("/v1/models/cancer-ft/train", json={"dataset": "clinic-b", "arch": "mlp",
+                                                        "arch_params": {"widths": [32]},
+                                                        "recipe": {"epochs": 2, "start": start}})
+    assert r.status_code == 202 and _train(client, seeded, dispatcher, "cancer-ft")["status"] == "completed"
+    base, _ = _weights(seeded, "cancer-base", 1)
+    r = client.post("/v1/models", data={"name": "cancer-ext", "arch": "mlp", "dataset": "clinic-b",
+                                        "arch_params": json.dumps({"widths": [32]}),
+                                        "recipe": json.dumps({"trainer": "external", "start": start})},
+                    files={"weights": ("m.safetensors", save(base), "application/octet-stream"),
+                           "manifest": ("m.json", b'{"all_training_rows": true}', "application/json")})
+    assert r.status_code == 201, r.text
+    sweep_and_dispatch(seeded, dispatcher)
+    assert client.get("/v1/retrain-orders").json() == []  # nothing erased yet: nothing to restart
+    assert client.get("/v1/subjects/patient-0003/instances", params={"model": "cancer-ft"}).status_code == 404
+    f = client.post("/v1/forget", json={"subject_id": "patient-0003", "model": "cancer-base", "method": "retrain"})
+    assert f.status_code == 202, f.text
+    assert driver.execute_job(dispatcher.sent[-1], settings=seeded, worker_name="w1") == "completed"
+    assert client.get("/v1/models/cancer-ft/versions/1").json()["starting_point"]["tainted"] is True
+    sent = len(dispatcher.sent)
+    sweep_and_dispatch(seeded, dispatcher)
+    [job_id] = dispatcher.sent[sent:]
+    _, sha2 = _weights(seeded, "cancer-base", 2)
+    assert client.get("/v1/models/cancer-ft").json()["recipe"]["start"] == {"model": "cancer-base", "version": 2,
+                                                                            "sha256": sha2}
+    [order] = client.get("/v1/retrain-orders", params={"model": "cancer-ext"}).json()
+    assert order["recipe"]["start"]["version"] == 2 and "starting point cancer-base v1" in order["reason"]
+    sweep_and_dispatch(seeded, dispatcher)  # once: the restart is pending
+    assert dispatcher.sent[sent:] == [job_id] and len(client.get("/v1/retrain-orders").json()) == 1
+    assert driver.execute_job(job_id, settings=seeded, worker_name="w1") == "completed"
+    [req] = [r for r in client.get("/v1/forget", params={"model": "cancer-ft"}).json()["items"]]
+    assert req["status"] == "completed" and req["version_after"] == 2 and req["exact_version"] == 2, req
+    assert client.get("/v1/models/cancer-ft/versions/2").json()["starting_point"]["tainted"] is False
+    cert = client.get(f"/v1/forget/{req['id']}/certificate").json()["certificate"]
+    origin = client.get(f"/v1/forget/{f.json()['id']}/certificate").json()["certificate"]
+    assert cert["subject_ref"] == origin["subject_ref"] and cert["instances"] == 0
+    assert cert["lineage"]["follows_requests"] == [f.json()["id"]]
+    assert cert["lineage"]["starting_point"]["from_version"] == 1 and cert["lineage"]["starting_point"]["to_version"] == 2
+    assert cert["starting_point"] == {"model": "cancer-base", "version": 2, "sha256": sha2}
+    [ev] = client.get("/v1/audit", params={"action": "lineage.restarted"}).json()["entries"][:1]
+    assert ev["payload"]["model"] in ("cancer-ext", "cancer-ft")
+    sent = len(dispatcher.sent)
+    sweep_and_dispatch(seeded, dispatcher)  # restarted from a clean version: nothing more
+    assert dispatcher.sent[sent:] == []
