@@ -23,22 +23,18 @@ requests it follows, the job or order). The starting point's own retrains are un
 """
 from __future__ import annotations
 
-import hashlib
 import uuid
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models.unlearn.registry import DEFAULT_OBJECTIVE
-
 from ..audit import service as audit
 from ..db import utcnow
-from ..forget import models as fm
-from ..forget.models import ForgetRequest
 from ..registry import governance, orders
 from ..registry import service as registry
 from ..registry.models import MODEL_READY, PRODUCTION, RegisteredModel
 from .consolidation import RETRAIN
+from . import service as jobs
 from .models import CONSOLIDATE, QUEUED, RUNNING, Job
 
 LINEAGE = "lineage"
@@ -74,9 +70,7 @@ def restarts_due(session: Session, settings, *, actor: str = "sweeper") -> list[
             continue  # nothing cleaner to start from yet: the next round looks again
         if registry.resolve_alias(session, m.name, PRODUCTION) is None:
             continue
-        follows = list(session.execute(select(ForgetRequest).where(
-            ForgetRequest.model_name == base, ForgetRequest.job_id.in_(held), ForgetRequest.status == fm.COMPLETED)
-            .order_by(ForgetRequest.completed_at, ForgetRequest.id)).scalars())
+        follows = jobs.completed_requests(session, base, held)
         moved = {"model": base, "from_version": start["version"], "from_sha256": start.get("sha256"),
                  "to_version": new.version, "to_sha256": new.sha256}
         m.recipe = {**m.recipe, "start": {"model": base, "version": new.version, "sha256": new.sha256}}
@@ -89,7 +83,8 @@ def restarts_due(session: Session, settings, *, actor: str = "sweeper") -> list[
             facts["order_id"] = order.id
         else:
             job = _restart_job(session, m.name, why, facts, settings.max_attempts)
-            facts["job_id"], facts["request_ids"] = job.id, [_follow(session, m.name, r, job) for r in follows]
+            facts["job_id"], facts["request_ids"] = job.id, [
+                jobs.follow_request(session, m.name, r, job, method=RETRAIN, tag=LINEAGE) for r in follows]
             created.append(job.id)
         audit.append(session, actor=actor, action="lineage.restarted", payload=facts)
     session.flush()
@@ -107,23 +102,7 @@ def _restart_job(session: Session, model_name: str, why: str, facts: dict, max_a
     return job
 
 
-def _follow(session: Session, model_name: str, origin: ForgetRequest, job: Job) -> str:
-    """This model's request following the starting model's ``origin`` (same subject, due date)."""
-    now = utcnow()
-    req = ForgetRequest(id=str(uuid.uuid4()), external_id=None, idempotency_key=None,
-                        fingerprint=hashlib.sha256(f"{LINEAGE}:{origin.id}:{model_name}".encode()).hexdigest(),
-                        subject_ref=origin.subject_ref, instance_ids=[], model_name=model_name,
-                        objective=DEFAULT_OBJECTIVE, method=RETRAIN, target_label=None, status=fm.QUEUED,
-                        received_at=now, due_at=origin.due_at, callback_url=None, retries=0, tenant=origin.tenant,
-                        job_id=job.id, group_id=None, exact_version=None)
-    session.add(req)
-    audit.append(session, actor="lethe", action="forget.received", subject_ref=origin.subject_ref,
-                 payload={"request_id": req.id, "model": model_name, "job_id": job.id, "instances": 0,
-                          "follows_request": origin.id, "starting_point": origin.model_name})
-    return req.id
-
-
-def lineage_of(session: Session, req: ForgetRequest) -> dict | None:
+def lineage_of(session: Session, req) -> dict | None:
     """What a certificate says of a request recorded because a starting point forgot: the
     starting point's move and the requests it follows (None for any other request)."""
     job = session.get(Job, req.job_id) if req.job_id else None
