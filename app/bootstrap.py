@@ -61,7 +61,7 @@ def bootstrap_exact_demo(settings: Settings, kind: str = "sisa") -> str | None:
     from models.data import DEFAULT_ARCH, load_dataset
     from models.train import DEFAULT_EPOCHS, accuracy
     from models.unlearn.arcane import train_arcane
-    from models.unlearn.shards import DirStore, ExactConfig, save_member, write_manifest
+    from models.unlearn.shards import ExactConfig, save_member, write_manifest
     from models.unlearn.sisa import train_sisa
 
     ds = load_dataset(settings.demo_exact_dataset)
@@ -86,18 +86,18 @@ def bootstrap_exact_demo(settings: Settings, kind: str = "sisa") -> str | None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small shard models: extra intra-op threads only contend (17x slower on 2 busy cores)
     try:
-        model = train(config, ids, x, y, store=DirStore(registry.slices_dir(settings.registry_dir, name)))
+        model = train(config, ids, x, y, store=registry.slices(registry.weights(settings), name))
     finally:
         torch.set_num_threads(threads)
     ta = accuracy(model, ds.x_test, ds.y_test)
     members = []
     for m, net in enumerate(model.members):
-        tmp = registry.weights_tmp_path(settings.registry_dir, name)
+        tmp = registry.weights_tmp_path(registry.weights(settings), name)
         sha = save_member(net, tmp, config, m)
-        members.append({"file": registry.publish_member(settings.registry_dir, name, tmp, sha), "sha256": sha})
-    tmp = registry.manifest_tmp_path(settings.registry_dir, name)
+        members.append({"file": registry.publish_member(registry.weights(settings), name, tmp, sha), "sha256": sha})
+    tmp = registry.manifest_tmp_path(registry.weights(settings), name)
     sha = write_manifest(tmp, config, model.plan, members)
-    rel = registry.publish_bundle(settings.registry_dir, name, tmp, sha)
+    rel = registry.publish_bundle(registry.weights(settings), name, tmp, sha)
     where = model.plan.locate()
     rows = catalogue.rows_for_model(datasets.store_dir(settings, ds.name), name, ds.name, list(ids))
     for r in rows:

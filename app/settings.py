@@ -52,7 +52,20 @@ class Settings(BaseSettings):
         default="sqlite:///./var/lethe.db",
         description="SQLAlchemy URL: sqlite:///path (embedded) or postgresql+psycopg://user@host/db",
     )
-    registry_dir: str = Field(default="./var/registry", description="where model weights (safetensors) live")
+    registry_dir: str = Field(default="./var/registry", description="where model weights (safetensors) live; with "
+                                                                   "LETHE_REGISTRY_URL, this node's cache of them")
+    registry_url: str = Field(default="", description="model weights on an object store, shared by every node: "
+                                                      "s3://bucket/prefix (pyarrow query options as for "
+                                                      "LETHE_DATASET_URL; AWS_* credentials), objects named by their "
+                                                      "sha256; a purged version's objects lose every version. Empty = "
+                                                      "files under LETHE_REGISTRY_DIR")
+    weights_cache_bytes: int = Field(default=20 << 30, ge=0, description="with LETHE_REGISTRY_URL: the most bytes of "
+                                                                         "weights a node keeps under "
+                                                                         "LETHE_REGISTRY_DIR (least recently used "
+                                                                         "go first); 0 = no bound")
+    cache_sweep_s: float = Field(default=300.0, gt=0, description="with LETHE_REGISTRY_URL: how often an idle worker "
+                                                                  "drops cached weights whose objects were purged "
+                                                                  "(it also checks at the start and end of each job)")
     data_dir: str = Field(default="./var/data", description="the dataset store: datasets/<name>/ (Parquet fragments + index)")
     dataset_url: str = Field(default="", description="where new datasets' Parquet fragments go when not under "
                                                      "LETHE_DATA_DIR: an S3 prefix, s3://bucket/prefix (pyarrow query "
@@ -60,14 +73,16 @@ class Settings(BaseSettings):
                                                      "credentials); erasure deletes every object version. The "
                                                      "index stays under LETHE_DATA_DIR")
 
-    @field_validator("dataset_url")
+    @field_validator("dataset_url", "registry_url")
     @classmethod
-    def _dataset_url(cls, v: str) -> str:
+    def _object_url(cls, v: str, info) -> str:
         from urllib.parse import urlsplit
 
         parts = urlsplit(v)
         if v and (parts.scheme != "s3" or not parts.netloc):
-            raise ValueError(f"LETHE_DATASET_URL must be empty (fragments under LETHE_DATA_DIR) or "
+            local = "fragments under LETHE_DATA_DIR" if info.field_name == "dataset_url" else \
+                "weights under LETHE_REGISTRY_DIR"
+            raise ValueError(f"LETHE_{info.field_name.upper()} must be empty ({local}) or "
                              f"s3://bucket/prefix[?endpoint_override=host:port&scheme=http]; got {v!r}")
         return v
 

@@ -55,7 +55,7 @@ def run_consolidation(dataset: str, requests: int, k: int, seed: int) -> dict:
         def served():
             with session_scope(s.database_url) as db:
                 v = registry.resolve_alias(db, model)
-                net, _ = registry.load_version(s.registry_dir, v)
+                net, _ = registry.load_version(registry.weights(s), v)
                 return v.version, v.exact, net
 
         def forgotten_arrays(ids):

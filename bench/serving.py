@@ -111,10 +111,10 @@ def register(settings, name: str, arch: str, shape: list[int], params: dict | No
     torch.manual_seed(0)
     net = build_model(arch, shape, 10, params)
     os.makedirs(os.path.join(settings.registry_dir, name), exist_ok=True)
-    tmp = registry.weights_tmp_path(settings.registry_dir, name)
+    tmp = registry.weights_tmp_path(registry.weights(settings), name)
     sha = save_checkpoint(net, tmp, arch=arch, dataset="bench", input_shape=shape, classes=[str(c) for c in range(10)],
                           arch_params=params)
-    rel = registry.publish_weights(settings.registry_dir, name, tmp, sha)
+    rel = registry.publish_weights(registry.weights(settings), name, tmp, sha)
     with session_scope(settings.database_url) as db:
         registry.register_model(db, name=name, dataset="bench", arch=arch, input_shape=shape,
                                 classes=[str(c) for c in range(10)], arch_params=params)
@@ -138,24 +138,24 @@ def publish_next(settings, name: str, job_id: str) -> tuple[int, float, float]:
     with session_scope(settings.database_url) as db:
         claim = jobs.claim(db, job_id, worker="bench", lease_s=600)
         cur = registry.resolve_alias(db, name)
-        path = registry.absolute_path(settings.registry_dir, cur.storage_path)
+        path = registry.absolute_path(registry.weights(settings), cur.storage_path)
     net, meta = load_checkpoint(path)
     import torch
 
     with torch.no_grad():
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 1e-3)
-    tmp = registry.weights_tmp_path(settings.registry_dir, name)
+    tmp = registry.weights_tmp_path(registry.weights(settings), name)
     sha = save_checkpoint(net, tmp, arch=meta["arch"], dataset=meta["dataset"], input_shape=meta["input_shape"],
                           classes=meta["classes"], arch_params=meta.get("arch_params"))
-    rel = registry.publish_weights(settings.registry_dir, name, tmp, sha)
+    rel = registry.publish_weights(registry.weights(settings), name, tmp, sha)
     with session_scope(settings.database_url) as db:
         job = jobs.complete(db, job_id=job_id, token=claim.token, worker="bench", instance_ids=claim.instance_ids,
                             sha256=sha, storage_path=rel, metrics={"bench": True}, stats=None)
         version = job.result_version
     published = time.monotonic()
     with session_scope(settings.database_url) as db:
-        governance.purge_superseded(db, settings.registry_dir, name, actor="worker:bench")
+        governance.purge_superseded(db, registry.weights(settings), name, actor="worker:bench")
     purged = time.monotonic()
     assert file_sha256(os.path.join(settings.registry_dir, rel)) == sha
     return version, published, purged

@@ -28,7 +28,7 @@ import threading
 import time
 
 from celery import Celery, chord, group
-from celery.signals import setup_logging, worker_init
+from celery.signals import setup_logging, worker_init, worker_ready
 
 from app.settings import Settings, get_settings
 
@@ -81,6 +81,23 @@ def _refuse_development_secrets(**_):
         sys.stderr.write(f"refusing to start: {e}\n")
         sys.stderr.flush()
         os._exit(2)
+
+
+@worker_ready.connect
+def _sweep_weights_cache(**_):
+    """With weights on an object store: drop cached weights whose objects were purged by
+    another node every LETHE_CACHE_SWEEP_S, also while no job comes (each job checks at its
+    start and end too)."""
+    s = get_settings()
+    if not s.registry_url:
+        return
+
+    def loop():
+        while True:
+            time.sleep(s.cache_sweep_s)
+            driver.reconcile_cache(s)
+
+    threading.Thread(target=loop, name="lethe-cache-sweep", daemon=True).start()
 
 
 def _name(task) -> str:

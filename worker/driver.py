@@ -60,6 +60,7 @@ def execute_job(job_id: str, *, settings: Settings | None = None, worker_name: s
         spec = _claim(s, job_id, worker, dispatch)
         if isinstance(spec, str):
             return spec
+        reconcile_cache(s)
         try:
             with Lease(s, spec) as lease:
                 built = _build(s, spec, lease, fan_out)
@@ -68,6 +69,22 @@ def execute_job(job_id: str, *, settings: Settings | None = None, worker_name: s
                 return publish(s, spec, worker, built)
         except Exception as e:  # noqa: BLE001 - every failure is recorded on the job
             return _failed(s, spec, worker, e)
+        finally:
+            reconcile_cache(s)
+
+
+def reconcile_cache(s: Settings) -> None:
+    """With weights on an object store: delete this node's cached copies of objects another
+    node purged (``model.version_purged``, stale slices). A failure (the store unreachable)
+    is logged; the next check tries again."""
+    if not s.registry_url:
+        return
+    try:
+        gone = registry.weights(s).reconcile()
+        if gone:
+            log.info("dropped %d cached weight file(s) purged elsewhere", len(gone))
+    except Exception as e:  # noqa: BLE001
+        log.warning("weights cache check failed: %s", e)
 
 
 def finish_sharded(s: Settings, spec: JobSpec, results: list[dict], worker: str) -> str:
@@ -150,7 +167,7 @@ def publish(s: Settings, spec: JobSpec, worker: str, built: Built) -> str:
         catalogue.purge_erased_raw(db, spec.model_name)
     datasets.compact_due(s, actor=f"worker:{worker}")  # erased bytes gone within LETHE_ERASE_WITHIN_S
     with session_scope(s.database_url) as db:  # superseded versions that still hold erased data
-        governance.purge_superseded(db, s.registry_dir, spec.model_name, actor=f"worker:{worker}")
+        governance.purge_superseded(db, registry.weights(s), spec.model_name, actor=f"worker:{worker}")
     if built.after_publish is not None:
         built.after_publish()
     if (built.metrics or {}).get("exact") and sha is not None and spec.family == "instance":

@@ -13,10 +13,14 @@ from .job import JobFailed, JobSpec
 
 
 def base_file(s: Settings, spec: JobSpec) -> str:
-    """The base version's weights (a checkpoint, or a sharded model's manifest), checked."""
+    """The base version's weights (a checkpoint, or a sharded model's manifest and its
+    members), fetched from the object store when this node has no copy, checked."""
     from models.checkpoint import file_sha256
 
-    path = registry.absolute_path(s.registry_dir, spec.base_path)
+    try:
+        path = registry.weights(s).fetch_version(spec.base_path, spec.base_sha)
+    except ValueError as e:  # the object's bytes are not the version's
+        raise JobFailed(f"weights of v{spec.base_version}: {e}")
     if file_sha256(path) != spec.base_sha:
         raise JobFailed(f"weights of v{spec.base_version} fail their sha256 check")
     return path

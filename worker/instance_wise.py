@@ -274,11 +274,11 @@ def _writer(s: Settings, spec: JobSpec, new_model, meta: dict, method: str) -> C
     from models.checkpoint import save_checkpoint
 
     def write() -> tuple[str, str]:
-        tmp = registry.weights_tmp_path(s.registry_dir, spec.model_name)
+        tmp = registry.weights_tmp_path(registry.weights(s), spec.model_name)
         sha = save_checkpoint(new_model, tmp, arch=meta["arch"], dataset=meta["dataset"],
                               input_shape=meta["input_shape"], classes=meta["classes"],
                               arch_params=meta["arch_params"],
                               extra={"parent_sha256": spec.base_sha, "job_id": spec.job_id, "method": method})
-        return sha, registry.publish_weights(s.registry_dir, spec.model_name, tmp, sha)
+        return sha, registry.publish_weights(registry.weights(s), spec.model_name, tmp, sha)
 
     return write

@@ -17,7 +17,6 @@ a new sharded family needs no change here.
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Callable
 
@@ -55,21 +54,21 @@ def _deletion(s: Settings, spec: JobSpec, data):
 
 def retrain_member(s: Settings, spec: JobSpec, member: int, lease: Lease | None = None) -> dict:
     """One member's retrain (one Celery task of the chord's group, or a step of ``build``)."""
-    from models.unlearn.shards import DirStore, save_member
+    from models.unlearn.shards import save_member
 
     lease = lease or Lease(s, spec)  # a task of its own: beats, no keep-alive thread
     data = data_fn(s, spec.model_name)
     _, config, _, new_plan, affected = _deletion(s, spec, data)
     if member not in affected:
         raise JobFailed(f"member {member} is not affected by job {spec.job_id}")
-    store = DirStore(registry.slices_dir(s.registry_dir, spec.model_name))
+    store = registry.slices(registry.weights(s), spec.model_name)
     progress = lease.progress(lo=0.05, hi=0.05 + 0.85 / max(1, len(affected)))
     t = time.perf_counter()
     model, st = get_method(spec.method).retrain_member(config, member, new_plan.slices[member], data, store,
                                                        lambda f: progress(f"retrain member {member}", f))
-    tmp = registry.weights_tmp_path(s.registry_dir, spec.model_name)
+    tmp = registry.weights_tmp_path(registry.weights(s), spec.model_name)
     sha = save_member(model, tmp, config, member)
-    rel = registry.publish_member(s.registry_dir, spec.model_name, tmp, sha)
+    rel = registry.publish_member(registry.weights(s), spec.model_name, tmp, sha)
     return {"member": member, "file": rel, "sha256": sha, "retrained_slices": st["retrained_slices"],
             "reused_slices": st["reused_slices"], "seconds": round(time.perf_counter() - t, 3)}
 
@@ -79,10 +78,10 @@ def _retrained(s: Settings, spec: JobSpec, config, got: dict[int, dict]) -> dict
     from models.checkpoint import file_sha256
     from models.unlearn.shards import load_member
 
-    model_dir = os.path.join(s.registry_dir, spec.model_name)
+    store = registry.weights(s)
     replaced = {}
-    for m, r in got.items():
-        path = os.path.join(model_dir, r["file"])
+    for m, r in got.items():  # written by whichever worker retrained it: fetched if this node lacks it
+        path = store.fetch(f"{spec.model_name}/{r['file']}", r["sha256"])
         if file_sha256(path) != r["sha256"]:
             raise JobFailed(f"retrained member {m} fails its sha256 check")
         replaced[m] = load_member(path, config)
@@ -101,7 +100,7 @@ def assemble(s: Settings, spec: JobSpec, results: list[dict], lease: Lease) -> B
         raise JobFailed(f"retrained members {sorted(got)} != affected members {sorted(affected)}")
     lease.beat("assembling", 0.92)
     replaced = _retrained(s, spec, config, got)
-    old_model, _ = load_bundle(registry.absolute_path(s.registry_dir, spec.base_path), check=True)
+    old_model, _ = load_bundle(base_file(s, spec), check=True)
     new_model = old_model.with_members(replaced, new_plan)
     hx, hy = holdout(s, spec)
     fx, fy = data(spec.forget_ids)
@@ -128,10 +127,10 @@ def _manifest_writer(s: Settings, spec: JobSpec, config, new_plan, members: list
     from models.unlearn.shards import write_manifest
 
     def write() -> tuple[str, str]:
-        tmp = registry.manifest_tmp_path(s.registry_dir, spec.model_name)
+        tmp = registry.manifest_tmp_path(registry.weights(s), spec.model_name)
         sha = write_manifest(tmp, config, new_plan, members,
                              extra={"parent_sha256": spec.base_sha, "job_id": spec.job_id})
-        return sha, registry.publish_bundle(s.registry_dir, spec.model_name, tmp, sha)
+        return sha, registry.publish_bundle(registry.weights(s), spec.model_name, tmp, sha)
 
     return write
 
@@ -139,7 +138,7 @@ def _manifest_writer(s: Settings, spec: JobSpec, config, new_plan, members: list
 def _drop_stale_slices(s: Settings, spec: JobSpec, config, plan, new_plan, affected) -> int:
     """The slice checkpoints trained on the erased instances (the new plan names none of them).
     Member files of older versions stay: versions are immutable (rollback, audit)."""
-    from models.unlearn.shards import DirStore, stale_keys
+    from models.unlearn.shards import stale_keys
 
-    store = DirStore(registry.slices_dir(s.registry_dir, spec.model_name))
+    store = registry.slices(registry.weights(s), spec.model_name)
     return sum(store.delete(k) for k in stale_keys(config, plan, new_plan, affected))

@@ -133,11 +133,11 @@ def _train(s: Settings, run_id: str, spec: dict, t0: float):
     train_s = round(time.perf_counter() - t_train, 2)
     _progress(s, run_id, "evaluating", 0.92)
     ta = float(accuracy(model, torch.from_numpy(xte), torch.from_numpy(yte)))
-    tmp = registry.weights_tmp_path(s.registry_dir, spec["model"])
+    tmp = registry.weights_tmp_path(registry.weights(s), spec["model"])
     sha = save_checkpoint(model.cpu(), tmp, arch=spec["arch"], dataset=spec["dataset"],
                           input_shape=spec["input_shape"], classes=spec["classes"], arch_params=spec["arch_params"],
                           extra={"training_run": run_id, "recipe": recipe.to_json()})
-    rel = registry.publish_weights(s.registry_dir, spec["model"], tmp, sha)
+    rel = registry.publish_weights(registry.weights(s), spec["model"], tmp, sha)
     rows = _catalogue_rows(s, spec, ids, x, y, refs)
     metrics = {"ta": ta, "train_rows": len(ids), "test_rows": len(yte), "recipe": recipe.to_json(),
                "trainer": recipe.trainer, "trainer_metrics": model.lethe_train_metrics, "train_seconds": train_s, "seconds": round(time.perf_counter() - t0, 2)}

@@ -56,6 +56,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..objectstore import ObjectFiles
+
 FRAGMENT_ROWS = 65_536
 ROW_GROUP = 2_048
 SPLITS = ("train", "test")
@@ -654,114 +656,6 @@ class DatasetStore:
             self.objects.abort_uploads()
         self.close()
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-class ObjectFiles:
-    """A store's fragments on an object store, through ``pyarrow.fs`` (reads and writes)
-    and, for what a filesystem interface cannot say, the S3 API (``boto3``): physical
-    erasure on a versioned bucket means deleting every version and delete marker of the
-    object, and aborting unfinished multipart uploads (their parts hold bytes too).
-
-    ``url``: ``s3://bucket/prefix`` with pyarrow's query options, e.g.
-    ``?endpoint_override=127.0.0.1:9000&scheme=http`` for an S3-compatible server;
-    credentials from the usual AWS environment variables."""
-
-    def __init__(self, url: str):
-        from urllib.parse import parse_qs, urlsplit
-
-        import pyarrow.fs as pafs
-
-        self.url = url
-        parts = urlsplit(url)
-        if parts.scheme != "s3":
-            raise ValueError(f"dataset object store URL must be s3://bucket/prefix; got {url!r}")
-        self.fs, path = pafs.FileSystem.from_uri(url)
-        self.base = path.rstrip("/")
-        self.bucket, _, self.prefix = self.base.partition("/")
-        q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        self._endpoint = (f"{q.get('scheme', 'https')}://{q['endpoint_override']}"
-                          if q.get("endpoint_override") else None)
-        self._region = q.get("region")
-        self._client = None
-
-    @staticmethod
-    def child(url: str, name: str) -> str:
-        base, sep, query = url.partition("?")
-        return f"{base.rstrip('/')}/{name}" + (sep + query if sep else "")
-
-    @property
-    def s3(self):
-        if self._client is None:
-            import boto3
-
-            self._client = boto3.client("s3", endpoint_url=self._endpoint, region_name=self._region)
-        return self._client
-
-    def _key(self, name: str) -> str:
-        return f"{self.prefix}/{name}" if self.prefix else name
-
-    def open(self, name: str):
-        return self.fs.open_input_file(f"{self.base}/{name}")
-
-    def exists(self, name: str) -> bool:
-        import pyarrow.fs as pafs
-
-        return self.fs.get_file_info(f"{self.base}/{name}").type != pafs.FileType.NotFound
-
-    def write(self, name: str, fill: Callable) -> int:
-        """One PUT of the whole fragment (bounded in size): atomic, and no multipart upload
-        is left behind by a write cut short."""
-        sink = pa.BufferOutputStream()
-        fill(sink)
-        body = sink.getvalue()
-        self.s3.put_object(Bucket=self.bucket, Key=self._key(name), Body=body.to_pybytes())
-        return body.size
-
-    def names(self) -> list[str]:
-        import pyarrow.fs as pafs
-
-        infos = self.fs.get_file_info(pafs.FileSelector(self.base, allow_not_found=True))
-        return [i.base_name for i in infos if i.type == pafs.FileType.File]
-
-    def size(self) -> int:
-        import pyarrow.fs as pafs
-
-        infos = self.fs.get_file_info(pafs.FileSelector(self.base, allow_not_found=True))
-        return sum(i.size or 0 for i in infos if i.type == pafs.FileType.File)
-
-    def versions(self, name: str | None = None) -> list[dict]:
-        """Every version and delete marker under the object (or the whole prefix)."""
-        key = self._key(name) if name else (self.prefix + "/" if self.prefix else "")
-        out = []
-        for page in self.s3.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=key):
-            out += [v for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
-                    if name is None or v["Key"] == key]
-        return out
-
-    def purge(self, name: str) -> int:
-        """Delete every version of ``name``; returns the bytes they held."""
-        freed = 0
-        for v in self.versions(name):
-            self.s3.delete_object(Bucket=self.bucket, Key=v["Key"], VersionId=v["VersionId"])
-            freed += v.get("Size", 0)
-        return freed
-
-    def purge_all(self) -> int:
-        """Delete every version and delete marker under the prefix (a removed store)."""
-        freed = 0
-        for v in self.versions():
-            self.s3.delete_object(Bucket=self.bucket, Key=v["Key"], VersionId=v["VersionId"])
-            freed += v.get("Size", 0)
-        return freed
-
-    def abort_uploads(self) -> int:
-        key = self.prefix + "/" if self.prefix else ""
-        n = 0
-        for page in self.s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=key):
-            for u in page.get("Uploads", []):
-                self.s3.abort_multipart_upload(Bucket=self.bucket, Key=u["Key"], UploadId=u["UploadId"])
-                n += 1
-        return n
 
 
 class DuplicateIds(ValueError):

@@ -124,7 +124,8 @@ def sweep_and_dispatch(settings, dispatcher) -> list[str]:
     with session_scope(settings.database_url) as db:  # sealed forget rows at their requests' due date: shredded
         probes.shred_due(db, settings)
     with session_scope(settings.database_url) as db:  # a crash after a publish may have left weights to purge
-        governance.purge_all(db, settings.registry_dir, actor="sweeper")
+        governance.purge_all(db, registry.weights(settings), actor="sweeper")
+    registry.weights(settings).reconcile()  # cached weights whose objects another node purged
     subjects.erase_pending(settings)  # a subject's rows no model held, left by a crash after the erasure's commit
     datasets.compact_due(settings, actor="sweeper")  # erased rows' bytes gone within LETHE_ERASE_WITHIN_S
     for job_id in ids + started:

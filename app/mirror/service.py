@@ -74,7 +74,8 @@ def snapshot(settings, only: str | None = None) -> list[dict]:
             out.append({"name": m.name, "family": m.family, "aliases": registry.aliases(db, m.name), "versions": [
                 {"version": v.version, "sha256": v.sha256, "status": v.status, "parent_version": v.parent_version,
                  "job_id": v.job_id, "exact": v.exact, "superseded_by": superseded_by(db, m.name, v.version, rows),
-                 "path": registry.absolute_path(settings.registry_dir, v.storage_path),
+                 "path": registry.absolute_path(registry.weights(settings), v.storage_path),
+                 "storage_path": v.storage_path,
                  "bundle": registry.is_bundle(v.storage_path), "certificates": sorted(certs.get(v.version, []))}
                 for v in rows]})
     return out
@@ -123,7 +124,7 @@ class Mirror:
         for v in m["versions"]:
             mv = mirrored.get(v["version"])
             live = mv is not None and mv.tags.get("lethe.status") != PURGED_TAG
-            if v["status"] == "READY" and not live and not v["bundle"] and os.path.exists(v["path"]):
+            if v["status"] == "READY" and not live and not v["bundle"] and self._local(v):
                 mirrored[v["version"]] = self._create(name, v)
                 done["created"].append(f"{name}:{v['version']}")
             elif v["status"] == PURGED_TAG and mv is not None and mv.tags.get("lethe.status") != PURGED_TAG:
@@ -140,6 +141,14 @@ class Mirror:
         for alias, mlv in current.items():
             if str(mlv) in purged and alias not in m["aliases"]:
                 self.client.delete_registered_model_alias(name, alias)
+
+    def _local(self, v: dict) -> bool:
+        """The version's weights are on this node (fetched from the object store if need be)."""
+        try:
+            v["path"] = registry.weights(self.settings).fetch(v["storage_path"], v["sha256"])
+            return True
+        except (FileNotFoundError, ValueError):
+            return False
 
     def _experiment_id(self) -> str:
         if self._experiment is None:

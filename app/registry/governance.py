@@ -15,7 +15,6 @@ same way.
 """
 from __future__ import annotations
 
-import os
 import re
 
 from sqlalchemy import func, select
@@ -28,6 +27,7 @@ from ..errors import LetheError
 from ..events import service as events
 from . import service as registry
 from .models import PRODUCTION, PURGED, READY, AliasMove, ModelVersion
+from .storage import WeightStore
 
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 RESERVED_ALIASES = frozenset({"history"})
@@ -133,11 +133,13 @@ def set_alias(session: Session, *, model_name: str, alias: str, version: int, ac
     return move
 
 
-def purge_superseded(session: Session, registry_dir: str, model_name: str, *, actor: str = "system") -> list[int]:
+def purge_superseded(session: Session, store: WeightStore, model_name: str, *, actor: str = "system") -> list[int]:
     """Delete the weights of every version that holds erased data, or was superseded by an
     exact consolidation, and is not what ``production`` serves now; keep the row (sha256,
     metrics, lineage), mark it PURGED and audit it. Idempotent. Returns the purged version
-    numbers."""
+    numbers. On an object store the weights' objects lose every version and unfinished
+    upload (``WeightStore.delete``); other nodes drop their cached copies when they next
+    reconcile (app/registry/storage.py)."""
     registry.get_model(session, model_name, lock=True)
     prod = registry.resolve_alias(session, model_name, PRODUCTION)
     erased = erased_by_job(session, model_name)
@@ -156,10 +158,10 @@ def purge_superseded(session: Session, registry_dir: str, model_name: str, *, ac
         session.flush()
         in_use = {f for r in session.execute(select(ModelVersion.storage_path).where(
             ModelVersion.model_name == model_name, ModelVersion.status == READY)).scalars()
-            for f in weight_files(registry_dir, r)}
-        for f in weight_files(registry_dir, v.storage_path):
-            if f not in in_use and os.path.exists(f):
-                os.unlink(f)
+            for f in weight_files(store, r)}
+        for f in weight_files(store, v.storage_path):
+            if f not in in_use:
+                store.delete(f)
         audit.append(session, actor=actor, action="model.version_purged",
                      payload={"model": model_name, "version": v.version, "sha256": v.sha256,
                               "erased_instances_held": t["erased_instances"], "jobs": t["jobs"],
@@ -170,21 +172,21 @@ def purge_superseded(session: Session, registry_dir: str, model_name: str, *, ac
     return purged
 
 
-def weight_files(registry_dir: str, storage_path: str) -> list[str]:
-    """The files a version's weights live in: its checkpoint, or a bundle's manifest and every
+def weight_files(store: WeightStore, storage_path: str) -> list[str]:
+    """The names a version's weights live in: its checkpoint, or a bundle's manifest and every
     member file it names (members that did not change are shared with other versions)."""
-    path = registry.absolute_path(registry_dir, storage_path)
-    if not registry.is_bundle(storage_path) or not os.path.exists(path):
-        return [path]
-    from models.unlearn.shards import read_manifest
+    if not registry.is_bundle(storage_path):
+        return [storage_path]
+    try:
+        return [storage_path] + [name for name, _ in store.members(storage_path)]
+    except FileNotFoundError:
+        return [storage_path]
 
-    return [path] + [os.path.join(os.path.dirname(path), m["file"]) for m in read_manifest(path)["members"]]
 
-
-def purge_all(session: Session, registry_dir: str, *, actor: str = "system") -> dict[str, list[int]]:
+def purge_all(session: Session, store: WeightStore, *, actor: str = "system") -> dict[str, list[int]]:
     out = {}
     for m in registry.list_models(session):
-        got = purge_superseded(session, registry_dir, m.name, actor=actor)
+        got = purge_superseded(session, store, m.name, actor=actor)
         if got:
             out[m.name] = got
     return out

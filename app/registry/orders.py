@@ -335,11 +335,11 @@ def fulfil(session: Session, settings: Settings, order_id: str, token: str, weig
         raise LetheError(409, "order_superseded", f"production moved from v{order.base_version} since the order "
                                                   "was issued: its snapshot is stale; a new order will be issued")
     m = registry.get_model(session, order.model_name)
-    tmp = registry.weights_tmp_path(settings.registry_dir, order.model_name)
+    tmp = registry.weights_tmp_path(registry.weights(settings), order.model_name)
     os.makedirs(os.path.dirname(tmp), exist_ok=True)
     with open(tmp, "wb") as f:
         f.write(weights)
-    rel = registry.publish_weights(settings.registry_dir, m.name, tmp, got)
+    rel = registry.publish_weights(registry.weights(settings), m.name, tmp, got)
     claim_token = str(uuid.uuid4())
     now = utcnow()
     job = Job(id=str(uuid.uuid4()), model_name=m.name, objective=CONSOLIDATE, method=EXTERNAL, status=RUNNING,

@@ -355,7 +355,7 @@ def predict(name: str, body: PredictBody, session: SessionDep, settings: Setting
         raise LetheError(409, "no_production_version", f"model {name!r} has no '{PRODUCTION}' alias")
     import torch
 
-    model, meta = serving.get(settings.registry_dir, version)
+    model, meta = serving.get(service.weights(settings), version)
     with torch.no_grad():
         probs = torch.softmax(model(torch.from_numpy(x)), dim=1)
     conf, labels = probs.max(dim=1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
@@ -14,6 +13,7 @@ from models import unlearn
 from ..db import utcnow
 from ..errors import LetheError
 from .models import PRODUCTION, AliasMove, ModelAlias, ModelVersion, RegisteredModel
+from .storage import WeightStore, weights  # noqa: F401 - weights(settings): the store callers pass
 
 
 def get_model(session: Session, name: str, *, lock: bool = False) -> RegisteredModel | None:
@@ -71,22 +71,34 @@ def version_by_job(session: Session, job_id: str) -> ModelVersion | None:
     return session.execute(select(ModelVersion).where(ModelVersion.job_id == job_id)).scalar_one_or_none()
 
 
-# --- weights on disk ---------------------------------------------------------------------
+# --- weights: content-addressed files, local or on an object store (app/registry/storage.py) ---
 
-def weights_tmp_path(registry_dir: str, model_name: str) -> str:
-    return os.path.join(registry_dir, model_name, f".incoming-{uuid.uuid4().hex}.safetensors")
+def weights_tmp_path(store: WeightStore, model_name: str) -> str:
+    return store.tmp_path(model_name)
 
 
-def publish_weights(registry_dir: str, model_name: str, tmp_path: str, sha256: str) -> str:
+def publish_weights(store: WeightStore, model_name: str, tmp_path: str, sha256: str) -> str:
     """Move a freshly written checkpoint to its content address; returns the path relative
-    to the registry dir (what the database stores)."""
-    rel = os.path.join(model_name, f"{sha256}.safetensors")
-    os.replace(tmp_path, os.path.join(registry_dir, rel))
-    return rel
+    to the registry (what the database stores)."""
+    return store.publish(tmp_path, f"{model_name}/{sha256}.safetensors")
 
 
-def absolute_path(registry_dir: str, storage_path: str) -> str:
-    return storage_path if os.path.isabs(storage_path) else os.path.join(registry_dir, storage_path)
+def absolute_path(store: WeightStore, storage_path: str) -> str:
+    """Where a version's file is (or would be) on this node; ``version_file`` makes it local."""
+    return store.path(storage_path)
+
+
+def version_file(store: WeightStore, version: "ModelVersion") -> str:
+    """A version's weights (checkpoint, or bundle manifest and members) on this node's disk,
+    fetched from the object store if need be, each file's sha256 checked as it arrives;
+    500 ``registry_error`` when they are missing."""
+    try:
+        return store.fetch_version(version.storage_path, version.sha256)
+    except FileNotFoundError:
+        raise LetheError(500, "registry_error", f"weights of {version.model_name} v{version.version} are missing "
+                                                f"from the registry")
+    except ValueError as e:
+        raise LetheError(500, "registry_error", f"weights of {version.model_name} v{version.version}: {e}")
 
 
 # --- bundles (sharded exact models): a manifest + one safetensors file per member ----------------
@@ -102,45 +114,42 @@ def is_bundle(storage_path: str) -> bool:
     return storage_path.endswith(BUNDLE_SUFFIX)
 
 
-def members_dir(registry_dir: str, model_name: str) -> str:
-    return os.path.join(registry_dir, model_name, "members")
-
-
 def slices_dir(registry_dir: str, model_name: str) -> str:
+    """Where a model's slice checkpoints are on this node's disk."""
     return os.path.join(registry_dir, model_name, "slices")
 
 
-def publish_member(registry_dir: str, model_name: str, tmp_path: str, sha256: str) -> str:
+def slices(store: WeightStore, model_name: str):
+    """The model's slice checkpoint store (local directory or object store)."""
+    return store.slices(model_name)
+
+
+def publish_member(store: WeightStore, model_name: str, tmp_path: str, sha256: str) -> str:
     """Move a member file to its content address; returns its path relative to the manifest."""
-    os.makedirs(members_dir(registry_dir, model_name), exist_ok=True)
-    os.replace(tmp_path, os.path.join(members_dir(registry_dir, model_name), f"{sha256}.safetensors"))
+    store.publish(tmp_path, f"{model_name}/members/{sha256}.safetensors")
     return f"members/{sha256}.safetensors"
 
 
-def manifest_tmp_path(registry_dir: str, model_name: str) -> str:
-    return os.path.join(registry_dir, model_name, f".incoming-{uuid.uuid4().hex}{BUNDLE_SUFFIX}")
+def manifest_tmp_path(store: WeightStore, model_name: str) -> str:
+    return store.tmp_path(model_name, BUNDLE_SUFFIX)
 
 
-def publish_bundle(registry_dir: str, model_name: str, tmp_manifest: str, sha256: str) -> str:
-    rel = os.path.join(model_name, f"{sha256}{BUNDLE_SUFFIX}")
-    os.replace(tmp_manifest, os.path.join(registry_dir, rel))
-    return rel
+def publish_bundle(store: WeightStore, model_name: str, tmp_manifest: str, sha256: str) -> str:
+    return store.publish(tmp_manifest, f"{model_name}/{sha256}{BUNDLE_SUFFIX}")
 
 
-def load_version(registry_dir: str, version: "ModelVersion", device="cpu"):
+def load_version(store: WeightStore, version: "ModelVersion", device="cpu"):
     """(model, meta) of a version, single checkpoint or bundle; every file's sha256 checked."""
     from models.checkpoint import file_sha256, load_checkpoint
 
-    path = absolute_path(registry_dir, version.storage_path)
-    if not os.path.exists(path):
-        raise LetheError(500, "registry_error", f"weights of {version.model_name} v{version.version} missing at {path}")
+    path = version_file(store, version)
     if file_sha256(path) != version.sha256:
         raise LetheError(500, "registry_error", f"weights of {version.model_name} v{version.version} fail their sha256 check")
     if is_bundle(version.storage_path):
-        from models.unlearn.shards import DirStore, load_bundle
+        from models.unlearn.shards import load_bundle
 
         try:
-            model, meta = load_bundle(path, check=True, store=DirStore(slices_dir(registry_dir, version.model_name)))
+            model, meta = load_bundle(path, check=True, store=store.slices(version.model_name))
         except (ValueError, FileNotFoundError) as e:
             raise LetheError(500, "registry_error", f"bundle of {version.model_name} v{version.version}: {e}") from e
         return model.to(device), meta
@@ -209,13 +218,13 @@ class ServingCache:
         self._lock = threading.Lock()
         self._loaded: dict[str, tuple[int, str, object, dict]] = {}
 
-    def get(self, registry_dir: str, version: ModelVersion):
+    def get(self, store: WeightStore, version: ModelVersion):
         key = (version.id, version.sha256)
         with self._lock:
             hit = self._loaded.get(version.model_name)
             if hit and (hit[0], hit[1]) == key:
                 return hit[2], hit[3]
-            model, meta = load_version(registry_dir, version, device="cpu")
+            model, meta = load_version(store, version, device="cpu")
             self._loaded[version.model_name] = (version.id, version.sha256, model, meta)
             return model, meta
 

@@ -69,7 +69,7 @@ def resolve(session: Session, settings: Settings, recipe: dict, *, arch: str, in
 
     m, v = _version(session, start)
     try:
-        state = read_state(registry.absolute_path(settings.registry_dir, v.storage_path), v.sha256)
+        state = read_state(registry.weights(settings).fetch(v.storage_path, v.sha256), v.sha256)
         load_starting_point(build_model(arch, input_shape, num_classes, arch_params), state)
     except (OSError, ValueError) as e:
         raise LetheError(422, "bad_start", f"recipe.start: {m.name} v{v.version} cannot start this network: {e}")
@@ -85,7 +85,11 @@ def load(session: Session, settings: Settings, recipe: dict | None) -> dict | No
     v = registry.get_version(session, start["model"], start["version"])
     if v is None or v.status == PURGED:
         raise ValueError(f"the starting point {start['model']} v{start['version']} is gone (purged or removed)")
-    return read_state(registry.absolute_path(settings.registry_dir, v.storage_path), start["sha256"])
+    try:
+        path = registry.weights(settings).fetch(v.storage_path, start["sha256"])
+    except FileNotFoundError:
+        raise ValueError(f"the starting point {start['model']} v{start['version']} has no weights in the registry")
+    return read_state(path, start["sha256"])
 
 
 def describe(session: Session, recipe: dict | None) -> dict | None:

@@ -179,10 +179,10 @@ def register_upload(session: Session, settings: Settings, *, name: str, arch: st
     hx, hy = (torch.from_numpy(a) for a in datasets.holdout_arrays(settings, ds.name, settings.job_holdout_rows))
     ta = float(accuracy(model, hx, hy))
     uploaded_sha = hashlib.sha256(weights).hexdigest()
-    tmp = registry.weights_tmp_path(settings.registry_dir, name)
+    tmp = registry.weights_tmp_path(registry.weights(settings), name)
     sha = save_checkpoint(model.cpu(), tmp, arch=arch, dataset=ds.name, input_shape=input_shape,
                           classes=classes, extra={"uploaded_sha256": uploaded_sha}, arch_params=arch_params)
-    rel = registry.publish_weights(settings.registry_dir, name, tmp, sha)
+    rel = registry.publish_weights(registry.weights(settings), name, tmp, sha)
     registry.register_model(session, name=name, dataset=ds.name, arch=arch, input_shape=input_shape,
                             classes=classes, arch_params=arch_params, recipe=recipe)
     metrics = {"ta": ta, "uploaded_sha256": uploaded_sha, "seconds": round(time.perf_counter() - t0, 3)}

@@ -144,10 +144,9 @@ def stream_weights(request: Request, settings, v: ModelVersion, extra: dict | No
     if service.is_bundle(v.storage_path):
         raise LetheError(409, "sharded_weights", f"{v.model_name} v{v.version} is a sharded model: its weights are "
                                                  f"a bundle of member checkpoints, not one file")
-    path = service.absolute_path(settings.registry_dir, v.storage_path)
     try:
-        f = open(path, "rb")
-    except FileNotFoundError:
+        f = open(service.weights(settings).fetch(v.storage_path, v.sha256), "rb")
+    except (FileNotFoundError, ValueError):
         raise LetheError(500, "registry_error", f"weights of {v.model_name} v{v.version} are missing from the registry")
     size = os.fstat(f.fileno()).st_size
     headers = {**digest_headers(v.sha256), "Accept-Ranges": "bytes", "Lethe-Model": v.model_name,
@@ -263,7 +262,7 @@ def model_card(name: str, version: VersionNo, session: SessionDep, settings: Set
     size = None
     if v.status != PURGED and not service.is_bundle(v.storage_path):
         try:
-            size = os.path.getsize(service.absolute_path(settings.registry_dir, v.storage_path))
+            size = service.weights(settings).size(v.storage_path)
         except OSError:
             size = None
     job = session.get(Job, v.job_id) if v.job_id else None

@@ -79,6 +79,9 @@ def test_services_start_order_and_healthchecks(resolved):
         env = svc[name]["environment"]
         # dataset fragments in the compose object store's versioned bucket
         assert env["LETHE_DATASET_URL"].startswith("s3://lethe/") and "endpoint_override=objectstore:9000" in env["LETHE_DATASET_URL"]
+        # model weights there too (content-addressed objects; LETHE_REGISTRY_DIR is each node's cache)
+        assert env["LETHE_REGISTRY_URL"].startswith("s3://lethe/registry") and "endpoint_override=objectstore:9000" in env["LETHE_REGISTRY_URL"]
+        assert int(env["LETHE_WEIGHTS_CACHE_BYTES"]) > 0
         assert env["LETHE_DATABASE_URL"].startswith("postgresql+psycopg://") and "@postgres:5432/" in env["LETHE_DATABASE_URL"]
         assert env["LETHE_BROKER_URL"] == "redis://redis:6379/0"
         assert env["LETHE_SUBJECT_SECRET"] == "s3cret-0123456789"

@@ -68,9 +68,9 @@ def save_net(settings: Settings, seed: int) -> tuple[str, str]:
 
     torch.manual_seed(seed)
     net = build_model("cnn", SHAPE, len(CLASSES))
-    tmp = registry.weights_tmp_path(settings.registry_dir, MODEL)
+    tmp = registry.weights_tmp_path(registry.weights(settings), MODEL)
     sha = save_checkpoint(net, tmp, arch="cnn", dataset="toy", input_shape=SHAPE, classes=CLASSES)
-    return sha, registry.publish_weights(settings.registry_dir, MODEL, tmp, sha)
+    return sha, registry.publish_weights(registry.weights(settings), MODEL, tmp, sha)
 
 
 def add_model(settings: Settings, name: str, *, n: int = 12, seed: int = 5) -> None:
@@ -81,10 +81,10 @@ def add_model(settings: Settings, name: str, *, n: int = 12, seed: int = 5) -> N
     from models.nets import build_model
 
     torch.manual_seed(seed)
-    tmp = registry.weights_tmp_path(settings.registry_dir, name)
+    tmp = registry.weights_tmp_path(registry.weights(settings), name)
     sha = save_checkpoint(build_model("cnn", SHAPE, len(CLASSES)), tmp, arch="cnn", dataset="toy", input_shape=SHAPE,
                           classes=CLASSES)
-    rel = registry.publish_weights(settings.registry_dir, name, tmp, sha)
+    rel = registry.publish_weights(registry.weights(settings), name, tmp, sha)
     rows = catalogue.rows_for_model(datasets.store_dir(settings, "toy"), name, "toy", [f"toy-{i:05d}" for i in range(n)])
     with session_scope(settings.database_url) as db:
         registry.register_model(db, name=name, dataset="toy", arch="cnn", input_shape=SHAPE, classes=CLASSES)

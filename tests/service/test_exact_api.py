@@ -62,7 +62,7 @@ def _bundle_files(s, name, version):
 
     with session_scope(s.database_url) as db:
         v = registry.get_version(db, name, version)
-        path = registry.absolute_path(s.registry_dir, v.storage_path)
+        path = registry.absolute_path(registry.weights(s), v.storage_path)
     return read_manifest(path)["members"]
 
 

@@ -102,7 +102,7 @@ def test_tainted_but_not_yet_purged_version_is_refused_with_the_reason(client, s
 def test_purge_removes_the_file_and_keeps_the_row(client, seeded, monkeypatch):
     with session_scope(seeded.database_url) as db:
         v1 = registry.get_version(db, MODEL, 1)
-    path = registry.absolute_path(seeded.registry_dir, v1.storage_path)
+    path = registry.absolute_path(registry.weights(seeded), v1.storage_path)
     assert os.path.exists(path)
     _erase_alice(client, seeded, through_worker=True, monkeypatch=monkeypatch)  # the worker purges after publish
     assert not os.path.exists(path)
@@ -115,7 +115,7 @@ def test_purge_removes_the_file_and_keeps_the_row(client, seeded, monkeypatch):
     r = client.put(f"/v1/models/{MODEL}/aliases/production", json={"version": 1})
     assert r.status_code == 409 and r.json()["code"] == "version_purged"
     with session_scope(seeded.database_url) as db:  # idempotent
-        assert governance.purge_superseded(db, seeded.registry_dir, MODEL) == []
+        assert governance.purge_superseded(db, registry.weights(seeded), MODEL) == []
     # the current version is never purged, and the certificate still names v1's sha256
     cert = client.get(f"/v1/forget/{client.get('/v1/forget').json()['items'][0]['id']}/certificate").json()
     assert cert["certificate"]["version_before"] == {"version": 1, "sha256": v1.sha256}

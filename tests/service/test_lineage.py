@@ -18,10 +18,10 @@ def _net_file(settings, name: str, seed: int):
     from models.nets import build_model
 
     torch.manual_seed(seed)
-    tmp = registry.weights_tmp_path(settings.registry_dir, name)
+    tmp = registry.weights_tmp_path(registry.weights(settings), name)
     sha = save_checkpoint(build_model("cnn", SHAPE, len(CLASSES)), tmp, arch="cnn", dataset="toy",
                           input_shape=SHAPE, classes=CLASSES)
-    return sha, registry.publish_weights(settings.registry_dir, name, tmp, sha)
+    return sha, registry.publish_weights(registry.weights(settings), name, tmp, sha)
 
 
 def _second_model(settings, n: int = 8):

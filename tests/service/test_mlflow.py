@@ -83,7 +83,7 @@ def _deletion(s, subject: str, seed: int) -> int:
                             sha256=sha, storage_path=rel, metrics={"ua": 0.0}, stats=None)
         version = job.result_version
     with session_scope(s.database_url) as db:
-        governance.purge_superseded(db, s.registry_dir, MODEL, actor="worker:w1")
+        governance.purge_superseded(db, registry.weights(s), MODEL, actor="worker:w1")
     return version
 
 
@@ -100,7 +100,7 @@ def test_versions_aliases_and_purges_reach_mlflow(seeded, mlflow_server, monkeyp
     mv1 = client.get_model_version_by_alias(MODEL, "production")
     with session_scope(s.database_url) as db:
         v1 = registry.get_version(db, MODEL, 1)
-        sha1, path1 = v1.sha256, registry.absolute_path(s.registry_dir, v1.storage_path)
+        sha1, path1 = v1.sha256, registry.absolute_path(registry.weights(s), v1.storage_path)
     assert mv1.tags["lethe.version"] == "1" and mv1.tags["lethe.sha256"] == sha1 and mv1.tags["lethe.exact"] == "true"
     assert f"{sha1}.safetensors" in _files(mlflow_server["artifacts"])
     assert not [f for f in _files(mlflow_server["artifacts"]) if f.endswith((".pkl", ".pickle"))]

@@ -35,7 +35,7 @@ def test_predict_can_return_the_probability_vector(client, seeded):
     with session_scope(seeded.database_url) as db:  # the served network's own softmax
         v = registry.get_version(db, MODEL, 1)
         x = catalogue.load_arrays([catalogue.by_ids(db, MODEL, ["toy-00003"])["toy-00003"]])[0]
-    net = load_checkpoint(registry.absolute_path(seeded.registry_dir, v.storage_path))[0].eval()
+    net = load_checkpoint(registry.absolute_path(registry.weights(seeded), v.storage_path))[0].eval()
     with torch.no_grad():
         want = torch.softmax(net(torch.from_numpy(x)), 1)[0].numpy()
     assert np.allclose(p["probabilities"], want, atol=1e-6)
@@ -80,7 +80,7 @@ def test_alias_move_is_served_without_restart(client, seeded):
 def test_corrupted_weights_are_refused(client, seeded):
     with session_scope(seeded.database_url) as db:
         v1 = registry.get_version(db, MODEL, 1)
-    path = registry.absolute_path(seeded.registry_dir, v1.storage_path)
+    path = registry.absolute_path(registry.weights(seeded), v1.storage_path)
     with open(path, "r+b") as f:
         f.seek(-4, 2)
         f.write(b"\x00\x01\x02\x03")

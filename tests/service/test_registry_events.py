@@ -11,6 +11,7 @@ from app.events import service as events
 from app.jobs import service as jobs
 from app.main import create_app
 from app.registry import governance
+from app.registry import service as registry
 from app.webhooks import service as webhooks
 
 from .conftest import MODEL, add_model, bearer, error_contract, make_key, save_net
@@ -34,17 +35,16 @@ def gw(seeded, dispatcher):
 def _new_version(s, name: str, seed: int) -> None:
     import torch
 
-    from app.registry import service as registry
     from models.checkpoint import save_checkpoint
     from models.nets import build_model
 
     from .conftest import CLASSES, SHAPE
 
     torch.manual_seed(seed)
-    tmp = registry.weights_tmp_path(s.registry_dir, name)
+    tmp = registry.weights_tmp_path(registry.weights(s), name)
     sha = save_checkpoint(build_model("cnn", SHAPE, len(CLASSES)), tmp, arch="cnn", dataset="toy", input_shape=SHAPE,
                           classes=CLASSES)
-    rel = registry.publish_weights(s.registry_dir, name, tmp, sha)
+    rel = registry.publish_weights(registry.weights(s), name, tmp, sha)
     with session_scope(s.database_url) as db:
         registry.add_version(db, model_name=name, sha256=sha, storage_path=rel, parent_version=1, job_id=None,
                              metrics=None)
@@ -62,7 +62,7 @@ def _complete_a_deletion(c, keys, s, subject="alice", seed=3, purge=True):
                       sha256=sha, storage_path=rel, metrics={"ua": 0.1}, stats=None)
     if purge:  # what the worker does next, in a transaction of its own
         with session_scope(s.database_url) as db:
-            governance.purge_superseded(db, s.registry_dir, MODEL, actor="worker:w1")
+            governance.purge_superseded(db, registry.weights(s), MODEL, actor="worker:w1")
     return job_id, sha
 
 

@@ -15,6 +15,7 @@ import uvicorn
 from app.db import session_scope
 from app.main import create_app
 from app.registry import governance
+from app.registry import service as registry
 
 from .conftest import MODEL, RecordingDispatcher, ROOT_DIR, bearer, make_key
 from .test_registry_events import _complete_a_deletion
@@ -89,7 +90,7 @@ def test_a_deletion_reaches_the_example_server_and_purged_weights_leave_its_disk
         assert answer["sha256"] == sha2 and served_after < 5, served_after
         assert os.path.exists(old)  # not purged yet
         with session_scope(s.database_url) as db:
-            assert governance.purge_superseded(db, s.registry_dir, MODEL, actor="worker:w1") == [1]
+            assert governance.purge_superseded(db, registry.weights(s), MODEL, actor="worker:w1") == [1]
         wait_for(lambda: not os.path.exists(old), timeout=5)
         assert os.path.exists(node.path_of(sha2))
         # a duplicate or tampered delivery changes nothing; a gap makes the node resync

@@ -16,7 +16,7 @@ from .test_own_models import _train, breast_cancer_parquet
 def _weights(settings, model, version):
     with session_scope(settings.database_url) as db:
         v = registry.get_version(db, model, version)
-        return load_file(registry.absolute_path(settings.registry_dir, v.storage_path)), v.sha256
+        return load_file(registry.absolute_path(registry.weights(settings), v.storage_path)), v.sha256
 
 
 def _base(client, seeded, dispatcher):

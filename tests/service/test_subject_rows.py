@@ -49,10 +49,10 @@ def _model(settings, name: str, dataset: str, ids: list[str], seed_: int = 3) ->
     from models.nets import build_model
 
     torch.manual_seed(seed_)
-    tmp = registry.weights_tmp_path(settings.registry_dir, name)
+    tmp = registry.weights_tmp_path(registry.weights(settings), name)
     sha = save_checkpoint(build_model("cnn", SHAPE, len(CLASSES)), tmp, arch="cnn", dataset=dataset,
                           input_shape=SHAPE, classes=CLASSES)
-    rel = registry.publish_weights(settings.registry_dir, name, tmp, sha)
+    rel = registry.publish_weights(registry.weights(settings), name, tmp, sha)
     rows = catalogue.rows_for_model(datasets.store_dir(settings, dataset), name, dataset, ids)
     with session_scope(settings.database_url) as db:
         registry.register_model(db, name=name, dataset=dataset, arch="cnn", input_shape=SHAPE, classes=CLASSES)
@@ -73,10 +73,10 @@ def _run(settings, job_id: str, model: str, seed_: int) -> None:
         assert c.outcome == "run", c.reason
         token, ids = c.token, list(c.instance_ids)
     torch.manual_seed(seed_)
-    tmp = registry.weights_tmp_path(settings.registry_dir, model)
+    tmp = registry.weights_tmp_path(registry.weights(settings), model)
     sha = save_checkpoint(build_model("cnn", SHAPE, len(CLASSES)), tmp, arch="cnn", dataset="x", input_shape=SHAPE,
                           classes=CLASSES)
-    rel = registry.publish_weights(settings.registry_dir, model, tmp, sha)
+    rel = registry.publish_weights(registry.weights(settings), model, tmp, sha)
     with session_scope(settings.database_url) as db:
         jobs.complete(db, job_id=job_id, token=token, worker="w", instance_ids=ids, sha256=sha, storage_path=rel,
                       metrics={"ua": 100.0, "method": "lethe"}, stats={})

@@ -36,7 +36,7 @@ def gw(seeded, dispatcher):
 def _file(settings, name=MODEL, version=1) -> bytes:
     with session_scope(settings.database_url) as db:
         v = registry.get_version(db, name, version)
-        return open(registry.absolute_path(settings.registry_dir, v.storage_path), "rb").read()
+        return open(registry.absolute_path(registry.weights(settings), v.storage_path), "rb").read()
 
 
 def test_download_by_version_and_alias_carries_the_recorded_digest(gw, seeded, tmp_path):
@@ -102,7 +102,7 @@ def test_unknown_purged_and_other_tenants_models(gw, seeded):
     with session_scope(seeded.database_url) as db:
         v = registry.get_version(db, OTHER, 1)
         v.status = PURGED
-        os.unlink(registry.absolute_path(seeded.registry_dir, v.storage_path))
+        os.unlink(registry.absolute_path(registry.weights(seeded), v.storage_path))
     r = c.get(f"/v1/models/{OTHER}/versions/1/weights", headers=k["operator"])
     assert (r.status_code, r.json()["code"]) == (410, "version_purged")
     assert c.get(f"/v1/models/{OTHER}/aliases/production/weights", headers=k["operator"]).status_code == 410

@@ -127,6 +127,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("app.security.*",),
     ("app.audit", "app.webhooks"),
     ("app.db", "app.settings", "app.errors", "app.limits", "app.observability", "app.periodic", "app.client",
+     "app.objectstore",
      "=app"),                                                               # infrastructure
     ("models",),
 ]
