@@ -144,6 +144,8 @@ class Mirror:
 
     def _local(self, v: dict) -> bool:
         """The version's weights are on this node (fetched from the object store if need be)."""
+        from ..registry import service as registry
+
         try:
             v["path"] = registry.weights(self.settings).fetch(v["storage_path"], v["sha256"])
             return True

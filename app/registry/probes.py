@@ -50,8 +50,12 @@ log = logging.getLogger("lethe.registry")
 NONCE = 12
 
 
-def _path(settings: Settings, rel: str) -> str:
-    return os.path.join(settings.registry_dir, rel)
+def _store(settings: Settings):
+    """Where the ciphertexts live: the registry's store (on the object store with
+    LETHE_REGISTRY_URL, so the gateway scoring an order reads what a worker sealed)."""
+    from .storage import weights
+
+    return weights(settings)
 
 
 def _aead(key_hex: str):
@@ -69,10 +73,12 @@ def seal(session: Session, settings: Settings, *, model_name: str, job_id: str, 
              ids=np.asarray(instance_ids, dtype=str))
     nonce = secrets.token_bytes(NONCE)
     sealed = nonce + _aead(key).encrypt(nonce, buf.getvalue(), pid.encode())
-    rel = os.path.join("probes", model_name, f"{pid}.sealed")
-    os.makedirs(os.path.dirname(_path(settings, rel)), exist_ok=True)
-    with open(_path(settings, rel), "wb") as f:
+    rel = f"probes/{model_name}/{pid}.sealed"
+    store = _store(settings)
+    tmp = store.tmp_path(os.path.join("probes", model_name), ".sealed")
+    with open(tmp, "wb") as f:
         f.write(sealed)
+    store.publish(tmp, rel)
     now = utcnow()
     probe = SealedProbe(id=pid, model_name=model_name, job_id=job_id, instance_ids=sorted(instance_ids),
                         rows=len(instance_ids), path=rel, sha256=hashlib.sha256(sealed).hexdigest(), key_hex=key,
@@ -99,7 +105,7 @@ def open_rows(settings: Settings, probes: list[SealedProbe], instance_ids: list[
     """(x, y, ids) of ``instance_ids`` held by ``probes``, decrypted in memory only."""
     want, xs, ys, ids = set(instance_ids), [], [], []
     for p in probes:
-        with open(_path(settings, p.path), "rb") as f:
+        with open(_store(settings).fetch(p.path, p.sha256), "rb") as f:
             raw = f.read()
         if hashlib.sha256(raw).hexdigest() != p.sha256:
             raise ValueError(f"sealed probe {p.id} does not match its recorded digest")
@@ -116,10 +122,7 @@ def open_rows(settings: Settings, probes: list[SealedProbe], instance_ids: list[
 def shred(session: Session, settings: Settings, probe: SealedProbe, *, reason: str, actor: str) -> None:
     """Destroy the key (the rows are unreadable from then on) and delete the ciphertext."""
     probe.key_hex, probe.shredded_at, probe.shred_reason = None, utcnow(), reason
-    try:
-        os.remove(_path(settings, probe.path))
-    except FileNotFoundError:
-        pass
+    _store(settings).delete(probe.path)  # every object version too, with LETHE_REGISTRY_URL
     audit.append(session, actor=actor, action="probe.shredded",
                  payload={"probe_id": probe.id, "model": probe.model_name, "job_id": probe.job_id,
                           "rows": probe.rows, "reason": reason})

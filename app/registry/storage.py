@@ -8,6 +8,7 @@ Names (relative to the registry, what ``model_versions.storage_path`` holds)::
     <model>/<sha256>.bundle.json            a sharded model's manifest (names every member's sha256)
     <model>/members/<sha256>.safetensors    a member of a bundle (shared by versions it did not change)
     <model>/slices/<key>.safetensors        a SISA/ARCANE slice checkpoint (key: hash of the ids trained)
+    probes/<model>/<id>.sealed              a job's forget rows, encrypted (app/registry/probes.py)
 
 With an object store, ``LETHE_REGISTRY_DIR`` is this process's **cache** of those objects:
 a file is written there, uploaded, and kept; a file another node wrote is downloaded on
@@ -34,7 +35,8 @@ from ..objectstore import ObjectFiles
 
 # the files the cache manages (anything else under the directory, e.g. retrain-order
 # snapshots or a write in progress, is left alone)
-_CACHED = re.compile(r"^[^/]+/(members/|slices/)?[0-9a-f]{64}\.(safetensors|bundle\.json)$")
+_CACHED = re.compile(r"^([^/]+/(members/|slices/)?[0-9a-f]{64}\.(safetensors|bundle\.json)"
+                     r"|probes/[^/]+/[0-9a-f-]{36}\.sealed)$")  # + sealed forget rows (app/registry/probes.py)
 BUNDLE_SUFFIX = ".bundle.json"
 
 

@@ -157,3 +157,25 @@ def test_local_default_is_unchanged(settings):
     assert store.remote is None and store.root == settings.registry_dir
     assert store.reconcile() == [] and store.trim() == 0
     assert np.isfinite(store.cache_bytes)
+
+
+def test_sealed_forget_rows_travel_through_the_object_store_and_are_shredded_from_every_version(on_s3, tmp_path):
+    """A worker seals a job's forget rows (app/registry/probes.py); the gateway that scores a
+    retrain order's upload reads them on another node; shredding leaves no object version."""
+    from app.registry import probes
+
+    s, client = on_s3
+    x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
+    with session_scope(s.database_url) as db:
+        p = probes.seal(db, s, model_name=MODEL, job_id="job-1", instance_ids=["a", "b", "c"], x=x,
+                        y=np.array([1, 2, 3]), due_at=None, actor="worker:w1")
+    key = f"{registry.weights(s).remote.prefix}/{p.path}"
+    assert _versions(client, key)
+    gw = _node(s, tmp_path, "gateway")
+    with session_scope(s.database_url) as db:
+        p = db.merge(p)
+        fx, fy, ids = probes.open_rows(gw, [p], ["b", "c"])
+        assert ids == ["b", "c"] and np.array_equal(fx, x[1:]) and fy.tolist() == [2, 3]
+        probes.shred(db, gw, p, reason="test", actor="test")
+    assert _versions(client, key) == []
+    assert registry.weights(s).reconcile() == [p.path]  # the sealing worker's copy goes at its next check
