@@ -18,12 +18,25 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote_to_bytes
 
+from typing import Annotated
+
 import numpy as np
+from pydantic import BeforeValidator, Field
 from starlette.exceptions import HTTPException
 
 from .errors import LetheError, error_response
 
 MAX_DB_INT = 2**31 - 1
+
+
+def _integral(v):
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def json_int(ge: int = 0, le: int = MAX_DB_INT):
+    """An integer field of a JSON body in ``[ge, le]`` (request models are strict: ``false``
+    is no 0, ``"3"`` no 3), counted as JSON Schema counts integers: 3.0 is one."""
+    return Annotated[int, Field(ge=ge, le=le), BeforeValidator(_integral)]
 MAX_JSON_DEPTH = 64
 
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
@@ -122,3 +135,95 @@ def _replay(messages, then=None):
         return {"type": "http.disconnect"}
 
     return receive
+
+
+# The rules above, as the OpenAPI schema states them (``document``): what a schema-valid
+# request is must be what the gateway accepts, so a client (or a fuzzer) reading the schema
+# is never refused for something the schema allows.
+NO_CONTROL_PATTERN = "^[^\\x00-\\x1f\\x7f]*$"  # a path or query parameter: no C0 control character, no DEL
+NO_NUL_PATTERN = "^[^\\x00]*$"  # a string anywhere in a JSON body or a form field: no NUL
+
+
+def document(app) -> None:
+    """Make the OpenAPI schema state the character rules ``JsonDepthLimit`` enforces: every
+    string path or query parameter gets ``NO_CONTROL_PATTERN``, every string of a JSON or
+    multipart request body (and every key of a free-form object) ``NO_NUL_PATTERN``, where a
+    route gave no stricter pattern or an enum. A multipart form field cannot be null (an
+    omitted field is its default) and an empty one is read as omitted: form schemas lose
+    their ``null`` alternatives and a required text field gets ``minLength: 1``."""
+    previous = app.openapi
+
+    def openapi() -> dict:
+        schema = previous()
+        if schema.get("x-limits-documented"):
+            return schema
+        schema["x-limits-documented"] = True
+        comps = schema.get("components", {}).get("schemas", {})
+        seen: set[int] = set()
+        for item in schema.get("paths", {}).values():
+            for op in item.values():
+                if not isinstance(op, dict):
+                    continue
+                for p in op.get("parameters", []):
+                    if p.get("in") in ("path", "query"):
+                        _constrain_strings(p.get("schema") or {}, NO_CONTROL_PATTERN)
+                for ctype, media in ((op.get("requestBody") or {}).get("content") or {}).items():
+                    body = _resolve(media.get("schema") or {}, comps)
+                    if "multipart" in ctype:
+                        _form_fields(body, comps)
+                    if "json" in ctype or "multipart" in ctype:
+                        _walk_body(media.get("schema") or {}, comps, seen)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _resolve(s: dict, comps: dict) -> dict:
+    ref = s.get("$ref")
+    return comps.get(ref.rsplit("/", 1)[1], {}) if isinstance(ref, str) else s
+
+
+def _is_binary(s: dict) -> bool:
+    return s.get("format") == "binary" or "contentMediaType" in s
+
+
+def _constrain_strings(s: dict, pattern: str) -> None:
+    """``pattern`` on ``s`` if it is a plain string schema (or on its string alternatives)."""
+    for alt in s.get("anyOf", [s]) if "anyOf" in s else [s]:
+        if alt.get("type") == "string" and not ({"pattern", "enum", "const"} & alt.keys()) and not _is_binary(alt) \
+                and "enum" not in s:
+            alt["pattern"] = pattern
+
+
+def _walk_body(s: dict, comps: dict, seen: set[int]) -> None:
+    """NUL-free strings everywhere in a request body schema (components once each)."""
+    s = _resolve(s, comps)
+    if id(s) in seen:
+        return
+    seen.add(id(s))
+    _constrain_strings(s, NO_NUL_PATTERN)
+    if s.get("type") == "object" and s.get("additionalProperties") not in (None, False):
+        s.setdefault("propertyNames", {"pattern": NO_NUL_PATTERN})
+    for key in ("anyOf", "oneOf", "allOf", "prefixItems"):
+        for sub in s.get(key, []):
+            _walk_body(sub, comps, seen)
+    for key in ("items", "additionalProperties"):
+        if isinstance(s.get(key), dict):
+            _walk_body(s[key], comps, seen)
+    for sub in (s.get("properties") or {}).values():
+        _walk_body(sub, comps, seen)
+
+
+def _form_fields(body: dict, comps: dict) -> None:
+    required = set(body.get("required", []))
+    for name, prop in (body.get("properties") or {}).items():
+        alts = [a for a in prop.get("anyOf", []) if a.get("type") != "null"]
+        if "anyOf" in prop and len(alts) == 1:
+            del prop["anyOf"]
+            prop.update(alts[0])
+        elif "anyOf" in prop:
+            prop["anyOf"] = alts
+        if name in required:
+            for alt in prop.get("anyOf", [prop]):
+                if alt.get("type") == "string" and not _is_binary(alt):
+                    alt.setdefault("minLength", 1)

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
-from . import errors, security
+from . import errors, limits, security
 from .audit.checkpoints import Checkpointer
 from .audit.router import keys_router
 from .audit.service import AuditDrainer
@@ -218,6 +218,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     errors.install(app)  # every error answer is {code, detail}
     security.install(app)  # scopes published in OpenAPI (x-required-scopes)
     errors.document(app)  # ... and each route's error statuses, with ErrorResponse
+    limits.document(app)  # ... and the character rules every string parameter and body field obeys
     _redact_access_log()
 
     @app.get("/healthz", tags=["health"], summary="The process is up (open)")

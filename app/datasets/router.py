@@ -19,7 +19,7 @@ from ..security.ratelimit import EXPENSIVE
 from ..settings import Settings
 from ..tenants import service as tenant_policy
 from . import service
-from .formats import DatasetError, Source, Spec, bad, guess_format
+from .formats import FORMATS, KINDS, DatasetError, Source, Spec, bad, guess_format
 from .models import Dataset
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -101,6 +101,8 @@ def _open(settings: Settings, up: UploadFile | None, uri: str | None, fmt: str |
         raise bad("ambiguous_source", f"give either the {role} file or its uri, not both")
     if up is None and not uri:
         return None, None, 0
+    if fmt is not None and fmt not in FORMATS:  # before it names the saved upload's file
+        raise bad("unknown_format", f"format {fmt[:100]!r} unknown; formats: {', '.join(FORMATS)}")
     if up is not None:
         fmt = fmt or guess_format(up.filename)
         if fmt is None:
@@ -132,8 +134,10 @@ def create_dataset(
         uri: Annotated[str | None, Form(description="instead of a file: a path or URI under LETHE_DATASET_ROOTS")] = None,
         eval_file: Annotated[UploadFile | None, File(description="held-out evaluation rows (same columns)")] = None,
         eval_uri: Annotated[str | None, Form(description="held-out evaluation rows at a server-side location")] = None,
-        format: Annotated[str | None, Form(description="parquet, arrow, csv or npz (default: from the name)")] = None,
-        kind: Annotated[str | None, Form(description="tabular, tensor, image or tokens (default: inferred)")] = None,
+        format: Annotated[str | None, Form(description="parquet, arrow, csv or npz (default: from the name)",
+                                          json_schema_extra={"enum": list(FORMATS)})] = None,
+        kind: Annotated[str | None, Form(description="tabular, tensor, image or tokens (default: inferred)",
+                                        json_schema_extra={"enum": list(KINDS)})] = None,
         columns: Annotated[str | None, Form(description="tabular: feature columns (JSON list)")] = None,
         feature_column: Annotated[str | None, Form(description="tensor/image/tokens: the feature column")] = None,
         shape: Annotated[str | None, Form(description="JSON list: tensor shape, image [C,H,W], tokens [max_len]")] = None,

@@ -33,7 +33,7 @@ UNKNOWN = responses(e404="unknown subscription")
 
 
 class SubscriptionBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
         {"url": "https://serving.example.com/lethe-events", "model": "mnist-cnn"},
         {"url": "https://ops.example.com/hooks", "events": ["model.version_purged", "forget.failed"]}]})
 

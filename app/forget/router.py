@@ -94,7 +94,7 @@ def _read(session, req: ForgetRequest, job=False, principal: Principal | None = 
 async def create_forget(body: ForgetCreate, db: RequestDbDep, settings: SettingsDep, dispatcher: DispatcherDep,
                         response: Response,
                         principal: Annotated[Principal, Depends(require_scope_on_loop(FORGET_WRITE, limit=SUBMIT))],
-                        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None):
+                        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", json_schema_extra=service.IDEMPOTENCY_KEY)] = None):
     if body.callback_url is not None:  # resolves the host: in the thread pool
         await run_in_threadpool(_check_callback, body.callback_url, settings)
     # the work and its commit in one call (on Postgres on the event loop: app/deps.py RequestDb);
@@ -192,7 +192,8 @@ def erasure_certificate(erasure_id: str, session: SessionDep, settings: Settings
 @router.get("/forget", response_model=ForgetPage,
             summary="List requests, newest first; filter by status, model, overdue (a portal: its tenant's only)")
 def list_forget(session: SessionDep, principal: Annotated[Principal, Depends(require_scope(FORGET_READ))],
-                status: Annotated[str | None, Query(description=", ".join(fm.STATUSES))] = None,
+                status: Annotated[str | None, Query(description=", ".join(fm.STATUSES),
+                                                     json_schema_extra={"enum": list(fm.STATUSES)})] = None,
                 model: Annotated[str | None, Query(max_length=128)] = None,
                 overdue: Annotated[bool, Query(description="only open requests past their due date")] = False,
                 limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0, le=MAX_DB_INT)] = 0):

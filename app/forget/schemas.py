@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from models import unlearn
 
-from ..limits import MAX_DB_INT
+from ..limits import json_int
 
 from .models import DENY_REASONS
 
@@ -20,7 +20,7 @@ Method = Literal[unlearn.method_names()]  # type: ignore[valid-type]
 
 
 class ForgetCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
         {"model": "mnist5k-cnn", "subject_id": "alice", "objective": "misclassify"},
         {"model": "mnist5k-cnn", "instance_ids": ["mnist5k-00042", "mnist5k-00043"], "objective": "retrain_like"},
         {"subject_id": "alice"},
@@ -36,7 +36,7 @@ class ForgetCreate(BaseModel):
     method: Method | None = Field(default=None, description="default: the model family's own ('instance' = Lethe's "
                                                             "instance-wise unlearning; 'sisa'/'arcane' for exact "
                                                             "models); every method: docs/methods.md")
-    target_label: int | None = Field(default=None, ge=0, le=MAX_DB_INT, description="objective 'relabel' only: the label to teach")
+    target_label: json_int() | None = Field(default=None, description="objective 'relabel' only: the label to teach")
     external_id: str | None = Field(default=None, max_length=256,
                                     description="your own reference (ticket id), stored and echoed as given: it "
                                                 "must not contain the subject id (Lethe stores no subject id)")
@@ -111,7 +111,7 @@ class ForgetPage(BaseModel):
 
 
 class DenyBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
         {"reason_code": "legal_exemption", "reason": "Art. 17(3)(b): records kept under a legal obligation"}]})
 
     reason_code: Literal[DENY_REASONS] = Field(description="why: " + ", ".join(DENY_REASONS))  # type: ignore[valid-type]
@@ -134,7 +134,7 @@ class WebhookDeliveryRead(BaseModel):
 
 
 class CancelBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     reason: str | None = Field(default=None, max_length=2000)
 

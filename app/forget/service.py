@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 import math
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -143,6 +144,10 @@ def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempote
     return req, (job_id if created else None), False
 
 
+# an Idempotency-Key: 1 to 200 printable ASCII characters, not only spaces (HTTP strips a
+# header value's outer spaces); the OpenAPI schema states the same (IDEMPOTENCY_KEY)
+IDEMPOTENCY_KEY = {"pattern": "^[\\x20-\\x7e]*[\\x21-\\x7e][\\x20-\\x7e]*$", "minLength": 1, "maxLength": 200}
+IDEMPOTENCY_KEY_RE = re.compile(IDEMPOTENCY_KEY["pattern"])
 KEY_REF = "hmac:"  # a stored Idempotency-Key: a keyed reference, never the key as sent
 
 
@@ -152,9 +157,9 @@ def stored_idempotency_key(settings: Settings, tenant: str, key: str | None) -> 
     request needs only equality, and a key often names the person (``erase-patient-0007``)."""
     if key is None:
         return None
-    if not (1 <= len(key) <= 200) or any(ord(c) < 32 for c in key):
+    if len(key) > IDEMPOTENCY_KEY["maxLength"] or not IDEMPOTENCY_KEY_RE.fullmatch(key):
         raise LetheError(422, "bad_idempotency_key",
-                          "Idempotency-Key must be 1 to 200 characters, no control characters")
+                          "Idempotency-Key must be 1 to 200 printable ASCII characters (not only spaces)")
     return KEY_REF + pseudonyms.subject_ref(settings.subject_secret, tenants.namespaced_key(tenant, key))
 
 

@@ -18,7 +18,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 class ImportBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
         {"name": "churn-mlp", "source": "models:/churn-mlp@production", "arch": "mlp", "dataset": "churn",
          "manifest": {"instances": [{"instance_id": "churn-00001", "subject_id": "u-1"}]}}]})
 

@@ -18,7 +18,7 @@ from ..jobs import service as jobs
 from ..jobs.consolidation import Debt
 from ..jobs.dispatch import send_after_commit
 from ..jobs.schemas import JobRead
-from ..limits import MAX_DB_INT
+from ..limits import json_int
 from ..security import AUDIT_READ, FORGET_READ, MODELS_ADMIN, MODELS_READ, Principal, require_scope
 from ..security.ratelimit import EXPENSIVE
 from ..tenants import service as tenant_policy
@@ -87,10 +87,10 @@ class AliasMoveRead(BaseModel):
 
 
 class AliasBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
         {"version": 3, "reason": "v4 misbehaves on class 7; back to v3"}]})
 
-    version: int = Field(ge=1, le=MAX_DB_INT)
+    version: json_int(1)
     reason: str | None = Field(default=None, max_length=2000)
 
 
@@ -124,7 +124,7 @@ class VersionsRead(BaseModel):
 
 
 class PredictBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
         {"instance_ids": ["mnist5k-00007"]}, {"inputs": [[[0.0] * 8] * 8]}]})
 
     instance_ids: list[str] | None = Field(default=None, description="catalogued instances (raw data not erased)")

@@ -36,7 +36,7 @@ QUEUED, RUNNING, COMPLETED, FAILED = "queued", "running", "completed", "failed"
 
 
 class TrainBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
         {"dataset": "customers", "arch": "mlp", "arch_params": {"widths": [64, 32]},
          "recipe": {"optimizer": "adam", "lr": 0.001, "epochs": 10, "batch_size": 64, "weight_decay": 0.0,
                     "seed": 0}}]})

@@ -12,7 +12,8 @@ import re
 from .scopes import AUDIT_READ, MODELS_ADMIN
 
 DEFAULT = "default"
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+_NAME = re.compile(NAME_PATTERN)
 
 
 def check_name(tenant: str) -> str:

@@ -7,17 +7,22 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field
 
+from models import unlearn
+
 from ..deps import SessionDep, SettingsDep
 from ..errors import LetheError, responses
-from ..limits import MAX_DB_INT
+from ..limits import json_int
 from ..security import AUDIT_READ, MODELS_ADMIN, Principal, require_scope
+from ..security import tenants as names
 from . import service
 from .models import Tenant
 
 router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
 Admin = Annotated[Principal, Depends(require_scope(MODELS_ADMIN))]
 READ = Depends(require_scope(MODELS_ADMIN, AUDIT_READ))
-TenantName = Annotated[str, Path(max_length=64, description="lowercase letters, digits, '_', '.', '-'")]
+# the pattern only documents the rule (a bad name answers 422 bad_tenant_name, from check_name)
+TenantName = Annotated[str, Path(max_length=64, description="lowercase letters, digits, '_', '.', '-'",
+                                 json_schema_extra={"pattern": names.NAME_PATTERN})]
 ModelName = Annotated[str, Path(max_length=128)]
 
 
@@ -47,13 +52,15 @@ class TenantRead(BaseModel):
 
 class TenantBody(BaseModel):
     """Only the fields sent change; `null` clears `methods` (every method) or a limit (the setting's)."""
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
         {"methods": ["lethe", "finetune"], "max_open_requests": 20, "max_requests_per_day": 500}]})
 
     all_models: bool = False
-    methods: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None, max_length=64)
-    max_open_requests: int | None = Field(default=None, ge=0, le=MAX_DB_INT)
-    max_requests_per_day: int | None = Field(default=None, ge=0, le=MAX_DB_INT)
+    # the enum only documents the methods (an unknown one answers 422 unknown_method, naming them)
+    methods: list[Annotated[str, Field(max_length=64, json_schema_extra={"enum": unlearn.method_names()})]] | None = \
+        Field(default=None, max_length=64)
+    max_open_requests: json_int() | None = None
+    max_requests_per_day: json_int() | None = None
 
 
 def read(session, settings, row: Tenant) -> TenantRead:
