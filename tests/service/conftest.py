@@ -2,6 +2,7 @@
 model (an untrained network, no training needed) and a dispatcher that only records."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -156,13 +157,18 @@ def seeded(settings):
 def seeded_on(request, tmp_path):
     """``seeded`` on SQLite, and again on a fresh Postgres database (dropped after), with
     deployment-grade random secrets."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else f"sqlite:///{tmp_path}/lethe.db"
+    return seed(deployment_settings(tmp_path, url))
+
+
+def deployment_settings(tmp_path, url: str, **kw) -> Settings:
+    """Settings on database ``url`` (migrated) with deployment-grade random secrets."""
     import secrets
 
-    url = request.getfixturevalue("pg_url") if request.param == "postgres" else f"sqlite:///{tmp_path}/lethe.db"
-    s = make_settings(tmp_path, database_url=url, webhook_secret=secrets.token_hex(32))
+    s = make_settings(tmp_path, database_url=url, webhook_secret=secrets.token_hex(32), **kw)
     s = s.model_copy(update={"subject_secret": secrets.token_hex(32)})
     migrate(s)
-    return seed(s)
+    return s
 
 
 @pytest.fixture
@@ -251,12 +257,9 @@ def complete_request(settings: Settings, subject: str, *, metrics: dict | None =
     return rid, job_id
 
 
-@pytest.fixture
-def live_server(seeded, dispatcher, monkeypatch):
-    """The gateway on a real port (uvicorn in a thread of this process): for a browser or
-    the CLI. Yields its base URL; LETHE_API_KEY holds an all-scopes key, as an operator's
-    shell would."""
-    monkeypatch.setenv("LETHE_API_KEY", make_key(seeded, name="operator"))
+@contextlib.contextmanager
+def serving(app):
+    """``app`` on a real loopback port (uvicorn in a thread of this process): yields its base URL."""
     import socket
     import threading
     import time
@@ -266,8 +269,7 @@ def live_server(seeded, dispatcher, monkeypatch):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(seeded, dispatcher=dispatcher), host="127.0.0.1", port=port,
-                                           log_level="warning", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, name="live-server", daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -279,3 +281,13 @@ def live_server(seeded, dispatcher, monkeypatch):
     finally:
         server.should_exit = True
         thread.join(15)
+
+
+@pytest.fixture
+def live_server(seeded, dispatcher, monkeypatch):
+    """The gateway on a real port (uvicorn in a thread of this process): for a browser or
+    the CLI. Yields its base URL; LETHE_API_KEY holds an all-scopes key, as an operator's
+    shell would."""
+    monkeypatch.setenv("LETHE_API_KEY", make_key(seeded, name="operator"))
+    with serving(create_app(seeded, dispatcher=dispatcher)) as url:
+        yield url
