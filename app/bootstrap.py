@@ -58,6 +58,7 @@ def bootstrap_exact_demo(settings: Settings, kind: str = "sisa") -> str | None:
     Returns the model name, or None when disabled or already registered."""
     if not settings.demo_exact_dataset:
         return None
+    from models import trainers
     from models.data import DEFAULT_ARCH, load_dataset
     from models.train import DEFAULT_EPOCHS, accuracy
     from models.unlearn.arcane import train_arcane
@@ -74,10 +75,16 @@ def bootstrap_exact_demo(settings: Settings, kind: str = "sisa") -> str | None:
     ensure_demo_dataset(settings, ds.name)
     n = settings.demo_exact_rows or len(ds.y_train)
     ids, x, y = ds.ids_train[:n], ds.x_train[:n], ds.y_train[:n]
+    # SISA shards train with the configured trainer (a plug-in too: models/trainers.py); ARCANE's
+    # one-class members train with Lethe's own loss only
+    trainer, params = trainers.resolve(settings.demo_exact_trainer, settings.demo_exact_trainer_params) \
+        if kind == "sisa" and (settings.demo_exact_trainer != "lethe" or settings.demo_exact_trainer_params) \
+        else ("lethe", None)
     config = ExactConfig(kind=kind, arch=arch, dataset=ds.name, input_shape=ds.input_shape, classes=ds.classes,
                          shards=settings.demo_exact_shards if kind == "sisa" else len(ds.classes),
                          slices=settings.demo_exact_slices,
-                         epochs=settings.demo_exact_epochs or DEFAULT_EPOCHS.get(arch, 6), seed=settings.demo_seed)
+                         epochs=settings.demo_exact_epochs or DEFAULT_EPOCHS.get(arch, 6), seed=settings.demo_seed,
+                         trainer=trainer, trainer_params=params)
     log.info("bootstrap: training %s (S=%d, R=%d) %s on %d %s instances", kind, config.shards, config.slices, arch,
              n, ds.name)
     train = train_sisa if kind == "sisa" else train_arcane
@@ -106,7 +113,9 @@ def bootstrap_exact_demo(settings: Settings, kind: str = "sisa") -> str | None:
                "slices": config.slices, "rows": n}
     with session_scope(settings.database_url) as db:
         registry.register_model(db, name=name, dataset=ds.name, arch=arch, input_shape=ds.input_shape,
-                                classes=ds.classes, family=kind)
+                                classes=ds.classes, family=kind,
+                                recipe={"trainer": trainer, "trainer_params": params, "seed": settings.demo_seed}
+                                if trainer != "lethe" else None)
         _first_version(db, name, sha, rel, metrics, rows, ds.name,
                        family=kind, members=[m["sha256"] for m in members])
     log.info("bootstrap: %s v1 (%s S=%d R=%d, test accuracy %.2f %%) ready in %.1f s", name, kind, config.shards,

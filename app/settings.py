@@ -129,6 +129,11 @@ class Settings(BaseSettings):
                                                            "the first start stays fast")
     demo_exact_epochs: int | None = Field(default=None, description="epochs per slice of the exact demo; unset = "
                                                                    "the architecture's default (mlp 6)")
+    demo_exact_trainer: str = Field(default="lethe", description="trainer of the exact (SISA) demo's shards: a name "
+                                                                "of GET /v1/trainers (models/trainers.py); every "
+                                                                "shard retrain of a deletion runs it again")
+    demo_exact_trainer_params: dict | None = Field(default=None, description="that trainer's parameters (JSON), "
+                                                                            "validated by its own schema")
     exact_fan_out: bool = Field(default=True, description="Celery: retrain a job's shards as a group + chord")
     # verification gate: a new version that loses more test accuracy than this is not published
     max_test_accuracy_drop: float = Field(default=5.0, description="verification gate: a new version that loses "

@@ -107,7 +107,9 @@ def assemble(s: Settings, spec: JobSpec, results: list[dict], lease: Lease) -> B
     ta, base_ta = accuracy(new_model, hx, hy), accuracy(old_model, hx, hy)
     metrics = {"ta": ta, "base_ta": base_ta, "ta_drop": base_ta - ta, "ua": 100.0 - accuracy(new_model, fx, fy),
                "k": len(spec.forget_ids), "method": spec.method, "objective": spec.objective,
-               "seconds": round(time.time() - spec.t0, 3)}
+               "seconds": round(time.time() - spec.t0, 3),
+               # a shard retrain is exact: published whatever it loses (app/jobs/publishing.py)
+               "exact": True}
     stats = {"kind": config.kind, "members": len(doc["members"]), "retrained_members": len(affected),
              "affected_members": ",".join(map(str, affected)),
              "retrained_slices": sum(r["retrained_slices"] for r in results),

@@ -3,7 +3,10 @@ train, a deletion retrained exactly (method ``retrain``) and a consolidation all
 trainer with the model's stored parameters; a failing plug-in fails the run and publishes
 nothing."""
 import json
+import os
 
+from app.db import session_scope
+from app.registry import service as registry
 from worker import driver
 
 from .test_own_models import _train, breast_cancer_parquet
@@ -50,9 +53,6 @@ def test_own_trainer_trains_retrains_and_consolidates(client, seeded, dispatcher
     assert job["stats"]["trainer"] == "augmented" and job["result_version"] == 3, job
 
     # the team's code breaks: the job fails at once with the plug-in's error (no retry), nothing published
-    from app.db import session_scope
-    from app.registry import service as registry
-
     with session_scope(seeded.database_url) as db:
         registry.get_model(db, "cancer-aug").recipe = {"trainer": "broken", "seed": 2}
     c = client.post("/v1/models/cancer-aug/consolidate")
@@ -78,3 +78,71 @@ def test_bad_trainer_specs_are_422_and_a_failing_plugin_publishes_nothing(client
     assert run["status"] == "failed" and "trainer 'broken'" in run["error"] and "out of memory" in run["error"]
     m = client.get("/v1/models/cancer-x").json()
     assert (m["status"], m["aliases"], m["latest_version"]) == ("failed", {}, None)
+
+
+def test_a_sisa_model_trains_and_retrains_its_shards_with_the_plugin(tmp_path, augtrain):
+    """A SISA model whose shards the plug-in trains (LETHE_DEMO_EXACT_TRAINER): a deletion
+    through the HTTP API and the embedded worker retrains the shards holding the subject with
+    the same trainer and parameters: each retrained member is, bit for bit, what that trainer
+    gives on its shard's retained rows from the slice stages the deletion left untouched, and
+    not what Lethe's own loop gives."""
+    import torch
+    from fastapi.testclient import TestClient
+
+    from app.bootstrap import bootstrap_exact_demo
+    from app.cli import migrate
+    from app.main import create_app
+    from models import trainers
+    from models.data import load_dataset
+    from models.unlearn.shards import (ExactConfig, MemoryStore, Plan, data_from, load_member, read_manifest,
+                                       stage_keys, train_member)
+
+    from .conftest import bearer, make_key
+    from .test_exact_api import _bundle_files, _settings, _wait
+
+    params = {**AUG, "epochs": 2}
+    s = _settings(tmp_path, demo_exact_trainer="augmented", demo_exact_trainer_params=params)
+    migrate(s)
+    assert bootstrap_exact_demo(s, "sisa") == "digits-sisa"
+    with TestClient(create_app(s), headers=bearer(make_key(s))) as c:
+        m = c.get("/v1/models/digits-sisa").json()
+        assert m["family"] == "sisa" and m["recipe"]["trainer"] == "augmented", m
+        assert m["recipe"]["trainer_params"] == trainers.get("augmented").validate(params)
+        alice = c.get("/v1/subjects/alice/instances", params={"model": "digits-sisa"}).json()["instances"]
+        before = _bundle_files(s, "digits-sisa", 1)
+        with session_scope(s.database_url) as db:
+            v1 = registry.get_version(db, "digits-sisa", 1)
+            before_plan = Plan.from_json(read_manifest(registry.absolute_path(registry.weights(s), v1.storage_path))["plan"])
+        r = c.post("/v1/forget", json={"model": "digits-sisa", "subject_id": "alice"})
+        assert r.status_code == 202, r.text
+        done = _wait(c, r.json()["id"])
+        assert done["status"] == "completed" and done["version_after"] == 2, done.get("error")
+    after = _bundle_files(s, "digits-sisa", 2)
+    shards = {i["shard"] for i in alice}
+    assert [a["sha256"] != b["sha256"] for a, b in zip(after, before)] == [k in shards for k in range(3)]
+    with session_scope(s.database_url) as db:
+        path = registry.absolute_path(registry.weights(s), registry.get_version(db, "digits-sisa", 2).storage_path)
+    doc = read_manifest(path)
+    config, plan = ExactConfig.from_json(doc["config"]), Plan.from_json(doc["plan"])
+    assert (config.trainer, config.trainer_params) == ("augmented", trainers.get("augmented").validate(params))
+    ds = load_dataset("digits")
+    gone = {i["instance_id"] for i in alice}
+    keep = [k for k, i in enumerate(ds.ids_train[:s.demo_exact_rows]) if i not in gone]
+    data = data_from([ds.ids_train[k] for k in keep], torch.as_tensor(ds.x_train[keep]),
+                     torch.as_tensor(ds.y_train[keep]))
+    slices = registry.slices(registry.weights(s), "digits-sisa")
+    plain = ExactConfig(**{**config.__dict__, "trainer": "lethe", "trainer_params": None})
+    for k in sorted(shards):
+        # what the worker did: resume from the stages the deletion left untouched (kept from
+        # training), retrain the rest; here with the plug-in and the stored parameters...
+        prefix = MemoryStore()
+        for key in stage_keys(config, k, before_plan.slices[k]):
+            if key in stage_keys(config, k, plan.slices[k]) and slices.get(key) is not None:
+                prefix.put(key, slices.get(key))
+        again, st = train_member(config, k, plan.slices[k], data, prefix)
+        assert st["retrained_slices"] >= 1
+        served = load_member(os.path.join(os.path.dirname(path), doc["members"][k]["file"]), config).state_dict()
+        assert all(torch.equal(again.state_dict()[n], served[n]) for n in served), f"shard {k}"
+        # ...and Lethe's own loop from the same start gives other weights
+        other, _ = train_member(plain, k, plan.slices[k], data, MemoryStore())
+        assert not all(torch.equal(other.state_dict()[n], served[n]) for n in served)
