@@ -47,6 +47,37 @@ def job_row(j: Job, n_requests: int) -> dict:
             "error": (j.error or "").splitlines()[0][:200] if j.error else None}
 
 
+def order_rows(session: Session, now: dt.datetime, limit: int = 50) -> list[dict]:
+    """Retrain orders to the customers' pipelines (app/registry/orders.py), newest first: status,
+    due date, days left, escalation and the refusals of their uploads."""
+    from ..registry.models import RetrainOrder
+    from ..registry.orders import CLAIMED, OPEN as ORDER_OPEN
+
+    rows = session.execute(select(RetrainOrder).order_by(RetrainOrder.created_at.desc(), RetrainOrder.id)
+                           .limit(limit)).scalars()
+    out = []
+    for o in rows:
+        open_ = o.status in (ORDER_OPEN, CLAIMED)
+        refusals = o.refusals or []
+        out.append({"id": o.id, "model": o.model_name, "status": o.status, "base_version": o.base_version,
+                    "reason": o.reason, "created_at": o.created_at, "due_at": o.due_at,
+                    "days_left": _days_left(o.due_at, now) if open_ else None, "overdue": open_ and o.due_at < now,
+                    "late": o.fulfilled_at is not None and o.fulfilled_at > o.due_at,
+                    "escalated_at": o.escalated_at, "fulfilled_at": o.fulfilled_at, "version": o.version,
+                    "rows": o.rows, "erased_rows": len(o.forget_ids or []), "refusals": len(refusals),
+                    "last_refusal": refusals[-1]["reason"][:200] if refusals else None})
+    return out
+
+
+def escalated_orders(session: Session) -> int:
+    """Orders still waiting for a verified upload that were escalated (their due date is near)."""
+    from ..registry.models import RetrainOrder
+    from ..registry.orders import CLAIMED, OPEN as ORDER_OPEN
+
+    return int(session.execute(select(func.count()).select_from(RetrainOrder).where(
+        RetrainOrder.status.in_([ORDER_OPEN, CLAIMED]), RetrainOrder.escalated_at.is_not(None))).scalar() or 0)
+
+
 def list_requests(session: Session, *, status: str | None, model: str | None, limit: int = 200) -> list[ForgetRequest]:
     q = select(ForgetRequest)
     if status:
@@ -132,6 +163,7 @@ def overview(session: Session, *, status: str | None = None, model: str | None =
             "statuses": STATUSES, "counts": {s: counts.get(s, 0) for s in STATUSES}, "overdue": overdue,
             "requests": [request_row(r, now) for r in list_requests(session, status=status, model=model)],
             "jobs": [job_row(j, n) for j, n in recent_jobs(session)],
+            "orders": order_rows(session, now), "orders_escalated": escalated_orders(session),
             "models": model_views(session),
             "subscriptions": subscription_rows(session), "deliveries": delivery_rows(session),
             # incremental (only events since the last check) and outside this page's transaction

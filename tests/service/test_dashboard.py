@@ -139,3 +139,38 @@ def test_dashboard_shows_subscriptions_and_deliveries_of_both_kinds(client, seed
     assert "model.alias_moved" in deliveries and "subscription sub-0000" in deliveries
     assert "forget.status_changed" in deliveries and f"request {rid[:8]}" in deliveries
     assert "https://portal.example.com:443" in deliveries
+
+
+def test_dashboard_lists_retrain_orders_with_due_date_and_escalation(client, seeded):
+    """Orders to the customers' pipelines: status, due date and days left, escalation (with a
+    card counting the escalated ones still waiting), refused uploads and the version published."""
+    from app.jobs.sweeper import sweep_and_dispatch
+    from app.registry.models import RetrainOrder
+
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def order(oid, status, due_days, **kw):
+        return RetrainOrder(id=oid, model_name=MODEL, status=status, base_version=1, reason="debt due",
+                            snapshot_path=f"orders/{oid}/retained.parquet", snapshot_sha256="0" * 64, rows=10,
+                            forget_ids=["toy-00001", "toy-00002"], recipe={"trainer": "external"}, token_sha256="",
+                            due_at=now + dt.timedelta(days=due_days), created_at=now, **{"refusals": [], **kw})
+
+    with session_scope(seeded.database_url) as db:
+        db.add_all([order("order-calm", "open", 6.0),
+                    order("order-near", "claimed", 0.5,
+                          refusals=[{"at": now.isoformat(), "reason": "the erased rows look trained on", "metrics": None}]),
+                    order("order-done", "fulfilled", 3.0, fulfilled_at=now, version=4)])
+    html = client.get("/dashboard").text
+    assert re.search(r'data-count="orders-escalated"><b>0<', html)
+    row = _row(html, "data-order", "order-calm")
+    assert "open" in row and re.search(r'class="days">(6\.0|5\.9)<', row) and "escalated" not in row, row
+    # the sweeper escalates the order whose due date is within LETHE_ORDER_ESCALATE_BEFORE_S (a day)
+    sweep_and_dispatch(seeded, type("D", (), {"dispatch": lambda self, job_id: None})())
+    html = client.get("/dashboard").text
+    assert re.search(r'class="card alert" data-count="orders-escalated"><b>1<', html)
+    row = _row(html, "data-order", "order-near")
+    assert 'data-escalated="true"' in row and "claimed" in row and "escalated 20" in row, row
+    assert "the erased rows look trained on" in row and re.search(r'class="days">0\.[45]<', row), row
+    assert "escalated 20" not in _row(html, "data-order", "order-calm")
+    row = _row(html, "data-order", "order-done")
+    assert "fulfilled" in row and "v4" in row and 'class="days">–<' in row, row
