@@ -45,13 +45,21 @@ MIA_MAX_POINTS = 2000  # per class of the SVC; keeps the fit to well under a sec
 
 
 def per_example_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits_of(model, x), y.cpu(), reduction="none") if len(x) else torch.empty(0)
+    return _loss_of(logits_of(model, x), y) if len(x) else torch.empty(0)
+
+
+def _loss_of(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(z, y.cpu(), reduction="none") if len(z) else torch.empty(0)
 
 
 def true_label_confidence(model, x, y) -> np.ndarray:
-    if len(x) == 0:
+    return _confidence_of(logits_of(model, x), y) if len(x) else np.empty(0)
+
+
+def _confidence_of(z: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    if len(z) == 0:
         return np.empty(0)
-    p = torch.softmax(logits_of(model, x), 1)
+    p = torch.softmax(z, 1)
     # a collapsed (NaN) model is scored as giving zero confidence, not crash the audit
     return np.nan_to_num(p[torch.arange(len(y)), y.cpu()].numpy(), nan=0.0)
 
@@ -77,8 +85,12 @@ def tpr_at_fpr(pos: np.ndarray, neg: np.ndarray, fpr: float = 0.01) -> float:
 
 def loss_auc(model, forget, test) -> float:
     """Loss-threshold attack: lower loss => member. AUC of D_f against test data."""
-    lf = np.nan_to_num(per_example_loss(model, *forget).numpy(), nan=np.inf)
-    lt = np.nan_to_num(per_example_loss(model, *test).numpy(), nan=np.inf)
+    return _loss_auc(logits_of(model, forget[0]), forget[1], logits_of(model, test[0]), test[1])
+
+
+def _loss_auc(zf, fy, zt, ty) -> float:
+    lf = np.nan_to_num(_loss_of(zf, fy).numpy(), nan=np.inf)
+    lt = np.nan_to_num(_loss_of(zt, ty).numpy(), nan=np.inf)
     return auc(-lf, -lt)
 
 
@@ -95,36 +107,45 @@ def rank_test_p(auc_value: float, n_pos: int, n_neg: int) -> float:
 
 
 def mia_efficacy(model, forget, retain, test, seed: int = 0) -> float:
+    return _mia_efficacy(logits_of(model, forget[0]), forget[1], logits_of(model, retain[0]), retain[1],
+                         logits_of(model, test[0]), test[1], seed)
+
+
+def _mia_efficacy(zf, fy, zr, ry, zt, ty, seed: int = 0) -> float:
+    """MIA-efficacy from the logits of D_f, D_r and D_test (one forward pass per set, shared with
+    the other figures of ``evaluate``)."""
     from sklearn.svm import SVC
 
     rng = np.random.default_rng(seed)
-    n = min(len(test[0]), len(retain[0]), MIA_MAX_POINTS)
-    if n == 0 or len(forget[0]) == 0:
+    n = min(len(zt), len(zr), MIA_MAX_POINTS)
+    if n == 0 or len(zf) == 0:
         return float("nan")
-    r_idx = torch.as_tensor(rng.choice(len(retain[0]), n, replace=False))
-    t_idx = torch.as_tensor(rng.choice(len(test[0]), n, replace=False))
-    members = true_label_confidence(model, retain[0][r_idx], retain[1][r_idx])
-    nonmembers = true_label_confidence(model, test[0][t_idx], test[1][t_idx])
+    r_idx = torch.as_tensor(rng.choice(len(zr), n, replace=False))
+    t_idx = torch.as_tensor(rng.choice(len(zt), n, replace=False))
+    members = _confidence_of(zr[r_idx], ry[r_idx])
+    nonmembers = _confidence_of(zt[t_idx], ty[t_idx])
     feats = np.concatenate([members, nonmembers])[:, None]
     labels = np.concatenate([np.ones(n), np.zeros(n)])
     clf = SVC(C=3, gamma="auto", kernel="rbf").fit(feats, labels)
-    pred = clf.predict(true_label_confidence(model, *forget)[:, None])
+    pred = clf.predict(_confidence_of(zf, fy)[:, None])
     return float((pred == 0).mean() * 100)
 
 
 def evaluate(model, *, forget, retain, test, original_pred: torch.Tensor | None = None) -> dict:
-    """All verification figures for (model, D_f, D_r, D_test) as a plain dict of floats."""
-    fx, fy = forget
-    f_pred = logits_of(model, fx).argmax(1) if len(fx) else torch.empty(0, dtype=torch.long)
+    """All verification figures for (model, D_f, D_r, D_test) as a plain dict of floats. One
+    forward pass per set: every figure reads the same logits (profiled on mnist5k, the forward
+    passes over D_r and D_test were most of a small deletion's CPU time; python -m bench.planner_cost
+    --profile)."""
+    (fx, fy), (rx, ry), (tx, ty) = forget, retain, test
+    zf, zr, zt = logits_of(model, fx), logits_of(model, rx), logits_of(model, tx)
+    f_pred = zf.argmax(1) if len(fx) else torch.empty(0, dtype=torch.long)
     acc_f = float((f_pred == fy.cpu()).float().mean() * 100) if len(fx) else 0.0
-    r_pred = logits_of(model, retain[0]).argmax(1)
-    t_pred = logits_of(model, test[0]).argmax(1)
     out = {
         "ua": 100.0 - acc_f,
-        "ra": float((r_pred == retain[1].cpu()).float().mean() * 100),
-        "ta": float((t_pred == test[1].cpu()).float().mean() * 100),
-        "mia_efficacy": mia_efficacy(model, forget, retain, test),
-        "loss_auc": loss_auc(model, forget, test),
+        "ra": float((zr.argmax(1) == ry.cpu()).float().mean() * 100),
+        "ta": float((zt.argmax(1) == ty.cpu()).float().mean() * 100),
+        "mia_efficacy": _mia_efficacy(zf, fy, zr, ry, zt, ty),
+        "loss_auc": _loss_auc(zf, fy, zt, ty),
         "forget_size": int(len(fx)),
     }
     if original_pred is not None and len(fx):
