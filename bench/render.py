@@ -23,6 +23,7 @@ RESULTS = os.path.join(ROOT, "bench", "results", "instance.json")
 ULIRA_RESULTS = os.path.join(ROOT, "bench", "results", "ulira.json")
 RISK_CALIBRATION = os.path.join(ROOT, "bench", "results", "risk_calibration.json")
 ARCANE_ABLATION = os.path.join(ROOT, "bench", "results", "arcane_ablation.json")
+PLANNER_COST = os.path.join(ROOT, "bench", "results", "planner_cost.json")
 TARGETS = {"readme": os.path.join(ROOT, "README.md"), "docs": os.path.join(ROOT, "docs", "benchmarks.md")}
 SCENARIO_ORDER = ["1", "8", "32", "128", "10pct", "class", "hard8", "hard32"]
 AUC_TOL, GAP_TARGET, SPEED_TARGET = 0.05, 1.0, 10.0
@@ -349,7 +350,64 @@ def arcane_ablation_table(adoc) -> str:
     return "\n".join(out)
 
 
-def render_text(text: str, doc, udoc=None, cdoc=None, adoc=None) -> str:
+def planner_cost_table(pdoc) -> str:
+    """What the planner's deletions cost against always-retraining (``python -m bench.planner_cost``):
+    per model and k, CPU s per deletion, the risk job apart and amortised; then the profile of one
+    approximate deletion."""
+    out = []
+    for r in pdoc.get("runs", []):
+        v = r["version"]
+        out += [f"`python -m bench.planner_cost {r['command']}` ({r['machine']}; {r['started']}): {r['dataset']}, "
+                f"`{r['arch']}` {json.dumps(r['arch_params']) if r['arch_params'] else ''} ({v['params']:,} parameters), all {v['rows']:,} training rows, "
+                f"seed {r['seed']}. One training run: {v['train_cpu']:.1f} CPU s. Risk job "
+                f"({r['settings']['risk_reference_models']} reference models): {v['risk_cpu']:.1f} CPU s = "
+                f"{v['risk_training_runs']:.2f} training runs; {v['risk']['rows_above_threshold']:,} of "
+                f"{v['risk']['rows']:,} rows ({v['risk']['rows_above_threshold'] / v['risk']['rows']:.0%}) at or above "
+                f"LETHE_RISK_THRESHOLD = {r['settings']['risk_threshold']:g}. Amortised: it runs again once "
+                f"LETHE_RISK_RECOMPUTE_FRACTION = {r['settings']['risk_recompute_fraction']:g} of the rows is gone, "
+                "i.e. k / (fraction x rows) risk jobs per deletion of k rows.", "",
+                "| k | deletions | approximate / fallback | planner CPU s | always-retrain CPU s | planner / retrain "
+                "| risk jobs per deletion | + amortised risk CPU s | (planner + risk) / retrain | ≤ 1/5 "
+                "| expected exact share | expected planner / retrain |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for b in r["by_k"]:
+            out.append(f"| {b['k']} | {b['deletions']} | {b['approximate']} / {b['fallbacks']} | {b['planner_cpu']:.1f} | "
+                       f"{b['retrain_cpu']:.1f} | {b['ratio']:.2f} | {b['risk_jobs_per_deletion']:.5f} | "
+                       f"{b['risk_cpu_amortised']:.3f} | {b['ratio_with_risk']:.3f} | "
+                       f"{'yes' if b['ratio_with_risk'] <= 0.2 else 'no'} | {_fmt(b.get('expected_exact_share'), '.2f')} | "
+                       f"{_fmt(b.get('expected_ratio'), '.2f')} |")
+        dels = r["deletions"]
+        plan, retr = st.mean(x["planner_cpu"] for x in dels), st.mean(x["retrain_cpu"] for x in dels)
+        amort = st.mean(b["risk_cpu_amortised"] for b in r["by_k"])
+        ratio = (plan + amort) / retr
+        out += [f"| all k ≤ 8 | {len(dels)} | {sum(x['path'] == 'approximate' for x in dels)} / "
+                f"{sum(x['path'] == 'exact (fallback)' for x in dels)} | {plan:.1f} | {retr:.1f} | {plan / retr:.2f} | – | "
+                f"{amort:.3f} | {ratio:.3f} | {'yes' if ratio <= 0.2 else 'no'} | – | – |", "",
+                "Expected: over every deletion of k random rows, from the risk of all rows (the share of deletions "
+                "holding a row at or above the threshold) and the approximate runs' measured cost relative to "
+                "retraining (no fallback, as measured; without the amortised risk job).", ""]
+        approx = [x for x in dels if "approx_cpu" in x]
+        if approx:
+            out += [f"The approximate runs alone (the default method aimed at each row's gap, the worker's "
+                    f"verification included): {st.mean(x['approx_cpu'] for x in approx):.1f} CPU s on average "
+                    f"({min(x['approx_cpu'] for x in approx):.1f}–{max(x['approx_cpu'] for x in approx):.1f}), "
+                    f"{sum(x['converged'] for x in approx)} of {len(approx)} converged "
+                    "(the method's stopping rule with the rows' gaps).", ""]
+    for pr in pdoc.get("profiles", []):
+        out += [f"Profile of one approximate deletion{' (' + pr['note'] + ')' if pr.get('note') else ''} "
+                f"(`python -m bench.planner_cost {pr['command']}`; cProfile in CPU seconds; {pr['machine']}; "
+                f"{pr['started']}): {pr['dataset']}, k = 1, the default method as the worker runs it: "
+                f"{pr['approx_cpu']:.2f} CPU s (training the model: {pr['train_cpu']:.1f} CPU s). "
+                "Top functions by own time, then the project's functions by cumulative time:", "",
+                "| function | calls | own s | cumulative s |", "|---|---|---|---|"]
+        top = pr["tottime"][:5]
+        top += [e for e in pr["cumulative"] if e["function"].startswith(("models/", "app/")) and e not in top][:14]
+        out += [f"| `{e['function']}` | {e['calls']} | {e['tottime']:.2f} | {e['cumtime']:.2f} |" for e in top]
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+def render_text(text: str, doc, udoc=None, cdoc=None, adoc=None, pdoc=None) -> str:
     for name, fn in BLOCKS.items():
         if f"<!-- render:{name} -->" in text:
             text = _sub(text, name, fn(doc))
@@ -360,7 +418,16 @@ def render_text(text: str, doc, udoc=None, cdoc=None, adoc=None) -> str:
         text = _sub(text, "risk-calibration", risk_calibration_table(cdoc))
     if adoc is not None and "<!-- render:arcane-ablation -->" in text:
         text = _sub(text, "arcane-ablation", arcane_ablation_table(adoc))
+    if pdoc is not None and "<!-- render:planner-cost -->" in text:
+        text = _sub(text, "planner-cost", planner_cost_table(pdoc))
     return text
+
+
+def _load_optional(path: str):
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def main(argv=None) -> int:
@@ -375,19 +442,12 @@ def main(argv=None) -> int:
     if os.path.exists(a.ulira_results):
         with open(a.ulira_results) as f:
             udoc = json.load(f)
-    cdoc = None
-    if os.path.exists(RISK_CALIBRATION):
-        with open(RISK_CALIBRATION) as f:
-            cdoc = json.load(f)
-    adoc = None
-    if os.path.exists(ARCANE_ABLATION):
-        with open(ARCANE_ABLATION) as f:
-            adoc = json.load(f)
+    cdoc, adoc, pdoc = (_load_optional(path) for path in (RISK_CALIBRATION, ARCANE_ABLATION, PLANNER_COST))
     stale = []
     for path in TARGETS.values():
         with open(path) as f:
             text = f.read()
-        new = render_text(text, doc, udoc, cdoc, adoc)
+        new = render_text(text, doc, udoc, cdoc, adoc, pdoc)
         if new != text:
             stale.append(path)
             if not a.check:

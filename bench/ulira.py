@@ -258,6 +258,15 @@ def _shadow_rows(r: dict) -> int:
     return (len(d.x_train) - 2 * r["k"] + n_test - n_test // 2) // 2 + r["k"]
 
 
+def amortised_risk_jobs(exact_share: float, k: int, rows: int, recompute_fraction: float) -> float:
+    """Risk jobs per deletion of k rows: the job runs only on an exact version (at most
+    `exact_share` of the deletions make one) and only once `recompute_fraction` of the `rows` it
+    measured is gone (every ``recompute_fraction x rows / k`` deletions at most)."""
+    if not recompute_fraction:
+        return exact_share
+    return min(exact_share, k / (recompute_fraction * rows))
+
+
 def plan_rows(risk_row: dict, threshold: float, tau: float, recompute_fraction: float = 0.1) -> dict:
     """The `planner` row of one cell from its `risk` row: per shadow, the service's plan
     (app.jobs.planner.plan, with LETHE_RETRAIN_BELOW_S = 0: as for a model too slow to retrain by
@@ -301,9 +310,8 @@ def plan_rows(risk_row: dict, threshold: float, tau: float, recompute_fraction: 
                risk_cpu_seconds=r.get("risk_cpu_seconds"), risk_vs_shadow_gap_spearman=r.get("risk_vs_shadow_gap_spearman"),
                shadow_rows=_shadow_rows(r), risk_recompute_fraction=recompute_fraction)
     if r.get("risk_cpu_seconds"):
-        share = min(out["exact_share"], k / (recompute_fraction * out["shadow_rows"])) if recompute_fraction \
-            else out["exact_share"]
-        out["risk_cpu_amortised"] = share * r["risk_cpu_seconds"]
+        out["risk_cpu_amortised"] = amortised_risk_jobs(out["exact_share"], k, out["shadow_rows"],
+                                                        recompute_fraction) * r["risk_cpu_seconds"]
     if "rules" in r:  # the stopping rule with each row's own gap, per risk band (a shadow is high-risk when any row is)
         band = {"high": [max(x) >= threshold for x in r["shadow_risk"]]}
         band["low"] = [not h for h in band["high"]]
