@@ -38,6 +38,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 EXAMPLES = 20
 
 
+@pytest.mark.slow  # about 80 s: 20 examples per operation, each sent with a key of every scope
 def test_every_operation_with_every_scope(seeded, dispatcher):
     # limits off: a fuzzer is one caller sending thousands of requests
     s = seeded.model_copy(update={"rate_submit_per_min": 0, "rate_expensive_per_min": 0})
