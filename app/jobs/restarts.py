@@ -16,7 +16,9 @@ whose starting model now serves a version that holds none of them, and
   on the retained rows); the job publishes an exact version that completes them, and each
   one's certificate names the starting point's request(s) it follows (``lineage``);
 - for a model its own pipeline retrains (trainer ``external``): issues a retrain order whose
-  recipe carries the new starting point (app/registry/orders.py).
+  recipe carries the new starting point (app/registry/orders.py; an open order with the old
+  one is cancelled) and whose ``follows`` names the requests it follows: its verified upload
+  records and completes one request per followed request, exact, with the same ``lineage``.
 
 Audited as ``lineage.restarted`` (the model, the starting point's old and new version, the
 requests it follows, the job or order). The starting point's own retrains are unaffected.
@@ -78,25 +80,30 @@ def restarts_due(session: Session, settings, *, actor: str = "sweeper") -> list[
                  "erasure_jobs": held}
         why = (f"starting point {base} v{start['version']} holds data {base} erased since "
                f"({len(follows)} request(s)): retrained from {base} v{new.version}")
+        lineage = {k: facts[k] for k in ("starting_point", "follows_requests")}
         if orders.is_external(m):
-            order, _ = orders.issue(session, settings, m.name, actor=actor, reason=why)
+            stale = orders.open_order(session, m.name)  # issued with the old starting point
+            if stale is not None:
+                orders.cancel(session, stale, actor=actor, reason=f"its starting point moved to {base} v{new.version}")
+            order, _ = orders.issue(session, settings, m.name, actor=actor, reason=why, follows=lineage)
             facts["order_id"] = order.id
         else:
-            job = _restart_job(session, m.name, why, facts, settings.max_attempts)
-            facts["job_id"], facts["request_ids"] = job.id, [
-                jobs.follow_request(session, m.name, r, job, method=RETRAIN, tag=LINEAGE) for r in follows]
+            job = _restart_job(session, m.name, why, lineage, settings.max_attempts)
+            facts["job_id"] = job.id
+            facts["request_ids"] = jobs.follow_requests(session, m.name, facts["follows_requests"], job,
+                                                        method=RETRAIN, tag=LINEAGE)
             created.append(job.id)
         audit.append(session, actor=actor, action="lineage.restarted", payload=facts)
     session.flush()
     return created
 
 
-def _restart_job(session: Session, model_name: str, why: str, facts: dict, max_attempts: int) -> Job:
+def _restart_job(session: Session, model_name: str, why: str, lineage: dict, max_attempts: int) -> Job:
     prod = registry.resolve_alias(session, model_name, PRODUCTION)
     job = Job(id=str(uuid.uuid4()), model_name=model_name, objective=CONSOLIDATE, method=RETRAIN, status=QUEUED,
               progress=0.0, stage="queued", attempts=0, max_attempts=max_attempts, created_at=utcnow(),
               plan={"method": RETRAIN, "exact": True, "reason": why, "base_version": prod.version,
-                    LINEAGE: {k: facts[k] for k in ("starting_point", "follows_requests")}})
+                    LINEAGE: lineage})
     session.add(job)
     session.flush()
     return job

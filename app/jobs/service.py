@@ -59,27 +59,32 @@ def completed_requests(session: Session, model_name: str, job_ids: list[str]) ->
         ForgetRequest.status == fm.COMPLETED).order_by(ForgetRequest.completed_at, ForgetRequest.id)).scalars())
 
 
-def follow_request(session: Session, model_name: str, origin: ForgetRequest, job: Job, *, method: str,
-                   tag: str) -> str:
-    """A request of ``model_name`` recorded by Lethe on ``job`` because ``origin`` (another
-    model's request) reached it through its lineage: the same subject, due date and tenant, no
-    rows of its own (app/jobs/restarts.py). Returns its id."""
+def follow_requests(session: Session, model_name: str, origin_ids: list[str], job: Job, *, method: str,
+                    tag: str) -> list[str]:
+    """Requests of ``model_name`` recorded by Lethe on ``job`` because the ``origin_ids``
+    (another model's requests) reach it through its lineage: each with its origin's subject,
+    due date and tenant, no rows of its own (app/jobs/restarts.py). Returns their ids."""
     import hashlib
 
     from models.unlearn.registry import DEFAULT_OBJECTIVE
 
-    now = utcnow()
-    req = ForgetRequest(id=str(uuid.uuid4()), external_id=None, idempotency_key=None,
-                        fingerprint=hashlib.sha256(f"{tag}:{origin.id}:{model_name}".encode()).hexdigest(),
-                        subject_ref=origin.subject_ref, instance_ids=[], model_name=model_name,
-                        objective=DEFAULT_OBJECTIVE, method=method, target_label=None, status=fm.QUEUED,
-                        received_at=now, due_at=origin.due_at, callback_url=None, retries=0, tenant=origin.tenant,
-                        job_id=job.id, group_id=None, exact_version=None)
-    session.add(req)
-    audit.append(session, actor="lethe", action="forget.received", subject_ref=origin.subject_ref,
-                 payload={"request_id": req.id, "model": model_name, "job_id": job.id, "instances": 0,
-                          "follows_request": origin.id, "follows_model": origin.model_name})
-    return req.id
+    now, out = utcnow(), []
+    for origin in (session.get(ForgetRequest, i) for i in origin_ids):
+        if origin is None:
+            continue
+        req = ForgetRequest(id=str(uuid.uuid4()), external_id=None, idempotency_key=None,
+                            fingerprint=hashlib.sha256(f"{tag}:{origin.id}:{model_name}".encode()).hexdigest(),
+                            subject_ref=origin.subject_ref, instance_ids=[], model_name=model_name,
+                            objective=DEFAULT_OBJECTIVE, method=method, target_label=None, status=fm.QUEUED,
+                            received_at=now, due_at=origin.due_at, callback_url=None, retries=0,
+                            tenant=origin.tenant, job_id=job.id, group_id=None, exact_version=None)
+        session.add(req)
+        audit.append(session, actor="lethe", action="forget.received", subject_ref=origin.subject_ref,
+                     payload={"request_id": req.id, "model": model_name, "job_id": job.id, "instances": 0,
+                              "follows_request": origin.id, "follows_model": origin.model_name})
+        out.append(req.id)
+    session.flush()
+    return out
 
 
 def has_open_requests(session: Session, job_id: str) -> bool:

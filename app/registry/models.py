@@ -143,6 +143,9 @@ class RetrainOrder(Base):
     version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     refusals: Mapped[list | None] = mapped_column(JSON, nullable=True)  # every refused upload: when and why
+    # migration 0021: issued because its starting point forgot (app/jobs/restarts.py): the move
+    # and the starting model's requests it follows; its upload completes a request per one
+    follows: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class SealedProbe(Base):

@@ -111,8 +111,10 @@ def open_order(session: Session, model_name: str) -> RetrainOrder | None:
 
 
 def issue(session: Session, settings: Settings, model_name: str, *, actor: str,
-          reason: str) -> tuple[RetrainOrder, bool]:
-    """The model's open order, or a new one. Returns (order, created)."""
+          reason: str, follows: dict | None = None) -> tuple[RetrainOrder, bool]:
+    """The model's open order, or a new one. Returns (order, created). ``follows``: the
+    lineage of an order issued because the model's starting point forgot
+    (app/jobs/restarts.py); its upload completes one request per request it follows."""
     m = registry.get_model(session, model_name, lock=True)
     if m is None:
         raise LetheError(404, "unknown_model", f"model {model_name!r} is not registered")
@@ -133,7 +135,7 @@ def issue(session: Session, settings: Settings, model_name: str, *, actor: str,
     order = RetrainOrder(id=oid, model_name=model_name, status=OPEN, base_version=prod.version, reason=reason,
                          snapshot_path=rel, snapshot_sha256=sha, rows=rows,
                          forget_ids=_erased_since_exact(session, model_name, prod), recipe=m.recipe,
-                         token_sha256="", due_at=due, created_at=now, refusals=[])
+                         token_sha256="", due_at=due, created_at=now, refusals=[], follows=follows)
     session.add(order)
     facts = {"order_id": oid, "model": model_name, "base_version": prod.version, "rows": rows,
              "snapshot_sha256": sha, "due_at": due.isoformat(), "reason": reason, "erased_rows": len(order.forget_ids)}
@@ -328,10 +330,7 @@ def fulfil(session: Session, settings: Settings, order_id: str, token: str, weig
         raise LetheError(422, "order_refused", str(e))
     prod = registry.resolve_alias(session, order.model_name, PRODUCTION)
     if prod is None or prod.version != order.base_version:
-        order.status = CANCELLED
-        audit.append(session, actor=actor, action="retrain_order.cancelled",
-                     payload={"order_id": order.id, "model": order.model_name,
-                              "reason": f"production moved to v{prod.version if prod else None}"})
+        cancel(session, order, actor=actor, reason=f"production moved to v{prod.version if prod else None}")
         raise LetheError(409, "order_superseded", f"production moved from v{order.base_version} since the order "
                                                   "was issued: its snapshot is stale; a new order will be issued")
     m = registry.get_model(session, order.model_name)
@@ -347,9 +346,12 @@ def fulfil(session: Session, settings: Settings, order_id: str, token: str, weig
               claim_token=claim_token, created_at=order.created_at, started_at=now, heartbeat_at=now,
               base_version=order.base_version,
               plan={"method": EXTERNAL, "exact": True, "reason": f"retrain order {order.id}: {order.reason}",
-                    "order_id": order.id})
+                    "order_id": order.id, **({"lineage": order.follows} if order.follows else {})})
     session.add(job)
     session.flush()
+    if order.follows:  # the requests of the starting model it follows get theirs here, completed with it
+        jobs.follow_requests(session, m.name, order.follows.get("follows_requests") or [], job, method=EXTERNAL,
+                             tag="lineage")
     jobs.complete(session, job_id=job.id, token=claim_token, worker=f"order:{order.id}", instance_ids=[],
                   sha256=got, storage_path=rel, metrics=metrics,
                   stats={"order_id": order.id, "snapshot_sha256": order.snapshot_sha256, "rows": order.rows})
@@ -367,6 +369,14 @@ def fulfil(session: Session, settings: Settings, order_id: str, token: str, weig
                           "metrics": metrics})
     session.flush()
     return order
+
+
+def cancel(session: Session, order: RetrainOrder, *, actor: str, reason: str) -> None:
+    """Close an order no upload may answer any more (audit ``retrain_order.cancelled``)."""
+    order.status, order.token_sha256 = CANCELLED, ""
+    audit.append(session, actor=actor, action="retrain_order.cancelled",
+                 payload={"order_id": order.id, "model": order.model_name, "reason": reason})
+    session.flush()
 
 
 def escalate_due(session: Session, settings: Settings, now: dt.datetime | None = None) -> list[str]:
@@ -396,5 +406,6 @@ def to_json(order: RetrainOrder, settings: Settings) -> dict:
             "fulfilled_at": order.fulfilled_at, "version": order.version, "job_id": order.job_id,
             "snapshot": {"uri": "file://" + os.path.abspath(path), "url": f"/v1/retrain-orders/{order.id}/snapshot",
                          "sha256": order.snapshot_sha256, "rows": order.rows, "format": "parquet"},
-            "recipe": order.recipe, "erased_rows": len(order.forget_ids or []), "refusals": order.refusals or []}
+            "recipe": order.recipe, "erased_rows": len(order.forget_ids or []), "refusals": order.refusals or [],
+            "follows": order.follows}
 

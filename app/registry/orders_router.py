@@ -43,6 +43,9 @@ class OrderRead(BaseModel):
     recipe: dict | None = Field(description="trainer parameters and starting point to train with")
     erased_rows: int = Field(description="rows erased since the last exact version: verification scores them")
     refusals: list[dict] = Field(description="refused uploads: when and why")
+    follows: dict | None = Field(default=None, description="issued because the model's starting point forgot: the "
+                                                          "move and the starting model's requests it follows (its "
+                                                          "upload completes one request of this model per one)")
 
 
 class ClaimRead(OrderRead):

@@ -1,8 +1,11 @@
 """Pretrained starting points: a model's recipe names registered weights; its training
 starts from them (digest pinned at registration), the card names them with their dataset,
 and bad starting points are 422s naming the problem."""
+import hashlib
+import io
 import json
 
+import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file
 
@@ -128,6 +131,8 @@ def test_a_starting_point_that_forgets_restarts_the_models_fine_tuned_from_it(cl
     sweep_and_dispatch(seeded, dispatcher)
     assert client.get("/v1/retrain-orders").json() == []  # nothing erased yet: nothing to restart
     assert client.get("/v1/subjects/patient-0003/instances", params={"model": "cancer-ft"}).status_code == 404
+    stale = client.post("/v1/models/cancer-ext/retrain-orders").json()  # an operator's, from cancer-base v1
+    assert stale["recipe"]["start"]["version"] == 1
     f = client.post("/v1/forget", json={"subject_id": "patient-0003", "model": "cancer-base", "method": "retrain"})
     assert f.status_code == 202, f.text
     assert driver.execute_job(dispatcher.sent[-1], settings=seeded, worker_name="w1") == "completed"
@@ -138,10 +143,11 @@ def test_a_starting_point_that_forgets_restarts_the_models_fine_tuned_from_it(cl
     _, sha2 = _weights(seeded, "cancer-base", 2)
     assert client.get("/v1/models/cancer-ft").json()["recipe"]["start"] == {"model": "cancer-base", "version": 2,
                                                                             "sha256": sha2}
-    [order] = client.get("/v1/retrain-orders", params={"model": "cancer-ext"}).json()
+    [order] = client.get("/v1/retrain-orders", params={"model": "cancer-ext", "status": "open"}).json()
     assert order["recipe"]["start"]["version"] == 2 and "starting point cancer-base v1" in order["reason"]
+    assert client.get(f"/v1/retrain-orders/{stale['id']}").json()["status"] == "cancelled"  # its start moved
     sweep_and_dispatch(seeded, dispatcher)  # once: the restart is pending
-    assert dispatcher.sent[sent:] == [job_id] and len(client.get("/v1/retrain-orders").json()) == 1
+    assert dispatcher.sent[sent:] == [job_id] and len(client.get("/v1/retrain-orders").json()) == 2
     assert driver.execute_job(job_id, settings=seeded, worker_name="w1") == "completed"
     [req] = [r for r in client.get("/v1/forget", params={"model": "cancer-ft"}).json()["items"]]
     assert req["status"] == "completed" and req["version_after"] == 2 and req["exact_version"] == 2, req
@@ -157,3 +163,19 @@ def test_a_starting_point_that_forgets_restarts_the_models_fine_tuned_from_it(cl
     sent = len(dispatcher.sent)
     sweep_and_dispatch(seeded, dispatcher)  # restarted from a clean version: nothing more
     assert dispatcher.sent[sent:] == []
+    # the external pipeline answers its order (fine-tuned again from cancer-base v2): the upload
+    # completes cancer-ext's request following the starting model's, exact
+    assert order["follows"]["follows_requests"] == [f.json()["id"]]
+    claimed = client.post(f"/v1/retrain-orders/{order['id']}/claim").json()
+    ids = pq.read_table(io.BytesIO(client.get(claimed["snapshot"]["url"]).content)).column("instance_id").to_pylist()
+    raw = save(_weights(seeded, "cancer-base", 2)[0])
+    up = client.put(f"/v1/retrain-orders/{order['id']}/weights",
+                    headers={"X-Order-Token": claimed["upload_token"], "X-Content-SHA256": hashlib.sha256(raw).hexdigest()},
+                    files={"weights": ("w.safetensors", raw, "application/octet-stream"),
+                           "manifest": ("m.json", json.dumps({"instance_ids": ids}).encode(), "application/json")})
+    assert up.status_code == 200, up.text
+    [req] = client.get("/v1/forget", params={"model": "cancer-ext"}).json()["items"]
+    assert req["status"] == "completed" and req["exact_version"] == up.json()["version"] == 2, req
+    cert = client.get(f"/v1/forget/{req['id']}/certificate").json()["certificate"]
+    assert cert["lineage"]["follows_requests"] == [f.json()["id"]] and cert["subject_ref"] == origin["subject_ref"]
+    assert cert["method"] == "external" and cert["starting_point"]["version"] == 2
