@@ -21,10 +21,14 @@ speed-ups, as the paper names them:
    all); ties keep the selection order. The paper does not say where the likelihood comes
    from; a service would derive it from, e.g., account age or past requests.
 
-Our one-class learner (our choice): a small
-autoencoder per class, score = -(reconstruction error / mean error on its own class);
-prediction = argmax over classes (``shards.OneClassAE``). The class-prior is not added,
-so the ensemble does not read how many instances other classes have.
+The one-class learner and the aggregation of the sub-models' scores (the paper's
+"Architecture" section and Figure 2 leave both open) are ``ExactConfig.learner`` and
+``ExactConfig.aggregation``, defined in ``oneclass.py``. ``train_arcane`` fills in the
+default for the data when the config names no learner (``oneclass.defaults``: a 256/32
+autoencoder compared by its raw reconstruction error for images, MADE's log-density for
+tabular rows) and writes it into the config, so every bundle names its learner; a stored
+bundle that names none predates the option and keeps its 64/16 autoencoder with the ``mean``
+rule (``oneclass.resolve``).
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ import math
 
 import torch
 
+from . import oneclass
 from .shards import (DataFn, ExactConfig, MemoryStore, Plan, ShardedMethod, ShardedModel, SliceStore, data_from,
                      train_member)
 
@@ -81,12 +86,27 @@ def reslice(config: ExactConfig, plan: Plan, member: int, new_pool: list[str], d
     return select_and_block(config, member, new_pool, data, plan.priority)
 
 
+def with_defaults(config: ExactConfig) -> ExactConfig:
+    """Fill in (in place) the default learner, its arch_params and the aggregation for the
+    config's input shape when the config names no learner; check the pair either way."""
+    if config.learner is None:
+        d = oneclass.defaults(config.input_shape)
+        config.learner = d["learner"]
+        if config.aggregation in (None, "softmax"):
+            config.aggregation = d["aggregation"]
+        if config.arch_params is None:
+            config.arch_params = d["arch_params"]
+    config.learner, config.aggregation = oneclass.resolve(config.learner, config.aggregation)
+    return config
+
+
 def train_arcane(config: ExactConfig, ids: list[str], x: torch.Tensor, y: torch.Tensor, *,
                  store: SliceStore | None = None, priority: dict[str, float] | None = None,
                  progress=None) -> ShardedModel:
     """One one-class sub-model per class; config.budgets is filled in (frozen) here."""
     if config.kind != "arcane":
         raise ValueError("train_arcane needs a config of kind 'arcane'")
+    with_defaults(config)
     store = store if store is not None else MemoryStore()
     k = len(config.classes)
     config.shards = k

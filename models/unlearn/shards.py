@@ -30,13 +30,14 @@ import torch.nn.functional as F
 
 from ..nets import build_model
 
+from . import oneclass
 from .registry import UnlearnRequest, UnlearnResult
 
 BUNDLE_FORMAT = "lethe-bundle/1"
 
 
 _LATER_FIELDS = {"optimizer": "adam", "weight_decay": 0.0, "momentum": 0.9, "arch_params": None,
-                 "trainer": "lethe", "trainer_params": None}
+                 "trainer": "lethe", "trainer_params": None, "learner": None}
 
 
 @dataclass
@@ -54,7 +55,7 @@ class ExactConfig:
     batch_size: int = 64
     lr: float = 1e-3
     seed: int = 0
-    aggregation: str = "softmax"  # SISA: "softmax" (mean of softmax) | "vote" (majority vote)
+    aggregation: str = "softmax"  # SISA: "softmax" (mean of softmax) | "vote" (majority vote); ARCANE: oneclass.py
     rho: float = 1.0             # ARCANE: fraction of each class kept by representative selection
     budgets: list | None = None  # ARCANE: per-class selection budget frozen at training time
     # the model's stored recipe and architecture parameters (models.train.Recipe, models.architectures)
@@ -66,6 +67,14 @@ class ExactConfig:
     # parameters (its own epochs); "lethe" is the loop below with the recipe's epochs_at(r)
     trainer: str = "lethe"
     trainer_params: dict | None = None
+    # ARCANE: the one-class learner ("ae" | "made", models/unlearn/oneclass.py). None only in a
+    # bundle written before the option existed: it loads and predicts as then ("ae", "mean");
+    # train_arcane writes the learner it trained with into every new config
+    learner: str | None = None
+
+    def arcane_learner(self) -> tuple[str, str]:
+        """(learner, aggregation) of an ARCANE config, legacy bundles included (oneclass.resolve)."""
+        return oneclass.resolve(self.learner, self.aggregation)
 
     def epochs_at(self, r: int) -> int:
         """Epochs of slice stage r. SISA trains slice r on slices 0..r; with 2e/(R+1) epochs per
@@ -220,33 +229,9 @@ class DirStore:
 
 # --- members -----------------------------------------------------------------------------
 
-class OneClassAE(nn.Module):
-    """ARCANE's one-class sub-model (our choice; the paper leaves the learner open): an
-    autoencoder trained on one class only. Its score for x is minus the reconstruction error
-    relative to the mean error on its own training data (a buffer, so it travels with the
-    weights); the ensemble predicts the class whose sub-model scores highest."""
-
-    def __init__(self, input_shape, hidden: int = 64, code: int = 16):
-        super().__init__()
-        d = 1
-        for s in input_shape:
-            d *= int(s)
-        self.enc = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, code), nn.ReLU())
-        self.dec = nn.Sequential(nn.Linear(code, hidden), nn.ReLU(), nn.Linear(hidden, d))
-        self.register_buffer("err_scale", torch.ones(()))
-
-    def errors(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.flatten(1)
-        return ((self.dec(self.enc(flat)) - flat) ** 2).mean(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return -self.errors(x) / self.err_scale
-
-
 def build_member(config: ExactConfig) -> nn.Module:
-    if config.kind == "arcane":  # arch_params: the autoencoder's widths ({"hidden", "code"}), default 64/16
-        widths = {k: int(v) for k, v in (config.arch_params or {}).items() if k in ("hidden", "code")}
-        return OneClassAE(config.input_shape, **widths)
+    if config.kind == "arcane":  # the one-class learner (models/unlearn/oneclass.py) and its arch_params
+        return oneclass.build(config.arcane_learner()[0], config.input_shape, config.arch_params)
     return build_model(config.arch, config.input_shape, len(config.classes), config.arch_params)
 
 
@@ -296,8 +281,7 @@ def _train_stage(config: ExactConfig, model: nn.Module, x: torch.Tensor, y: torc
     model.eval()
     if config.kind == "arcane":
         with torch.no_grad():
-            errs = torch.cat([model.errors(x[i:i + 2048].to(device)) for i in range(0, n, 2048)])
-            model.err_scale.copy_(errs.mean().clamp_min(1e-8))
+            model.calibrate(torch.cat([model.errors(x[i:i + 2048].to(device)) for i in range(0, n, 2048)]))
 
 
 DataFn = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
@@ -348,9 +332,10 @@ class ShardedModel(nn.Module):
         self.store = store if store is not None else MemoryStore()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.kind == "arcane":  # (n, classes): one score per class sub-model (oneclass.py)
+            aggregation = self.config.arcane_learner()[1]
+            return torch.stack([m.score(x, aggregation) for m in self.members], dim=1)
         outs = [m(x) for m in self.members]
-        if self.config.kind == "arcane":
-            return torch.stack(outs, dim=1)  # (n, classes): one score per class sub-model
         probs = torch.stack([F.softmax(o, dim=1) for o in outs])  # (members, n, classes)
         if self.config.aggregation == "vote":
             k = probs.shape[-1]
