@@ -13,7 +13,14 @@ monolithic model, and each is varied here alone, on the same training data, befo
   ``raw`` (error alone), ``zscore`` (error standardised by its own class's mean and standard
   deviation) and ``pvalue`` (the share of the sub-model's own training errors at or above the
   test error: an empirical one-class p-value, still reading only the sub-model's own class);
-- representative data selection (rho: share of each class kept by k-center; 1.0 = all).
+- representative data selection (rho: share of each class kept by k-center; 1.0 = all);
+- the learner itself (``ExactConfig.learner``, models/unlearn/oneclass.py): the MLP
+  autoencoder, or MADE, a density estimator whose score is a log-density (``raw`` only).
+
+The first four variants are the configuration every ARCANE bundle had before the learner was
+an option (64/16 autoencoder, ``mean`` served); the last two are the defaults since
+(``oneclass.defaults``: 512/64 autoencoder, 30 epochs, ``raw`` for images; MADE for tabular
+rows) and run on the data they are the default for (``--variants`` picks by label).
 
 Every score a variant uses comes from one sub-model and its own class's data, so each keeps
 ARCANE's one-deletion-one-sub-model property. ``monolithic`` is the served single network
@@ -38,11 +45,14 @@ from models.unlearn.shards import ExactConfig, MemoryStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AGGREGATIONS = ("mean", "raw", "zscore", "pvalue")
-# (label, arch_params of the one-class autoencoder, rho)
-VARIANTS = [("served: AE 64/16, all data", None, 1.0),
-            ("AE 256/32, all data", {"hidden": 256, "code": 32}, 1.0),
-            ("AE 16/4, all data", {"hidden": 16, "code": 4}, 1.0),
-            ("AE 64/16, k-center 50 %", None, 0.5)]
+# (label, learner, arch_params, rho, epochs: None = the monolithic arch's, aggregation served)
+VARIANTS = [("legacy (bundles before the learner option): AE 64/16, all data", "ae", None, 1.0, None, "mean"),
+            ("AE 256/32, all data", "ae", {"hidden": 256, "code": 32}, 1.0, None, "mean"),
+            ("AE 16/4, all data", "ae", {"hidden": 16, "code": 4}, 1.0, None, "mean"),
+            ("AE 64/16, k-center 50 %", "ae", None, 0.5, None, "mean"),
+            ("default (images): AE 512/64, 30 epochs, all data", "ae", {"hidden": 512, "code": 64}, 1.0, 30, "raw"),
+            ("default (tabular): MADE 256x2, all data", "made",
+             {"hidden": 256, "layers": 2, "min_log_std": -1.5, "mask_seed": 0}, 1.0, None, "raw")]
 
 
 @torch.no_grad()
@@ -60,10 +70,12 @@ def aggregate(model, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch
     std = torch.stack([e.std() if len(e) > 1 else torch.ones(()) for e in own]).clamp_min(1e-8)
     pval = torch.stack([(e[None, :] >= errs[:, c:c + 1]).float().mean(1) for c, e in enumerate(own)], 1)
     scores = {"mean": -errs / mean, "raw": -errs, "zscore": -(errs - mean) / std, "pvalue": pval}
+    if model.config.learner == "made":  # a negative log-likelihood can be negative: no ratio to its mean
+        scores.pop("mean")
     return {a: s.argmax(1) for a, s in scores.items()}
 
 
-def run(names, seeds, slices, log=print):
+def run(names, seeds, slices, log=print, variants=None):
     rows = []
     for name in names:
         d = load_dataset(name)
@@ -77,21 +89,25 @@ def run(names, seeds, slices, log=print):
             mono_acc, mono_s = accuracy(mono, tx, ty), time.process_time() - c
             log(f"[{name} seed {seed}] monolithic {arch}: {mono_acc:.2f} % ({mono_s:.1f} CPU s)")
             ids = [f"{name}-{i}" for i in range(len(y))]
-            for label, params, rho in VARIANTS:
+            for label, learner, params, rho, ep, served_by in VARIANTS:
+                if variants and not any(v in label for v in variants):
+                    continue
                 cfg = ExactConfig(kind="arcane", arch="ae1c", dataset=name, input_shape=d.input_shape,
-                                  classes=d.classes, shards=d.num_classes, slices=slices, epochs=epochs, seed=seed,
-                                  rho=rho, lr=3e-3, arch_params=params)
+                                  classes=d.classes, shards=d.num_classes, slices=slices, epochs=ep or epochs,
+                                  seed=seed, rho=rho, lr=3e-3, arch_params=params, learner=learner,
+                                  aggregation=served_by)
                 c = time.process_time()
                 model = train_arcane(cfg, ids, x, y, store=MemoryStore())
                 cpu = time.process_time() - c
                 served = accuracy(model, tx, ty)
                 preds = aggregate(model, x, y, tx)
-                acc = {a: 100.0 * float((p == ty).float().mean()) for a, p in preds.items()}
-                row = dict(dataset=name, seed=seed, variant=label, arch_params=params, rho=rho, slices=slices,
-                           epochs=epochs, accuracy=acc, served_accuracy=served, monolithic_accuracy=mono_acc,
+                acc = {a: 100.0 * float((preds[a] == ty).float().mean()) if a in preds else None for a in AGGREGATIONS}
+                row = dict(dataset=name, seed=seed, variant=label, learner=learner, served_aggregation=served_by,
+                           arch_params=params, rho=rho, slices=slices, epochs=ep or epochs, accuracy=acc,
+                           served_accuracy=served, monolithic_accuracy=mono_acc,
                            cpu_seconds=cpu, monolithic_cpu_seconds=mono_s)
                 rows.append(row)
-                log(f"[{name} seed {seed}] {label}: " + " ".join(f"{a} {v:.2f}" for a, v in acc.items())
+                log(f"[{name} seed {seed}] {label}: " + " ".join(f"{a} {v:.2f}" for a, v in acc.items() if v is not None)
                     + f" (served {served:.2f}; monolithic {mono_acc:.2f}; {cpu:.1f} CPU s)")
     return rows
 
@@ -102,12 +118,14 @@ def main(argv=None):
     p.add_argument("--seeds", default="0")
     p.add_argument("--slices", type=int, default=5, help="training-state blocks per sub-model (bench.exact: 5)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--variants", default="", help="comma-separated parts of variant labels to run (default: all)")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "arcane_ablation.json"))
     p.add_argument("--append", action="store_true", help="add the rows to those already in --out")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    rows = run(a.datasets.split(","), [int(s) for s in a.seeds.split(",")], a.slices)
+    rows = run(a.datasets.split(","), [int(s) for s in a.seeds.split(",")], a.slices,
+               variants=[v for v in a.variants.split(",") if v])
     command = " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--append")
     doc = {"machine": machine(), "started": started, "commands": [], "rows": []}
     if a.append and os.path.exists(a.out):

@@ -1,5 +1,7 @@
 """The ARCANE ablation's knobs (bench/arcane_ablation.py): the one-class learner's widths travel
-in ``arch_params``; the served aggregation is the ensemble's own forward."""
+in ``arch_params``; the served aggregation is the ensemble's own forward, for the legacy rule
+(``mean``) and the default (``raw``)."""
+import pytest
 import torch
 
 from bench.arcane_ablation import AGGREGATIONS, aggregate
@@ -19,14 +21,15 @@ def test_learner_widths_come_from_arch_params_and_other_keys_are_ignored():
     m = build_member(cfg)
     assert (m.enc[0].out_features, m.enc[2].out_features) == (8, 3)
     _, cfg = _cfg()
-    assert build_member(cfg).enc[0].out_features == 64  # the served default
+    assert build_member(cfg).enc[0].out_features == 64  # a config naming no learner: the legacy 64/16
 
 
-def test_every_aggregation_predicts_every_row_and_the_served_one_is_the_model():
-    d, cfg = _cfg(arch_params={"hidden": 16, "code": 4})
+@pytest.mark.parametrize("served", ["mean", "raw"])
+def test_every_aggregation_predicts_every_row_and_the_served_one_is_the_model(served):
+    d, cfg = _cfg(arch_params={"hidden": 16, "code": 4}, learner="ae", aggregation=served)
     x, y = d.x_train[:300], d.y_train[:300]
     model = train_arcane(cfg, [str(i) for i in range(len(y))], x, y, store=MemoryStore())
     preds = aggregate(model, x, y, d.x_test[:50])
     assert set(preds) == set(AGGREGATIONS) and all(p.shape == (50,) for p in preds.values())
     # the served aggregation is the model's own forward
-    assert torch.equal(preds["mean"], model(d.x_test[:50]).argmax(1))
+    assert torch.equal(preds[served], model(d.x_test[:50]).argmax(1))
