@@ -61,6 +61,7 @@ def bootstrap_exact_demo(settings: Settings, kind: str = "sisa") -> str | None:
     from models import trainers
     from models.data import DEFAULT_ARCH, load_dataset
     from models.train import DEFAULT_EPOCHS, accuracy
+    from models.unlearn import method_info, oneclass
     from models.unlearn.arcane import train_arcane
     from models.unlearn.shards import ExactConfig, save_member, write_manifest
     from models.unlearn.sisa import train_sisa
@@ -80,11 +81,14 @@ def bootstrap_exact_demo(settings: Settings, kind: str = "sisa") -> str | None:
     trainer, params = trainers.resolve(settings.demo_exact_trainer, settings.demo_exact_trainer_params) \
         if kind == "sisa" and (settings.demo_exact_trainer != "lethe" or settings.demo_exact_trainer_params) \
         else ("lethe", None)
+    recipe = {"epochs": DEFAULT_EPOCHS.get(arch, 6)}
+    if kind == "arcane":  # the one-class learner's own epochs and learning rate (models/unlearn/oneclass.py)
+        recipe = {k: v for k, v in oneclass.defaults(ds.input_shape).items() if k in ("epochs", "lr")}
+    recipe["epochs"] = settings.demo_exact_epochs or recipe["epochs"]
     config = ExactConfig(kind=kind, arch=arch, dataset=ds.name, input_shape=ds.input_shape, classes=ds.classes,
                          shards=settings.demo_exact_shards if kind == "sisa" else len(ds.classes),
-                         slices=settings.demo_exact_slices,
-                         epochs=settings.demo_exact_epochs or DEFAULT_EPOCHS.get(arch, 6), seed=settings.demo_seed,
-                         trainer=trainer, trainer_params=params)
+                         slices=settings.demo_exact_slices, seed=settings.demo_seed, trainer=trainer,
+                         trainer_params=params, **recipe)
     log.info("bootstrap: training %s (S=%d, R=%d) %s on %d %s instances", kind, config.shards, config.slices, arch,
              n, ds.name)
     train = train_sisa if kind == "sisa" else train_arcane
@@ -111,6 +115,10 @@ def bootstrap_exact_demo(settings: Settings, kind: str = "sisa") -> str | None:
         r["shard"], r["slice"] = where[r["instance_id"]]
     metrics = {"ta": float(ta), "train_seconds": round(time.perf_counter() - t0, 2), "shards": config.shards,
                "slices": config.slices, "rows": n}
+    caveat = method_info(kind).caveat_for(ds.input_shape)  # a measured limit of the method on such data
+    if caveat:
+        log.warning("bootstrap: %s: %s", name, caveat)
+        metrics["caveat"] = caveat
     with session_scope(settings.database_url) as db:
         registry.register_model(db, name=name, dataset=ds.name, arch=arch, input_shape=ds.input_shape,
                                 classes=ds.classes, family=kind,

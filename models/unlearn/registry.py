@@ -40,7 +40,11 @@ approximation); ``reaches_objective`` — it drives every forget instance to a
 left (False for methods that remove influence instead: retraining, influence patches);
 ``serves_deletions`` — its result may be published as a deletion (False for a method that
 full U-LiRA, ``bench/ulira.py``, shows does not remove what retraining removes: the planner
-then serves the deletion by exact retraining, and the method stays callable for study).
+then serves the deletion by exact retraining, and the method stays callable for study);
+``caveats`` — measured limits of the models a method serves, per kind of data
+(``data_kind``: ``tabular`` for flat rows, ``images`` otherwise), each a sentence naming its
+measurement: docs/methods.md lists them, and registering a model of the method's family on
+such data logs the sentence and records it on the version (``caveat_for``).
 A sharded family's methods are ``ShardedMethod`` objects (``models.unlearn.shards``), which
 the worker can also run member by member.
 """
@@ -179,6 +183,12 @@ class MethodInfo:
     reaches_objective: bool = True
     picks: tuple[str, str] | None = None  # a choice: (method with retained data, method without)
     serves_deletions: bool = True   # False: not an unlearning method on its own; the planner retrains
+    caveats: tuple[tuple[str, str], ...] = ()  # (data kind, measured limit): see the module docstring
+
+    def caveat_for(self, input_shape) -> str | None:
+        """The measured limit that applies to a model of this method on data of ``input_shape``."""
+        kind = data_kind(input_shape)
+        return next((text for k, text in self.caveats if k == kind), None)
 
     def load(self) -> Method:
         if self.picks is not None:
@@ -189,6 +199,12 @@ class MethodInfo:
 
 METHODS: dict[str, MethodInfo] = {}
 FAMILIES: dict[str, Family] = {}
+DATA_KINDS = ("tabular", "images")
+
+
+def data_kind(input_shape) -> str:
+    """``tabular`` for flat rows (one dimension), ``images`` for anything with more."""
+    return "tabular" if len(tuple(input_shape)) <= 1 else "images"
 
 
 def register_family(name: str, *, sharded: bool, default_method: str, description: str) -> Family:
@@ -200,13 +216,17 @@ def register_family(name: str, *, sharded: bool, default_method: str, descriptio
 
 def register(name: str, entry: str, *, family: str, objectives: tuple[str, ...] = OBJECTIVES,
              needs_retained_data: bool, exact: bool, description: str,
-             reaches_objective: bool = True, serves_deletions: bool = True) -> MethodInfo:
+             reaches_objective: bool = True, serves_deletions: bool = True,
+             caveats: dict[str, str] | None = None) -> MethodInfo:
     """Add a method to the catalogue (see the module docstring). ``entry`` is
     "package.module:attribute"; the module is imported on first use."""
     if ":" not in entry:
         raise ValueError(f"method {name!r}: entry must be 'module:attribute', got {entry!r}")
+    if any(k not in DATA_KINDS for k in (caveats or {})):
+        raise ValueError(f"method {name!r}: caveats are keyed by data kind, one of {list(DATA_KINDS)}")
     return _add(MethodInfo(name, entry, family, tuple(objectives), needs_retained_data, exact, description,
-                           reaches_objective, serves_deletions=serves_deletions))
+                           reaches_objective, serves_deletions=serves_deletions,
+                           caveats=tuple((caveats or {}).items())))
 
 
 def register_choice(name: str, *, with_retained: str, without_retained: str, description: str) -> MethodInfo:
@@ -309,5 +329,13 @@ def markdown() -> str:
         lines.append(f"| `{m.name}` | `{m.family}` | {', '.join(m.objectives)} | {yes(m.needs_retained_data)} | "
                      f"{yes(m.exact)} | {yes(m.reaches_objective)} | "
                      f"{yes(m.serves_deletions) if m.serves_deletions else 'no: the planner retrains'} | {m.description} |")
+    caveats = [(m.name, k, text) for m in METHODS.values() for k, text in m.caveats]
+    if caveats:
+        lines += ["", "## Measured caveats", "",
+                  "Limits measured on the models a method serves, per kind of data. Registering a model of the "
+                  "method's family on such data logs the sentence and records it on the version (metrics `caveat`). "
+                  "Its deletions are served as usual: they stay exact, and what a caveat describes is the model's "
+                  "accuracy or cost, chosen when the model was trained, not a flaw of the deletion.", "", "| method | data | caveat |", "|---|---|---|"]
+        lines += [f"| `{name}` | {k} | {text} |" for name, k, text in caveats]
     return "\n".join(lines) + "\n"
 

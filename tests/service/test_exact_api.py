@@ -1,6 +1,8 @@
 """Exact unlearning through the HTTP API and the real (embedded) worker thread: SISA and
-ARCANE bundles, PUMA on an instance-wise model, method/model fit, and a failed shard
-retrain that fails the job without moving the alias."""
+ARCANE bundles (ARCANE from registration to a verified certificate, its learner carried from
+version to version; the measured caveat recorded for tabular data), PUMA on an
+instance-wise model, method/model fit, and a failed shard retrain that fails the job without
+moving the alias."""
 from __future__ import annotations
 
 import os
@@ -57,13 +59,17 @@ def exact_service(tmp_path):
         yield s, c
 
 
-def _bundle_files(s, name, version):
+def _manifest(s, name, version):
     from models.unlearn.shards import read_manifest
 
     with session_scope(s.database_url) as db:
         v = registry.get_version(db, name, version)
         path = registry.absolute_path(registry.weights(s), v.storage_path)
-    return read_manifest(path)["members"]
+    return read_manifest(path)
+
+
+def _bundle_files(s, name, version):
+    return _manifest(s, name, version)["members"]
 
 
 def test_sisa_and_arcane_forget_through_the_worker(exact_service):
@@ -119,6 +125,68 @@ def test_sisa_and_arcane_forget_through_the_worker(exact_service):
     assert c.get("/v1/audit/verify").json()["ok"] is True
 
 
+def test_an_arcane_model_from_registration_to_a_verified_certificate(exact_service):
+    """Registered with the default learner for its data (images: the 512/64 autoencoder, raw
+    error), a subject forgotten by retraining its classes' sub-models, version 2 published with
+    the same learner, and a signed certificate a third party can check."""
+    from app.audit import signing
+
+    s, c = exact_service
+    v1 = _manifest(s, "digits-arcane", 1)
+    assert (v1["config"]["learner"], v1["config"]["aggregation"]) == ("ae", "raw")
+    assert v1["config"]["arch_params"] == {"hidden": 512, "code": 64}
+    dave = c.get("/v1/subjects/dave/instances", params={"model": "digits-arcane"}).json()["instances"]
+    assert dave and all(not i["erased"] for i in dave)
+    r = c.post("/v1/forget", json={"model": "digits-arcane", "subject_id": "dave", "external_id": "DSR-arcane"})
+    assert r.status_code == 202, r.text
+    done = _wait(c, r.json()["id"])
+    assert done["status"] == "completed", done
+    assert done["method"] == "arcane" and (done["version_before"], done["version_after"]) == (1, 2)
+    v2 = _manifest(s, "digits-arcane", 2)
+    assert {k: v2["config"][k] for k in ("learner", "aggregation", "arch_params")} == \
+        {k: v1["config"][k] for k in ("learner", "aggregation", "arch_params")}
+    held = {i for m in v2["plan"]["pool"] for i in m}
+    assert not held & {i["instance_id"] for i in dave}  # the new version's plan holds none of dave's rows
+    assert c.post("/v1/models/digits-arcane/predict", json={"inputs": [[[[0.0] * 8] * 8]]}).json()["version"] == 2
+    assert all(i["erased"] for i in
+               c.get("/v1/subjects/dave/instances", params={"model": "digits-arcane"}).json()["instances"])
+
+    cert = c.get(f"/v1/forget/{done['id']}/certificate")
+    assert cert.status_code == 200, cert.text
+    doc = cert.json()
+    body = doc["certificate"]
+    versions = {v["version"]: v for v in c.get("/v1/models/digits-arcane/versions").json()["versions"]}
+    assert body["method"] == "arcane" and body["external_id"] == "DSR-arcane" and body["instances"] == len(dave)
+    assert body["version_before"] == {"version": 1, "sha256": versions[1]["sha256"]}
+    assert body["version_after"] == {"version": 2, "sha256": versions[2]["sha256"]}
+    key = c.get("/v1/keys/audit").json()
+    assert signing.verify_certificate(doc, signing.load_public_key(key["public_key_pem"])) == (True, None)
+    forged = {**doc, "certificate": {**body, "method": "sisa"}}
+    assert signing.verify_certificate(forged, signing.load_public_key(key["public_key_pem"]))[0] is False
+
+
+def test_arcane_on_tabular_data_records_its_measured_caveat(tmp_path, caplog):
+    """On tabular rows ARCANE's one-class sub-models cost accuracy against one network (the
+    catalogue's caveat, measured by bench.exact): registering such a model says so in the log
+    and on the version; its deletions are served as usual."""
+    from models.unlearn import method_info
+
+    s = _settings(tmp_path, demo_exact_dataset="adult", demo_exact_rows=300)
+    migrate(s)
+    with caplog.at_level("WARNING"):
+        assert bootstrap_exact_demo(s, "arcane") == "adult-arcane"
+    caveat = method_info("arcane").caveat_for((108,))
+    assert caveat and caveat in caplog.text and method_info("arcane").caveat_for((1, 8, 8)) is None
+    assert _manifest(s, "adult-arcane", 1)["config"]["learner"] == "made"
+    with TestClient(create_app(s), headers=bearer(make_key(s))) as c:
+        v1 = c.get("/v1/models/adult-arcane/versions").json()["versions"][0]
+        assert v1["metrics"]["caveat"] == caveat
+        r = c.post("/v1/forget", json={"model": "adult-arcane", "subject_id": "alice"})
+        assert r.status_code == 202, r.text
+        done = _wait(c, r.json()["id"])
+        assert done["status"] == "completed" and done["method"] == "arcane", done
+
+
 def test_method_must_fit_the_model(exact_service, tmp_path):
     s, c = exact_service
     r = c.post("/v1/forget", json={"model": "digits-sisa", "subject_id": "bob", "method": "instance"})
@@ -165,5 +233,8 @@ def test_puma_is_served_by_retraining(seeded):
         job = c.get(f"/v1/jobs/{done['job']['id']}").json()
         assert job["plan"]["exact"] is True and job["plan"]["method"] == "retrain", job["plan"]
         assert "not an unlearning method on its own" in job["plan"]["reason"]
+        # the certificate names what was done, and what was asked
+        cert = c.get(f"/v1/forget/{done['id']}/certificate").json()["certificate"]
+        assert (cert["method"], cert["requested_method"]) == ("retrain", "puma")
         r = c.post("/v1/forget", json={"model": MODEL, "subject_id": "bob", "method": "sisa"})
         assert r.status_code == 422 and r.json()["code"] == "method_not_supported"

@@ -102,3 +102,18 @@ def test_a_method_that_does_not_remove_never_serves_a_deletion():
     p = plan(Facts(sharded=False, method=info.name, k=1, has_retained=True, train_seconds=600.0,
                    serves_deletions=info.serves_deletions))
     assert (p.method, p.exact) == (RETRAIN, True) and "not an unlearning method on its own" in p.reason
+
+
+def test_a_measured_caveat_applies_to_its_kind_of_data_and_is_documented():
+    """ARCANE's one-class sub-models cost more accuracy on tabular rows than on images
+    (bench/results/exact.json): the catalogue carries the measured sentence for tabular data only,
+    docs/methods.md lists it, and a caveat for a kind of data the catalogue does not know is refused."""
+    arcane = unlearn.method_info("arcane")
+    text = arcane.caveat_for((108,))
+    assert text and "adult" in text and "exact.json" in text
+    assert arcane.caveat_for((1, 28, 28)) is None and unlearn.method_info("sisa").caveat_for((108,)) is None
+    assert f"| `arcane` | tabular | {text} |" in registry.markdown()
+    with pytest.raises(ValueError, match="data kind"):
+        registry.register("x_caveat", "m:x", family="instance", needs_retained_data=False, exact=False,
+                          description="x", caveats={"audio": "?"})
+    assert "x_caveat" not in unlearn.METHODS
