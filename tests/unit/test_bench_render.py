@@ -99,3 +99,34 @@ def test_ulira_default_table_pairs_each_seed_with_its_own_retrain():
     assert "| 0,1 |" in line and "+0.060 (+0.100)" in line and "| no |" in line
     assert "16/32 / 32/32 / 0/16" in line and "old" not in text
     assert "`noop` | 0.700 / 0.010" in render.ulira_methods_table(udoc)
+
+
+def test_exact_table_averages_seeds_and_flags_the_two_point_target():
+    """bench.exact rows -> one line per (dataset, method, S, R, deletions): mean over the seeds
+    with their range, the gap to the same seeds' monolithic models, the 2-point target."""
+    def row(seed, acc, mono, method="arcane", k=1, seconds=2.0):
+        return {"dataset": "adult", "method": method, "shards": 2, "slices": 5, "deletions": k, "seed": seed,
+                "accuracy": acc, "monolithic_accuracy": mono, "seconds": seconds, "retrain_seconds": 10.0,
+                "samples": 50, "retrain_samples": 100, "retrained_members": 1, "run": "r1"}
+
+    rows = [row(0, 83.0, 86.0), row(1, 84.0, 85.0), row(0, 85.0, 85.0, method="retrain")]
+    text = render.exact_table(rows, [{"command": "python -m bench.exact", "machine": "m", "started": "r1",
+                                      "wall_seconds": 3}])
+    line = [x for x in text.splitlines() if x.startswith("| adult | arcane")]
+    assert line == ["| adult | arcane | 2 | 5 | 1 | 0,1 | 83.50 (83.00–84.00) | 85.50 | -2.00 | yes | 5.0x | 2.0x "
+                    "| 1.0 |"]
+    assert "retrain" not in "".join(x for x in text.splitlines() if x.startswith("| adult"))
+    rows[1]["accuracy"] = 83.9
+    assert "| -2.05 | no |" in render.exact_table(rows)
+
+
+def test_exact_merge_replaces_the_cells_it_measures_and_tags_old_rows_seed_0():
+    from bench.exact import merge
+
+    old = [{"dataset": "adult", "method": m, "shards": s, "slices": 5, "deletions": 1} for m, s in
+           [("sisa", 10), ("sisa", 20), ("retrain", 1), ("arcane", 2)]]
+    new = [{"dataset": "adult", "method": m, "shards": s, "slices": 5, "deletions": 1, "seed": 0} for m, s in
+           [("sisa", 10), ("retrain", 1)]]
+    out = merge(old, new)
+    assert [(r["method"], r["shards"], r["seed"]) for r in out] == [
+        ("sisa", 20, 0), ("arcane", 2, 0), ("sisa", 10, 0), ("retrain", 1, 0)]
