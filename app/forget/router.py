@@ -14,6 +14,7 @@ from ..jobs.dispatch import send_after_commit
 from ..jobs.schemas import JobRead
 from . import certificates
 from ..catalogue import subjects
+from ..registry import orders
 from ..db import utcnow
 from ..security import (AUDIT_READ, FORGET_READ, FORGET_WRITE, MODELS_ADMIN, Principal, require_scope,
                         require_scope_on_loop)
@@ -79,6 +80,8 @@ def _read(session, req: ForgetRequest, job=False, principal: Principal | None = 
                       received_at=req.received_at, due_at=req.due_at, completed_at=req.completed_at,
                       error=req.error, version_before=req.version_before, version_after=req.version_after,
                       exact_version=req.exact_version,
+                      retrain_order=None if principal is not None and principal.sees_tenant is not None
+                      else orders.serving(session, req),
                       metrics=own_figures(req.metrics, len(req.instance_ids or []))
                       if principal is not None and principal.sees_tenant is not None else req.metrics,
                       job=JobProgress(id=job.id, status=job.status, stage=job.stage, progress=job.progress,

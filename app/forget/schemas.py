@@ -90,6 +90,10 @@ class ForgetRead(BaseModel):
     exact_version: int | None = Field(default=None, description="the exact version holding the erasure: "
                                                                 "version_after when retrained, else the later "
                                                                 "consolidation (None until then)")
+    retrain_order: dict | None = Field(default=None, description="served approximately by a model its own pipeline "
+                                                                "retrains: the retrain order its exact version "
+                                                                "waits on (id, status, due_at, escalated, "
+                                                                "escalated_at, url); operators only")
     metrics: dict | None = None
     job: JobProgress | None = None
     days_left: int | None = Field(default=None, description="whole days to due_at while open (negative: past due)")

@@ -146,6 +146,20 @@ def issue(session: Session, settings: Settings, model_name: str, *, actor: str,
     return order, True
 
 
+def serving(session: Session, req) -> dict | None:
+    """The order a request served approximately waits on for its exact version (its model's
+    open order): what ``GET /v1/forget/{id}`` shows, escalation included. None when the
+    request is exact, not completed, or no order is open."""
+    if req.status != "completed" or req.exact_version is not None or req.version_after is None:
+        return None
+    o = open_order(session, req.model_name)
+    if o is None:
+        return None
+    return {"id": o.id, "status": o.status, "due_at": o.due_at.isoformat(), "escalated": o.escalated_at is not None,
+            "escalated_at": o.escalated_at.isoformat() if o.escalated_at else None,
+            "url": f"/v1/retrain-orders/{o.id}"}
+
+
 def claim(session: Session, order_id: str, *, actor: str) -> tuple[RetrainOrder, str]:
     """Hand the order to a pipeline: a new one-time upload credential (returned once)."""
     order = session.get(RetrainOrder, order_id)

@@ -128,7 +128,7 @@ def test_pipeline_retrains_and_the_deletion_becomes_exact(client, seeded, dispat
     done = good.json()
     assert done["status"] == "fulfilled" and done["version"] == 3 and len(done["refusals"]) == 1
     body = client.get(f"/v1/forget/{rid}").json()
-    assert body["exact_version"] == 3, body
+    assert body["exact_version"] == 3 and body["retrain_order"] is None, body
     v3 = client.get("/v1/models/cancer-ext/versions/3").json()
     assert v3["exact"] is True and v3["job"]["method"] == "external" and v3["metrics"]["order_id"] == order["id"]
     # this MLP does not tell its training rows from held-out ones: the erased rows' score cannot decide
@@ -142,8 +142,10 @@ def test_pipeline_retrains_and_the_deletion_becomes_exact(client, seeded, dispat
 
 def test_an_unanswered_order_is_escalated_before_its_due_date(client, seeded, dispatcher):
     _register(client)
-    _forget_approximately(client, seeded, dispatcher)
+    rid = _forget_approximately(client, seeded, dispatcher)
     order = client.post("/v1/models/cancer-ext/retrain-orders").json()
+    waits = client.get(f"/v1/forget/{rid}").json()["retrain_order"]
+    assert (waits["id"], waits["status"], waits["escalated"]) == (order["id"], "open", False), waits
     due = dt.datetime.fromisoformat(order["due_at"])
     with session_scope(seeded.database_url) as db:
         assert orders.escalate_due(db, seeded, now=due - dt.timedelta(seconds=seeded.order_escalate_before_s + 60)) == []
@@ -152,6 +154,7 @@ def test_an_unanswered_order_is_escalated_before_its_due_date(client, seeded, di
     sweep_and_dispatch(s, dispatcher)  # the sweeper escalates it (well before the due date)
     got = client.get(f"/v1/retrain-orders/{order['id']}").json()
     assert got["escalated"] is True and got["status"] == "open" and dt.datetime.now(dt.timezone.utc) < due
+    assert client.get(f"/v1/forget/{rid}").json()["retrain_order"]["escalated"] is True  # the request shows it
     ev = client.get("/v1/audit", params={"action": "retrain_order.escalated"}).json()["entries"]
     assert ev and ev[0]["payload"]["order_id"] == order["id"]
     assert 'lethe_retrain_orders{escalated="true",status="open"} 1.0' in client.get("/metrics").text
