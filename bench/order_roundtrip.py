@@ -115,7 +115,10 @@ def one(seed: int) -> dict:
     return {"model": "cancer-mlp", "trainer": "external", "seed": seed, "accuracy": round(card["metrics"]["ta"], 3),
             "original_accuracy": round(original.get("ta", float("nan")), 3), "seconds": round(seconds, 2),
             "train_seconds": round(t_train[0], 2), "train_rows": order["snapshot"]["rows"],
-            "forget_rows": order["erased_rows"], "what": "order issued -> exact version published"}
+            "forget_rows": order["erased_rows"], "what": "order issued -> exact version published",
+            # the sealed erased rows scored on the upload (app/registry/probes.py, orders.membership)
+            "membership": {k: card["metrics"]["forget_membership"].get(k) for k in
+                           ("verdict", "rows", "auc", "p_value", "members_auc", "members_p_value")}}
 
 
 def main(argv=None) -> int:
