@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     # exact demo model (SISA on adult) beside the instance-wise one; empty dataset = none
     demo_exact_dataset: str = Field(default="adult", description="dataset of the exact (SISA) demo model "
                                                                 "`<dataset>-sisa`; empty = no exact demo")
+    demo_exact_kinds: str = Field(default="sisa", pattern=r"^(sisa|arcane)(,(sisa|arcane))*$",
+                                  description="exact demo models to register, comma-separated families (`sisa`, "
+                                              "`arcane`): `<dataset>-<family>` each")
     demo_exact_shards: int = Field(default=10, description="SISA shards S of the exact demo")
     demo_exact_slices: int = Field(default=2, description="SISA slices R per shard of the exact demo")
     demo_exact_rows: int = Field(default=5000, description="train the exact demo on the first N rows (0 = all) so "

@@ -81,7 +81,8 @@ def _bootstrap(settings: Settings) -> None:
     from ..bootstrap import bootstrap_demo, bootstrap_exact_demo
 
     bootstrap_demo(settings)
-    bootstrap_exact_demo(settings)
+    for kind in dict.fromkeys(settings.demo_exact_kinds.split(",")):
+        bootstrap_exact_demo(settings, kind)
 
 
 def cmd_bootstrap(args) -> int:

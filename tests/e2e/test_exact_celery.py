@@ -1,6 +1,8 @@
-"""SISA through Postgres + Redis + a real Celery worker process: the job's shard retrains
-fan out as a Celery group joined by a chord that assembles and publishes the new bundle;
-a shard retrain that fails fails the job through the chord's errback and the alias stays."""
+"""SISA and ARCANE through Postgres + Redis + a real Celery worker process: the job's shard
+(sub-model) retrains fan out as a Celery group joined by a chord that assembles and publishes
+the new bundle, with a signed certificate; a shard retrain that fails fails the job through the
+chord's errback and the alias stays. Tests run in file order: the ARCANE one first, since the
+failure test erases a row of the dataset both models were trained on."""
 import os
 import uuid
 
@@ -23,7 +25,8 @@ def stack(tmp_path_factory, pg_database):  # noqa: F811
     queue = f"lethe-test-{uuid.uuid4().hex[:8]}"
     env = service_env(tmp, LETHE_DATABASE_URL=url_db, LETHE_BROKER_URL=REDIS, LETHE_QUEUE_NAME=queue,
                       LETHE_DEMO_EPOCHS=1, LETHE_DEMO_EXACT_DATASET="digits", LETHE_DEMO_EXACT_ROWS=300,
-                      LETHE_DEMO_EXACT_SHARDS=3, LETHE_DEMO_EXACT_SLICES=2, LETHE_DEMO_EXACT_EPOCHS=1)
+                      LETHE_DEMO_EXACT_SHARDS=3, LETHE_DEMO_EXACT_SLICES=2, LETHE_DEMO_EXACT_EPOCHS=1,
+                      LETHE_DEMO_EXACT_KINDS="sisa,arcane")
     worker = Proc([os.path.join(BIN, "celery"), "-A", "worker.celery_app", "worker", "--pool=solo",
                    "--loglevel=INFO", "-n", f"{queue}@%h", "-Q", queue], env, tmp / "celery.log")
     gateway = None
@@ -34,6 +37,33 @@ def stack(tmp_path_factory, pg_database):  # noqa: F811
         if gateway:
             gateway.stop()
         worker.stop()
+
+
+def test_arcane_job_fans_out_publishes_and_certifies(stack):
+    """An ARCANE model (one sub-model per class, the default learner for its data) served by the
+    Celery worker: only the classes of the subject's rows are retrained, each as a member task,
+    version 2 becomes production, and the certificate verifies with the public key."""
+    from app.audit import signing
+
+    url, env, worker = stack
+    with httpx.Client(base_url=url, timeout=60, headers=auth(env)) as c:
+        assert {m["name"]: m["family"] for m in c.get("/v1/models").json()}["digits-arcane"] == "arcane"
+        dave = c.get("/v1/subjects/dave/instances", params={"model": "digits-arcane"}).json()["instances"]
+        r = c.post("/v1/forget", json={"model": "digits-arcane", "subject_id": "dave"})
+        assert r.status_code == 202, r.text
+        done = flow.wait_done(c, r.json()["id"], timeout=300)
+        assert done["status"] == "completed", (done, worker.tail())
+        assert done["method"] == "arcane" and (done["version_before"], done["version_after"]) == (1, 2)
+        job = c.get(f"/v1/jobs/{done['job']['id']}").json()
+        affected = {int(m) for m in job["stats"]["affected_members"].split(",") if m}
+        assert job["worker"].startswith("celery:") and affected <= {i["label"] for i in dave}
+        assert worker.tail(200_000).count("lethe.exact_member") >= len(affected)
+        assert c.get("/v1/models/digits-arcane/versions").json()["aliases"] == {"production": 2}
+        doc = c.get(f"/v1/forget/{done['id']}/certificate").json()
+        assert doc["certificate"]["method"] == "arcane" and doc["certificate"]["version_after"]["version"] == 2
+        key = signing.load_public_key(c.get("/v1/keys/audit").json()["public_key_pem"])
+        assert signing.verify_certificate(doc, key) == (True, None)
+    assert worker.alive(), worker.tail()
 
 
 def test_sisa_job_fans_out_as_a_chord_and_a_failed_shard_fails_cleanly(stack):
