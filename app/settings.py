@@ -168,8 +168,13 @@ class Settings(BaseSettings):
     tenant_max_requests_per_day: int = Field(default=0, ge=0, le=2**31 - 1,
                                              description="forget requests a tenant may submit in any 24 h")
     no_data_hold_s: float = Field(default=30.0, ge=0, le=86400,
-                                  description="a tenant's request that selects nothing the model holds is closed "
-                                              "(completed, reason_code no_data) once this old (docs/service.md)")
+                                  description="a tenant's request is shown queued at least this long, whatever it "
+                                              "found; one that selects nothing the model holds closes (completed, "
+                                              "reason_code no_data) after max(this, a duration drawn from the "
+                                              "model's recent requests) (docs/service.md, No oracle)")
+    no_data_hold_max_s: float = Field(default=86400.0, ge=0, le=30 * 86400,
+                                      description="a no-data request closes at most this long after it was "
+                                                  "received, whatever the model's recent durations")
     # dashboard sessions and the HTTP edge (app/security/sessions.py, app/main.py)
     dashboard_session_ttl_s: float = Field(default=8 * 3600, gt=0, le=7 * 86400,
                                            description="a dashboard session cookie expires after this")

@@ -147,11 +147,12 @@ def due_at(group: ErasureGroup, reqs: list[ForgetRequest]):
     return min([r.due_at for r in reqs] or [group.received_at + dt.timedelta(days=fm.DUE_DAYS)])
 
 
-def status(reqs: list[ForgetRequest], group: ErasureGroup | None = None) -> str:
+def status(reqs: list[ForgetRequest], group: ErasureGroup | None = None, shown=None) -> str:
     """completed (every request, and the rows no model held removed from the stores),
     queued / running (some still open), or incomplete (some failed, denied or canceled and
-    none open)."""
-    states = {r.status for r in reqs}
+    none open). ``shown``: a request's status as the caller sees it (a tenant:
+    ``timeline.shown_status``)."""
+    states = {(shown or _own_status)(r) for r in reqs}
     rows_done = group is None or group.rows_erased_at is not None
     if not reqs:
         return fm.COMPLETED if rows_done else fm.QUEUED
@@ -164,14 +165,20 @@ def status(reqs: list[ForgetRequest], group: ErasureGroup | None = None) -> str:
     return "incomplete"
 
 
-def certificate(session: Session, settings: Settings, group_id: str) -> dict:
+def _own_status(r: ForgetRequest) -> str:
+    return r.status
+
+
+def certificate(session: Session, settings: Settings, group_id: str, shown=None) -> dict:
     """One signed certificate for the whole erasure: every model, its version before and
-    after, how forgetting was verified, and each request's audit entry."""
+    after, how forgetting was verified, and each request's audit entry. ``shown``: as in
+    ``status``."""
     group = get(session, group_id)
     if group is None:
         raise LetheError(404, "unknown_erasure", f"erasure {group_id!r} not found")
     reqs = requests_of(session, group_id)
-    open_ = [f"{r.model_name} ({r.status})" for r in reqs if r.status != fm.COMPLETED]
+    states = {r.id: (shown or _own_status)(r) for r in reqs}
+    open_ = [f"{r.model_name} ({states[r.id]})" for r in reqs if states[r.id] != fm.COMPLETED]
     if group.rows_erased_at is None:
         open_.append("the rows no model held (not yet removed from the dataset stores)")
     if open_:

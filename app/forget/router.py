@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+import functools
 import math
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Response
+from fastapi import APIRouter, BackgroundTasks, Body, Depends, Header, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from ..deps import DispatcherDep, RequestDbDep, SessionDep, SettingsDep
@@ -22,7 +23,7 @@ from ..security.ratelimit import SUBMIT
 from ..tenants import service as tenant_policy
 from ..webhooks import outbound
 from ..webhooks import service as webhooks
-from . import groups, service
+from . import groups, service, timeline
 from . import models as fm
 from .models import ForgetRequest
 from .schemas import (CancelBody, DenyBody, ErasureMember, ErasureRead, ForgetAccepted, ForgetCreate, ForgetPage,
@@ -44,12 +45,23 @@ def _visible(principal: Principal, reqs) -> bool:
     return tenant is None or any(r.tenant == tenant for r in reqs)
 
 
+def _tenant(principal: Principal | None) -> bool:
+    return principal is not None and principal.sees_tenant is not None
+
+
 def _hides(principal: Principal | None, req: ForgetRequest) -> bool:
     """Whether the caller must not see the request's selection (instance ids, job) yet: a
-    tenant's key, until the request has run (completed or failed). Otherwise an accepted
-    request would tell, at once, whether the model holds what it names — and cancelling it
-    before it runs would make that a free probe (app/forget/nodata.py)."""
-    return principal is not None and principal.sees_tenant is not None and req.status not in (fm.COMPLETED, fm.FAILED)
+    tenant's key, until the request has run (completed or failed) and is shown so
+    (``timeline``). Otherwise an accepted request would tell, at once, whether the model
+    holds what it names — and cancelling it before it runs would make that a free probe
+    (app/forget/nodata.py)."""
+    return _tenant(principal) and (req.status not in timeline.RAN or timeline.masked(req))
+
+
+def _shown(principal: Principal | None, req: ForgetRequest) -> str:
+    """The status the caller sees: a tenant sees an open request, or one that ran before
+    its ``reveal_at``, as ``queued`` (app/forget/timeline.py)."""
+    return timeline.shown_status(req) if _tenant(principal) else req.status
 
 
 # figures of a whole (pooled) job: what the other requests it served weigh, and where it ran
@@ -67,8 +79,22 @@ def own_figures(metrics: dict | None, k: int | None) -> dict | None:
     return out
 
 
+def _queued_view(req: ForgetRequest) -> ForgetRead:
+    """What a tenant reads of a request it is shown ``queued`` (``timeline.masked``): the
+    fields its body fixed, nothing the run has produced or is producing."""
+    now = utcnow()
+    return ForgetRead(id=req.id, status=fm.QUEUED, model=req.model_name, objective=req.objective, method=req.method,
+                      external_id=req.external_id, instance_ids=None, received_at=req.received_at, due_at=req.due_at,
+                      completed_at=None, error=None, version_before=None, version_after=None, exact_version=None,
+                      metrics=None, job=None, days_left=service.days_left(req, now, status=fm.QUEUED),
+                      overdue=service.overdue(req, now, status=fm.QUEUED), reason_code=None, reason=None,
+                      closed_at=None, retries=0, callback_url=req.callback_url, certificate_url=None)
+
+
 def _read(session, req: ForgetRequest, job=False, principal: Principal | None = None) -> ForgetRead:
     """``job``: the request's job when the caller already has it (False: look it up)."""
+    if _tenant(principal) and timeline.masked(req):
+        return _queued_view(req)
     hide = _hides(principal, req)
     if hide:
         job = None
@@ -95,16 +121,18 @@ def _read(session, req: ForgetRequest, job=False, principal: Principal | None = 
 @router.post("/forget", status_code=202, response_model=ForgetAccepted, responses=SUBMIT_ERRORS,
              summary="Ask the model to forget a subject's or a list of training instances")
 async def create_forget(body: ForgetCreate, db: RequestDbDep, settings: SettingsDep, dispatcher: DispatcherDep,
-                        response: Response,
+                        response: Response, background: BackgroundTasks,
                         principal: Annotated[Principal, Depends(require_scope_on_loop(FORGET_WRITE, limit=SUBMIT))],
                         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", json_schema_extra=service.IDEMPOTENCY_KEY)] = None):
     if body.callback_url is not None:  # resolves the host: in the thread pool
         await run_in_threadpool(_check_callback, body.callback_url, settings)
     # the work and its commit in one call (on Postgres on the event loop: app/deps.py RequestDb);
-    # the dispatch after it, in the thread pool (a broker's send is network I/O)
+    # the dispatch once the answer is sent, in the thread pool (a broker's send is network I/O,
+    # and a request with data to erase must not answer later than one without: docs/service.md,
+    # No oracle; a dispatch lost with the process is sent again by the sweeper)
     answer, to_dispatch = await db.run(_submit, settings, body, response, principal, idempotency_key)
     if to_dispatch:
-        await run_in_threadpool(_dispatch, dispatcher, to_dispatch)
+        background.add_task(_dispatch, dispatcher, to_dispatch)
     if answer.erasure_id is not None:  # the subject's rows no model holds: out of the stores now
         done = await run_in_threadpool(subjects.erase_unheld, settings, answer.erasure_id, principal.actor)
         if done and not answer.requests:
@@ -132,9 +160,10 @@ def _submit(session, settings, body: ForgetCreate, response: Response, principal
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/forget/{req.id}"
-    return ForgetAccepted(id=req.id, status=req.status, due_at=req.due_at,
+    shown = _shown(principal, req)
+    return ForgetAccepted(id=req.id, status=shown, due_at=req.due_at,
                           job_id=None if _hides(principal, req) else req.job_id,
-                          days_left=service.days_left(req)), [job_to_dispatch] if job_to_dispatch else []
+                          days_left=service.days_left(req, status=shown)), [job_to_dispatch] if job_to_dispatch else []
 
 
 def _dispatch(dispatcher, job_ids: list[str]) -> None:
@@ -143,6 +172,9 @@ def _dispatch(dispatcher, job_ids: list[str]) -> None:
 
 
 def _member(r: ForgetRequest, principal: Principal | None = None) -> ErasureMember:
+    if _tenant(principal) and timeline.masked(r):
+        return ErasureMember(request_id=r.id, model=r.model_name, status=fm.QUEUED, job_id=None,
+                             version_before=None, version_after=None, error=None)
     return ErasureMember(request_id=r.id, model=r.model_name, status=r.status,
                          job_id=None if _hides(principal, r) else r.job_id,
                          version_before=r.version_before, version_after=r.version_after, error=r.error)
@@ -158,8 +190,9 @@ def _erase_everywhere(body, session, settings, response, principal, idempotency_
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/erasures/{group.id}"
     due = groups.due_at(group, reqs)
-    return ForgetAccepted(id=group.id, erasure_id=group.id, status=groups.status(reqs, group), due_at=due,
-                          days_left=min([service.days_left(r) or 0 for r in reqs]
+    shown = functools.partial(_shown, principal)
+    return ForgetAccepted(id=group.id, erasure_id=group.id, status=groups.status(reqs, group, shown), due_at=due,
+                          days_left=min([service.days_left(r, status=shown(r)) or 0 for r in reqs]
                                         or [math.ceil((due - utcnow()).total_seconds() / 86400)]),
                           requests=[_member(r, principal) for r in reqs]), list(to_dispatch)
 
@@ -172,7 +205,7 @@ def read_erasure(erasure_id: str, session: SessionDep,
     reqs = groups.requests_of(session, erasure_id) if group is not None else []
     if group is None or not _visible(principal, reqs):
         raise LetheError(404, "unknown_erasure", f"erasure {erasure_id!r} not found")
-    state = groups.status(reqs, group)
+    state = groups.status(reqs, group, functools.partial(_shown, principal))
     return ErasureRead(id=group.id, status=state, models=group.models, received_at=group.received_at,
                        datasets=group.datasets or {},
                        requests=[_member(r, principal) for r in reqs],
@@ -189,7 +222,7 @@ def erasure_certificate(erasure_id: str, session: SessionDep, settings: Settings
     (number + sha256), the verification metrics and the audit entry."""
     if not _visible(principal, groups.requests_of(session, erasure_id)):
         raise LetheError(404, "unknown_erasure", f"erasure {erasure_id!r} not found")
-    return groups.certificate(session, settings, erasure_id)
+    return groups.certificate(session, settings, erasure_id, functools.partial(_shown, principal))
 
 
 @router.get("/forget", response_model=ForgetPage,
@@ -251,6 +284,9 @@ def forget_certificate(request_id: str, session: SessionDep, settings: SettingsD
     req = service.get(session, request_id, principal.sees_tenant)
     if req is None:
         raise LetheError(404, "unknown_request", f"forget request {request_id!r} not found")
+    if _tenant(principal) and timeline.masked(req):  # the words of any queued request's answer
+        raise LetheError(409, "not_completed",
+                         f"request {req.id} is {fm.QUEUED}; certificates exist for completed requests only")
     return certificates.issue(session, settings, req)
 
 
@@ -260,11 +296,13 @@ def forget_webhooks(request_id: str, session: SessionDep,
                     principal: Annotated[Principal, Depends(require_scope(FORGET_READ))]):
     if service.get(session, request_id, principal.sees_tenant) is None:
         raise LetheError(404, "unknown_request", f"forget request {request_id!r} not found")
+    # a tenant: not the deliveries that wait for the request's reveal_at (webhooks.status_changed)
+    now = utcnow() if _tenant(principal) else None
     return [WebhookDeliveryRead(id=d.id, event=d.event, url=d.url, payload=d.payload, status=d.status,
                                 attempts=d.attempts, next_attempt_at=d.next_attempt_at,
                                 last_status_code=d.last_status_code, last_error=d.last_error, log=d.log or [],
                                 created_at=d.created_at, delivered_at=d.delivered_at)
-            for d in webhooks.deliveries_of(session, request_id)]
+            for d in webhooks.deliveries_of(session, request_id) if now is None or d.created_at <= now]
 
 
 @router.get("/forget/{request_id}", response_model=ForgetRead, responses=UNKNOWN_REQUEST,

@@ -31,7 +31,7 @@ from ..security import pseudonyms, tenants
 from ..settings import Settings
 from ..tenants import service as tenant_policy
 from ..webhooks import service as webhooks
-from . import claims, follow
+from . import claims, follow, timeline
 from . import models as fm
 from .models import ForgetRequest
 from .status import set_status
@@ -117,12 +117,22 @@ def submit(session: Session, settings: Settings, body: ForgetCreate, *, idempote
         return replay, None, True
     sel = _select(session, settings, body, policy)
     req = _new_request(body, sel, idempotency_key=key, fingerprint=fp, tenant=tenant)
+    if policy is not None:  # a tenant's key: shown queued until then, with data or not (timeline.py)
+        req.reveal_at = timeline.reveal_at(req.received_at, settings.no_data_hold_s)
     # a tenant's request over instances another open request covers follows it (follow.py):
-    # no claims, no job yet, no 409 that would say the instances are held
-    follows = policy is not None and bool(sel.rows) and bool(follow.holders(session, req.model_name, sel.ids))
+    # no claims, no job yet, no 409 that would say the instances are held. A no-data request
+    # makes the same reads (its own id stands for the instances it does not have), so it does
+    # not answer sooner (docs/service.md, No oracle)
+    follows = policy is not None and bool(follow.holders(session, req.model_name, sel.ids or [req.id])) \
+        and bool(sel.rows)
     # before the INSERT, which carries job_id; a tenant's request that selects nothing has no
-    # job (a no-data request: nodata.py closes it)
-    job_id, created = jobs.attach(session, req, settings.max_attempts) if sel.rows and not follows else (None, False)
+    # job (a no-data request: nodata.py closes it), but looks the job up like one that has data
+    if sel.rows and not follows:
+        job_id, created = jobs.attach(session, req, settings.max_attempts)
+    else:
+        job_id, created = None, False
+        if policy is not None and not sel.rows:
+            jobs.queued_job(session, req)
     event = audit.outbox_row(actor=actor, action="forget.received", subject_ref=req.subject_ref,
                              payload={"request_id": req.id, "model": req.model_name, "objective": req.objective,
                                       "method": req.method, "instances": len(req.instance_ids), "job_id": job_id,
@@ -305,7 +315,7 @@ def _new_request(body: ForgetCreate, sel: _Selection, *, idempotency_key: str | 
                         due_at=now + dt.timedelta(days=fm.DUE_DAYS), callback_url=body.callback_url, retries=0,
                         tenant=tenant, job_id=None, completed_at=None, error=None, version_before=None,
                         version_after=None, metrics=None, reason_code=None, reason=None, closed_at=None,
-                        closed_by=None, group_id=None, exact_version=None)
+                        closed_by=None, group_id=None, exact_version=None, reveal_at=None)
     return req
 
 
@@ -384,18 +394,18 @@ def _refuse_overlap(session: Session, req: ForgetRequest, held: dict[str, tuple[
 
 # --- lifecycle: list, cancel, deny, retry ----------------------------------------------------
 
-def days_left(req: ForgetRequest, now: dt.datetime | None = None) -> int | None:
+def days_left(req: ForgetRequest, now: dt.datetime | None = None, *, status: str | None = None) -> int | None:
     """Whole days until the due date (negative once past it) while the request is open;
-    None once it is closed."""
-    if req.status not in fm.OPEN:
+    None once it is closed. ``status``: the one the caller is shown (``timeline``)."""
+    if (status or req.status) not in fm.OPEN:
         return None
     return math.ceil((req.due_at - (now or utcnow())).total_seconds() / 86400)
 
 
-def overdue(req: ForgetRequest, now: dt.datetime | None = None) -> bool:
+def overdue(req: ForgetRequest, now: dt.datetime | None = None, *, status: str | None = None) -> bool:
     """Open past its due date, or closed (completed/failed/denied/canceled) after it."""
     now = now or utcnow()
-    if req.status in fm.OPEN:
+    if (status or req.status) in fm.OPEN:
         return now > req.due_at
     closed = req.completed_at or req.closed_at
     return closed is not None and closed > req.due_at
@@ -405,12 +415,13 @@ def list_requests(session: Session, *, status: str | None = None, model: str | N
                   overdue_only: bool = False, limit: int = 50, offset: int = 0,
                   tenant: str | None = None) -> tuple[list[ForgetRequest], int]:
     """Newest first. ``overdue_only``: open requests past their due date. ``tenant``: only
-    that tenant's (None: every tenant)."""
+    that tenant's (None: every tenant), and ``status`` is the status it is shown
+    (``timeline.status_clause``: no ``running`` to a tenant)."""
     q = select(ForgetRequest)
     if tenant is not None:
         q = q.where(ForgetRequest.tenant == tenant)
     if status:
-        q = q.where(ForgetRequest.status == status)
+        q = q.where(ForgetRequest.status == status if tenant is None else timeline.status_clause(status, utcnow()))
     if model:
         q = q.where(ForgetRequest.model_name == model)
     if overdue_only:
@@ -448,10 +459,19 @@ def cancel(session: Session, request_id: str, *, actor: str, reason: str | None 
     """queued -> canceled. Only before it runs: a running or closed request answers 409.
     ``tenant``: only that tenant's request (another's answers 404 like an unknown id)."""
     req = _locked(session, request_id, tenant)
+    # to a tenant, a request it sees queued (timeline.py) that has started or run: no status named
+    started = LetheError(409, "not_cancelable", f"request {req.id} has started; it can no longer be canceled")
     if req.status != fm.QUEUED:
+        if tenant is not None and timeline.masked(req):
+            raise started
         raise LetheError(409, "not_cancelable",
                          f"request {req.id} is {req.status}; only a queued request can be canceled")
-    _close(session, req, fm.CANCELED, actor, reason_code=None, reason=reason)
+    try:
+        _close(session, req, fm.CANCELED, actor, reason_code=None, reason=reason)
+    except LetheError as e:
+        if tenant is not None and e.code == "request_running":  # its job has started
+            raise started from None
+        raise
     audit.append(session, actor=actor, action="forget.canceled", subject_ref=req.subject_ref,
                  payload={"request_id": req.id, "model": req.model_name, "job_id": req.job_id, "reason": reason})
     return req

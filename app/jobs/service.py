@@ -130,21 +130,29 @@ def attach(session: Session, req: ForgetRequest, max_attempts: int) -> tuple[str
     claimed: ``_spill``). The queued job is read ``FOR SHARE``, which submitters hold together
     but which makes ``claim`` (``lock``: ``FOR UPDATE``) wait until they commit; a job claimed
     first no longer matches ``status = queued`` when re-checked, so the request gets a new job."""
-    job_id = None
-    if req.target_label is None:  # only the id: a Core read on the session's connection
-        conn, key = session.connection(), {"model": req.model_name, "objective": req.objective, "method": req.method}
-        job_id = conn.execute(_QUEUED_JOB, key).scalar()
-        if job_id is None and conn.dialect.name == "postgresql":
-            # the rare path: creating a job. Serialised per (model, objective, method) and read
-            # again, so submitters that all waited on a claim's lock, and all found the job gone,
-            # join one new job instead of creating one each (seen: 5 one-instance jobs at once)
-            conn.execute(_CREATE_LOCK, {"k": f"{req.model_name}/{req.objective}/{req.method}"})
-            job_id = conn.execute(_QUEUED_JOB, key).scalar()
+    job_id = queued_job(session, req)
     created = job_id is None
     if created:
         job_id = _new_job(session, req.model_name, req.objective, req.method, max_attempts, req.target_label).id
     req.job_id = job_id
     return job_id, created
+
+
+def queued_job(session: Session, req: ForgetRequest) -> str | None:
+    """The model's queued job ``req`` would join (read ``FOR SHARE``), or None (``attach``
+    then creates one). A tenant's no-data request makes this lookup too, so that it answers
+    as fast as a request with data (docs/service.md, *No oracle*)."""
+    if req.target_label is not None:  # a fixed relabel target: a job of its own
+        return None
+    conn, key = session.connection(), {"model": req.model_name, "objective": req.objective, "method": req.method}
+    job_id = conn.execute(_QUEUED_JOB, key).scalar()  # only the id: a Core read on the session's connection
+    if job_id is None and conn.dialect.name == "postgresql":
+        # the rare path: creating a job. Serialised per (model, objective, method) and read
+        # again, so submitters that all waited on a claim's lock, and all found the job gone,
+        # join one new job instead of creating one each (seen: 5 one-instance jobs at once)
+        conn.execute(_CREATE_LOCK, {"k": f"{req.model_name}/{req.objective}/{req.method}"})
+        job_id = conn.execute(_QUEUED_JOB, key).scalar()
+    return job_id
 
 
 _J = Job.__table__

@@ -42,7 +42,8 @@ from ..forget.models import ForgetRequest
 from ..jobs.consolidation import Debt
 from ..jobs.models import Job
 from ..limits import MAX_DB_INT
-from ..db import read_scope
+from ..db import read_scope, utcnow
+from ..forget import timeline
 from ..security import AUDIT_READ, FORGET_READ, MODELS_ADMIN, MODELS_READ, Principal, require_scope
 from ..security.guard import require_scope_streaming
 from ..tenants import service as tenant_policy
@@ -275,10 +276,11 @@ def model_card(name: str, version: VersionNo, session: SessionDep, settings: Set
     certs = _certificates(session, name, version)
     shown = certs if (MODELS_ADMIN in principal.scopes or AUDIT_READ in principal.scopes
                       or FORGET_READ in principal.scopes) else []
-    if shown and principal.sees_tenant is not None:  # a portal: its own tenant's requests only
+    if shown and principal.sees_tenant is not None:  # a portal: its own tenant's requests only,
+        # once it is shown them completed (app/forget/timeline.py)
         mine = set(session.execute(select(ForgetRequest.id).where(
             ForgetRequest.id.in_([c.request_id for c in shown]),
-            ForgetRequest.tenant == principal.sees_tenant)).scalars())
+            ForgetRequest.tenant == principal.sees_tenant, ~timeline.masked_clause(utcnow()))).scalars())
         shown = [c for c in shown if c.request_id in mine]
     return ModelCard(
         model=name, version=v.version, sha256=v.sha256, size_bytes=size, status=v.status, created_at=v.created_at,

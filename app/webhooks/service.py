@@ -50,7 +50,8 @@ from sqlalchemy.orm import aliased
 from sqlalchemy.orm import Session
 
 from ..db import session_scope, utcnow
-from ..forget.models import ForgetRequest
+from ..forget import timeline
+from ..forget.models import OPEN, QUEUED, ForgetRequest
 from ..periodic import PeriodicThread
 from . import outbound
 from ..events.models import Subscription
@@ -80,20 +81,32 @@ def verify_signature(secret: str, body: bytes, timestamp: str, signature: str, *
     return hmac.compare_digest(sign(secret, ts, body), signature or "")
 
 
-def request_payload(req, previous: str | None) -> dict:
-    now = utcnow()
+def request_payload(req, previous: str | None, at: dt.datetime | None = None) -> dict:
     return {"event": EVENT, "request_id": req.id, "external_id": req.external_id, "model": req.model_name,
-            "status": req.status, "previous_status": previous, "at": now.isoformat(),
+            "status": req.status, "previous_status": previous, "at": (at or utcnow()).isoformat(),
             "due_at": req.due_at.isoformat() if req.due_at else None, "reason_code": req.reason_code,
             "reason": req.reason, "error": (req.error or None) and req.error[:500],
             "version_before": req.version_before, "version_after": req.version_after}
 
 
 def status_changed(session: Session, req, previous: str | None) -> WebhookDelivery | None:
-    """Call after changing ``req.status`` (inside the same transaction)."""
+    """Call after changing ``req.status`` (inside the same transaction).
+
+    A tenant's request (``reveal_at`` set) announces what its tenant is shown
+    (app/forget/timeline.py): no change between ``queued`` and ``running``, and its final
+    state sent no earlier than ``reveal_at`` (the row waits until then), with
+    ``previous_status`` ``queued``."""
     if not req.callback_url or req.status == previous:
         return None
-    return _record(session, req, EVENT, request_payload(req, previous))
+    at = utcnow()
+    if req.reveal_at is not None and previous is not None:
+        if req.status in OPEN and (previous in OPEN or (previous in timeline.RAN and at < req.reveal_at)):
+            return None  # the tenant was shown queued and still is
+        if previous in OPEN:
+            previous = QUEUED
+        if req.status in timeline.RAN:
+            at = max(at, req.reveal_at)
+    return _record(session, req, EVENT, request_payload(req, previous, at), at)
 
 
 def consolidated(session: Session, req) -> WebhookDelivery | None:
@@ -102,14 +115,17 @@ def consolidated(session: Session, req) -> WebhookDelivery | None:
     unchanged and the exact version that now serves without the request's data."""
     if not req.callback_url:
         return None
-    body = {**request_payload(req, req.status), "event": CONSOLIDATED, "exact_version": req.exact_version}
-    return _record(session, req, CONSOLIDATED, body)
+    at = max(utcnow(), req.reveal_at) if req.reveal_at is not None else utcnow()  # after the completion's
+    body = {**request_payload(req, req.status, at), "event": CONSOLIDATED, "exact_version": req.exact_version}
+    return _record(session, req, CONSOLIDATED, body, at)
 
 
-def _record(session: Session, req, event: str, body: dict) -> WebhookDelivery:
+def _record(session: Session, req, event: str, body: dict, at: dt.datetime | None = None) -> WebhookDelivery:
+    """The outbox row; ``at``: not sent (nor shown to a tenant) before then."""
+    at = at or utcnow()
     d = WebhookDelivery(id=str(uuid.uuid4()), request_id=req.id, event=event, url=req.callback_url,
                         payload=json.dumps(body, sort_keys=True, separators=(",", ":")),
-                        status=PENDING, attempts=0, next_attempt_at=utcnow(), log=[], created_at=utcnow())
+                        status=PENDING, attempts=0, next_attempt_at=at, log=[], created_at=at)
     session.add(d)
     session.flush()
     return d

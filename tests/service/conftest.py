@@ -48,6 +48,7 @@ def make_settings(tmp_path, **kw) -> Settings:
                        "audit_checkpoint_file": str(tmp_path / "audit-anchor" / "checkpoints.jsonl"),
                        "webhook_poll_s": 0, "audit_checkpoint_poll_s": 0, "audit_drain_s": 0,
                        "risk_reference_models": 0,  # the risk job: tests/service/test_membership_risk.py
+                       "no_data_hold_s": 0,  # a tenant sees its requests as they are (test_oracle_timeline.py: the hold)
                        **kw})
 
 
@@ -237,6 +238,14 @@ def submit_and_claim(settings: Settings, subject: str) -> tuple[str, str, str, l
         c = jobs.claim(db, job_id, worker="test-worker", lease_s=settings.job_lease_s)
         assert c.outcome == "run", c.reason
         return rid, job_id, c.token, list(c.instance_ids)
+
+
+def close_no_data(settings: Settings) -> int:
+    """Close every no-data request now (the gateway's resolver draws when: app/forget/timeline.py)."""
+    from app.forget import nodata
+
+    with session_scope(settings.database_url) as db:
+        return len(nodata.resolve(db, hold_s=0))
 
 
 def publish(settings: Settings, job_id: str, token: str, ids: list[str], *, metrics: dict | None = None,

@@ -13,7 +13,7 @@ from app.db import session_scope
 from app.forget import nodata
 from app.main import create_app
 
-from .conftest import MODEL, add_model, bearer, complete_request, make_key
+from .conftest import MODEL, add_model, bearer, close_no_data, complete_request, make_key
 
 PORTAL = ["forget:write", "forget:read"]
 OTHER = "toy-cnn-b"  # trained on rows 0..2 only: alice's, not bob's
@@ -78,8 +78,8 @@ def test_a_request_that_selects_nothing_completes_with_no_data(gw):
     miss = c.post("/v1/forget", json={"model": MODEL, "subject_id": "zed", "external_id": "t-9"},
                   headers=k["acme"]).json()
     with session_scope(s.database_url) as db:  # not before LETHE_NO_DATA_HOLD_S
-        assert nodata.resolve(db, hold_s=s.no_data_hold_s) == []
-    assert nodata.NoDataResolver(s.model_copy(update={"no_data_hold_s": 0})).run_once() == 1
+        assert nodata.resolve(db, hold_s=30) == []
+    assert close_no_data(s) == 1
     done = c.get(f"/v1/forget/{miss['id']}", headers=k["acme"]).json()
     assert (done["status"], done["reason_code"], done["instance_ids"]) == ("completed", "no_data", []), done
     assert done["version_before"] is None and done["version_after"] is None and done["job"] is None
@@ -105,7 +105,7 @@ def test_erasing_a_subject_everywhere_spans_every_granted_model(gw):
         assert r.status_code == 202, r.text
         assert [(m["model"], m["status"], m["job_id"]) for m in r.json()["requests"]] == \
             [(MODEL, "queued", None), (OTHER, "queued", None)]
-    assert nodata.NoDataResolver(s.model_copy(update={"no_data_hold_s": 0})).run_once() == 3
+    assert close_no_data(s) == 3
     after = c.get(f"/v1/erasures/{bob.json()['id']}", headers=k["acme"]).json()
     assert [m["status"] for m in after["requests"]] == ["queued", "completed"]
     assert c.get(f"/v1/erasures/{zed.json()['id']}", headers=k["acme"]).json()["status"] == "completed"

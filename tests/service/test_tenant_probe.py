@@ -10,11 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.db import session_scope
-from app.forget import nodata
 from app.jobs import service as jobs
 from app.main import create_app
 
-from .conftest import MODEL, add_model, bearer, make_key, publish
+from .conftest import MODEL, add_model, bearer, close_no_data, make_key, publish
 
 OTHER = "toy-cnn-b"  # rows 0..2 (alice): granted to globex; acme's subjects are elsewhere
 HOOK = "http://127.0.0.1:9/acme-hook-secret"
@@ -53,7 +52,7 @@ def world(seeded, dispatcher):
         assert c.get(f"/v1/forget/{done['id']}", headers=acme).json()["status"] == "completed"
         open_ = submit({"model": MODEL, "subject_id": "user-6", "external_id": "acme-ext-78"})
         empty = submit({"model": MODEL, "subject_id": "zed"})
-        nodata.NoDataResolver(s.model_copy(update={"no_data_hold_s": 0})).run_once()
+        close_no_data(s)
         group = submit({"subject_id": "user-7"})
         reqs = [done["id"], open_["id"], empty["id"], *(m["request_id"] for m in group["requests"])]
         job_ids = {c.get(f"/v1/forget/{r}", headers=op).json()["job"]["id"] for r in (done["id"], open_["id"])}
