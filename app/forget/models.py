@@ -11,6 +11,7 @@ from ..db import Base, UTCDateTime, utcnow
 QUEUED, RUNNING, COMPLETED, FAILED, REJECTED = "queued", "running", "completed", "failed", "rejected"
 DENIED, CANCELED = "denied", "canceled"
 OPEN = (QUEUED, RUNNING)  # still to be worked on; everything else is closed
+RAN = (COMPLETED, FAILED)  # closed by a run (a job, or the no-data resolver): shown a tenant at reveal_at
 STATUSES = (QUEUED, RUNNING, COMPLETED, FAILED, DENIED, CANCELED)
 # why a request is denied (Fides / Data Rights Protocol style); the free-text reason says more
 DENY_REASONS = ("legal_exemption",       # GDPR Art. 17(3): legal obligation, public interest, legal claims...

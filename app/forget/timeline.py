@@ -37,7 +37,7 @@ from ..jobs.models import Job
 from . import models as fm
 from .models import ForgetRequest
 
-RAN = (fm.COMPLETED, fm.FAILED)  # final states a job (or the no-data resolver) reaches
+RAN = fm.RAN  # final states a job (or the no-data resolver) reaches
 HISTORY = 50  # completed requests with data a no-data request's duration is drawn from
 
 

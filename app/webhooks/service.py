@@ -50,8 +50,7 @@ from sqlalchemy.orm import aliased
 from sqlalchemy.orm import Session
 
 from ..db import session_scope, utcnow
-from ..forget import timeline
-from ..forget.models import OPEN, QUEUED, ForgetRequest
+from ..forget.models import OPEN, QUEUED, RAN, ForgetRequest
 from ..periodic import PeriodicThread
 from . import outbound
 from ..events.models import Subscription
@@ -100,11 +99,11 @@ def status_changed(session: Session, req, previous: str | None) -> WebhookDelive
         return None
     at = utcnow()
     if req.reveal_at is not None and previous is not None:
-        if req.status in OPEN and (previous in OPEN or (previous in timeline.RAN and at < req.reveal_at)):
+        if req.status in OPEN and (previous in OPEN or (previous in RAN and at < req.reveal_at)):
             return None  # the tenant was shown queued and still is
         if previous in OPEN:
             previous = QUEUED
-        if req.status in timeline.RAN:
+        if req.status in RAN:
             at = max(at, req.reveal_at)
     return _record(session, req, EVENT, request_payload(req, previous, at), at)
 
