@@ -60,7 +60,7 @@ class ForgetRequest(Base):
     # job retrained, else the consolidation that retrained later (None: served approximately,
     # not consolidated yet)
     exact_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    # migration 0021: set when a tenant's key submitted it (no oracle, app/forget/timeline.py):
+    # migration 0022: set when a tenant's key submitted it (no oracle, app/forget/timeline.py):
     # until then, and while it is open, that tenant sees it ``queued``; None: shown as it is
     reveal_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 

@@ -1,15 +1,15 @@
 """forget_requests.reveal_at: the earliest time a tenant sees its request's final state
 (no oracle: app/forget/timeline.py)
 
-Revision ID: 0021
-Revises: 0020
+Revision ID: 0022
+Revises: 0021
 Create Date: 2026-12-06
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0021"
-down_revision = "0020"
+revision = "0022"
+down_revision = "0021"
 branch_labels = None
 depends_on = None
 
