@@ -140,6 +140,9 @@ def test_a_hit_and_a_miss_follow_the_same_timeline(gw):
         _same(cancels[0].json() | {"detail": cancels[0].json()["detail"].replace(h, "R")},
               cancels[1].json() | {"detail": cancels[1].json()["detail"].replace(m, "R")})
         assert "completed" not in cancels[0].text and "running" not in cancels[0].text
+    # the new version's card lists the tenant's certificates only once it is shown them
+    card = c.get(f"/v1/models/{MODEL}/versions/3", headers=acme)
+    assert card.status_code == 200 and card.json()["certificates"] == [], card.text
 
     # 3. the hold is over: each is shown completed at the same moment (within a poll), with a
     # webhook, queued -> completed, never running
@@ -165,6 +168,8 @@ def test_a_hit_and_a_miss_follow_the_same_timeline(gw):
             assert [(w["payload"]["status"], w["payload"]["previous_status"]) for w in hooks] == \
                 [("queued", None), ("completed", "queued")]
             assert c.get(f"/v1/forget/{r}/certificate", headers=acme).status_code == 200
+    shown = {x["request_id"] for x in c.get(f"/v1/models/{MODEL}/versions/3", headers=acme).json()["certificates"]}
+    assert shown == {h for h, _ in pairs}
     # operators saw the truth all along
     assert c.get(f"/v1/forget/{pairs[0][0]}", headers=ops).json()["job"]["id"] == job
 
