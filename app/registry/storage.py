@@ -29,6 +29,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 import uuid
 
 from ..objectstore import ObjectFiles
@@ -182,13 +183,16 @@ class WeightStore:
         purged by another node, a stale slice dropped by another worker). Returns their names."""
         if self.remote is None:
             return []
+        t0 = time.time()
         cached = self._cached()
         if not cached:
             return []
         live = set(self.remote.keys())
         gone = []
-        for rel, p, _ in cached:
-            if rel not in live:
+        for rel, p, st in cached:
+            # a file written or used since the listing began is left for the next check (it was
+            # uploaded before it was renamed into place, or has just been read by a job)
+            if rel not in live and st.st_mtime < t0 - 1:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(p)
                 gone.append(rel)

@@ -112,6 +112,7 @@ def test_purge_deletes_every_object_version_upload_and_cached_copy(on_s3, tmp_pa
     v2 = _v(s, 2)
     registry.weights(b).fetch_version(v2.storage_path, v2.sha256)
     assert os.path.exists(cached_b)  # node B has not looked yet
+    os.utime(cached_b, (1, 1))  # (a file used within the last second is left for the next check)
     assert registry.weights(b).reconcile() == [v1.storage_path]
     assert not os.path.exists(cached_b)
     assert os.path.exists(registry.weights(b).path(v2.storage_path))  # what still serves stays
@@ -147,9 +148,21 @@ def test_slice_checkpoints_are_shared_through_the_object_store(on_s3, tmp_path):
     assert b.slices(MODEL).get("cd" * 32) is None
     assert b.slices(MODEL).delete(key) is True
     assert a.slices(MODEL).get(key) is not None  # A's cached copy until it reconciles ...
+    os.utime(a.path(f"{MODEL}/slices/{key}.safetensors"), (1, 1))
     assert a.reconcile() == [f"{MODEL}/slices/{key}.safetensors"]
     assert a.slices(MODEL).get(key) is None  # ... then gone everywhere
     assert _versions(client, f"{a.remote.prefix}/{MODEL}/slices/{key}.safetensors") == []
+
+
+def test_a_file_in_use_is_left_for_the_next_check(on_s3, tmp_path):
+    s, client = on_s3
+    v1 = _v(s, 1)
+    b = registry.weights(_node(s, tmp_path, "node-b"))
+    p = b.fetch_version(v1.storage_path, v1.sha256)
+    client.delete_object(Bucket=BUCKET, Key=f"{b.remote.prefix}/{v1.storage_path}")  # gone from the store
+    assert b.reconcile() == [] and os.path.exists(p)  # just read by a job: kept this time
+    os.utime(p, (1, 1))
+    assert b.reconcile() == [v1.storage_path] and not os.path.exists(p)
 
 
 def test_local_default_is_unchanged(settings):
@@ -178,4 +191,5 @@ def test_sealed_forget_rows_travel_through_the_object_store_and_are_shredded_fro
         assert ids == ["b", "c"] and np.array_equal(fx, x[1:]) and fy.tolist() == [2, 3]
         probes.shred(db, gw, p, reason="test", actor="test")
     assert _versions(client, key) == []
+    os.utime(registry.weights(s).path(p.path), (1, 1))
     assert registry.weights(s).reconcile() == [p.path]  # the sealing worker's copy goes at its next check
