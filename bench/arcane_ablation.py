@@ -12,7 +12,13 @@ monolithic model, and each is varied here alone, on the same training data, befo
   ``mean`` (served: reconstruction error over the sub-model's mean error on its own class),
   ``raw`` (error alone), ``zscore`` (error standardised by its own class's mean and standard
   deviation) and ``pvalue`` (the share of the sub-model's own training errors at or above the
-  test error: an empirical one-class p-value, still reading only the sub-model's own class);
+  test error: an empirical one-class p-value, still reading only the sub-model's own class),
+  ``calibrated`` (a multinomial logistic regression over the k standardised scores, k x k
+  weights and k biases, fitted by L-BFGS on the scores of every training row: an addition to
+  the paper's aggregation, which unlike the others reads all classes, so a deletion would have
+  to rescore the remaining rows and refit it) and ``test-fit`` (the same regression fitted on
+  the test rows it is scored on: not a rule one can serve; it shows whether fitting on rows
+  the sub-models were trained on is what limits ``calibrated``);
 - representative data selection (rho: share of each class kept by k-center; 1.0 = all);
 - the learner itself (``ExactConfig.learner``, models/unlearn/oneclass.py): the MLP
   autoencoder, or MADE, a density estimator whose score is a log-density (``raw`` only).
@@ -23,8 +29,8 @@ an option (64/16 autoencoder, ``mean`` served); the last two are the defaults si
 rows) and run on the data they are the default for (``--variants`` picks by label).
 
 Every score a variant uses comes from one sub-model and its own class's data, so each keeps
-ARCANE's one-deletion-one-sub-model property. ``monolithic`` is the served single network
-(models/train.py recipe) on the same split. Writes bench/results/arcane_ablation.json; the
+ARCANE's one-deletion-one-sub-model property (except ``calibrated`` and ``test-fit``, above).
+``monolithic`` is the served single network (models/train.py recipe) on the same split. Writes bench/results/arcane_ablation.json; the
 table in docs/benchmarks.md is rendered from it by ``python -m bench.render``.
 """
 from __future__ import annotations
@@ -44,7 +50,7 @@ from models.unlearn.arcane import train_arcane
 from models.unlearn.shards import ExactConfig, MemoryStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-AGGREGATIONS = ("mean", "raw", "zscore", "pvalue")
+AGGREGATIONS = ("mean", "raw", "zscore", "pvalue", "calibrated", "test-fit")
 # (label, learner, arch_params, rho, epochs: None = the monolithic arch's, aggregation served)
 VARIANTS = [("legacy (bundles before the learner option): AE 64/16, all data", "ae", None, 1.0, None, "mean"),
             ("AE 256/32, all data", "ae", {"hidden": 256, "code": 32}, 1.0, None, "mean"),
@@ -60,16 +66,44 @@ def _errors(member, x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
     return torch.cat([member.errors(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
+def calibrator(scores: torch.Tensor, y: torch.Tensor, l2: float = 1e-4, steps: int = 200):
+    """Multinomial logistic regression over the (n, k) one-class scores, standardised by their
+    mean and standard deviation over ``scores``; deterministic (full-batch L-BFGS from zeros,
+    float64). Returns the function mapping scores to logits."""
+    mu, sd = scores.double().mean(0), scores.double().std(0).clamp_min(1e-8)
+    z = (scores.double() - mu) / sd
+    k = scores.shape[1]
+    w = torch.zeros(k, k, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(k, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=steps, tolerance_grad=1e-10, tolerance_change=1e-12,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z @ w + b, y) + l2 * (w ** 2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    w, b = w.detach(), b.detach()
+    return lambda s: ((s.double() - mu) / sd) @ w + b
+
+
 @torch.no_grad()
-def aggregate(model, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor) -> dict[str, torch.Tensor]:
+def aggregate(model, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+              test_y: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per aggregation, the predicted class of every test row. Each sub-model's statistics are
-    read on its own class's training rows only."""
+    read on its own class's training rows only, except ``calibrated`` (all training rows) and
+    ``test-fit`` (fitted on the test rows: a diagnostic, not a rule)."""
     errs = torch.stack([_errors(m, test_x) for m in model.members], 1)   # (n, k)
     own = [_errors(m, train_x[train_y == c]) for c, m in enumerate(model.members)]
     mean = torch.stack([e.mean() for e in own]).clamp_min(1e-8)
     std = torch.stack([e.std() if len(e) > 1 else torch.ones(()) for e in own]).clamp_min(1e-8)
     pval = torch.stack([(e[None, :] >= errs[:, c:c + 1]).float().mean(1) for c, e in enumerate(own)], 1)
-    scores = {"mean": -errs / mean, "raw": -errs, "zscore": -(errs - mean) / std, "pvalue": pval}
+    train_scores = -torch.stack([_errors(m, train_x) for m in model.members], 1)
+    scores = {"mean": -errs / mean, "raw": -errs, "zscore": -(errs - mean) / std, "pvalue": pval,
+              "calibrated": calibrator(train_scores, train_y)(-errs), "test-fit": calibrator(-errs, test_y)(-errs)}
     if model.config.learner == "made":  # a negative log-likelihood can be negative: no ratio to its mean
         scores.pop("mean")
     return {a: s.argmax(1) for a, s in scores.items()}
@@ -100,7 +134,7 @@ def run(names, seeds, slices, log=print, variants=None):
                 model = train_arcane(cfg, ids, x, y, store=MemoryStore())
                 cpu = time.process_time() - c
                 served = accuracy(model, tx, ty)
-                preds = aggregate(model, x, y, tx)
+                preds = aggregate(model, x, y, tx, ty)
                 acc = {a: 100.0 * float((preds[a] == ty).float().mean()) if a in preds else None for a in AGGREGATIONS}
                 row = dict(dataset=name, seed=seed, variant=label, learner=learner, served_aggregation=served_by,
                            arch_params=params, rho=rho, slices=slices, epochs=ep or epochs, accuracy=acc,

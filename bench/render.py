@@ -333,13 +333,16 @@ def risk_calibration_table(cdoc) -> str:
 def arcane_ablation_table(adoc) -> str:
     """Where ARCANE's accuracy goes (``python -m bench.arcane_ablation``): test accuracy per
     one-class learner / selection variant and per aggregation of the one-class scores."""
-    aggregations = list(adoc["rows"][0]["accuracy"]) if adoc["rows"] else []
+    aggregations = list(dict.fromkeys(a for r in adoc["rows"] for a in r["accuracy"]))
     out = ["ARCANE ablation (" + "; ".join(f"`python -m bench.arcane_ablation {c}`" for c in adoc["commands"])
            + f"; {adoc['machine']}; {adoc['started']}). Test accuracy (%) before any deletion, mean over the seeds listed; "
            "each aggregation's statistics are over the class's whole training data; `served model` is the ensemble "
            "as served, with the rule named beside it (its statistics over the selected rows: `mean` differs from "
-           "its column only under selection). Every variant reads each sub-model's own class only; – : the rule "
-           "does not apply to the learner (a negative log-likelihood has no ratio to its mean).", "",
+           "its column only under selection). Every rule but the last two reads each sub-model's own class only; "
+           "`calibrated`: a logistic regression over the k scores fitted on all training rows (not the paper's "
+           "rule); `test-fit`: the same fitted on the test rows it is scored on (a diagnostic, not a rule); "
+           "– : the rule does not apply to the learner (a negative log-likelihood has no ratio to its mean) "
+           "or was not measured in that run.", "",
            "| dataset | seeds | learner / selection | " + " | ".join(f"`{a}`" for a in aggregations)
            + " | served model (rule) | monolithic | CPU s (ensemble) |", "|---|---|---|" + "---|" * (len(aggregations) + 3)]
     groups = defaultdict(list)
