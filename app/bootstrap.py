@@ -67,6 +67,10 @@ def bootstrap_exact_demo(settings: Settings, kind: str = "sisa") -> str | None:
     from models.unlearn.sisa import train_sisa
 
     ds = load_dataset(settings.demo_exact_dataset)
+    refusal = method_info(kind).refusal_for(ds.input_shape)  # measured: another method serves such data better
+    if refusal:
+        raise ValueError(f"bootstrap: {kind} is not offered for {ds.name}'s kind of data (LETHE_DEMO_EXACT_KINDS, "
+                         f"LETHE_DEMO_EXACT_DATASET): {refusal}")
     arch = DEFAULT_ARCH[ds.name] if kind == "sisa" else "ae1c"
     name = f"{ds.name}-{kind}"
     with session_scope(settings.database_url) as db:

@@ -44,7 +44,10 @@ then serves the deletion by exact retraining, and the method stays callable for 
 ``caveats`` — measured limits of the models a method serves, per kind of data
 (``data_kind``: ``tabular`` for flat rows, ``images`` otherwise), each a sentence naming its
 measurement: docs/methods.md lists them, and registering a model of the method's family on
-such data logs the sentence and records it on the version (``caveat_for``).
+such data logs the sentence and records it on the version (``caveat_for``); ``not_offered`` —
+the kinds of data whose caveat is a refusal: a new model of the method's family on such data
+is refused with the caveat's sentence (``refusal_for``), because another method serves it
+better on every measured axis; a model registered before keeps its deletions served.
 A sharded family's methods are ``ShardedMethod`` objects (``models.unlearn.shards``), which
 the worker can also run member by member.
 """
@@ -184,11 +187,16 @@ class MethodInfo:
     picks: tuple[str, str] | None = None  # a choice: (method with retained data, method without)
     serves_deletions: bool = True   # False: not an unlearning method on its own; the planner retrains
     caveats: tuple[tuple[str, str], ...] = ()  # (data kind, measured limit): see the module docstring
+    not_offered: tuple[str, ...] = ()  # data kinds whose caveat refuses new models: see the module docstring
 
     def caveat_for(self, input_shape) -> str | None:
         """The measured limit that applies to a model of this method on data of ``input_shape``."""
         kind = data_kind(input_shape)
         return next((text for k, text in self.caveats if k == kind), None)
+
+    def refusal_for(self, input_shape) -> str | None:
+        """The caveat that refuses a new model of this method on data of ``input_shape``."""
+        return self.caveat_for(input_shape) if data_kind(input_shape) in self.not_offered else None
 
     def load(self) -> Method:
         if self.picks is not None:
@@ -217,16 +225,18 @@ def register_family(name: str, *, sharded: bool, default_method: str, descriptio
 def register(name: str, entry: str, *, family: str, objectives: tuple[str, ...] = OBJECTIVES,
              needs_retained_data: bool, exact: bool, description: str,
              reaches_objective: bool = True, serves_deletions: bool = True,
-             caveats: dict[str, str] | None = None) -> MethodInfo:
+             caveats: dict[str, str] | None = None, not_offered: tuple[str, ...] = ()) -> MethodInfo:
     """Add a method to the catalogue (see the module docstring). ``entry`` is
     "package.module:attribute"; the module is imported on first use."""
     if ":" not in entry:
         raise ValueError(f"method {name!r}: entry must be 'module:attribute', got {entry!r}")
     if any(k not in DATA_KINDS for k in (caveats or {})):
         raise ValueError(f"method {name!r}: caveats are keyed by data kind, one of {list(DATA_KINDS)}")
+    if any(k not in (caveats or {}) for k in not_offered):
+        raise ValueError(f"method {name!r}: a kind of data it is not offered for needs its measured caveat")
     return _add(MethodInfo(name, entry, family, tuple(objectives), needs_retained_data, exact, description,
                            reaches_objective, serves_deletions=serves_deletions,
-                           caveats=tuple((caveats or {}).items())))
+                           caveats=tuple((caveats or {}).items()), not_offered=tuple(not_offered)))
 
 
 def register_choice(name: str, *, with_retained: str, without_retained: str, description: str) -> MethodInfo:
@@ -329,13 +339,16 @@ def markdown() -> str:
         lines.append(f"| `{m.name}` | `{m.family}` | {', '.join(m.objectives)} | {yes(m.needs_retained_data)} | "
                      f"{yes(m.exact)} | {yes(m.reaches_objective)} | "
                      f"{yes(m.serves_deletions) if m.serves_deletions else 'no: the planner retrains'} | {m.description} |")
-    caveats = [(m.name, k, text) for m in METHODS.values() for k, text in m.caveats]
-    if caveats:
+    if any(m.caveats for m in METHODS.values()):
         lines += ["", "## Measured caveats", "",
                   "Limits measured on the models a method serves, per kind of data. Registering a model of the "
-                  "method's family on such data logs the sentence and records it on the version (metrics `caveat`). "
-                  "Its deletions are served as usual: they stay exact, and what a caveat describes is the model's "
-                  "accuracy or cost, chosen when the model was trained, not a flaw of the deletion.", "", "| method | data | caveat |", "|---|---|---|"]
-        lines += [f"| `{name}` | {k} | {text} |" for name, k, text in caveats]
+                  "method's family on such data logs the sentence and records it on the version (metrics `caveat`); "
+                  "where the caveat's *new models* column says *refused*, another method serves such data better on "
+                  "every measured axis and a new model of the family is refused with the sentence. Deletions of a "
+                  "model registered before are served as usual: they stay exact, and what a caveat describes is the "
+                  "model's accuracy or cost, chosen when the model was trained, not a flaw of the deletion.", "",
+                  "| method | data | new models | caveat |", "|---|---|---|---|"]
+        lines += [f"| `{m.name}` | {k} | {'refused' if k in m.not_offered else 'allowed'} | {text} |"
+                  for m in METHODS.values() for k, text in m.caveats]
     return "\n".join(lines) + "\n"
 

@@ -1,6 +1,6 @@
 """Exact unlearning through the HTTP API and the real (embedded) worker thread: SISA and
 ARCANE bundles (ARCANE from registration to a verified certificate, its learner carried from
-version to version; the measured caveat recorded for tabular data), PUMA on an
+version to version; a new ARCANE model on tabular data refused with its measured caveat), PUMA on an
 instance-wise model, method/model fit, and a failed shard retrain that fails the job without
 moving the alias."""
 from __future__ import annotations
@@ -165,18 +165,33 @@ def test_an_arcane_model_from_registration_to_a_verified_certificate(exact_servi
     assert signing.verify_certificate(forged, signing.load_public_key(key["public_key_pem"]))[0] is False
 
 
-def test_arcane_on_tabular_data_records_its_measured_caveat(tmp_path, caplog):
-    """On tabular rows ARCANE's one-class sub-models cost accuracy against one network (the
-    catalogue's caveat, measured by bench.exact): registering such a model says so in the log
-    and on the version; its deletions are served as usual."""
+def test_arcane_is_refused_for_new_tabular_models_and_serves_those_registered_before(tmp_path, caplog, monkeypatch):
+    """On tabular rows ARCANE's one-class sub-models cost accuracy against one network and a
+    deletion is slower than retraining, while SISA is within 0.2 points and faster (the
+    catalogue's caveat, measured by bench.exact): a new ARCANE model on such data is refused with
+    the measured sentence, and nothing is registered. A model registered before the refusal
+    (simulated by lifting it for the registration) keeps its caveat on the version and its
+    deletions served, exact."""
+    import dataclasses
+
+    from models import unlearn
     from models.unlearn import method_info
 
     s = _settings(tmp_path, demo_exact_dataset="adult", demo_exact_rows=300)
     migrate(s)
+    caveat = method_info("arcane").caveat_for((108,))
+    assert method_info("arcane").refusal_for((108,)) == caveat and method_info("arcane").refusal_for((1, 8, 8)) is None
+    with pytest.raises(ValueError, match="arcane is not offered for adult") as refused:
+        bootstrap_exact_demo(s, "arcane")
+    assert caveat in str(refused.value)
+    with session_scope(s.database_url) as db:
+        assert registry.get_model(db, "adult-arcane") is None
+
+    monkeypatch.setitem(unlearn.METHODS, "arcane", dataclasses.replace(method_info("arcane"), not_offered=()))
     with caplog.at_level("WARNING"):
         assert bootstrap_exact_demo(s, "arcane") == "adult-arcane"
-    caveat = method_info("arcane").caveat_for((108,))
-    assert caveat and caveat in caplog.text and method_info("arcane").caveat_for((1, 8, 8)) is None
+    monkeypatch.undo()
+    assert caveat in caplog.text and method_info("arcane").refusal_for((108,)) == caveat
     assert _manifest(s, "adult-arcane", 1)["config"]["learner"] == "made"
     with TestClient(create_app(s), headers=bearer(make_key(s))) as c:
         v1 = c.get("/v1/models/adult-arcane/versions").json()["versions"][0]

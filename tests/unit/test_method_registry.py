@@ -112,8 +112,12 @@ def test_a_measured_caveat_applies_to_its_kind_of_data_and_is_documented():
     text = arcane.caveat_for((108,))
     assert text and "adult" in text and "exact.json" in text
     assert arcane.caveat_for((1, 28, 28)) is None and unlearn.method_info("sisa").caveat_for((108,)) is None
-    assert f"| `arcane` | tabular | {text} |" in registry.markdown()
+    assert f"| `arcane` | tabular | refused | {text} |" in registry.markdown()
+    assert arcane.refusal_for((108,)) == text and arcane.refusal_for((1, 28, 28)) is None
     with pytest.raises(ValueError, match="data kind"):
         registry.register("x_caveat", "m:x", family="instance", needs_retained_data=False, exact=False,
                           description="x", caveats={"audio": "?"})
+    with pytest.raises(ValueError, match="needs its measured caveat"):  # a refusal always says its measurement
+        registry.register("x_caveat", "m:x", family="instance", needs_retained_data=False, exact=False,
+                          description="x", not_offered=("tabular",))
     assert "x_caveat" not in unlearn.METHODS
