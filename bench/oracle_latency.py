@@ -12,7 +12,9 @@ subject the model holds (each a fresh one), one for a subject it does not, in a 
 within each pair, one after the other on one keep-alive connection. Two workloads: ``join``
 (the known subject's request joins the model's queued job) and ``new_job`` (a worker has
 taken every job, so each known request creates one: the job is claimed and failed with the
-real ``jobs.claim``/``jobs.fail`` between pairs, outside the timing). Rows go to
+real ``jobs.claim``/``jobs.fail`` between pairs, outside the timing), and ``cancel``: each
+request is canceled as soon as it is accepted, and the ``POST .../cancel`` is timed (a
+submit-and-cancel costs no erasure, so it must not tell either). Rows go to
 ``bench/results/oracle_latency.json``: ``db, workload, n, known_p50_ms, unknown_p50_ms,
 diff_ms, known_p90_ms, unknown_p90_ms``.
 """
@@ -100,9 +102,10 @@ def _take_job(settings, rid: str) -> None:
 
 
 def measure(settings, base: str, key: str, model: str, known: list[str], *, new_job: bool = False,
-            seed: int = 0) -> dict:
+            cancel: bool = False, seed: int = 0) -> dict:
     """``len(known)`` interleaved pairs (known subject, unknown subject), random order within a
-    pair; returns the latencies in ms: {"known": [...], "unknown": [...]}."""
+    pair; returns the latencies in ms: {"known": [...], "unknown": [...]}. ``cancel``: each
+    request is canceled right after it is accepted, and the cancel is what is timed."""
     rng = random.Random(seed)
     out: dict[str, list[float]] = {"known": [], "unknown": []}
     headers = {"Authorization": f"Bearer {key}"}
@@ -114,9 +117,14 @@ def measure(settings, base: str, key: str, model: str, known: list[str], *, new_
             for kind, sid in order:
                 t0 = time.perf_counter()
                 r = client.post("/v1/forget", json={"model": model, "subject_id": sid})
-                out[kind].append((time.perf_counter() - t0) * 1000)
                 if r.status_code != 202:
                     raise RuntimeError(f"{kind}: {r.status_code} {r.text}")
+                if cancel:
+                    t0 = time.perf_counter()
+                    c = client.post(f"/v1/forget/{r.json()['id']}/cancel")
+                    if c.status_code != 200:
+                        raise RuntimeError(f"{kind} cancel: {c.status_code} {c.text}")
+                out[kind].append((time.perf_counter() - t0) * 1000)
                 if kind == "known" and new_job:
                     _take_job(settings, r.json()["id"])
     return out
@@ -194,10 +202,11 @@ def run(db: str, n: int) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         url = stack.enter_context(pg_database()) if db == "postgres" else f"sqlite:///{tmp}/lethe.db"
-        s, key, known = prepare(url, tmp, 2 * n)
+        s, key, known = prepare(url, tmp, 3 * n)
         with LiveGateway(s) as gw:
-            for workload, subjects in (("join", known[:n]), ("new_job", known[n:])):
-                lat = measure(s, gw.url, key, MODEL, subjects, new_job=workload == "new_job")
+            for workload, subjects in (("join", known[:n]), ("new_job", known[n:2 * n]), ("cancel", known[2 * n:])):
+                lat = measure(s, gw.url, key, MODEL, subjects, new_job=workload == "new_job",
+                              cancel=workload == "cancel")
                 rows.append({"db": db, "workload": workload, **summary(lat)})
                 print(json.dumps(rows[-1]), flush=True)
     return rows

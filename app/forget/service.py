@@ -443,14 +443,19 @@ def _locked(session: Session, request_id: str, tenant: str | None = None) -> For
 
 
 def _close(session: Session, req: ForgetRequest, status: str, actor: str, *, reason_code: str | None,
-           reason: str | None) -> None:
-    job = jobs.get(session, req.job_id) if req.job_id else None
+           reason: str | None, settle_job: bool = True) -> None:
+    """``settle_job``: cancel the request's job now if no open request is left on it; else the
+    job is left to its claim (``jobs.claim`` cancels a job with no open request) or the sweeper.
+    A tenant's cancel leaves it (docs/service.md, No oracle): a request without a job then
+    does the same work — the job read by primary key finds none — and the answer does not
+    say, by taking longer, that the request had data."""
+    job = jobs.get(session, req.job_id or req.id) if req.job_id or not settle_job else None
     if req.status == fm.QUEUED and job is not None and job.status == jm.RUNNING:
         raise LetheError(409, "request_running", f"request {req.id} is being processed by job {job.id}")
     req.reason_code, req.reason, req.closed_at, req.closed_by = reason_code, reason, utcnow(), actor[:128]
     set_status(session, req, status)
     session.flush()
-    if job is not None:
+    if job is not None and settle_job:
         jobs.cancel_if_empty(session, job, actor)
 
 
@@ -467,7 +472,7 @@ def cancel(session: Session, request_id: str, *, actor: str, reason: str | None 
         raise LetheError(409, "not_cancelable",
                          f"request {req.id} is {req.status}; only a queued request can be canceled")
     try:
-        _close(session, req, fm.CANCELED, actor, reason_code=None, reason=reason)
+        _close(session, req, fm.CANCELED, actor, reason_code=None, reason=reason, settle_job=tenant is None)
     except LetheError as e:
         if tenant is not None and e.code == "request_running":  # its job has started
             raise started from None

@@ -107,8 +107,9 @@ def no_data_run(req: ForgetRequest, runs: list[tuple[float, float]], *, secret: 
                 max_hold_s: float) -> NoDataRun:
     """The run at the request's keyed quantile among ``runs`` (``recent_runs``): it starts
     after that run's wait and is shown final at max(hold, that run's duration), at most
-    ``max_hold_s``; with no history, at once and after the hold."""
-    wait, took = runs[min(len(runs) - 1, int(quantile(secret, req.id) * len(runs)))] if runs else (0.0, 0.0)
+    ``max_hold_s``. With no history it starts when the hold ends: it stays cancelable as long
+    as a request with data could be (a refused cancel then says only what an erasure says)."""
+    wait, took = runs[min(len(runs) - 1, int(quantile(secret, req.id) * len(runs)))] if runs else (hold_s, 0.0)
     cap = max(hold_s, max_hold_s)
     return NoDataRun(req.received_at + dt.timedelta(seconds=min(wait, cap)),
                      req.received_at + dt.timedelta(seconds=min(max(hold_s, took), cap)))

@@ -74,7 +74,7 @@ def test_a_relabel_to_an_instances_own_label_erases_like_any_other(gw):
     assert done["status"] == "completed" and done["error"] is None and done["version_after"] == 2
 
 
-def test_a_second_request_for_a_pending_subject_follows_the_first(gw):
+def test_a_second_request_for_a_pending_subject_follows_the_first(gw, dispatcher):
     """Finding 2: a known subject pending elsewhere answered 409 naming its instance ids (to
     another tenant too), an unknown one 202, and cancelling the first erased nothing. Now the
     second request is accepted like any other, follows the first, and erases once it is
@@ -100,7 +100,9 @@ def test_a_second_request_for_a_pending_subject_follows_the_first(gw):
                   headers=k["acme"]).status_code == 200
     started = follow.resume(s)
     job_id = _job_of(s, follower)
-    assert job_id is not None and job_id in started
+    # on a job a worker is told of: a new one, or the first's (a tenant's cancel leaves it queued
+    # for its claim: docs/service.md, No oracle), dispatched when the first was accepted
+    assert job_id is not None and (job_id in started or job_id in dispatcher.sent)
     assert driver.execute_job(job_id, settings=s, worker_name="w1") == "completed"
     done = c.get(f"/v1/forget/{follower}", headers=k["beta"]).json()
     assert done["status"] == "completed" and sorted(done["instance_ids"]) == ["toy-00000", "toy-00001", "toy-00002"]
