@@ -87,3 +87,23 @@ def test_the_checkpointer_never_signs_a_tampered_chain_on_postgres(pg, how):
             assert problem is not None and n >= 1, problem
         if how != "edit":
             assert checkpoints.Anchor.ok is False
+
+
+def test_a_missing_checkpoint_file_is_an_error_on_postgres(pg):
+    """The checkpoint file is the anchor outside the database: once it is gone, verification
+    says broken and nothing more is signed (finding 5: a missing file was skipped silently)."""
+    import os
+
+    s = pg
+    assert s.audit_checkpoint_file
+    _append(s, 3)
+    assert checkpoints.create(s, force=True) is not None
+    assert checkpoints.check_server_side(s) == (1, None)
+    os.remove(s.audit_checkpoint_file)
+    n, problem = checkpoints.check_server_side(s)
+    assert problem is not None and "missing" in problem
+    with TestClient(create_app(s)) as c:
+        auditor = bearer(make_key(s, ["audit:read"], "auditor"))
+        assert c.get("/v1/audit/verify", headers=auditor).json()["ok"] is False
+    _append(s, 3)
+    assert checkpoints.create(s, force=True) is None
