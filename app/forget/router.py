@@ -19,6 +19,7 @@ from ..registry import orders
 from ..db import utcnow
 from ..security import (AUDIT_READ, FORGET_READ, FORGET_WRITE, MODELS_ADMIN, Principal, require_scope,
                         require_scope_on_loop)
+from ..security import pseudonyms
 from ..security.ratelimit import SUBMIT
 from ..tenants import service as tenant_policy
 from ..webhooks import outbound
@@ -245,11 +246,24 @@ def list_forget(session: SessionDep, principal: Annotated[Principal, Depends(req
 LIFECYCLE_ERRORS = responses(e404="unknown request", e409="the request is not in a state that allows this")
 
 
+def _refuse_subject_id(session, settings, request_id: str, reason: str, principal: Principal) -> None:
+    """A free-text reason that contains the request's subject id is refused (422), never stored:
+    Lethe keeps no subject id (app/security/pseudonyms.py), and a reason travels to the audit
+    trail, the request and its webhooks. An unknown request is left to the call's own 404."""
+    req = service.get(session, request_id, principal.sees_tenant)
+    if req is not None and req.subject_ref and pseudonyms.names_subject(settings.subject_secret, reason,
+                                                                        req.subject_ref):
+        raise LetheError(422, "reason_names_subject", "the reason contains this request's subject id; Lethe "
+                                                      "stores no subject id: describe the case without it")
+
+
 @router.post("/forget/{request_id}/cancel", response_model=ForgetRead, responses=LIFECYCLE_ERRORS,
              summary="Cancel a request that has not started (queued -> canceled)")
-def cancel_forget(request_id: str, session: SessionDep,
+def cancel_forget(request_id: str, session: SessionDep, settings: SettingsDep,
                   principal: Annotated[Principal, Depends(require_scope(FORGET_WRITE, limit=SUBMIT))],
                   body: Annotated[CancelBody | None, Body()] = None):
+    if body and body.reason:
+        _refuse_subject_id(session, settings, request_id, body.reason, principal)
     req = service.cancel(session, request_id, actor=principal.actor, reason=body.reason if body else None,
                          tenant=principal.sees_tenant)
     return _read(session, req, principal=principal)
@@ -257,8 +271,9 @@ def cancel_forget(request_id: str, session: SessionDep,
 
 @router.post("/forget/{request_id}/deny", response_model=ForgetRead, responses=LIFECYCLE_ERRORS,
              summary="Operator: deny a queued or failed request with a reason code (-> denied)")
-def deny_forget(request_id: str, body: DenyBody, session: SessionDep,
+def deny_forget(request_id: str, body: DenyBody, session: SessionDep, settings: SettingsDep,
                 principal: Annotated[Principal, Depends(require_scope(MODELS_ADMIN))]):
+    _refuse_subject_id(session, settings, request_id, body.reason, principal)
     req = service.deny(session, request_id, actor=principal.actor, reason_code=body.reason_code, reason=body.reason)
     return _read(session, req)
 

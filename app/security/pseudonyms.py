@@ -23,3 +23,15 @@ def subject_refs(secret: str, subject_ids: Iterable[str]) -> list[str]:
         h.update(sid.encode("utf-8"))
         out.append(h.hexdigest())
     return out
+
+
+def names_subject(secret: str, text: str, ref: str, *, max_words: int = 6) -> bool:
+    """Whether free text (an operator's deny reason, a cancel reason) contains the subject id
+    whose reference is ``ref``: every run of up to ``max_words`` consecutive words, with the
+    punctuation around it stripped and a possessive "'s" dropped, is hashed like an id and
+    compared. Lethe stores no subject id, so such text is refused rather than stored."""
+    words = text.split()
+    runs = {" ".join(words[i:j]) for i in range(len(words)) for j in range(i + 1, min(i + max_words, len(words)) + 1)}
+    stripped = {r.strip(".,;:!?()[]{}<>\"'`") for r in runs}
+    candidates = {c for r in runs | stripped for c in (r, r.removesuffix("'s")) if c}  # "alice's" names alice
+    return any(hmac.compare_digest(h, ref) for h in subject_refs(secret, candidates))

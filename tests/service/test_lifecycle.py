@@ -196,3 +196,31 @@ def test_quality_gate_refusal_fails_the_request_and_is_audited(client, seeded, m
     assert ev[0]["payload"]["max_test_accuracy_drop"] == 5.0
     versions = client.get(f"/v1/models/{MODEL}/versions").json()
     assert [v["version"] for v in versions["versions"]] == [1] and versions["aliases"] == {"production": 1}
+
+
+def test_a_reason_that_names_the_subject_is_refused_not_stored(client, seeded):
+    """Lethe stores no subject id: a deny or cancel reason containing the request's subject id
+    (alone, inside a sentence, with punctuation, or an id of several words) answers 422
+    reason_names_subject and changes nothing; text without it is accepted."""
+    from app.security import pseudonyms
+
+    ref = pseudonyms.subject_ref(seeded.subject_secret, "Mary Ann Smith")
+    assert pseudonyms.names_subject(seeded.subject_secret, "a duplicate of Mary  Ann Smith's.", ref) is True
+    assert pseudonyms.names_subject(seeded.subject_secret, "duplicate: Mary Ann Smith.", ref) is True
+    assert pseudonyms.names_subject(seeded.subject_secret, "Mary and Ann Smith", ref) is False
+    a = _post(client, subject_id="alice", external_id="T-2")
+    for reason in ("alice", "Requested by alice, who withdrew.", "(alice)", "ALICE is not alice's id? yes: alice"):
+        r = client.post(f"/v1/forget/{a['id']}/deny", json={"reason_code": "other", "reason": reason})
+        assert r.status_code == 422 and r.json()["code"] == "reason_names_subject", (reason, r.text)
+        assert "alice" not in r.text
+        r = client.post(f"/v1/forget/{a['id']}/cancel", json={"reason": reason})
+        assert r.status_code == 422 and r.json()["code"] == "reason_names_subject", (reason, r.text)
+    assert client.get(f"/v1/forget/{a['id']}").json()["status"] in ("queued", "running")
+    assert _actions(client, "forget.denied") == [] and _actions(client, "forget.canceled") == []
+
+    b = _post(client, subject_id="bob", external_id="T-3")
+    r = client.post(f"/v1/forget/{b['id']}/cancel", json={"reason": "duplicate of ticket T-2 (bobby)"})
+    assert r.status_code == 200 and r.json()["status"] == "canceled", r.text
+    assert r.json()["reason"] == "duplicate of ticket T-2 (bobby)"
+    r = client.post(f"/v1/forget/{a['id']}/deny", json={"reason_code": "other", "reason": "aliceX is someone else"})
+    assert r.status_code == 200 and r.json()["status"] == "denied", r.text
