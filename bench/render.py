@@ -449,41 +449,6 @@ def planner_cost_table(pdoc) -> str:
     return "\n".join(out).rstrip()
 
 
-def exact_table(rows, runs=()) -> str:
-    """Exact unlearning against retraining (``python -m bench.exact``): per dataset, method,
-    S x R and deletion count, test accuracy after the deletions (mean over the seeds listed,
-    their range in brackets) against the monolithic model of the same seeds, and the speed-up
-    of the deletion batch against retraining without the same D_f (wall clock, and training
-    examples processed: load-independent)."""
-    groups = defaultdict(list)
-    for r in rows:
-        if r["method"] in ("retrain", "puma"):
-            continue
-        groups[(r["dataset"], r["method"], r["shards"], r["slices"], r["deletions"])].append(r)
-    out = ["Runs: " + "; ".join(f"`{r['command']}` ({r['machine']}; {r['started']}; {r['wall_seconds']} s)"
-                                for r in runs) + ". Rows without a run were measured before runs were recorded "
-           "(one seed, 0). Accuracy: mean over the seeds listed (range in brackets); gap = mean accuracy minus the mean "
-           f"monolithic accuracy of the same seeds (target: within {EXACT_GAP_TARGET:g} points); speed-ups: mean over "
-           "the seeds of retrain / deletion batch (`*`: one retrain per seed, without the largest D_f, timed for "
-           "every k).", "",
-           "| dataset | method | S | R | deletions | seeds | accuracy (%) | monolithic (%) | gap (pt) | within 2 pt | "
-           "speed-up (wall) | speed-up (work) | retrained members |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (ds, method, S, R, k), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "arcane", kv[0][1:])):
-        acc = [r["accuracy"] for r in rs]
-        mono = st.mean(r["monolithic_accuracy"] for r in rs)
-        gap = st.mean(acc) - mono
-        wall = st.mean(r["retrain_seconds"] / r["seconds"] for r in rs if r["seconds"])
-        work = [r["retrain_samples"] / r["samples"] for r in rs if r.get("samples")]
-        once = "*" if any(r.get("retrain_timed_without", k) != k for r in rs) else ""
-        out.append(f"| {ds} | {method} | {S} | {R} | {k} | {_seeds(rs)} | {st.mean(acc):.2f} "
-                   f"({min(acc):.2f}–{max(acc):.2f}) | {mono:.2f} | {gap:+.2f} | "
-                   f"{'yes' if gap >= -EXACT_GAP_TARGET else 'no'} | {wall:.1f}x{once} | "
-                   f"{_fmt(st.mean(work) if work else None, '.1f')}{'x' if work else ''} | "
-                   f"{st.mean(r.get('retrained_members', 0) for r in rs):.1f} |")
-    return "\n".join(out)
-
-
-
 def render_text(text: str, doc, udoc=None, cdoc=None, adoc=None, pdoc=None, edoc=None) -> str:
     for name, fn in BLOCKS.items():
         if f"<!-- render:{name} -->" in text:
