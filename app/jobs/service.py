@@ -77,7 +77,10 @@ def follow_requests(session: Session, model_name: str, origin_ids: list[str], jo
                             subject_ref=origin.subject_ref, instance_ids=[], model_name=model_name,
                             objective=DEFAULT_OBJECTIVE, method=method, target_label=None, status=fm.QUEUED,
                             received_at=now, due_at=origin.due_at, callback_url=None, retries=0,
-                            tenant=origin.tenant, job_id=job.id, group_id=None, exact_version=None)
+                            tenant=origin.tenant, job_id=job.id, group_id=None, exact_version=None,
+                            # a tenant's: shown queued while open like its others (app/forget/timeline.py);
+                            # no hold, since its origin completed with data the tenant has already seen erased
+                            reveal_at=now if origin.reveal_at is not None else None)
         session.add(req)
         audit.append(session, actor="lethe", action="forget.received", subject_ref=origin.subject_ref,
                      payload={"request_id": req.id, "model": model_name, "job_id": job.id, "instances": 0,
