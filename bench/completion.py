@@ -91,7 +91,7 @@ def markdown(doc: dict) -> str:
                   "as retrained; retrain: against its other training seed, i.e. retraining's own spread; at k = 1 a "
                   "single instance's uAUC is close to 0 or 1, so noisy) / Avg.Gap to the retrained models "
                   "(retrain: its own spread) / seconds; mean over the forget-set seeds listed. \"not measured\": the instance "
-                  "benchmark has no row for that (dataset, k) (k = 1,000 was never run; mnist5k only k = 1 and 8). "
+                  "benchmark has no row for that (dataset, k) (k = 1,000 was never run; mnist5k k ≥ 32 on seed 0 only). "
                   "The planner's cell is the way it chose; the service's verification gate, with its "
                   "exact fallback, is not exercised by these rows.", "",
                   "| dataset | k | planner | seeds | always-retrain | always-approximate | planner's choice |",
