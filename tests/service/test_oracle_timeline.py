@@ -126,9 +126,9 @@ def test_a_hit_and_a_miss_follow_the_same_timeline(gw):
     assert job is not None and job == _job_of(s, pairs[1][0]) and _job_of(s, pairs[0][1]) is None
     assert driver.execute_job(job, settings=s, worker_name="w1") == "completed"
     ids = [r for pair in pairs for r in pair]
-    # the misses close once their drawn run has started: by this call or by the gateway's own
-    # resolver thread (every second), whichever comes first
-    deadline, statuses = time.monotonic() + 10, set()
+    # each miss closes once its drawn run's wait (received to job start, from the model's recent
+    # runs: the warm-up's or the hits') has passed since it was received: poll for it
+    deadline, statuses = time.monotonic() + 30, set()
     while time.monotonic() < deadline:
         with session_scope(s.database_url) as db:
             nodata.resolve(db, hold_s=s.no_data_hold_s, secret=s.subject_secret)
