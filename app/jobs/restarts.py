@@ -84,7 +84,7 @@ def restarts_due(session: Session, settings, *, actor: str = "sweeper") -> list[
         if orders.is_external(m):
             stale = orders.open_order(session, m.name)  # issued with the old starting point
             if stale is not None:
-                orders.cancel(session, stale, actor=actor, reason=f"its starting point moved to {base} v{new.version}")
+                orders.cancel(session, settings, stale, actor=actor, reason=f"its starting point moved to {base} v{new.version}")
             order, _ = orders.issue(session, settings, m.name, actor=actor, reason=why, follows=lineage)
             facts["order_id"] = order.id
         else:

@@ -37,6 +37,7 @@ a *retrain order* instead of a consolidation job:
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -97,11 +98,26 @@ def _write_snapshot(settings: Settings, model, order_id: str, session: Session) 
     pq.write_table(table, buf)
     raw = buf.getvalue()
     rel = os.path.join("orders", order_id, "retained.parquet")
-    path = os.path.join(settings.registry_dir, rel)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
+    store = registry.weights(settings)  # beside the weights: on the object store when there is one
+    tmp = store.tmp_path("orders", ".parquet")
+    with open(tmp, "wb") as f:
         f.write(raw)
+    store.publish(tmp, rel)
     return rel, hashlib.sha256(raw).hexdigest(), len(ids)
+
+
+def snapshot_file(settings: Settings, order: RetrainOrder) -> str:
+    """The local path of the order's snapshot (downloaded from the object store when this
+    node has no copy, its sha256 checked). FileNotFoundError once it was dropped."""
+    return registry.weights(settings).fetch(order.snapshot_path, order.snapshot_sha256)
+
+
+def _drop_snapshot(settings: Settings, order: RetrainOrder) -> None:
+    """An order that no upload may answer any more keeps no copy of the training rows: its
+    snapshot is removed everywhere (every object version on a versioned bucket)."""
+    registry.weights(settings).delete(order.snapshot_path)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(registry.weights(settings).path(order.snapshot_path)))
 
 
 def open_order(session: Session, model_name: str) -> RetrainOrder | None:
@@ -122,12 +138,15 @@ def issue(session: Session, settings: Settings, model_name: str, *, actor: str,
         raise LetheError(409, "not_external", f"{model_name} is trained by Lethe (trainer "
                                               f"{(m.recipe or {}).get('trainer', 'lethe')!r}): it is consolidated "
                                               "by a job (POST /v1/models/{name}/consolidate), not by an order")
-    existing = open_order(session, model_name)
-    if existing is not None:
-        return existing, False
     prod = registry.resolve_alias(session, model_name, PRODUCTION)
+    existing = open_order(session, model_name)
+    if existing is not None and (prod is None or existing.base_version == prod.version):
+        return existing, False
     if prod is None:
         raise LetheError(409, "no_production_version", f"model {model_name!r} has no '{PRODUCTION}' alias")
+    if existing is not None:  # production moved on (another deletion): its snapshot holds rows erased since
+        cancel(session, settings, existing, actor=actor, reason=f"production moved from v{existing.base_version} "
+                                                                 f"to v{prod.version}: its snapshot is stale")
     oid = str(uuid.uuid4())
     rel, sha, rows = _write_snapshot(settings, m, oid, session)
     now = utcnow()
@@ -186,7 +205,7 @@ def _refuse(session: Session, order: RetrainOrder, actor: str, why: str, metrics
 def _snapshot_ids(settings: Settings, order: RetrainOrder) -> list[str]:
     import pyarrow.parquet as pq
 
-    return pq.read_table(os.path.join(settings.registry_dir, order.snapshot_path),
+    return pq.read_table(snapshot_file(settings, order),
                          columns=["instance_id"]).column("instance_id").to_pylist()
 
 
@@ -262,7 +281,7 @@ def _snapshot_sample(settings: Settings, order: RetrainOrder, input_shape, limit
     import pyarrow.parquet as pq
     import torch
 
-    t = pq.read_table(os.path.join(settings.registry_dir, order.snapshot_path), columns=["label", "features"])
+    t = pq.read_table(snapshot_file(settings, order), columns=["label", "features"])
     if t.num_rows > limit:
         idx = np.random.default_rng(0).choice(t.num_rows, limit, replace=False)
         t = t.take(np.sort(idx))
@@ -344,7 +363,7 @@ def fulfil(session: Session, settings: Settings, order_id: str, token: str, weig
         raise LetheError(422, "order_refused", str(e))
     prod = registry.resolve_alias(session, order.model_name, PRODUCTION)
     if prod is None or prod.version != order.base_version:
-        cancel(session, order, actor=actor, reason=f"production moved to v{prod.version if prod else None}")
+        cancel(session, settings, order, actor=actor, reason=f"production moved to v{prod.version if prod else None}")
         raise LetheError(409, "order_superseded", f"production moved from v{order.base_version} since the order "
                                                   "was issued: its snapshot is stale; a new order will be issued")
     m = registry.get_model(session, order.model_name)
@@ -371,6 +390,7 @@ def fulfil(session: Session, settings: Settings, order_id: str, token: str, weig
                   stats={"order_id": order.id, "snapshot_sha256": order.snapshot_sha256, "rows": order.rows})
     order.status, order.fulfilled_at, order.version, order.job_id, order.token_sha256 = \
         FULFILLED, now, job.result_version, job.id, ""
+    _drop_snapshot(settings, order)
     from . import probes
 
     for p in probes.live(session, order.model_name, list(order.forget_ids or [])):  # their purpose is served
@@ -385,9 +405,11 @@ def fulfil(session: Session, settings: Settings, order_id: str, token: str, weig
     return order
 
 
-def cancel(session: Session, order: RetrainOrder, *, actor: str, reason: str) -> None:
-    """Close an order no upload may answer any more (audit ``retrain_order.cancelled``)."""
+def cancel(session: Session, settings: Settings, order: RetrainOrder, *, actor: str, reason: str) -> None:
+    """Close an order no upload may answer any more (audit ``retrain_order.cancelled``); its
+    snapshot goes with it."""
     order.status, order.token_sha256 = CANCELLED, ""
+    _drop_snapshot(settings, order)
     audit.append(session, actor=actor, action="retrain_order.cancelled",
                  payload={"order_id": order.id, "model": order.model_name, "reason": reason})
     session.flush()
@@ -413,12 +435,14 @@ def escalate_due(session: Session, settings: Settings, now: dt.datetime | None =
 
 
 def to_json(order: RetrainOrder, settings: Settings) -> dict:
-    path = os.path.join(settings.registry_dir, order.snapshot_path)
+    store = registry.weights(settings)
+    local = store.remote is None and order.status in (OPEN, CLAIMED)
     return {"id": order.id, "model": order.model_name, "status": order.status, "base_version": order.base_version,
             "reason": order.reason, "due_at": order.due_at, "created_at": order.created_at,
             "escalated": order.escalated_at is not None, "escalated_at": order.escalated_at,
             "fulfilled_at": order.fulfilled_at, "version": order.version, "job_id": order.job_id,
-            "snapshot": {"uri": "file://" + os.path.abspath(path), "url": f"/v1/retrain-orders/{order.id}/snapshot",
+            "snapshot": {"uri": "file://" + os.path.abspath(store.path(order.snapshot_path)) if local else None,
+                         "url": f"/v1/retrain-orders/{order.id}/snapshot",
                          "sha256": order.snapshot_sha256, "rows": order.rows, "format": "parquet"},
             "recipe": order.recipe, "erased_rows": len(order.forget_ids or []), "refusals": order.refusals or [],
             "follows": order.follows}

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Header, Query, UploadFile
@@ -89,11 +88,15 @@ def get_order(order_id: str, session: SessionDep, settings: SettingsDep, princip
     return orders.to_json(_order(session, order_id), settings)
 
 
-@router.get("/{order_id}/snapshot", responses=responses(e404="unknown order"),
+@router.get("/{order_id}/snapshot", responses=responses(e404="unknown order", e410="the order is closed"),
             summary="The order's retained rows (Parquet: instance_id, label, features)")
 def snapshot(order_id: str, session: SessionDep, settings: SettingsDep, principal: ADMIN):
     o = _order(session, order_id)
-    path = os.path.join(settings.registry_dir, o.snapshot_path)
+    try:
+        path = orders.snapshot_file(settings, o)
+    except FileNotFoundError:
+        raise LetheError(410, "snapshot_gone", f"retrain order {order_id} is {o.status}: its snapshot was removed "
+                                               "with it (no copy of the training rows outlives the order)")
     return FileResponse(path, media_type="application/vnd.apache.parquet",
                         headers={"Digest": f"sha-256={o.snapshot_sha256}", "ETag": f'"{o.snapshot_sha256}"'})
 

@@ -37,7 +37,8 @@ from ..objectstore import ObjectFiles
 # the files the cache manages (anything else under the directory, e.g. retrain-order
 # snapshots or a write in progress, is left alone)
 _CACHED = re.compile(r"^([^/]+/(members/|slices/)?[0-9a-f]{64}\.(safetensors|bundle\.json)"
-                     r"|probes/[^/]+/[0-9a-f-]{36}\.sealed)$")  # + sealed forget rows (app/registry/probes.py)
+                     r"|probes/[^/]+/[0-9a-f-]{36}\.sealed"  # + sealed forget rows (app/registry/probes.py)
+                     r"|orders/[0-9a-f-]{36}/retained\.parquet)$")  # + retrain orders' snapshots (orders.py)
 BUNDLE_SUFFIX = ".bundle.json"
 
 

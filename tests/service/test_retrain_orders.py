@@ -127,6 +127,11 @@ def test_pipeline_retrains_and_the_deletion_becomes_exact(client, seeded, dispat
     assert good.status_code == 200, good.text
     done = good.json()
     assert done["status"] == "fulfilled" and done["version"] == 3 and len(done["refusals"]) == 1
+    # a fulfilled order keeps no copy of the training rows: its snapshot is gone
+    assert not os.path.exists(order["snapshot"]["uri"].removeprefix("file://"))
+    gone = client.get(order["snapshot"]["url"])
+    assert (gone.status_code, gone.json()["code"]) == (410, "snapshot_gone")
+    assert done["snapshot"]["uri"] is None
     body = client.get(f"/v1/forget/{rid}").json()
     assert body["exact_version"] == 3 and body["retrain_order"] is None, body
     v3 = client.get("/v1/models/cancer-ext/versions/3").json()
@@ -242,3 +247,29 @@ def test_an_upload_trained_on_the_erased_rows_is_refused_by_measurement(client, 
     assert cert["sealed_rows"]["shredded_at"] and cert["sealed_rows"]["scored_by_orders"] == [order["id"]]
     actions = [e["action"] for e in client.get("/v1/audit", params={"limit": 200}).json()["entries"]]
     assert {"probe.sealed", "probe.shredded"} <= set(actions)
+
+
+def test_an_order_whose_production_moved_on_is_replaced_and_its_snapshot_removed(client, seeded, dispatcher):
+    """An open order's snapshot holds the rows retained when it was issued. Another subject
+    forgotten meanwhile moves production on: the next issue (an operator's or the sweeper's)
+    cancels the stale order, removes its snapshot (the second subject's rows with it) and
+    issues a new one on the new production version without them."""
+    _register(client)
+    _forget_approximately(client, seeded, dispatcher)
+    first = client.post("/v1/models/cancer-ext/retrain-orders").json()
+    path = first["snapshot"]["uri"].removeprefix("file://")
+    held = set(pq.read_table(path).column("instance_id").to_pylist())
+    f = client.post("/v1/forget", json={"subject_id": "patient-0002", "model": "cancer-ext"})
+    assert f.status_code == 202, f.text
+    s = seeded.model_copy(update={"retrain_below_s": 0})
+    assert driver.execute_job(dispatcher.sent[-1], settings=s, worker_name="w1") == "completed"
+    erased = set(client.get(f"/v1/forget/{f.json()['id']}").json()["instance_ids"])
+    assert erased and erased <= held  # the stale snapshot holds the second subject's rows
+    second = client.post("/v1/models/cancer-ext/retrain-orders").json()
+    assert second["id"] != first["id"] and second["base_version"] == first["base_version"] + 1
+    old = client.get(f"/v1/retrain-orders/{first['id']}").json()
+    assert old["status"] == "cancelled" and not os.path.exists(path)
+    kept = set(pq.read_table(second["snapshot"]["uri"].removeprefix("file://")).column("instance_id").to_pylist())
+    assert not kept & erased
+    [ev] = [e for e in client.get("/v1/audit", params={"action": "retrain_order.cancelled"}).json()["entries"]]
+    assert "snapshot is stale" in ev["payload"]["reason"]

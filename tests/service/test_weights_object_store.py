@@ -193,3 +193,34 @@ def test_sealed_forget_rows_travel_through_the_object_store_and_are_shredded_fro
     assert _versions(client, key) == []
     os.utime(registry.weights(s).path(p.path), (1, 1))
     assert registry.weights(s).reconcile() == [p.path]  # the sealing worker's copy goes at its next check
+
+
+def test_a_retrain_orders_snapshot_lives_on_the_object_store_and_leaves_with_the_order(on_s3, tmp_path):
+    """With LETHE_REGISTRY_URL an order's snapshot of the retained rows is an object like the
+    weights: another node (a gateway serving the download) reads it with its sha256 checked,
+    and when the order closes it is removed from every object version."""
+    import pyarrow.parquet as pq
+
+    from app.registry import orders
+
+    s, client = on_s3
+    with session_scope(s.database_url) as db:
+        registry.get_model(db, MODEL).recipe = {"trainer": "external"}  # the team's pipeline retrains it
+    with session_scope(s.database_url) as db:
+        order, created = orders.issue(db, s, MODEL, actor="ops", reason="test")
+        oid, rel, sha = order.id, order.snapshot_path, order.snapshot_sha256
+    assert created
+    key = f"{registry.weights(s).remote.prefix}/{rel}"
+    assert _versions(client, key)
+    b = _node(s, tmp_path, "gateway-b")
+    with session_scope(b.database_url) as db:
+        o = db.get(orders.RetrainOrder, oid)
+        path = orders.snapshot_file(b, o)
+        assert path.startswith(b.registry_dir) and pq.read_table(path).num_rows == o.rows > 0
+        assert orders.to_json(o, b)["snapshot"]["uri"] is None  # no local file:// to hand out: the URL serves it
+    with session_scope(s.database_url) as db:
+        orders.cancel(db, s, db.get(orders.RetrainOrder, oid), actor="ops", reason="test")
+    assert _versions(client, key) == [] and not os.path.exists(os.path.join(s.registry_dir, rel))
+    os.utime(path, (os.path.getmtime(path) - 5,) * 2)  # not in use (a check leaves a file used in the last second)
+    registry.weights(b).reconcile()  # node B's cached copy goes at its next check, like purged weights
+    assert sha and not os.path.exists(path)
